@@ -1,0 +1,12 @@
+//! tunlb API: the `VirtualService` resource, its validation, manifest loading
+//! and the pure per-node plan. No I/O lives here.
+
+pub mod manifest;
+pub mod plan;
+pub mod selector;
+pub mod types;
+pub mod validate;
+
+pub use plan::{NodeIdentity, NodePlan, ObjectKey, PlanInput, plan_node};
+pub use types::*;
+pub use validate::{FieldError, FieldErrors, ValidService, validate};

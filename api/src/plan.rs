@@ -1,0 +1,699 @@
+//! VirtualServices + resolved real servers + this node's identity -> what the
+//! node's kernel must hold. Pure: the agent diffs the result against the kernel.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use crate::selector::selector_matches;
+use crate::types::{
+    DEFAULT_DIRECTOR_LABEL, DEFAULT_VIP_INTERFACE, NodeRole, Protocol, RealServer,
+    VirtualServiceSpec,
+};
+use crate::validate::{ValidService, ValidTunnel, validate};
+
+/// Namespace/name of a VirtualService (or a file-derived name).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One VirtualService as the planner sees it. Callers pass inputs oldest first:
+/// on a VIP:port:protocol clash the earlier one wins.
+#[derive(Debug, Clone)]
+pub struct PlanInput<'a> {
+    pub key: ObjectKey,
+    pub generation: Option<i64>,
+    pub spec: &'a VirtualServiceSpec,
+    /// Resolved real servers (the operator's status.realServers). `None` means
+    /// "take them from spec.backends.static", as the standalone agent does.
+    pub real_servers: Option<&'a [RealServer]>,
+}
+
+/// Who this node is.
+#[derive(Debug, Clone, Default)]
+pub struct NodeIdentity {
+    pub name: String,
+    /// The node's own addresses: a real server with one of them is this node, and
+    /// a VIP equal to one of them is refused.
+    pub addresses: BTreeSet<IpAddr>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Identifies one IPVS virtual service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpvsKey {
+    pub protocol: Protocol,
+    pub vip: IpAddr,
+    pub port: u16,
+}
+
+impl fmt::Display for IpvsKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.vip {
+            IpAddr::V4(a) => write!(f, "{} {a}:{}", self.protocol, self.port),
+            IpAddr::V6(a) => write!(f, "{} [{a}]:{}", self.protocol, self.port),
+        }
+    }
+}
+
+/// A tunnel destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpvsDest {
+    pub weight: u32,
+    pub upper_threshold: u32,
+    pub lower_threshold: u32,
+    pub tunnel: ValidTunnel,
+}
+
+/// A desired IPVS virtual service and its destinations (keyed by RIP and port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpvsService {
+    pub key: IpvsKey,
+    pub scheduler: String,
+    pub flags: u32,
+    pub timeout: u32,
+    /// IPv4: the netmask as a host-order u32; IPv6: the prefix length.
+    pub netmask: u32,
+    pub destinations: BTreeMap<(IpAddr, u16), IpvsDest>,
+    pub owner: ObjectKey,
+}
+
+/// A VIP a director holds on one of its interfaces.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VipBinding {
+    pub address: IpAddr,
+    pub interface: String,
+}
+
+/// Port mapping on a backend: traffic for VIP:port is DNATed to `targets`,
+/// spread evenly. A target without address keeps the VIP and changes only the port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DnatRule {
+    pub vip: IpAddr,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub targets: Vec<(Option<IpAddr>, u16)>,
+}
+
+/// TCP MSS clamp on SYN-ACKs leaving a backend from VIP:port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MssRule {
+    pub vip: IpAddr,
+    pub port: u16,
+    pub mss: u16,
+}
+
+/// What planning concluded for one object on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObjectPlan {
+    pub generation: Option<i64>,
+    pub roles: BTreeSet<NodeRole>,
+    /// Why this object is not (fully) programmed here.
+    pub error: Option<String>,
+}
+
+/// Everything this node must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodePlan {
+    pub ipvs: BTreeMap<IpvsKey, IpvsService>,
+    pub director_vips: BTreeSet<VipBinding>,
+    /// VIPs on tunl0 for decapsulated traffic.
+    pub backend_vips: BTreeSet<IpAddr>,
+    pub dnat: Vec<DnatRule>,
+    pub mss: Vec<MssRule>,
+    pub objects: BTreeMap<ObjectKey, ObjectPlan>,
+}
+
+impl NodePlan {
+    /// Backend sysctls (arp_ignore/arp_announce/rp_filter) are needed while any
+    /// VIP sits on tunl0.
+    pub fn needs_backend_sysctls(&self) -> bool {
+        !self.backend_vips.is_empty()
+            || self
+                .director_vips
+                .iter()
+                .any(|v| v.interface == DEFAULT_VIP_INTERFACE)
+    }
+
+    /// Kernel modules this plan relies on (schedulers, tunnel drivers).
+    pub fn required_modules(&self) -> BTreeSet<String> {
+        let mut m = BTreeSet::new();
+        if !self.ipvs.is_empty() {
+            m.insert("ip_vs".to_string());
+        }
+        for s in self.ipvs.values() {
+            m.insert(format!("ip_vs_{}", s.scheduler));
+        }
+        if self.needs_backend_sysctls() {
+            m.insert("ipip".to_string());
+        }
+        m
+    }
+}
+
+/// The director selector in effect.
+fn director_selector(spec: &VirtualServiceSpec) -> LabelSelector {
+    spec.directors
+        .node_selector
+        .clone()
+        .unwrap_or_else(|| LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                DEFAULT_DIRECTOR_LABEL.to_string(),
+                "true".to_string(),
+            )])),
+            match_expressions: None,
+        })
+}
+
+/// Real servers from the static list, as the operator would resolve them
+/// (without node matching).
+pub fn static_real_servers(spec: &VirtualServiceSpec) -> Vec<RealServer> {
+    spec.backends
+        .static_servers
+        .iter()
+        .flatten()
+        .map(|s| RealServer {
+            address: s.address.clone(),
+            weight: s.weight,
+            node_name: None,
+            ready: true,
+            upper_threshold: s.upper_threshold,
+            lower_threshold: s.lower_threshold,
+            endpoints: Vec::new(),
+        })
+        .collect()
+}
+
+fn ipv4_mask(prefix: u8) -> u32 {
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix.min(32)))
+    }
+}
+
+struct Resolved {
+    address: IpAddr,
+    dest: IpvsDest,
+    is_self: bool,
+    endpoints: Vec<(IpAddr, Vec<u16>)>,
+}
+
+fn resolve_real_servers(
+    valid: &ValidService,
+    servers: &[RealServer],
+    node: &NodeIdentity,
+) -> Result<Vec<Resolved>, String> {
+    let mut out = Vec::new();
+    for (i, rs) in servers.iter().enumerate() {
+        let field = format!("status.realServers[{i}]");
+        let address: IpAddr = rs
+            .address
+            .parse()
+            .map_err(|_| format!("{field}.address: {:?} is not an IP address", rs.address))?;
+        let weight = u32::try_from(rs.weight)
+            .map_err(|_| format!("{field}.weight: {} is negative", rs.weight))?;
+        let is_self = rs.node_name.as_deref() == Some(node.name.as_str())
+            || node.addresses.contains(&address);
+        let mut endpoints = Vec::new();
+        for (j, ep) in rs.endpoints.iter().enumerate() {
+            let ip: IpAddr = ep.address.parse().map_err(|_| {
+                format!(
+                    "{field}.endpoints[{j}].address: {:?} is not an IP address",
+                    ep.address
+                )
+            })?;
+            let ports = ep
+                .ports
+                .iter()
+                .map(|p| u16::try_from(*p).ok().filter(|p| *p != 0))
+                .collect::<Option<Vec<u16>>>()
+                .ok_or_else(|| format!("{field}.endpoints[{j}].ports: out of range 1-65535"))?;
+            endpoints.push((ip, ports));
+        }
+        out.push(Resolved {
+            address,
+            // Not-ready servers drain: existing connections stay, new ones go elsewhere.
+            dest: IpvsDest {
+                weight: if rs.ready { weight } else { 0 },
+                upper_threshold: rs
+                    .upper_threshold
+                    .and_then(|v| u32::try_from(v).ok())
+                    .unwrap_or(0),
+                lower_threshold: rs
+                    .lower_threshold
+                    .and_then(|v| u32::try_from(v).ok())
+                    .unwrap_or(0),
+                tunnel: valid.tunnel,
+            },
+            is_self,
+            endpoints,
+        });
+    }
+    Ok(out)
+}
+
+/// Computes this node's plan. Invalid or conflicting objects are reported in
+/// `objects` with an error and contribute nothing; the rest are unaffected.
+pub fn plan_node(inputs: &[PlanInput<'_>], node: &NodeIdentity) -> NodePlan {
+    let mut plan = NodePlan::default();
+    let mut claimed: BTreeMap<IpvsKey, ObjectKey> = BTreeMap::new();
+
+    for input in inputs {
+        let mut report = ObjectPlan {
+            generation: input.generation,
+            ..ObjectPlan::default()
+        };
+        let result = plan_object(input, node, &mut claimed, &mut report, &mut plan);
+        if let Err(e) = result {
+            report.error = Some(e);
+        }
+        plan.objects.insert(input.key.clone(), report);
+    }
+    plan.dnat.sort();
+    plan.dnat.dedup();
+    plan.mss.sort();
+    plan.mss.dedup();
+    plan
+}
+
+fn plan_object(
+    input: &PlanInput<'_>,
+    node: &NodeIdentity,
+    claimed: &mut BTreeMap<IpvsKey, ObjectKey>,
+    report: &mut ObjectPlan,
+    plan: &mut NodePlan,
+) -> Result<(), String> {
+    let valid = validate(input.spec).map_err(|e| e.to_string())?;
+
+    // Conflicts are judged on every node identically, so all agree on the winner.
+    let keys: Vec<IpvsKey> = valid
+        .ports
+        .iter()
+        .map(|p| IpvsKey {
+            protocol: p.protocol,
+            vip: valid.vip,
+            port: p.port,
+        })
+        .collect();
+    for (i, k) in keys.iter().enumerate() {
+        if let Some(owner) = claimed.get(k)
+            && owner != &input.key
+        {
+            return Err(format!(
+                "spec.ports[{i}]: {k} is already served by {owner}, which is older"
+            ));
+        }
+    }
+    for k in &keys {
+        claimed.insert(*k, input.key.clone());
+    }
+
+    let owned_servers;
+    let servers = match input.real_servers {
+        Some(s) => s,
+        None => {
+            owned_servers = static_real_servers(input.spec);
+            &owned_servers
+        }
+    };
+    let resolved = resolve_real_servers(&valid, servers, node)?;
+
+    let is_director = selector_matches(&director_selector(input.spec), &node.labels)
+        .map_err(|e| format!("spec.directors.nodeSelector: {e}"))?;
+    let is_backend = resolved.iter().any(|r| r.is_self);
+    if is_director {
+        report.roles.insert(NodeRole::Director);
+    }
+    if is_backend {
+        report.roles.insert(NodeRole::Backend);
+    }
+    if report.roles.is_empty() {
+        return Ok(());
+    }
+    if node.addresses.contains(&valid.vip) {
+        return Err(format!(
+            "spec.vip: {} is already an address of node {}; a VIP must be an address of its own",
+            valid.vip, node.name
+        ));
+    }
+
+    if is_director {
+        let netmask = match valid.vip {
+            IpAddr::V4(_) => ipv4_mask(valid.prefix_length),
+            IpAddr::V6(_) => u32::from(valid.prefix_length),
+        };
+        for (port, key) in valid.ports.iter().zip(&keys) {
+            // Tunnel mode never rewrites ports, so the destination port is the
+            // service port (as ipvsadm records it); backends map it if needed.
+            let destinations = resolved
+                .iter()
+                .map(|r| ((r.address, port.port), r.dest))
+                .collect();
+            plan.ipvs.insert(
+                *key,
+                IpvsService {
+                    key: *key,
+                    scheduler: valid.scheduler.name().to_string(),
+                    flags: valid.flags,
+                    timeout: valid.timeout,
+                    netmask,
+                    destinations,
+                    owner: input.key.clone(),
+                },
+            );
+        }
+        plan.director_vips.insert(VipBinding {
+            address: valid.vip,
+            interface: valid.director_interface.clone(),
+        });
+    }
+
+    if is_backend {
+        plan.backend_vips.insert(valid.vip);
+        let me: Vec<&Resolved> = resolved.iter().filter(|r| r.is_self).collect();
+        for (idx, port) in valid.ports.iter().enumerate() {
+            let endpoint_targets: Vec<(Option<IpAddr>, u16)> = me
+                .iter()
+                .flat_map(|r| r.endpoints.iter())
+                .filter_map(|(ip, ports)| ports.get(idx).map(|p| (Some(*ip), *p)))
+                .collect();
+            let targets = if !endpoint_targets.is_empty() {
+                endpoint_targets
+            } else if port.target_port != port.port {
+                vec![(None, port.target_port)]
+            } else {
+                Vec::new()
+            };
+            if !targets.is_empty() {
+                plan.dnat.push(DnatRule {
+                    vip: valid.vip,
+                    protocol: port.protocol,
+                    port: port.port,
+                    targets,
+                });
+            }
+            if let Some(mss) = valid.mss_clamp
+                && port.protocol == Protocol::Tcp
+            {
+                plan.mss.push(MssRule {
+                    vip: valid.vip,
+                    port: port.target_port,
+                    mss,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::LocalEndpoint;
+
+    fn spec(yaml: &str) -> VirtualServiceSpec {
+        serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const SEED: &str = r#"
+vip: 192.168.56.185
+ports: [{port: 80}]
+scheduler: wrr
+backends:
+  static:
+  - {address: 192.168.56.183, weight: 1}
+  - {address: 192.168.56.184, weight: 2}
+"#;
+
+    fn director() -> NodeIdentity {
+        NodeIdentity {
+            name: "ds".into(),
+            addresses: ["192.168.56.181".parse().unwrap_or_else(|_| unreachable!())].into(),
+            labels: [("tunlb.io/director".to_string(), "true".to_string())].into(),
+        }
+    }
+
+    fn rs1() -> NodeIdentity {
+        NodeIdentity {
+            name: "rs1".into(),
+            addresses: ["192.168.56.183".parse().unwrap_or_else(|_| unreachable!())].into(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap_or_else(|_| panic!("bad ip {s}"))
+    }
+
+    fn input<'a>(name: &str, spec: &'a VirtualServiceSpec) -> PlanInput<'a> {
+        PlanInput {
+            key: ObjectKey::new("default", name),
+            generation: Some(1),
+            spec,
+            real_servers: None,
+        }
+    }
+
+    #[test]
+    fn director_gets_ipvs_and_vip() {
+        let s = spec(SEED);
+        let p = plan_node(&[input("web", &s)], &director());
+        assert_eq!(p.ipvs.len(), 1);
+        let svc = p.ipvs.values().next().unwrap_or_else(|| unreachable!());
+        assert_eq!(svc.scheduler, "wrr");
+        assert_eq!(svc.netmask, 0xffff_ffff);
+        let weights: Vec<(String, u32)> = svc
+            .destinations
+            .iter()
+            .map(|((a, port), d)| (format!("{a}:{port}"), d.weight))
+            .collect();
+        assert_eq!(
+            weights,
+            vec![
+                ("192.168.56.183:80".to_string(), 1),
+                ("192.168.56.184:80".to_string(), 2)
+            ]
+        );
+        assert!(p.director_vips.contains(&VipBinding {
+            address: ip("192.168.56.185"),
+            interface: "tunl0".into()
+        }));
+        assert!(p.backend_vips.is_empty());
+        assert!(
+            p.objects[&ObjectKey::new("default", "web")]
+                .roles
+                .contains(&NodeRole::Director)
+        );
+    }
+
+    #[test]
+    fn backend_gets_vip_and_port_mapping() {
+        let s = spec(
+            r#"
+vip: 192.168.56.186
+ports: [{port: 8099, targetPort: 80}]
+tunnel: {mssClamp: 1440}
+backends: {static: [{address: 192.168.56.183}, {address: 192.168.56.184}]}
+"#,
+        );
+        let p = plan_node(&[input("mapped", &s)], &rs1());
+        assert!(p.ipvs.is_empty());
+        assert_eq!(p.backend_vips, [ip("192.168.56.186")].into());
+        assert_eq!(
+            p.dnat,
+            vec![DnatRule {
+                vip: ip("192.168.56.186"),
+                protocol: Protocol::Tcp,
+                port: 8099,
+                targets: vec![(None, 80)]
+            }]
+        );
+        assert_eq!(
+            p.mss,
+            vec![MssRule {
+                vip: ip("192.168.56.186"),
+                port: 80,
+                mss: 1440
+            }]
+        );
+        assert!(p.needs_backend_sysctls());
+    }
+
+    #[test]
+    fn unrelated_node_gets_nothing() {
+        let s = spec(SEED);
+        let other = NodeIdentity {
+            name: "x".into(),
+            addresses: [ip("10.0.0.9")].into(),
+            labels: BTreeMap::new(),
+        };
+        let p = plan_node(&[input("web", &s)], &other);
+        assert_eq!(p.ipvs.len() + p.backend_vips.len() + p.dnat.len(), 0);
+        assert!(
+            p.objects[&ObjectKey::new("default", "web")]
+                .roles
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn older_object_wins_a_clash_and_others_survive() {
+        let a = spec(SEED);
+        let b = spec(SEED);
+        let c = spec(&SEED.replace(".185", ".186"));
+        let p = plan_node(
+            &[input("a", &a), input("b", &b), input("c", &c)],
+            &director(),
+        );
+        assert_eq!(p.ipvs.len(), 2);
+        let err = p.objects[&ObjectKey::new("default", "b")]
+            .error
+            .clone()
+            .unwrap_or_default();
+        assert_eq!(
+            err,
+            "spec.ports[0]: TCP 192.168.56.185:80 is already served by default/a, which is older"
+        );
+        assert!(p.objects[&ObjectKey::new("default", "c")].error.is_none());
+    }
+
+    #[test]
+    fn invalid_object_is_skipped_with_reason() {
+        let bad = spec(&SEED.replace("port: 80", "port: 0"));
+        let good = spec(&SEED.replace(".185", ".186"));
+        let p = plan_node(&[input("bad", &bad), input("good", &good)], &director());
+        assert_eq!(p.ipvs.len(), 1);
+        assert_eq!(
+            p.objects[&ObjectKey::new("default", "bad")]
+                .error
+                .as_deref(),
+            Some("spec.ports[0].port: 0 is out of range 1-65535")
+        );
+    }
+
+    #[test]
+    fn vip_equal_to_node_address_is_refused() {
+        let s = spec(&SEED.replace("192.168.56.185", "192.168.56.181"));
+        let p = plan_node(&[input("web", &s)], &director());
+        assert!(p.ipvs.is_empty());
+        assert!(
+            p.objects[&ObjectKey::new("default", "web")]
+                .error
+                .as_deref()
+                .unwrap_or_default()
+                .starts_with("spec.vip: 192.168.56.181 is already an address of node ds")
+        );
+    }
+
+    #[test]
+    fn director_on_ordinary_interface_and_selector() {
+        let s = spec(
+            r#"
+vip: 192.168.56.187
+ports: [{port: 80}]
+directors:
+  interface: eth0
+  nodeSelector: {matchLabels: {role: lb}}
+backends: {static: [{address: 192.168.56.183}]}
+"#,
+        );
+        let mut d = director();
+        assert!(plan_node(&[input("w", &s)], &d).ipvs.is_empty());
+        d.labels.insert("role".into(), "lb".into());
+        let p = plan_node(&[input("w", &s)], &d);
+        assert_eq!(
+            p.director_vips.iter().next().map(|v| v.interface.as_str()),
+            Some("eth0")
+        );
+        assert!(!p.needs_backend_sysctls());
+    }
+
+    #[test]
+    fn service_backend_endpoints_become_dnat_targets_and_unready_drains() {
+        let s = spec(
+            r#"
+vip: 192.168.56.190
+ports: [{port: 80, targetPort: 8080}]
+backends: {service: {name: web}}
+"#,
+        );
+        let servers = vec![
+            RealServer {
+                address: "192.168.56.183".into(),
+                weight: 2,
+                node_name: Some("rs1".into()),
+                ready: true,
+                upper_threshold: None,
+                lower_threshold: None,
+                endpoints: vec![
+                    LocalEndpoint {
+                        address: "10.244.1.5".into(),
+                        ports: vec![8080],
+                    },
+                    LocalEndpoint {
+                        address: "10.244.1.6".into(),
+                        ports: vec![8080],
+                    },
+                ],
+            },
+            RealServer {
+                address: "192.168.56.184".into(),
+                weight: 1,
+                node_name: Some("rs2".into()),
+                ready: false,
+                upper_threshold: None,
+                lower_threshold: None,
+                endpoints: vec![],
+            },
+        ];
+        let inp = PlanInput {
+            real_servers: Some(&servers),
+            ..input("svc", &s)
+        };
+        let p = plan_node(std::slice::from_ref(&inp), &rs1());
+        assert_eq!(
+            p.dnat[0].targets,
+            vec![
+                (Some(ip("10.244.1.5")), 8080),
+                (Some(ip("10.244.1.6")), 8080)
+            ]
+        );
+        let d = plan_node(&[inp], &director());
+        let weights: Vec<u32> = d
+            .ipvs
+            .values()
+            .flat_map(|s| s.destinations.values().map(|d| d.weight))
+            .collect();
+        assert_eq!(weights, vec![2, 0]);
+    }
+
+    #[test]
+    fn modules_named() {
+        let s = spec(SEED);
+        let p = plan_node(&[input("web", &s)], &director());
+        assert_eq!(
+            p.required_modules().into_iter().collect::<Vec<_>>(),
+            vec!["ip_vs", "ip_vs_wrr", "ipip"]
+        );
+    }
+}

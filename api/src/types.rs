@@ -1,0 +1,469 @@
+//! The `VirtualService` custom resource (group `tunlb.io`, version `v1alpha1`).
+//!
+//! Field types stay close to what users write (addresses as strings, ports as
+//! int32) so that validation can name the field and the reason instead of a
+//! generic deserialisation error.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The interface a director puts the VIP on unless told otherwise.
+pub const DEFAULT_VIP_INTERFACE: &str = "tunl0";
+/// Node label that selects directors when `spec.directors.nodeSelector` is absent.
+pub const DEFAULT_DIRECTOR_LABEL: &str = "tunlb.io/director";
+
+/// A virtual service: one VIP, one or more ports, balanced by kernel IPVS in
+/// tunnel mode across real servers that answer clients directly.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "tunlb.io",
+    version = "v1alpha1",
+    kind = "VirtualService",
+    namespaced,
+    status = "VirtualServiceStatus",
+    shortname = "tvs",
+    category = "tunlb",
+    printcolumn = r#"{"name":"VIP","type":"string","jsonPath":".spec.vip"}"#,
+    printcolumn = r#"{"name":"Ports","type":"string","jsonPath":".spec.ports[*].port"}"#,
+    printcolumn = r#"{"name":"Scheduler","type":"string","jsonPath":".spec.scheduler"}"#,
+    printcolumn = r#"{"name":"Backends","type":"integer","jsonPath":".status.realServerCount"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualServiceSpec {
+    /// The virtual IP address clients connect to (IPv4 or IPv6).
+    pub vip: String,
+    /// Ports served on the VIP. Each VIP:port:protocol becomes one IPVS virtual service.
+    pub ports: Vec<ServicePort>,
+    /// IPVS scheduling algorithm (ipvsadm -s). Defaults to wlc, like ipvsadm.
+    #[serde(default)]
+    pub scheduler: Scheduler,
+    /// Scheduler flags (ipvsadm -b): sh-fallback, sh-port, mh-fallback, mh-port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scheduler_flags: Vec<SchedulerFlag>,
+    /// Client affinity (ipvsadm -p/-M): connections from one client go to the same real server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence: Option<Persistence>,
+    /// Schedule every UDP datagram on its own (ipvsadm -o, one-packet scheduling).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub one_packet: bool,
+    /// How the director encapsulates packets for the real servers.
+    #[serde(default)]
+    pub tunnel: Tunnel,
+    /// Which nodes act as directors, and where they hold the VIP.
+    #[serde(default)]
+    pub directors: Directors,
+    /// The real servers: exactly one of `static` or `service`.
+    pub backends: Backends,
+}
+
+/// One port of the virtual service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    /// Optional name, unique within the VirtualService.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Port on the VIP (1-65535).
+    pub port: i32,
+    /// Port the real servers listen on (1-65535); defaults to `port`. When it differs,
+    /// backends DNAT VIP:port to it, since tunnel mode never rewrites ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<i32>,
+    /// TCP, UDP or SCTP. Defaults to TCP.
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+impl ServicePort {
+    /// The port real servers listen on.
+    pub fn effective_target_port(&self) -> i32 {
+        self.target_port.unwrap_or(self.port)
+    }
+}
+
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    JsonSchema,
+)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// IPVS schedulers, by their kernel module suffix (ip_vs_<name>).
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduler {
+    /// Round robin.
+    Rr,
+    /// Weighted round robin.
+    Wrr,
+    /// Least connection.
+    Lc,
+    /// Weighted least connection (the ipvsadm default).
+    #[default]
+    Wlc,
+    /// Locality-based least connection.
+    Lblc,
+    /// Locality-based least connection with replication.
+    Lblcr,
+    /// Destination hashing.
+    Dh,
+    /// Source hashing.
+    Sh,
+    /// Shortest expected delay.
+    Sed,
+    /// Never queue.
+    Nq,
+    /// Weighted failover.
+    Fo,
+    /// Weighted overflow.
+    Ovf,
+    /// Maglev hashing.
+    Mh,
+    /// Weighted random twos choice (kernel 6.8 and later).
+    Twos,
+}
+
+impl Scheduler {
+    pub const ALL: [Scheduler; 14] = [
+        Scheduler::Rr,
+        Scheduler::Wrr,
+        Scheduler::Lc,
+        Scheduler::Wlc,
+        Scheduler::Lblc,
+        Scheduler::Lblcr,
+        Scheduler::Dh,
+        Scheduler::Sh,
+        Scheduler::Sed,
+        Scheduler::Nq,
+        Scheduler::Fo,
+        Scheduler::Ovf,
+        Scheduler::Mh,
+        Scheduler::Twos,
+    ];
+
+    /// The scheduler name the kernel knows (IPVS_SVC_ATTR_SCHED_NAME).
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheduler::Rr => "rr",
+            Scheduler::Wrr => "wrr",
+            Scheduler::Lc => "lc",
+            Scheduler::Wlc => "wlc",
+            Scheduler::Lblc => "lblc",
+            Scheduler::Lblcr => "lblcr",
+            Scheduler::Dh => "dh",
+            Scheduler::Sh => "sh",
+            Scheduler::Sed => "sed",
+            Scheduler::Nq => "nq",
+            Scheduler::Fo => "fo",
+            Scheduler::Ovf => "ovf",
+            Scheduler::Mh => "mh",
+            Scheduler::Twos => "twos",
+        }
+    }
+
+    /// The kernel module that implements it.
+    pub fn module(self) -> String {
+        format!("ip_vs_{}", self.name())
+    }
+
+    pub fn from_name(name: &str) -> Option<Scheduler> {
+        Scheduler::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// Scheduler flags; the kernel maps them onto IP_VS_SVC_F_SCHED1..3.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum SchedulerFlag {
+    /// sh: pick another server when the hashed one is unavailable (flag-1).
+    ShFallback,
+    /// sh: include the source port in the hash (flag-2).
+    ShPort,
+    /// mh: pick another server when the hashed one is unavailable (flag-1).
+    MhFallback,
+    /// mh: include the source port in the hash (flag-2).
+    MhPort,
+}
+
+impl SchedulerFlag {
+    /// The scheduler this flag belongs to.
+    pub fn scheduler(self) -> Scheduler {
+        match self {
+            SchedulerFlag::ShFallback | SchedulerFlag::ShPort => Scheduler::Sh,
+            SchedulerFlag::MhFallback | SchedulerFlag::MhPort => Scheduler::Mh,
+        }
+    }
+
+    /// IP_VS_SVC_F_SCHED1 (8) or IP_VS_SVC_F_SCHED2 (16).
+    pub fn bit(self) -> u32 {
+        match self {
+            SchedulerFlag::ShFallback | SchedulerFlag::MhFallback => 0x08,
+            SchedulerFlag::ShPort | SchedulerFlag::MhPort => 0x10,
+        }
+    }
+}
+
+/// Client affinity.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Persistence {
+    /// How long a client stays with its real server after its last connection (seconds, >= 1).
+    pub timeout_seconds: i64,
+    /// Clients whose addresses share this prefix length count as one client
+    /// (ipvsadm -M). Defaults to 32 for IPv4 and 128 for IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_length: Option<i32>,
+}
+
+/// Encapsulation between director and real servers.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Tunnel {
+    /// ipip (default), gue (needs `port`, kernel >= 5.2) or gre (kernel >= 5.3).
+    #[serde(default, rename = "type")]
+    pub kind: TunnelKind,
+    /// UDP destination port for GUE encapsulation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
+    /// Checksum option for gue/gre: none (default), csum or remcsum (gue only).
+    #[serde(default)]
+    pub checksum: TunnelChecksum,
+    /// Clamp the TCP MSS that backends announce on connections to the VIP, so that
+    /// encapsulated packets fit the path MTU (1500 - 20 bytes of IPIP - 40 = 1440).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mss_clamp: Option<i32>,
+}
+
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelKind {
+    #[default]
+    Ipip,
+    Gue,
+    Gre,
+}
+
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelChecksum {
+    #[default]
+    None,
+    Csum,
+    Remcsum,
+}
+
+/// Director placement.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Directors {
+    /// Nodes that run IPVS for this service. Defaults to nodes labelled
+    /// `tunlb.io/director: "true"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+    /// Interface that holds the VIP on directors: tunl0 (default) or an ordinary
+    /// interface such as eth0, whose neighbours then learn the VIP by ARP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+}
+
+impl Directors {
+    pub fn vip_interface(&self) -> &str {
+        self.interface.as_deref().unwrap_or(DEFAULT_VIP_INTERFACE)
+    }
+}
+
+/// Where the real servers come from: exactly one kind.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Backends {
+    /// Fixed real servers, inside or outside the cluster.
+    #[serde(default, rename = "static", skip_serializing_if = "Option::is_none")]
+    pub static_servers: Option<Vec<StaticBackend>>,
+    /// A Service in the same namespace; each node with ready endpoints becomes one real server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceBackend>,
+}
+
+/// A fixed real server.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StaticBackend {
+    /// Real server address (RIP).
+    pub address: String,
+    /// Scheduling weight, 0-65535 (0 drains: no new connections). Defaults to 1.
+    #[serde(default = "default_weight")]
+    pub weight: i32,
+    /// Stop sending new connections above this many (0 = no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upper_threshold: Option<i64>,
+    /// Resume sending below this many (0 = unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lower_threshold: Option<i64>,
+}
+
+pub fn default_weight() -> i32 {
+    1
+}
+
+/// A Service whose ready endpoints are the real servers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceBackend {
+    /// Service name in the VirtualService's namespace.
+    pub name: String,
+}
+
+/// Observed state, written by the operator (realServers, conditions) and by
+/// each node agent (its own `nodes[]` entry).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualServiceStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Resolved real servers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub real_servers: Vec<RealServer>,
+    /// Number of real servers, for the printer column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub real_server_count: Option<i32>,
+    /// One entry per node that programs this service, written by that node's agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// A resolved real server.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RealServer {
+    pub address: String,
+    pub weight: i32,
+    /// Set when the address is a cluster Node: that node's agent configures it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    #[serde(default = "default_true")]
+    pub ready: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upper_threshold: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lower_threshold: Option<i64>,
+    /// For Service backends: the node-local endpoints that VIP traffic is DNATed to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<LocalEndpoint>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A pod endpoint on the real server's node.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalEndpoint {
+    pub address: String,
+    /// targetPort per VIP port, in the order of spec.ports.
+    pub ports: Vec<i32>,
+}
+
+/// What a node's agent reports.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    pub node_name: String,
+    /// director, backend, or both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<NodeRole>,
+    /// The generation this node last programmed successfully.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// True when the kernel holds what the observed generation asks for.
+    pub programmed: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    Director,
+    Backend,
+}
