@@ -109,6 +109,29 @@ pub fn parse_documents(
     out
 }
 
+/// The namespace/name of every VirtualService document, even ones whose spec
+/// is invalid (so that `delete` works on a file that no longer validates).
+pub fn object_keys(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value =
+            serde_yaml::Value::deserialize(doc).map_err(|e| format!("invalid YAML: {e}"))?;
+        if value.get("kind").and_then(|k| k.as_str()) != Some(KIND) {
+            continue;
+        }
+        let meta = value.get("metadata");
+        let field = |f: &str| {
+            meta.and_then(|m| m.get(f))
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
+        if let Some(name) = field("name") {
+            out.push((field("namespace").unwrap_or_else(|| "default".into()), name));
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

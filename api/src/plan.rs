@@ -127,6 +127,8 @@ pub struct MssRule {
 pub struct ObjectPlan {
     pub generation: Option<i64>,
     pub roles: BTreeSet<NodeRole>,
+    /// The VIP, once the object validated.
+    pub vip: Option<IpAddr>,
     /// Why this object is not (fully) programmed here.
     pub error: Option<String>,
 }
@@ -146,8 +148,14 @@ pub struct NodePlan {
 impl NodePlan {
     /// Backend sysctls (arp_ignore/arp_announce/rp_filter) are needed while any
     /// VIP sits on tunl0.
+    /// A director's VIP on tunl0 must stay ARP-visible, so only backends need them.
     pub fn needs_backend_sysctls(&self) -> bool {
         !self.backend_vips.is_empty()
+    }
+
+    /// tunl0 must exist when a backend or a director holds a VIP on it.
+    pub fn needs_tunl0(&self) -> bool {
+        self.needs_backend_sysctls()
             || self
                 .director_vips
                 .iter()
@@ -163,7 +171,7 @@ impl NodePlan {
         for s in self.ipvs.values() {
             m.insert(format!("ip_vs_{}", s.scheduler));
         }
-        if self.needs_backend_sysctls() {
+        if self.needs_tunl0() {
             m.insert("ipip".to_string());
         }
         m
@@ -304,6 +312,7 @@ fn plan_object(
     plan: &mut NodePlan,
 ) -> Result<(), String> {
     let valid = validate(input.spec).map_err(|e| e.to_string())?;
+    report.vip = Some(valid.vip);
 
     // Conflicts are judged on every node identically, so all agree on the winner.
     let keys: Vec<IpvsKey> = valid

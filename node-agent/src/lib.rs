@@ -1,0 +1,11 @@
+//! tunlb node agent: programs a node's kernel from VirtualServices.
+
+pub mod ipvs_diff;
+pub mod link;
+pub mod load;
+pub mod nat;
+pub mod show;
+pub mod standalone;
+pub mod state;
+pub mod sync;
+pub mod sysctl;

@@ -1,0 +1,133 @@
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use tunlb_agent::standalone::{self, NodeArgs, Outcome};
+use tunlb_agent::sync::Dataplane;
+use tunlb_api::DEFAULT_DIRECTOR_LABEL;
+
+/// tunlb node agent: IPVS tunnel services on directors; tunl0 VIPs, ARP/rp_filter
+/// sysctls and port-mapping DNAT on backends.
+#[derive(Parser)]
+#[command(name = "tunlb-agent", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply VirtualService manifests to this host (no Kubernetes needed).
+    Apply {
+        #[command(flatten)]
+        node: NodeFlags,
+        /// Files or directories of VirtualService YAML.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Remove the VirtualServices named in the manifests, and exactly what they added.
+    Delete {
+        #[command(flatten)]
+        node: NodeFlags,
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print this host's IPVS table (ipvsadm -Ln layout), tunl0 addresses, sysctls and DNAT table.
+    Show,
+}
+
+#[derive(Args)]
+struct NodeFlags {
+    /// This node's name (defaults to the hostname).
+    #[arg(long, env = "NODE_NAME")]
+    node: Option<String>,
+    /// Extra addresses that identify this host as a real server (its interface
+    /// addresses are found automatically).
+    #[arg(long = "address")]
+    addresses: Vec<IpAddr>,
+    /// Node labels, matched against spec.directors.nodeSelector (KEY=VALUE).
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Shorthand for --label tunlb.io/director=true.
+    #[arg(long)]
+    director: bool,
+    /// Where the agent records what it owns.
+    #[arg(long, env = "TUNLB_STATE_DIR", default_value = "/var/lib/tunlb")]
+    state_dir: PathBuf,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+impl NodeFlags {
+    fn node_args(&self) -> NodeArgs {
+        let mut labels: BTreeMap<String, String> = self.labels.iter().cloned().collect();
+        if self.director {
+            labels.insert(DEFAULT_DIRECTOR_LABEL.into(), "true".into());
+        }
+        let name = self.node.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into())
+        });
+        NodeArgs {
+            name,
+            addresses: self.addresses.clone(),
+            labels,
+        }
+    }
+}
+
+fn print(outcome: &Outcome) -> ExitCode {
+    for l in &outcome.lines {
+        println!("{l}");
+    }
+    for e in &outcome.errors {
+        eprintln!("error: {e}");
+    }
+    let w = outcome.writes;
+    println!(
+        "kernel writes: ipvs={} links={} sysctls={} nft={}",
+        w.ipvs, w.links, w.sysctls, w.nft
+    );
+    if outcome.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TUNLB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<ExitCode> {
+    init_tracing();
+    let cli = Cli::parse();
+    let mut dp = Dataplane::new().context("open rtnetlink")?;
+    let code = match cli.command {
+        Command::Apply { node, files } => {
+            print(&standalone::apply(&mut dp, &node.state_dir, &node.node_args(), &files).await?)
+        }
+        Command::Delete { node, files } => {
+            print(&standalone::delete(&mut dp, &node.state_dir, &node.node_args(), &files).await?)
+        }
+        Command::Show => {
+            print!("{}", tunlb_agent::show::render(dp.links()).await);
+            ExitCode::SUCCESS
+        }
+    };
+    Ok(code)
+}

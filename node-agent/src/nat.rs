@@ -1,0 +1,274 @@
+//! Port-mapping DNAT and the optional MSS clamp, in nftables tables that only
+//! tunlb uses (`ip tunlb`, `ip6 tunlb`). Each change replaces our table in one
+//! atomic `nft -f` transaction; rules in any other table are never touched.
+//! The table comment carries a hash of its content so an unchanged plan costs
+//! one read and no write.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::process::Stdio;
+
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+use tunlb_api::Protocol;
+use tunlb_api::plan::{DnatRule, MssRule};
+
+pub const TABLE: &str = "tunlb";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NatError {
+    #[error("cannot run nft ({0}): install nftables")]
+    Spawn(#[source] std::io::Error),
+    #[error("nft -f failed: {0}")]
+    Apply(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Ip,
+    Ip6,
+}
+
+impl Family {
+    fn name(self) -> &'static str {
+        match self {
+            Family::Ip => "ip",
+            Family::Ip6 => "ip6",
+        }
+    }
+    fn of(addr: &IpAddr) -> Family {
+        if addr.is_ipv4() {
+            Family::Ip
+        } else {
+            Family::Ip6
+        }
+    }
+}
+
+fn proto_kw(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
+    }
+}
+
+fn fmt_target(addr: &IpAddr, port: u16) -> String {
+    match addr {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+/// Renders the body of one family's table; `None` when it would be empty.
+pub fn render_table(family: Family, dnat: &[DnatRule], mss: &[MssRule]) -> Option<String> {
+    let dnat: Vec<&DnatRule> = dnat
+        .iter()
+        .filter(|r| Family::of(&r.vip) == family)
+        .collect();
+    let mss: Vec<&MssRule> = mss
+        .iter()
+        .filter(|r| Family::of(&r.vip) == family)
+        .collect();
+    if dnat.is_empty() && mss.is_empty() {
+        return None;
+    }
+    let fam = family.name();
+    let mut body = String::new();
+    if !dnat.is_empty() {
+        body.push_str(
+            "  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n",
+        );
+        for r in &dnat {
+            let m = format!(
+                "{fam} daddr {} {} dport {}",
+                r.vip,
+                proto_kw(r.protocol),
+                r.port
+            );
+            let action = match r.targets.as_slice() {
+                [(None, port)] => format!("dnat to :{port}"),
+                [(Some(a), port)] => format!("dnat to {}", fmt_target(a, *port)),
+                many => {
+                    // Spread new connections evenly over the node-local endpoints.
+                    let mut map = String::new();
+                    for (i, (a, port)) in many.iter().enumerate() {
+                        let a = a.unwrap_or(r.vip);
+                        let _ = write!(map, "{}{i} : {a} . {port}", if i == 0 { "" } else { ", " });
+                    }
+                    format!(
+                        "dnat {fam} addr . port to numgen inc mod {} map {{ {map} }}",
+                        many.len()
+                    )
+                }
+            };
+            let _ = writeln!(body, "    {m} {action}");
+        }
+        body.push_str("  }\n");
+    }
+    if !mss.is_empty() {
+        body.push_str(
+            "  chain mss {\n    type filter hook postrouting priority mangle; policy accept;\n",
+        );
+        for r in &mss {
+            let _ = writeln!(
+                body,
+                "    ct original {fam} daddr {} tcp flags & (syn | ack) == syn | ack tcp option maxseg size > {} tcp option maxseg size set {}",
+                r.vip, r.mss, r.mss
+            );
+        }
+        body.push_str("  }\n");
+    }
+    Some(body)
+}
+
+/// FNV-1a: stable across builds, unlike std's hasher.
+fn content_hash(s: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn comment_for(body: &str) -> String {
+    format!("tunlb {}", content_hash(body))
+}
+
+async fn current_comment(family: Family) -> Result<Option<String>, NatError> {
+    let out = Command::new("nft")
+        .args(["list", "table", family.name(), TABLE])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(NatError::Spawn)?;
+    if !out.status.success() {
+        // No such table (or nothing to read): treat as absent.
+        return Ok(None);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(Some(
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("comment \""))
+            .map(|c| c.trim_end_matches(['"', ';']).to_string())
+            .unwrap_or_default(),
+    ))
+}
+
+async fn run_script(script: &str) -> Result<(), NatError> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(NatError::Spawn)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .await
+            .map_err(NatError::Spawn)?;
+    }
+    let out = child.wait_with_output().await.map_err(NatError::Spawn)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NatError::Apply(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
+    }
+}
+
+/// Makes our tables match `dnat`/`mss`. Returns the number of nft transactions run.
+pub async fn apply(dnat: &[DnatRule], mss: &[MssRule]) -> Result<usize, NatError> {
+    let mut writes = 0;
+    for family in [Family::Ip, Family::Ip6] {
+        let fam = family.name();
+        let desired = render_table(family, dnat, mss);
+        let current = current_comment(family).await?;
+        let script = match (&desired, &current) {
+            (None, None) => continue,
+            (Some(body), Some(c)) if *c == comment_for(body) => continue,
+            (None, Some(_)) => format!("delete table {fam} {TABLE}\n"),
+            (Some(body), _) => {
+                // Declaring the table first makes the delete valid whether or not it
+                // exists; the whole script is one transaction.
+                format!(
+                    "table {fam} {TABLE}\ndelete table {fam} {TABLE}\ntable {fam} {TABLE} {{\n  comment \"{}\"\n{body}}}\n",
+                    comment_for(body)
+                )
+            }
+        };
+        run_script(&script).await?;
+        writes += 1;
+    }
+    Ok(writes)
+}
+
+/// The text of our tables, for `show`.
+pub async fn list() -> Result<String, NatError> {
+    let mut text = String::new();
+    for family in [Family::Ip, Family::Ip6] {
+        let out = Command::new("nft")
+            .args(["list", "table", family.name(), TABLE])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(NatError::Spawn)?;
+        if out.status.success() {
+            text.push_str(&String::from_utf8_lossy(&out.stdout));
+        }
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap_or_else(|_| panic!("{s}"))
+    }
+
+    #[test]
+    fn renders_port_only_dnat_endpoints_and_mss() {
+        let dnat = vec![
+            DnatRule {
+                vip: ip("192.168.56.186"),
+                protocol: Protocol::Tcp,
+                port: 8099,
+                targets: vec![(None, 80)],
+            },
+            DnatRule {
+                vip: ip("192.168.56.190"),
+                protocol: Protocol::Udp,
+                port: 53,
+                targets: vec![
+                    (Some(ip("10.244.1.5")), 5353),
+                    (Some(ip("10.244.1.6")), 5353),
+                ],
+            },
+        ];
+        let mss = vec![MssRule {
+            vip: ip("192.168.56.186"),
+            port: 80,
+            mss: 1440,
+        }];
+        let body = render_table(Family::Ip, &dnat, &mss).unwrap_or_default();
+        assert!(
+            body.contains("ip daddr 192.168.56.186 tcp dport 8099 dnat to :80\n"),
+            "{body}"
+        );
+        assert!(body.contains("ip daddr 192.168.56.190 udp dport 53 dnat ip addr . port to numgen inc mod 2 map { 0 : 10.244.1.5 . 5353, 1 : 10.244.1.6 . 5353 }"), "{body}");
+        assert!(body.contains("ct original ip daddr 192.168.56.186 tcp flags & (syn | ack) == syn | ack tcp option maxseg size > 1440 tcp option maxseg size set 1440"), "{body}");
+        assert_eq!(render_table(Family::Ip6, &dnat, &mss), None);
+    }
+
+    #[test]
+    fn hash_is_stable_and_content_sensitive() {
+        assert_eq!(content_hash("a"), content_hash("a"));
+        assert_ne!(content_hash("a"), content_hash("b"));
+        assert_eq!(content_hash(""), "cbf29ce484222325");
+    }
+}

@@ -1,0 +1,360 @@
+//! Brings the kernel in line with a `NodePlan`: tunl0 and sysctls, VIP
+//! addresses, IPVS services and the DNAT table. Each step reads the kernel
+//! once, diffs, and writes only the difference; failures are attributed to the
+//! VirtualServices they concern so the others still get programmed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use tracing::{debug, info, warn};
+use tunlb_api::NodeRole;
+use tunlb_api::plan::{IpvsKey, NodePlan, ObjectKey};
+use tunlb_ipvs::Op;
+
+use crate::ipvs_diff::{self, Current, ipvs_key};
+use crate::link::{LinkError, LinkInfo, Links, TUNL0};
+use crate::state::{OwnedAddress, OwnedState};
+use crate::{nat, sysctl};
+
+/// Kernel writes made by one sync, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Writes {
+    pub ipvs: u64,
+    pub links: u64,
+    pub sysctls: u64,
+    pub nft: u64,
+}
+
+impl Writes {
+    pub fn total(&self) -> u64 {
+        self.ipvs + self.links + self.sysctls + self.nft
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    pub writes: Writes,
+    /// Problems per VirtualService.
+    pub errors: BTreeMap<ObjectKey, Vec<String>>,
+    /// Problems not tied to one object.
+    pub node_errors: Vec<String>,
+}
+
+impl SyncReport {
+    fn object_error(&mut self, key: &ObjectKey, msg: impl Into<String>) {
+        self.errors.entry(key.clone()).or_default().push(msg.into());
+    }
+
+    /// Attributes an error to every object of `plan` for which `pred` holds.
+    fn error_for(
+        &mut self,
+        plan: &NodePlan,
+        pred: impl Fn(&tunlb_api::plan::ObjectPlan) -> bool,
+        msg: &str,
+    ) {
+        let keys: Vec<ObjectKey> = plan
+            .objects
+            .iter()
+            .filter(|(_, o)| o.error.is_none() && pred(o))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if keys.is_empty() {
+            self.node_errors.push(msg.to_string());
+        }
+        for k in keys {
+            self.object_error(&k, msg);
+        }
+    }
+}
+
+/// The kernel side of one node.
+pub struct Dataplane {
+    links: Links,
+    ipvs: Option<tunlb_ipvs::Client>,
+}
+
+impl Dataplane {
+    pub fn new() -> Result<Dataplane, LinkError> {
+        Ok(Dataplane {
+            links: Links::connect()?,
+            ipvs: None,
+        })
+    }
+
+    pub fn links(&self) -> &Links {
+        &self.links
+    }
+
+    /// Connects to IPVS on first use (resolving the family loads ip_vs).
+    pub async fn ipvs(&mut self) -> Result<tunlb_ipvs::Client, tunlb_ipvs::Error> {
+        if let Some(c) = &self.ipvs {
+            return Ok(c.clone());
+        }
+        let c = tunlb_ipvs::Client::connect().await?;
+        self.ipvs = Some(c.clone());
+        Ok(c)
+    }
+
+    /// The node's own addresses: everything except VIPs on tunl0 and
+    /// addresses tunlb added.
+    pub async fn node_addresses(&self, state: &OwnedState) -> Result<BTreeSet<IpAddr>, LinkError> {
+        let ifaces = self.links.interfaces().await?;
+        let addrs = self.links.addresses(&ifaces).await?;
+        Ok(addrs
+            .into_iter()
+            .filter(|a| a.interface != TUNL0)
+            .filter(|a| {
+                !state.addresses.contains(&OwnedAddress {
+                    interface: a.interface.clone(),
+                    address: a.address,
+                })
+            })
+            .map(|a| a.address)
+            .collect())
+    }
+
+    /// Applies `plan`, updating `state` with what tunlb now owns.
+    pub async fn sync(&mut self, plan: &NodePlan, state: &mut OwnedState) -> SyncReport {
+        let mut report = SyncReport::default();
+        let links_before = self.links.writes();
+        let ipvs_before = self.ipvs.as_ref().map(|c| c.writes()).unwrap_or(0);
+
+        self.sync_links(plan, state, &mut report).await;
+        self.sync_ipvs(plan, state, &mut report).await;
+        match nat::apply(&plan.dnat, &plan.mss).await {
+            Ok(n) => report.writes.nft = n as u64,
+            Err(e) => report.error_for(
+                plan,
+                |o| o.roles.contains(&NodeRole::Backend),
+                &format!("port mapping: {e}"),
+            ),
+        }
+        if !plan.needs_backend_sysctls() && !state.sysctl_originals.is_empty() {
+            match sysctl::restore(&sysctl::backend_settings(), &mut state.sysctl_originals) {
+                Ok(n) => report.writes.sysctls += n as u64,
+                Err(e) => report.node_errors.push(e.to_string()),
+            }
+        }
+
+        report.writes.links = self.links.writes() - links_before;
+        report.writes.ipvs = self.ipvs.as_ref().map(|c| c.writes()).unwrap_or(0) - ipvs_before;
+        debug!(writes = ?report.writes, "sync done");
+        report
+    }
+
+    async fn sync_links(
+        &mut self,
+        plan: &NodePlan,
+        state: &mut OwnedState,
+        report: &mut SyncReport,
+    ) {
+        if plan.needs_tunl0() {
+            if let Err(e) = self.links.ensure_tunl0().await {
+                report.error_for(plan, |_| true, &e.to_string());
+                return;
+            }
+        }
+        if plan.needs_backend_sysctls() {
+            match sysctl::apply(&sysctl::backend_settings(), &mut state.sysctl_originals) {
+                Ok(n) => report.writes.sysctls += n as u64,
+                Err(e) => report.error_for(
+                    plan,
+                    |o| o.roles.contains(&NodeRole::Backend),
+                    &e.to_string(),
+                ),
+            }
+        }
+
+        let ifaces = match self.links.interfaces().await {
+            Ok(i) => i,
+            Err(e) => return report.node_errors.push(e.to_string()),
+        };
+        let addrs = match self.links.addresses(&ifaces).await {
+            Ok(a) => a,
+            Err(e) => return report.node_errors.push(e.to_string()),
+        };
+        let by_name: BTreeMap<&str, &LinkInfo> =
+            ifaces.values().map(|l| (l.name.as_str(), l)).collect();
+
+        let mut desired: BTreeSet<(String, IpAddr)> = plan
+            .backend_vips
+            .iter()
+            .map(|a| (TUNL0.to_string(), *a))
+            .collect();
+        desired.extend(
+            plan.director_vips
+                .iter()
+                .map(|b| (b.interface.clone(), b.address)),
+        );
+
+        for (iface, vip) in &desired {
+            let owners = |o: &tunlb_api::plan::ObjectPlan| o.vip == Some(*vip);
+            let Some(link) = by_name.get(iface.as_str()) else {
+                report.error_for(
+                    plan,
+                    owners,
+                    &LinkError::MissingInterface(iface.clone()).to_string(),
+                );
+                continue;
+            };
+            let present = addrs
+                .iter()
+                .any(|a| a.index == link.index && a.address == *vip);
+            if !present {
+                match self.links.add_host_address(link, *vip).await {
+                    Ok(()) => {
+                        info!(%vip, interface = %iface, "added VIP");
+                        state.addresses.insert(OwnedAddress {
+                            interface: iface.clone(),
+                            address: *vip,
+                        });
+                    }
+                    Err(e) => report.error_for(plan, owners, &e.to_string()),
+                }
+            }
+            if iface != TUNL0 && !link.up {
+                warn!(interface = %iface, "VIP interface is down");
+            }
+        }
+
+        let stale: Vec<OwnedAddress> = state
+            .addresses
+            .iter()
+            .filter(|o| !desired.contains(&(o.interface.clone(), o.address)))
+            .cloned()
+            .collect();
+        for owned in stale {
+            let found = addrs
+                .iter()
+                .find(|a| a.interface == owned.interface && a.address == owned.address);
+            if let Some(a) = found {
+                if let Err(e) = self.links.delete_address(a).await {
+                    report.node_errors.push(e.to_string());
+                    continue;
+                }
+                info!(vip = %owned.address, interface = %owned.interface, "removed VIP");
+            }
+            state.addresses.remove(&owned);
+        }
+    }
+
+    async fn sync_ipvs(
+        &mut self,
+        plan: &NodePlan,
+        state: &mut OwnedState,
+        report: &mut SyncReport,
+    ) {
+        if plan.ipvs.is_empty() && state.ipvs_services.is_empty() {
+            return;
+        }
+        let is_director = |o: &tunlb_api::plan::ObjectPlan| o.roles.contains(&NodeRole::Director);
+        let client = match self.ipvs().await {
+            Ok(c) => c,
+            Err(e) => {
+                report.error_for(plan, is_director, &format!("IPVS: {e}"));
+                return;
+            }
+        };
+        let dump = match client.services().await {
+            Ok(d) => d,
+            Err(e) => return report.node_errors.push(format!("list IPVS services: {e}")),
+        };
+        let owned: BTreeSet<IpvsKey> = state.ipvs_services.iter().map(|k| (*k).into()).collect();
+        let mut current: BTreeMap<IpvsKey, Current> = BTreeMap::new();
+        let mut present: BTreeSet<IpvsKey> = BTreeSet::new();
+        let mut need_dests = Vec::new();
+        for entry in dump {
+            let Some(key) = ipvs_key(&entry.service.key) else {
+                continue;
+            };
+            present.insert(key);
+            if plan.ipvs.contains_key(&key) || owned.contains(&key) {
+                if owned.contains(&key) {
+                    need_dests.push(entry.service.key.clone());
+                }
+                current.insert(
+                    key,
+                    Current {
+                        service: entry,
+                        destinations: Vec::new(),
+                    },
+                );
+            }
+        }
+        // Services we own that someone removed by hand are simply forgotten.
+        state
+            .ipvs_services
+            .retain(|k| present.contains(&IpvsKey::from(*k)));
+
+        let dests = client.destinations_many(&need_dests).await;
+        for (svc_key, res) in need_dests.iter().zip(dests) {
+            let Some(key) = ipvs_key(svc_key) else {
+                continue;
+            };
+            match res {
+                Ok(d) => {
+                    if let Some(c) = current.get_mut(&key) {
+                        c.destinations = d;
+                    }
+                }
+                Err(e) => report
+                    .node_errors
+                    .push(format!("list destinations of {key}: {e}")),
+            }
+        }
+
+        let diff = ipvs_diff::diff(&plan.ipvs, &current, &owned);
+        for (key, owner) in &diff.foreign {
+            report.object_error(
+                owner,
+                format!("IPVS service {key} already exists and was not created by tunlb; it is left untouched"),
+            );
+        }
+        if diff.ops.is_empty() {
+            return;
+        }
+        let ops: Vec<Op> = diff.ops.iter().map(|p| p.op.clone()).collect();
+        let results = client.apply(&ops).await;
+        for (planned, res) in diff.ops.iter().zip(results) {
+            match (&planned.op, res) {
+                (Op::NewService(_), Ok(())) => {
+                    state.ipvs_services.insert(planned.key.into());
+                }
+                (Op::DelService(_), Ok(())) => {
+                    state.ipvs_services.remove(&planned.key.into());
+                }
+                (_, Ok(())) => {}
+                (op, Err(e)) => {
+                    let msg = explain(
+                        op,
+                        &e,
+                        plan.ipvs.get(&planned.key).map(|s| s.scheduler.as_str()),
+                    );
+                    match &planned.owner {
+                        Some(owner) => report.object_error(owner, msg),
+                        None => report.node_errors.push(msg),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Turns a kernel refusal into a message that says what to do about it.
+fn explain(op: &Op, e: &tunlb_ipvs::Error, scheduler: Option<&str>) -> String {
+    match (op, e.errno()) {
+        (Op::NewService(_) | Op::SetService(_), Some(libc::ENOENT)) => format!(
+            "{e}: scheduler {0:?} is not available in this kernel (module ip_vs_{0} missing)",
+            scheduler.unwrap_or("?")
+        ),
+        (Op::NewDest(..) | Op::SetDest(..), Some(libc::EINVAL)) => {
+            format!("{e}: the kernel accepts only unicast real servers it has a route to")
+        }
+        (Op::NewDest(..) | Op::SetDest(..), Some(libc::EAFNOSUPPORT)) => {
+            format!(
+                "{e}: tunnel type not supported by this kernel (gue needs 5.2+, gre 5.3+, and the fou/ip_gre modules)"
+            )
+        }
+        _ => e.to_string(),
+    }
+}
