@@ -25,6 +25,7 @@ pub const DEFAULT_DIRECTOR_LABEL: &str = "tunlb.io/director";
     status = "VirtualServiceStatus",
     shortname = "tvs",
     category = "tunlb",
+    derive = "PartialEq",
     printcolumn = r#"{"name":"VIP","type":"string","jsonPath":".spec.vip"}"#,
     printcolumn = r#"{"name":"Ports","type":"string","jsonPath":".spec.ports[*].port"}"#,
     printcolumn = r#"{"name":"Scheduler","type":"string","jsonPath":".spec.scheduler"}"#,

@@ -49,11 +49,13 @@ pub fn protocol_to_ipvs(p: Protocol) -> tunlb_ipvs::Protocol {
     }
 }
 
-pub fn protocol_from_ipvs(p: tunlb_ipvs::Protocol) -> Protocol {
+/// `None` for protocols a VirtualService cannot express (never ours).
+pub fn protocol_from_ipvs(p: tunlb_ipvs::Protocol) -> Option<Protocol> {
     match p {
-        tunlb_ipvs::Protocol::Tcp => Protocol::Tcp,
-        tunlb_ipvs::Protocol::Udp => Protocol::Udp,
-        tunlb_ipvs::Protocol::Sctp => Protocol::Sctp,
+        tunlb_ipvs::Protocol::Tcp => Some(Protocol::Tcp),
+        tunlb_ipvs::Protocol::Udp => Some(Protocol::Udp),
+        tunlb_ipvs::Protocol::Sctp => Some(Protocol::Sctp),
+        tunlb_ipvs::Protocol::Other(_) => None,
     }
 }
 
@@ -73,7 +75,7 @@ pub fn ipvs_key(k: &ServiceKey) -> Option<IpvsKey> {
             addr,
             port,
         } => Some(IpvsKey {
-            protocol: protocol_from_ipvs(*protocol),
+            protocol: protocol_from_ipvs(*protocol)?,
             vip: *addr,
             port: *port,
         }),

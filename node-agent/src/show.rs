@@ -49,9 +49,10 @@ pub async fn ipvs_table(client: &Client) -> Result<String, tunlb_ipvs::Error> {
                 port,
             } => {
                 let p = match protocol {
-                    tunlb_ipvs::Protocol::Tcp => "TCP",
-                    tunlb_ipvs::Protocol::Udp => "UDP",
-                    tunlb_ipvs::Protocol::Sctp => "SCTP",
+                    tunlb_ipvs::Protocol::Tcp => "TCP".to_string(),
+                    tunlb_ipvs::Protocol::Udp => "UDP".to_string(),
+                    tunlb_ipvs::Protocol::Sctp => "SCTP".to_string(),
+                    tunlb_ipvs::Protocol::Other(n) => format!("P{n}"),
                 };
                 format!("{p:<4} {} {}", addr_port(addr, *port), s.scheduler)
             }

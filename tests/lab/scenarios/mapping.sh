@@ -1,0 +1,37 @@
+#!/bin/sh
+# Port mapping under TUN: VIP2 .186:8099 with real servers on :80. Without the
+# backend DNAT the seed's failure shows (ipvsadm lists RIP:8099, clients are
+# refused); with targetPort the backends DNAT and it balances.
+. /scenarios/common.sh
+VIP2=192.168.56.186
+
+topo_setup || { echo "topology setup failed"; exit 1; }
+start_backends
+
+# First as plain LVS-TUN would do it: same port on the real servers, nothing mapped.
+grep -v targetPort $EX/02-mapped.yaml >/tmp/unmapped.yaml
+apply_all /tmp/unmapped.yaml
+lab_assert_eq "ipvsadm lists RIP:8099 (TUN never rewrites ports)" \
+	"TCP $VIP2:8099 wrr $RS1:8099 Tunnel 1
+TCP $VIP2:8099 wrr $RS2:8099 Tunnel 1" "$(ipvs_rows director)"
+lab_assert_eq "without DNAT the client is refused" "ERR:7" "$(request client "http://$VIP2:8099/")"
+
+out="$(apply_all $EX/02-mapped.yaml)"
+echo "$out"
+lab_assert_contains "rs1 DNAT rule in tunlb's table" "ip daddr $VIP2 tcp dport 8099 dnat to :80" "$(ns_exec rs1 nft list table ip tunlb)"
+lab_assert_contains "director writes no nft rules" "[director] kernel writes: ipvs=0 links=0 sysctls=0 nft=0" "$out"
+got="$(requests 4 "http://$VIP2:8099/")"
+echo "8099 -> 80: $got"
+lab_assert_eq "VIP2:8099 balances rs1/rs2 through the DNAT" yes "$(alternates "$got")"
+
+# Weights still apply through the mapping.
+sed '0,/- address: 192.168.56.183/s//- address: 192.168.56.183\n      weight: 2/' $EX/02-mapped.yaml >/tmp/mapped-2-1.yaml
+agent director apply -f /tmp/mapped-2-1.yaml
+got="$(requests 6 "http://$VIP2:8099/")"
+echo "8099 weights 2:1 -> $got"
+lab_assert_eq "mapped port honours weights 2:1" 4 "$(count rs1 "$got")"
+
+delete_all $EX/02-mapped.yaml
+lab_assert_eq "delete removes tunlb's nft table" "" "$(ns_exec rs1 nft list tables | grep tunlb)"
+topo_cleanup
+lab_summary

@@ -1,0 +1,104 @@
+//! Harness for tests that need a real kernel: boots the QEMU lab
+//! (tests/lab/run.sh) with the agent binary, the example manifests and the
+//! guest scenarios, and reports what the guest's assertions said.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The workspace root (this crate lives in `<root>/tests`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The agent binary to put in the guest: `TUNLB_AGENT_BIN`, else the release build.
+pub fn agent_binary() -> PathBuf {
+    std::env::var_os("TUNLB_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/release/tunlb-agent"))
+}
+
+/// What one guest run reported.
+#[derive(Debug)]
+pub struct LabRun {
+    pub exit_code: Option<i32>,
+    pub output: String,
+    pub passed: u32,
+    pub failed: u32,
+}
+
+/// Parses the guest's closing `N passed, M failed` line.
+pub fn parse_summary(output: &str) -> Option<(u32, u32)> {
+    output.lines().rev().find_map(|l| {
+        let (p, f) = l.trim().split_once(" passed, ")?;
+        let f = f.strip_suffix(" failed")?;
+        Some((p.trim().parse().ok()?, f.trim().parse().ok()?))
+    })
+}
+
+/// Boots the lab and runs `/scenarios/<name>.sh` in it.
+pub fn run_scenario(name: &str, extra_bins: &[PathBuf], timeout_s: u32) -> LabRun {
+    let root = workspace_root();
+    let agent = agent_binary();
+    assert!(
+        agent.is_file(),
+        "{} not found: build it first (cargo build --release -p tunlb-agent) or set TUNLB_AGENT_BIN",
+        agent.display()
+    );
+    let mut cmd = Command::new(root.join("tests/lab/run.sh"));
+    cmd.arg("--timeout").arg(timeout_s.to_string());
+    cmd.arg("--bin").arg(&agent);
+    for b in extra_bins {
+        cmd.arg("--bin").arg(b);
+    }
+    for (src, dest) in [
+        ("examples", "/examples"),
+        ("tests/lab/guest", "/lab"),
+        ("tests/lab/scenarios", "/scenarios"),
+    ] {
+        cmd.arg("--dir")
+            .arg(format!("{}:{dest}", root.join(src).display()));
+    }
+    cmd.args(["--", "sh", &format!("/scenarios/{name}.sh")]);
+    let out = match cmd.output() {
+        Ok(o) => o,
+        Err(e) => panic!("cannot run tests/lab/run.sh: {e}"),
+    };
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (passed, failed) = parse_summary(&output).unwrap_or((0, 0));
+    LabRun {
+        exit_code: out.status.code(),
+        output,
+        passed,
+        failed,
+    }
+}
+
+/// Runs a scenario and fails the calling test unless every guest assertion passed.
+pub fn assert_scenario(name: &str) {
+    let run = run_scenario(name, &[], 300);
+    println!("{}", run.output);
+    assert!(
+        run.passed > 0,
+        "scenario {name} reported no passing assertion"
+    );
+    assert_eq!(run.failed, 0, "scenario {name}: {} assertions failed", run.failed);
+    assert_eq!(run.exit_code, Some(0), "scenario {name} exited {:?}", run.exit_code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_summary;
+
+    #[test]
+    fn summary_line() {
+        assert_eq!(parse_summary("ok - a\n3 passed, 1 failed\nLAB-EXIT 1"), Some((3, 1)));
+        assert_eq!(parse_summary("nothing"), None);
+    }
+}

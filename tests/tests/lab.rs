@@ -1,0 +1,42 @@
+//! Real-kernel tests: each boots the QEMU lab and runs one guest scenario.
+//! Ignored by a plain `cargo test`; `tests/run.sh` runs them.
+
+use tunlb_tests::assert_scenario;
+
+#[test]
+#[ignore = "boots the QEMU lab: run tests/run.sh"]
+fn lab_itself_reproduces_the_manual_seed() {
+    let run = tunlb_tests::run_scenario("../lab/seed-manual", &[], 300);
+    println!("{}", run.output);
+    assert!(run.passed > 0 && run.failed == 0 && run.exit_code == Some(0));
+}
+
+#[test]
+#[ignore = "boots the QEMU lab: run tests/run.sh"]
+fn seed_weights_edit_noop_and_delete() {
+    assert_scenario("seed");
+}
+
+#[test]
+#[ignore = "boots the QEMU lab: run tests/run.sh"]
+fn port_mapping_through_backend_dnat() {
+    assert_scenario("mapping");
+}
+
+#[test]
+#[ignore = "boots the QEMU lab: run tests/run.sh"]
+fn vip_on_ordinary_director_interface() {
+    assert_scenario("eth-vip");
+}
+
+#[test]
+#[ignore = "boots the QEMU lab: run tests/run.sh"]
+fn foreign_kernel_state_is_never_touched() {
+    assert_scenario("ownership");
+}
+
+#[test]
+#[ignore = "boots the QEMU lab: run tests/run.sh"]
+fn bad_input_is_named_and_never_half_applied() {
+    assert_scenario("bad-input");
+}
