@@ -25,7 +25,7 @@ echo "8099 -> 80: $got"
 lab_assert_eq "VIP2:8099 balances rs1/rs2 through the DNAT" yes "$(alternates "$got")"
 
 # Weights still apply through the mapping.
-sed '0,/- address: 192.168.56.183/s//- address: 192.168.56.183\n      weight: 2/' $EX/02-mapped.yaml >/tmp/mapped-2-1.yaml
+awk '{ print } /- address: 192.168.56.183/ { print "      weight: 2" }' $EX/02-mapped.yaml >/tmp/mapped-2-1.yaml
 agent director apply -f /tmp/mapped-2-1.yaml
 got="$(requests 6 "http://$VIP2:8099/")"
 echo "8099 weights 2:1 -> $got"

@@ -39,7 +39,8 @@ exec 3>/tmp/long.in
 sleep 1
 lab_assert_contains "connection established before the edit" ESTABLISHED "$(ns_exec director ipvsadm -Lnc)"
 
-sed '0,/weight: 1/s//weight: 2/' $EX/01-web.yaml >/tmp/web-2-1.yaml
+# First real server (rs1) to weight 2.
+awk '!done && /weight: 1/ { sub(/weight: 1/, "weight: 2"); done = 1 } { print }' $EX/01-web.yaml >/tmp/web-2-1.yaml
 out="$(agent director apply -f /tmp/web-2-1.yaml 2>&1)"
 echo "$out"
 lab_assert_contains "weight edit is one IPVS write" "kernel writes: ipvs=1 links=0 sysctls=0 nft=0" "$out"
