@@ -186,13 +186,13 @@ pub fn validate(spec: &VirtualServiceSpec) -> Result<ValidService, FieldErrors> 
         flags |= flag.bit();
     }
 
-    let max_prefix = if matches!(vip, Some(IpAddr::V6(_))) {
+    let max_prefix: u8 = if matches!(vip, Some(IpAddr::V6(_))) {
         128
     } else {
         32
     };
     let mut timeout = 0u32;
-    let mut prefix_length = max_prefix as u8;
+    let mut prefix_length: u8 = max_prefix;
     if let Some(p) = &spec.persistence {
         if !(1..=MAX_PERSISTENCE_SECONDS).contains(&p.timeout_seconds) {
             errs.push(FieldError::new(

@@ -190,7 +190,7 @@ pub fn diff(
                 continue;
             }
             if h.weight != 0 {
-                let mut drained = (*h).clone();
+                let mut drained = **h;
                 drained.weight = 0;
                 push(&mut out, Op::SetDest(service_key(key), drained));
             }
@@ -208,7 +208,7 @@ pub fn diff(
             // Drain first so nothing new is scheduled while the delete is in flight.
             for d in &have.destinations {
                 if d.dest.weight != 0 {
-                    let mut drained = d.dest.clone();
+                    let mut drained = d.dest;
                     drained.weight = 0;
                     out.ops.push(PlannedOp {
                         op: Op::SetDest(service_key(key), drained),

@@ -148,11 +148,11 @@ impl Dataplane {
         state: &mut OwnedState,
         report: &mut SyncReport,
     ) {
-        if plan.needs_tunl0() {
-            if let Err(e) = self.links.ensure_tunl0().await {
-                report.error_for(plan, |_| true, &e.to_string());
-                return;
-            }
+        if plan.needs_tunl0()
+            && let Err(e) = self.links.ensure_tunl0().await
+        {
+            report.error_for(plan, |_| true, &e.to_string());
+            return;
         }
         if plan.needs_backend_sysctls() {
             match sysctl::apply(&sysctl::backend_settings(), &mut state.sysctl_originals) {
@@ -270,7 +270,7 @@ impl Dataplane {
             present.insert(key);
             if plan.ipvs.contains_key(&key) || owned.contains(&key) {
                 if owned.contains(&key) {
-                    need_dests.push(entry.service.key.clone());
+                    need_dests.push(entry.service.key);
                 }
                 current.insert(
                     key,
@@ -315,7 +315,18 @@ impl Dataplane {
         }
         let ops: Vec<Op> = diff.ops.iter().map(|p| p.op.clone()).collect();
         let results = client.apply(&ops).await;
+        // After a refused NEW_SERVICE its destinations fail with ESRCH: that is noise.
+        let mut refused: BTreeSet<IpvsKey> = BTreeSet::new();
         for (planned, res) in diff.ops.iter().zip(results) {
+            if let Err(e) = &res
+                && refused.contains(&planned.key)
+                && e.errno() == Some(libc::ESRCH)
+            {
+                continue;
+            }
+            if res.is_err() && matches!(planned.op, Op::NewService(_)) {
+                refused.insert(planned.key);
+            }
             match (&planned.op, res) {
                 (Op::NewService(_), Ok(())) => {
                     state.ipvs_services.insert(planned.key.into());
