@@ -5,7 +5,7 @@
 //! generic deserialisation error.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -16,7 +16,7 @@ pub const DEFAULT_DIRECTOR_LABEL: &str = "tunlb.io/director";
 
 /// A virtual service: one VIP, one or more ports, balanced by kernel IPVS in
 /// tunnel mode across real servers that answer clients directly.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "tunlb.io",
     version = "v1alpha1",
@@ -33,11 +33,28 @@ pub const DEFAULT_DIRECTOR_LABEL: &str = "tunlb.io/director";
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
+#[x_kube(
+    validation = Rule::new("!has(self.schedulerFlags) || self.schedulerFlags.all(f, f.startsWith(self.scheduler + '-'))").message("schedulerFlags must belong to the scheduler: sh-fallback and sh-port need sh, mh-fallback and mh-port need mh").field_path(".schedulerFlags"),
+    validation = Rule::new("!has(self.onePacket) || !self.onePacket || self.ports.exists(p, p.protocol == 'UDP')").message("one-packet scheduling applies to UDP and this service has no UDP port").field_path(".onePacket"),
+    validation = Rule::new("!has(self.backends.static) || !isIP(self.vip) || self.backends.static.all(b, !isIP(b.address) || ip(b.address).family() == ip(self.vip).family())").message("real server addresses must be of the VIP's address family").field_path(".backends.static"),
+    validation = Rule::new("!has(self.backends.static) || self.backends.static.all(b, b.address != self.vip)").message("a real server cannot be the VIP itself").field_path(".backends.static"),
+    validation = Rule::new("!has(self.persistence) || !has(self.persistence.prefixLength) || !isIP(self.vip) || ip(self.vip).family() == 6 || self.persistence.prefixLength <= 32").message("prefixLength must be 0-32 for an IPv4 VIP").field_path(".persistence.prefixLength")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualServiceSpec {
     /// The virtual IP address clients connect to (IPv4 or IPv6).
+    #[schemars(length(max = 45))]
+    #[x_kube(
+        validation = Rule::new("isIP(self)").message("must be an IPv4 or IPv6 address"),
+        validation = Rule::new("!isIP(self) || ip(self).isGlobalUnicast()").message("must be a unicast address (not unspecified, loopback, multicast, link-local or broadcast)")
+    )]
     pub vip: String,
     /// Ports served on the VIP. Each VIP:port:protocol becomes one IPVS virtual service.
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(
+        validation = Rule::new("self.all(p, self.exists_one(q, q.port == p.port && q.protocol == p.protocol))").message("duplicate port: each port/protocol may appear once"),
+        validation = Rule::new("self.all(p, !has(p.name) || self.exists_one(q, has(q.name) && q.name == p.name))").message("duplicate port name")
+    )]
     pub ports: Vec<ServicePort>,
     /// IPVS scheduling algorithm (ipvsadm -s). Defaults to wlc, like ipvsadm.
     #[serde(default)]
@@ -67,12 +84,15 @@ pub struct VirtualServiceSpec {
 pub struct ServicePort {
     /// Optional name, unique within the VirtualService.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
     pub name: Option<String>,
     /// Port on the VIP (1-65535).
+    #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
     /// Port the real servers listen on (1-65535); defaults to `port`. When it differs,
     /// backends DNAT VIP:port to it, since tunnel mode never rewrites ports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
     pub target_port: Option<i32>,
     /// TCP, UDP or SCTP. Defaults to TCP.
     #[serde(default)]
@@ -259,15 +279,23 @@ impl SchedulerFlag {
 #[serde(rename_all = "camelCase")]
 pub struct Persistence {
     /// How long a client stays with its real server after its last connection (seconds, >= 1).
+    #[schemars(range(min = 1, max = 31_536_000))]
     pub timeout_seconds: i64,
     /// Clients whose addresses share this prefix length count as one client
     /// (ipvsadm -M). Defaults to 32 for IPv4 and 128 for IPv6.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 128))]
     pub prefix_length: Option<i32>,
 }
 
 /// Encapsulation between director and real servers.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("self.type != 'gue' || has(self.port)").message("gue encapsulation needs a UDP port").field_path(".port"),
+    validation = Rule::new("!has(self.port) || self.type == 'gue'").message("only gue uses a port").field_path(".port"),
+    validation = Rule::new("!has(self.checksum) || self.checksum == 'none' || self.type != 'ipip'").message("ipip has no checksum option (csum and remcsum need gue or gre)").field_path(".checksum"),
+    validation = Rule::new("!has(self.checksum) || self.checksum != 'remcsum' || self.type == 'gue'").message("remcsum is only available with gue").field_path(".checksum")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct Tunnel {
     /// ipip (default), gue (needs `port`, kernel >= 5.2) or gre (kernel >= 5.3).
@@ -275,6 +303,7 @@ pub struct Tunnel {
     pub kind: TunnelKind,
     /// UDP destination port for GUE encapsulation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i32>,
     /// Checksum option for gue/gre: none (default), csum or remcsum (gue only).
     #[serde(default)]
@@ -282,6 +311,7 @@ pub struct Tunnel {
     /// Clamp the TCP MSS that backends announce on connections to the VIP, so that
     /// encapsulated packets fit the path MTU (1500 - 20 bytes of IPIP - 40 = 1440).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 536, max = 9000))]
     pub mss_clamp: Option<i32>,
 }
 
@@ -340,6 +370,7 @@ pub struct Directors {
     /// Interface that holds the VIP on directors: tunl0 (default) or an ordinary
     /// interface such as eth0, whose neighbours then learn the VIP by ARP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[^/:\s]{1,15}$"))]
     pub interface: Option<String>,
 }
 
@@ -350,11 +381,14 @@ impl Directors {
 }
 
 /// Where the real servers come from: exactly one kind.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.static) != has(self.service)").message("set exactly one of static or service"))]
 #[serde(rename_all = "camelCase")]
 pub struct Backends {
     /// Fixed real servers, inside or outside the cluster.
     #[serde(default, rename = "static", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b.address == a.address))").message("duplicate real server address"))]
     pub static_servers: Option<Vec<StaticBackend>>,
     /// A Service in the same namespace; each node with ready endpoints becomes one real server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -362,19 +396,25 @@ pub struct Backends {
 }
 
 /// A fixed real server.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[x_kube(validation = Rule::new("!has(self.upperThreshold) || !has(self.lowerThreshold) || self.upperThreshold == 0 || self.lowerThreshold <= self.upperThreshold").message("lowerThreshold must not exceed upperThreshold").field_path(".lowerThreshold"))]
 #[serde(rename_all = "camelCase")]
 pub struct StaticBackend {
     /// Real server address (RIP).
+    #[schemars(length(max = 45))]
+    #[x_kube(validation = Rule::new("isIP(self)").message("must be an IPv4 or IPv6 address"))]
     pub address: String,
     /// Scheduling weight, 0-65535 (0 drains: no new connections). Defaults to 1.
     #[serde(default = "default_weight")]
+    #[schemars(range(min = 0, max = 65535))]
     pub weight: i32,
     /// Stop sending new connections above this many (0 = no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2_147_483_647))]
     pub upper_threshold: Option<i64>,
     /// Resume sending below this many (0 = unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2_147_483_647))]
     pub lower_threshold: Option<i64>,
 }
 
@@ -387,17 +427,21 @@ pub fn default_weight() -> i32 {
 #[serde(rename_all = "camelCase")]
 pub struct ServiceBackend {
     /// Service name in the VirtualService's namespace.
+    #[schemars(regex(pattern = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"))]
     pub name: String,
 }
 
 /// Observed state, written by the operator (realServers, conditions) and by
 /// each node agent (its own `nodes[]` entry).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualServiceStatus {
+    /// The generation the operator last judged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Resolved, VipAllowed, Conflict, Ready (and Reconciling/Stalled, kstatus style).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
     /// Resolved real servers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -407,6 +451,7 @@ pub struct VirtualServiceStatus {
     pub real_server_count: Option<i32>,
     /// One entry per node that programs this service, written by that node's agent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["nodeName".into()]))]
     pub nodes: Vec<NodeStatus>,
 }
 

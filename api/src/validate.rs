@@ -128,6 +128,10 @@ pub fn parse_unicast(field: &str, text: &str, errs: &mut Vec<FieldError>) -> Opt
         Some("a loopback address")
     } else if matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
         Some("the broadcast address")
+    } else if matches!(ip, IpAddr::V4(v4) if v4.is_link_local())
+        || matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local())
+    {
+        Some("a link-local address")
     } else {
         None
     };
