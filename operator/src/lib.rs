@@ -1,4 +1,11 @@
-//! tunlb operator.
+//! tunlb operator: resolves VirtualService backends into real servers, judges
+//! VIPs and conflicts, and reports conditions. Deciding code (resolve, judge,
+//! conditions, decide) is pure; the controller does the I/O.
+
+pub mod conditions;
+pub mod decide;
+pub mod judge;
+pub mod resolve;
 
 use kube::CustomResourceExt;
 use tunlb_api::VirtualService;

@@ -1,0 +1,516 @@
+//! The deciding part of a reconcile: VirtualService + a view of the cluster
+//! -> the status the operator owns. No I/O, so it is unit-tested directly.
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use tunlb_api::plan::ObjectKey;
+use tunlb_api::{RealServer, VirtualService, validate};
+
+use crate::conditions::{
+    self, ACCEPTED, CONFLICT, READY, RECONCILING, RESOLVED, STALLED, VIP_ALLOWED, Want,
+};
+use crate::judge::{self, Peer, Readiness};
+use crate::resolve::{self, NodeInfo};
+
+/// Operator settings that shape judgements.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub vip_pools: Vec<ipnet::IpNet>,
+    pub service_cidrs: Vec<ipnet::IpNet>,
+}
+
+/// What the reconcile read from its caches.
+pub struct View<'a> {
+    pub nodes: &'a [NodeInfo],
+    pub service: Option<&'a Service>,
+    pub slices: Vec<&'a EndpointSlice>,
+    /// Other VirtualServices that are valid and VIP-allowed.
+    pub peers: &'a [Peer],
+}
+
+/// The status fields the operator owns (server-side apply, manager tunlb-operator).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OperatorStatus {
+    pub observed_generation: Option<i64>,
+    pub conditions: Vec<Condition>,
+    pub real_servers: Vec<RealServer>,
+    pub real_server_count: i32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub status: OperatorStatus,
+    /// Conditions whose status changed: each becomes an Event.
+    pub transitions: Vec<Want>,
+    pub accepted: bool,
+}
+
+pub fn object_key(vs: &VirtualService) -> ObjectKey {
+    ObjectKey::new(
+        vs.metadata.namespace.clone().unwrap_or_default(),
+        vs.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Age ordering for conflicts: creation time, then namespace/name.
+pub fn age(vs: &VirtualService) -> (i64, ObjectKey) {
+    let t = vs
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .unwrap_or(i64::MAX);
+    (t, object_key(vs))
+}
+
+/// Builds a Peer when the object is valid and its VIP allowed.
+pub fn peer(vs: &VirtualService, policy: &Policy, nodes: &[NodeInfo]) -> Option<Peer> {
+    let valid = validate(&vs.spec).ok()?;
+    judge::vip_allowed(valid.vip, &policy.vip_pools, &policy.service_cidrs, nodes).ok()?;
+    Some(Peer {
+        key: object_key(vs),
+        age: age(vs),
+        keys: judge::ipvs_keys(&valid),
+    })
+}
+
+pub fn decide(vs: &VirtualService, view: &View<'_>, policy: &Policy, now: &Time) -> Decision {
+    let generation = vs.metadata.generation;
+    let existing: &[Condition] = vs
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let reports = vs
+        .status
+        .as_ref()
+        .map(|s| s.nodes.as_slice())
+        .unwrap_or_default();
+    let mut wants = Vec::new();
+    let mut real_servers = Vec::new();
+    let mut block: Option<(String, String)> = None;
+
+    match validate(&vs.spec) {
+        Err(e) => {
+            // Admission normally stops these; objects stored under an older schema can still get here.
+            let msg = e.to_string();
+            wants.push(Want::new(RESOLVED, false, "Invalid", msg.clone()));
+            block = Some(("Invalid".into(), msg));
+        }
+        Ok(valid) => {
+            match judge::vip_allowed(
+                valid.vip,
+                &policy.vip_pools,
+                &policy.service_cidrs,
+                view.nodes,
+            ) {
+                Ok(()) => wants.push(Want::new(
+                    VIP_ALLOWED,
+                    true,
+                    "InPool",
+                    format!("VIP {} is allowed", valid.vip),
+                )),
+                Err(v) => {
+                    wants.push(Want::new(VIP_ALLOWED, false, v.reason, v.message.clone()));
+                    block = Some((v.reason.into(), v.message));
+                }
+            }
+            let me = Peer {
+                key: object_key(vs),
+                age: age(vs),
+                keys: judge::ipvs_keys(&valid),
+            };
+            match judge::conflict(&me, view.peers) {
+                None => wants.push(Want::new(
+                    CONFLICT,
+                    false,
+                    "NoConflict",
+                    "no older VirtualService uses these VIP ports",
+                )),
+                Some(v) => {
+                    wants.push(Want::new(CONFLICT, true, v.reason, v.message.clone()));
+                    block.get_or_insert((v.reason.into(), v.message));
+                }
+            }
+            let resolved = match &valid.service_name {
+                None => Ok(resolve::resolve_static(&valid, view.nodes)),
+                Some(_) => resolve::resolve_service(
+                    &vs.spec,
+                    &valid,
+                    vs.metadata.namespace.as_deref().unwrap_or_default(),
+                    view.service,
+                    &view.slices,
+                    view.nodes,
+                ),
+            };
+            match resolved {
+                Ok(rs) => {
+                    let on_nodes = rs.iter().filter(|r| r.node_name.is_some()).count();
+                    wants.push(Want::new(
+                        RESOLVED,
+                        true,
+                        "Resolved",
+                        format!("{} real servers ({on_nodes} on cluster nodes)", rs.len()),
+                    ));
+                    real_servers = rs;
+                }
+                Err(u) => {
+                    wants.push(Want::new(RESOLVED, false, u.reason, u.message.clone()));
+                    block.get_or_insert((u.reason.into(), u.message));
+                }
+            }
+        }
+    }
+
+    let accepted = block.is_none();
+    match &block {
+        Some((reason, msg)) => {
+            wants.push(Want::new(ACCEPTED, false, reason.clone(), msg.clone()));
+            wants.push(Want::new(READY, false, reason.clone(), msg.clone()));
+            wants.push(Want::new(
+                RECONCILING,
+                false,
+                reason.clone(),
+                "waiting for the VirtualService or the cluster to change",
+            ));
+            wants.push(Want::new(STALLED, true, reason.clone(), msg.clone()));
+        }
+        None => {
+            wants.push(Want::new(
+                ACCEPTED,
+                true,
+                "Accepted",
+                "nodes may program this VirtualService",
+            ));
+            let (ready, reason, msg) =
+                match judge::expected_nodes(&vs.spec, &real_servers, view.nodes) {
+                    Err(m) => (false, "NoDirector".to_string(), m),
+                    Ok(expected) => {
+                        match judge::readiness(&expected, reports, generation.unwrap_or(0)) {
+                            Readiness::Ready { nodes } => (
+                                true,
+                                "Programmed".into(),
+                                format!(
+                                    "{nodes} nodes programmed generation {}",
+                                    generation.unwrap_or(0)
+                                ),
+                            ),
+                            Readiness::Pending(p) => (
+                                false,
+                                "Pending".into(),
+                                format!("waiting for nodes: {}", p.join(", ")),
+                            ),
+                            Readiness::Failing(f) => {
+                                let parts: Vec<String> =
+                                    f.iter().map(|(n, m)| format!("node {n}: {m}")).collect();
+                                (false, "ProgramFailed".into(), parts.join("; "))
+                            }
+                        }
+                    }
+                };
+            let pending = reason == "Pending";
+            let stalled = !ready && !pending;
+            wants.push(Want::new(READY, ready, reason.clone(), msg.clone()));
+            wants.push(Want::new(
+                RECONCILING,
+                pending,
+                reason.clone(),
+                if pending { msg.clone() } else { String::new() },
+            ));
+            wants.push(Want::new(
+                STALLED,
+                stalled,
+                reason,
+                if stalled { msg } else { String::new() },
+            ));
+        }
+    }
+
+    let (conditions, transitions) = conditions::merge(existing, &wants, generation, now);
+    Decision {
+        status: OperatorStatus {
+            observed_generation: generation,
+            conditions,
+            real_server_count: real_servers.len() as i32,
+            real_servers,
+        },
+        transitions,
+        accepted,
+    }
+}
+
+/// Whether the stored status already says what `status` says (ignoring nothing:
+/// timestamps are carried over by `merge`, so equal means no write is needed).
+pub fn unchanged(vs: &VirtualService, status: &OperatorStatus) -> bool {
+    let Some(s) = &vs.status else { return false };
+    let mine: Vec<&Condition> = s
+        .conditions
+        .iter()
+        .filter(|c| status.conditions.iter().any(|w| w.type_ == c.type_))
+        .collect();
+    s.observed_generation == status.observed_generation
+        && mine.len() == status.conditions.len()
+        && status.conditions.iter().all(|w| mine.contains(&w))
+        && s.real_servers == status.real_servers
+        && s.real_server_count == Some(status.real_server_count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+    use tunlb_api::NodeStatus;
+
+    fn vs(yaml: &str) -> VirtualService {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+    fn now() -> Time {
+        Time(Timestamp::from_second(1_000).unwrap())
+    }
+    fn nodes() -> Vec<NodeInfo> {
+        vec![
+            NodeInfo {
+                name: "ds".into(),
+                internal_ips: vec!["192.168.56.181".parse().unwrap()],
+                labels: [("tunlb.io/director".to_string(), "true".to_string())].into(),
+            },
+            NodeInfo {
+                name: "rs1".into(),
+                internal_ips: vec!["192.168.56.183".parse().unwrap()],
+                labels: Default::default(),
+            },
+        ]
+    }
+    fn policy() -> Policy {
+        Policy {
+            vip_pools: vec!["192.168.56.0/24".parse().unwrap()],
+            service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+        }
+    }
+    const WEB: &str = r#"
+apiVersion: tunlb.io/v1alpha1
+kind: VirtualService
+metadata: {name: web, namespace: default, generation: 3, creationTimestamp: "2026-01-01T00:00:00Z"}
+spec:
+  vip: 192.168.56.185
+  ports: [{port: 80}]
+  scheduler: wrr
+  backends: {static: [{address: 192.168.56.183}, {address: 10.20.0.5, weight: 2}]}
+"#;
+
+    fn cond<'a>(d: &'a Decision, t: &str) -> &'a Condition {
+        conditions::get(&d.status.conditions, t).unwrap()
+    }
+
+    #[test]
+    fn static_backends_resolve_with_node_names_and_wait_for_nodes() {
+        let n = nodes();
+        let view = View {
+            nodes: &n,
+            service: None,
+            slices: vec![],
+            peers: &[],
+        };
+        let d = decide(&vs(WEB), &view, &policy(), &now());
+        assert!(d.accepted);
+        assert_eq!(d.status.observed_generation, Some(3));
+        assert_eq!(d.status.real_servers[0].node_name.as_deref(), Some("rs1"));
+        assert_eq!(d.status.real_servers[1].node_name, None);
+        assert_eq!(cond(&d, RESOLVED).status, "True");
+        let ready = cond(&d, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "Pending")
+        );
+        assert_eq!(ready.message, "waiting for nodes: ds, rs1");
+        assert_eq!(cond(&d, RECONCILING).status, "True");
+        assert_eq!(cond(&d, STALLED).status, "False");
+    }
+
+    #[test]
+    fn ready_when_every_node_programmed_this_generation() {
+        let n = nodes();
+        let mut obj = vs(WEB);
+        let report = |name: &str| NodeStatus {
+            node_name: name.into(),
+            roles: vec![],
+            observed_generation: Some(3),
+            programmed: true,
+            message: String::new(),
+        };
+        obj.status = Some(tunlb_api::VirtualServiceStatus {
+            nodes: vec![report("ds"), report("rs1")],
+            ..Default::default()
+        });
+        let view = View {
+            nodes: &n,
+            service: None,
+            slices: vec![],
+            peers: &[],
+        };
+        let d = decide(&obj, &view, &policy(), &now());
+        assert_eq!(cond(&d, READY).status, "True");
+        assert_eq!(cond(&d, RECONCILING).status, "False");
+    }
+
+    #[test]
+    fn vip_outside_pool_and_no_pool() {
+        let n = nodes();
+        let view = View {
+            nodes: &n,
+            service: None,
+            slices: vec![],
+            peers: &[],
+        };
+        let d = decide(&vs(WEB), &view, &Policy::default(), &now());
+        assert!(!d.accepted);
+        let c = cond(&d, VIP_ALLOWED);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "NoPoolConfigured")
+        );
+        assert_eq!(cond(&d, STALLED).status, "True");
+        assert_eq!(cond(&d, ACCEPTED).reason, "NoPoolConfigured");
+    }
+
+    #[test]
+    fn conflict_with_older_peer() {
+        let n = nodes();
+        let older = vs(&WEB
+            .replace("name: web", "name: old")
+            .replace("2026-01-01", "2025-01-01"));
+        let peers = vec![peer(&older, &policy(), &n).unwrap()];
+        let view = View {
+            nodes: &n,
+            service: None,
+            slices: vec![],
+            peers: &peers,
+        };
+        let d = decide(&vs(WEB), &view, &policy(), &now());
+        let c = cond(&d, CONFLICT);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "PortInUse")
+        );
+        assert!(c.message.contains("default/old"));
+        assert!(!d.accepted);
+    }
+
+    #[test]
+    fn missing_service_is_reported_and_recovers() {
+        let n = nodes();
+        let obj = vs(&WEB.replace(
+            "backends: {static: [{address: 192.168.56.183}, {address: 10.20.0.5, weight: 2}]}",
+            "backends: {service: {name: web}}",
+        ));
+        let view = View {
+            nodes: &n,
+            service: None,
+            slices: vec![],
+            peers: &[],
+        };
+        let d = decide(&obj, &view, &policy(), &now());
+        let c = cond(&d, RESOLVED);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "ServiceNotFound")
+        );
+
+        let svc: Service = serde_yaml::from_str("metadata: {name: web, namespace: default}\nspec: {ports: [{name: http, port: 80, targetPort: 8080}]}").unwrap();
+        let slice: EndpointSlice = serde_yaml::from_str(
+            r#"
+metadata: {name: web-abc, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.1.5], nodeName: rs1, conditions: {ready: true}}
+- {addresses: [10.244.1.6], nodeName: rs1}
+- {addresses: [10.244.1.7], nodeName: rs1, conditions: {ready: false}}
+"#,
+        )
+        .unwrap();
+        let view = View {
+            nodes: &n,
+            service: Some(&svc),
+            slices: vec![&slice],
+            peers: &[],
+        };
+        let d2 = decide(&obj, &view, &policy(), &now());
+        assert!(d2.accepted);
+        let rs = &d2.status.real_servers;
+        assert_eq!(rs.len(), 1);
+        assert_eq!(
+            (
+                rs[0].address.as_str(),
+                rs[0].weight,
+                rs[0].node_name.as_deref()
+            ),
+            ("192.168.56.183", 2, Some("rs1"))
+        );
+        assert_eq!(
+            rs[0]
+                .endpoints
+                .iter()
+                .map(|e| (e.address.as_str(), e.ports[0]))
+                .collect::<Vec<_>>(),
+            vec![("10.244.1.5", 8080), ("10.244.1.6", 8080)]
+        );
+    }
+
+    #[test]
+    fn service_without_the_port_is_named() {
+        let n = nodes();
+        let obj = vs(&WEB.replace(
+            "backends: {static: [{address: 192.168.56.183}, {address: 10.20.0.5, weight: 2}]}",
+            "backends: {service: {name: web}}",
+        ));
+        let svc: Service = serde_yaml::from_str(
+            "metadata: {name: web, namespace: default}\nspec: {ports: [{name: https, port: 443}]}",
+        )
+        .unwrap();
+        let view = View {
+            nodes: &n,
+            service: Some(&svc),
+            slices: vec![],
+            peers: &[],
+        };
+        let d = decide(&obj, &view, &policy(), &now());
+        assert_eq!(cond(&d, RESOLVED).reason, "PortNotFound");
+        assert!(
+            cond(&d, RESOLVED)
+                .message
+                .starts_with("spec.ports[0]: Service default/web has no port 80/TCP")
+        );
+    }
+
+    #[test]
+    fn unchanged_detects_no_op() {
+        let n = nodes();
+        let view = View {
+            nodes: &n,
+            service: None,
+            slices: vec![],
+            peers: &[],
+        };
+        let mut obj = vs(WEB);
+        let d = decide(&obj, &view, &policy(), &now());
+        assert!(!unchanged(&obj, &d.status));
+        obj.status = Some(tunlb_api::VirtualServiceStatus {
+            observed_generation: d.status.observed_generation,
+            conditions: d.status.conditions.clone(),
+            real_servers: d.status.real_servers.clone(),
+            real_server_count: Some(d.status.real_server_count),
+            nodes: vec![],
+        });
+        let d2 = decide(
+            &obj,
+            &view,
+            &policy(),
+            &Time(Timestamp::from_second(5_000).unwrap()),
+        );
+        assert!(d2.transitions.is_empty());
+        assert!(unchanged(&obj, &d2.status));
+    }
+}

@@ -1,0 +1,220 @@
+//! Backends -> real servers. Static addresses are matched to Nodes by
+//! InternalIP; a Service's ready endpoints are grouped per node, one real
+//! server per node, weighted by its ready endpoints. Pure.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use tunlb_api::validate::ValidService;
+use tunlb_api::{LocalEndpoint, RealServer, VirtualServiceSpec};
+
+/// What resolution needs to know about a Node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    pub internal_ips: Vec<IpAddr>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl NodeInfo {
+    pub fn from_node(node: &Node) -> Option<NodeInfo> {
+        let name = node.metadata.name.clone()?;
+        let internal_ips = node
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .map(|addrs| {
+                addrs
+                    .iter()
+                    .filter(|a| a.type_ == "InternalIP")
+                    .filter_map(|a| a.address.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(NodeInfo {
+            name,
+            internal_ips,
+            labels: node.metadata.labels.clone().unwrap_or_default(),
+        })
+    }
+
+    /// The node's InternalIP of the given family.
+    pub fn ip_of_family(&self, v4: bool) -> Option<IpAddr> {
+        self.internal_ips
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv4() == v4)
+    }
+}
+
+/// Why backends could not be resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unresolved {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Static real servers, with nodeName set where the address is a Node's InternalIP.
+pub fn resolve_static(valid: &ValidService, nodes: &[NodeInfo]) -> Vec<RealServer> {
+    valid
+        .static_backends
+        .iter()
+        .flatten()
+        .map(|b| RealServer {
+            address: b.address.to_string(),
+            weight: b.weight as i32,
+            node_name: nodes
+                .iter()
+                .find(|n| n.internal_ips.contains(&b.address))
+                .map(|n| n.name.clone()),
+            ready: true,
+            upper_threshold: (b.upper_threshold != 0).then_some(i64::from(b.upper_threshold)),
+            lower_threshold: (b.lower_threshold != 0).then_some(i64::from(b.lower_threshold)),
+            endpoints: Vec::new(),
+        })
+        .collect()
+}
+
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Whether `slice` belongs to Service `name`.
+pub fn slice_service_name(slice: &EndpointSlice) -> Option<&str> {
+    slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .map(String::as_str)
+}
+
+/// Per VIP port: the target port, either fixed by the VirtualService or the
+/// name of the Service port whose endpoint port it is.
+enum PortSource {
+    Fixed(u16),
+    Named(Option<String>),
+}
+
+fn port_sources(
+    spec: &VirtualServiceSpec,
+    valid: &ValidService,
+    service: &Service,
+    svc_key: &str,
+) -> Result<Vec<PortSource>, Unresolved> {
+    let svc_ports = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for (i, (p, vp)) in spec.ports.iter().zip(&valid.ports).enumerate() {
+        if p.target_port.is_some() {
+            out.push(PortSource::Fixed(vp.target_port));
+            continue;
+        }
+        let proto = vp.protocol.as_str();
+        let found = svc_ports.iter().find(|sp| {
+            sp.port == i32::from(vp.port) && sp.protocol.as_deref().unwrap_or("TCP") == proto
+        });
+        match found {
+            Some(sp) => out.push(PortSource::Named(sp.name.clone())),
+            None => {
+                return Err(Unresolved {
+                    reason: "PortNotFound",
+                    message: format!(
+                        "spec.ports[{i}]: Service {svc_key} has no port {}/{proto}; set targetPort or add the port to the Service",
+                        vp.port
+                    ),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Real servers from a Service's EndpointSlices.
+pub fn resolve_service(
+    spec: &VirtualServiceSpec,
+    valid: &ValidService,
+    namespace: &str,
+    service: Option<&Service>,
+    slices: &[&EndpointSlice],
+    nodes: &[NodeInfo],
+) -> Result<Vec<RealServer>, Unresolved> {
+    let name = valid.service_name.clone().unwrap_or_default();
+    let svc_key = format!("{namespace}/{name}");
+    let Some(service) = service else {
+        return Err(Unresolved {
+            reason: "ServiceNotFound",
+            message: format!("Service {svc_key} not found; waiting for it to be created"),
+        });
+    };
+    let sources = port_sources(spec, valid, service, &svc_key)?;
+    let v4 = valid.vip.is_ipv4();
+    let family = if v4 { "IPv4" } else { "IPv6" };
+
+    // node -> pod address -> ports (deduplicated across slices)
+    let mut per_node: BTreeMap<String, BTreeMap<IpAddr, Vec<i32>>> = BTreeMap::new();
+    for slice in slices {
+        if slice.address_type != family {
+            continue;
+        }
+        let slice_ports = slice.ports.clone().unwrap_or_default();
+        let ports: Option<Vec<i32>> = sources
+            .iter()
+            .map(|s| match s {
+                PortSource::Fixed(p) => Some(i32::from(*p)),
+                PortSource::Named(n) => slice_ports
+                    .iter()
+                    .find(|sp| sp.name == *n)
+                    .and_then(|sp| sp.port),
+            })
+            .collect();
+        let Some(ports) = ports else { continue };
+        for ep in slice.endpoints.iter().flatten() {
+            // The API treats an unset ready condition as ready.
+            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            let Some(node) = ep.node_name.clone() else {
+                continue;
+            };
+            if !ready {
+                continue;
+            }
+            let Some(addr) = ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else {
+                continue;
+            };
+            per_node
+                .entry(node)
+                .or_default()
+                .insert(addr, ports.clone());
+        }
+    }
+
+    let mut out = Vec::new();
+    for (node_name, eps) in per_node {
+        let Some(node_ip) = nodes
+            .iter()
+            .find(|n| n.name == node_name)
+            .and_then(|n| n.ip_of_family(v4))
+        else {
+            continue;
+        };
+        out.push(RealServer {
+            address: node_ip.to_string(),
+            weight: eps.len().min(65535) as i32,
+            node_name: Some(node_name),
+            ready: true,
+            upper_threshold: None,
+            lower_threshold: None,
+            endpoints: eps
+                .into_iter()
+                .map(|(a, ports)| LocalEndpoint {
+                    address: a.to_string(),
+                    ports,
+                })
+                .collect(),
+        });
+    }
+    Ok(out)
+}
