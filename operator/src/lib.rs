@@ -3,9 +3,12 @@
 //! conditions, decide) is pure; the controller does the I/O.
 
 pub mod conditions;
+pub mod controller;
 pub mod decide;
 pub mod judge;
+pub mod leader;
 pub mod resolve;
+pub mod telemetry;
 
 use kube::CustomResourceExt;
 use tunlb_api::VirtualService;
