@@ -1,8 +1,10 @@
 //! tunlb node agent: programs a node's kernel from VirtualServices.
 
+pub mod cluster;
 pub mod ipvs_diff;
 pub mod link;
 pub mod load;
+pub mod metrics;
 pub mod nat;
 pub mod show;
 pub mod standalone;

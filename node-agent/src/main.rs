@@ -37,6 +37,23 @@ enum Command {
     },
     /// Print this host's IPVS table (ipvsadm -Ln layout), tunl0 addresses, sysctls and DNAT table.
     Show,
+    /// Kubernetes mode: watch VirtualServices and this Node, program the kernel, report status.
+    Run {
+        /// This node's name (the DaemonSet sets it from spec.nodeName).
+        #[arg(long, env = "NODE_NAME")]
+        node: String,
+        #[arg(long, env = "TUNLB_STATE_DIR", default_value = "/var/lib/tunlb")]
+        state_dir: PathBuf,
+        /// Full re-check of the kernel, repairing drift.
+        #[arg(long, env = "TUNLB_RESYNC_SECONDS", default_value = "30")]
+        resync_seconds: u64,
+        /// Wait this long after a change so that bursts are applied together.
+        #[arg(long, default_value = "100")]
+        debounce_ms: u64,
+        /// /metrics and /healthz.
+        #[arg(long, env = "TUNLB_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+        metrics_addr: std::net::SocketAddr,
+    },
 }
 
 #[derive(Args)]
@@ -103,6 +120,71 @@ fn print(outcome: &Outcome) -> ExitCode {
     }
 }
 
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    } else {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn run_cluster(
+    node: String,
+    state_dir: PathBuf,
+    resync_seconds: u64,
+    debounce_ms: u64,
+    metrics_addr: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::time::Duration;
+    let client = kube::Client::try_default()
+        .await
+        .context("connect to the Kubernetes API")?;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(tunlb_agent::metrics::AgentMetrics::new(&mut registry));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let resync = Duration::from_secs(resync_seconds.max(1));
+    let http = tokio::spawn(tunlb_agent::metrics::serve(
+        metrics_addr,
+        Arc::new(registry),
+        metrics.clone(),
+        resync * 3,
+        stopped(),
+    ));
+    let settings = tunlb_agent::cluster::Settings {
+        node_name: node,
+        state_dir,
+        resync,
+        debounce: Duration::from_millis(debounce_ms),
+    };
+    let agent = tunlb_agent::cluster::run(client, settings, metrics, stopped());
+    tokio::pin!(agent);
+    tokio::select! {
+        res = &mut agent => res?,
+        _ = shutdown_signal() => {
+            let _ = stop_tx.send(true);
+            agent.await?;
+        }
+    }
+    let _ = stop_tx.send(true);
+    if let Ok(Err(e)) = http.await {
+        tracing::warn!(error = %e, "metrics server");
+    }
+    Ok(())
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TUNLB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -112,7 +194,7 @@ fn init_tracing() {
         .init();
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<ExitCode> {
     init_tracing();
     let cli = Cli::parse();
@@ -126,6 +208,17 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
         Command::Show => {
             print!("{}", tunlb_agent::show::render(dp.links()).await);
+            ExitCode::SUCCESS
+        }
+        Command::Run {
+            node,
+            state_dir,
+            resync_seconds,
+            debounce_ms,
+            metrics_addr,
+        } => {
+            drop(dp);
+            run_cluster(node, state_dir, resync_seconds, debounce_ms, metrics_addr).await?;
             ExitCode::SUCCESS
         }
     };

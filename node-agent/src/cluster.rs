@@ -1,0 +1,397 @@
+//! Kubernetes mode (`tunlb-agent run`): watch VirtualServices and this
+//! node's Node object, program the kernel, and report this node's entry in
+//! each VirtualService's `status.nodes` by server-side apply.
+//!
+//! Bursts of changes are coalesced; a periodic resync repairs drift. If the
+//! API server is unreachable the last known state stays programmed: nothing
+//! is ever flushed, and shutdown leaves the kernel as it is.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use tokio::sync::{Notify, watch};
+use tracing::{debug, info, warn};
+use tunlb_api::plan::{NodeIdentity, ObjectKey, PlanInput, plan_node};
+use tunlb_api::{NodeRole, NodeStatus, RealServer, VirtualService, VirtualServiceSpec};
+
+use crate::metrics::AgentMetrics;
+use crate::state::OwnedState;
+use crate::sync::Dataplane;
+
+/// Settings for `run`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node_name: String,
+    pub state_dir: PathBuf,
+    pub resync: Duration,
+    pub debounce: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Links(#[from] crate::link::LinkError),
+}
+
+/// A VirtualService as this node will program it: the spec and real servers
+/// of the newest generation the operator accepted.
+#[derive(Debug, Clone, PartialEq)]
+struct Accepted {
+    generation: i64,
+    spec: VirtualServiceSpec,
+    real_servers: Vec<RealServer>,
+    /// Creation order for conflict resolution.
+    age: (i64, ObjectKey),
+}
+
+fn is_true(vs: &VirtualService, type_: &str) -> bool {
+    vs.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == type_ && c.status == "True")
+    })
+}
+
+fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectKey {
+    ObjectKey::new(
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// The field manager of this node's status entry.
+pub fn field_manager(node: &str) -> String {
+    // Field managers are limited to 128 characters.
+    let mut m = format!("tunlb-agent/{node}");
+    m.truncate(128);
+    m
+}
+
+/// What the reconcile loop remembers between passes.
+#[derive(Default)]
+struct Memory {
+    accepted: BTreeMap<ObjectKey, Accepted>,
+    /// The last entry reported per object, to write only changes.
+    reported: BTreeMap<ObjectKey, NodeStatus>,
+}
+
+impl Memory {
+    /// Refreshes `accepted` from the store; returns invalid objects' errors.
+    fn refresh(
+        &mut self,
+        objects: &[Arc<DeserializeGuard<VirtualService>>],
+    ) -> BTreeMap<ObjectKey, (Option<i64>, String)> {
+        let mut invalid = BTreeMap::new();
+        let mut present = BTreeSet::new();
+        for guard in objects {
+            match &guard.0 {
+                Err(bad) => {
+                    let key = key_of(&bad.metadata);
+                    present.insert(key.clone());
+                    invalid.insert(
+                        key,
+                        (
+                            bad.metadata.generation,
+                            format!("cannot read this VirtualService: {}", bad.error),
+                        ),
+                    );
+                }
+                Ok(vs) => {
+                    let key = key_of(&vs.metadata);
+                    if vs.metadata.deletion_timestamp.is_some() {
+                        // Being deleted: stop programming it, so the finalizer can complete.
+                        continue;
+                    }
+                    present.insert(key.clone());
+                    let status = vs.status.as_ref();
+                    let judged =
+                        status.and_then(|s| s.observed_generation) == vs.metadata.generation;
+                    if judged && is_true(vs, "Accepted") {
+                        let creation = vs
+                            .metadata
+                            .creation_timestamp
+                            .as_ref()
+                            .map(|t| t.0.as_second())
+                            .unwrap_or(i64::MAX);
+                        self.accepted.insert(
+                            key.clone(),
+                            Accepted {
+                                generation: vs.metadata.generation.unwrap_or(0),
+                                spec: vs.spec.clone(),
+                                real_servers: status
+                                    .map(|s| s.real_servers.clone())
+                                    .unwrap_or_default(),
+                                age: (creation, key),
+                            },
+                        );
+                    } else if judged {
+                        // The operator refused the current generation: program nothing of it.
+                        self.accepted.remove(&key);
+                    }
+                    // Not judged yet: keep programming the last accepted generation.
+                }
+            }
+        }
+        self.accepted.retain(|k, _| present.contains(k));
+        invalid
+    }
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<AgentMetrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ClusterError> {
+    let mut dp = Dataplane::new()?;
+    let mut state = OwnedState::load(&settings.state_dir)?;
+    info!(node = %settings.node_name, owned_services = state.ipvs_services.len(), owned_addresses = state.addresses.len(), "agent starting; kernel state is kept as found");
+
+    let wake = Arc::new(Notify::new());
+    let vs_api: Api<DeserializeGuard<VirtualService>> = Api::all(client.clone());
+    let (vs_store, vs_writer) = reflector::store();
+    let vs_wake = wake.clone();
+    tokio::spawn(
+        watcher(vs_api, watcher::Config::default())
+            .default_backoff()
+            .reflect(vs_writer)
+            .for_each(move |ev| {
+                if let Err(e) = &ev {
+                    warn!(error = %e, "VirtualService watch failed; keeping the last known state");
+                }
+                vs_wake.notify_one();
+                async {}
+            }),
+    );
+    let node_api: Api<Node> = Api::all(client.clone());
+    let (node_store, node_writer) = reflector::store();
+    let node_wake = wake.clone();
+    tokio::spawn(
+        watcher(
+            node_api,
+            watcher::Config::default().fields(&format!("metadata.name={}", settings.node_name)),
+        )
+        .default_backoff()
+        .reflect(node_writer)
+        .for_each(move |ev| {
+            if let Err(e) = &ev {
+                warn!(error = %e, "Node watch failed; keeping the last known labels");
+            }
+            node_wake.notify_one();
+            async {}
+        }),
+    );
+
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    let mut memory = Memory::default();
+    let mut last_pass = Instant::now();
+    loop {
+        tokio::select! {
+            _ = wake.notified() => {
+                // Coalesce a burst of events into one pass.
+                tokio::time::sleep(settings.debounce).await;
+            }
+            _ = tokio::time::sleep(settings.resync.saturating_sub(last_pass.elapsed())) => {}
+            _ = stop_rx.changed() => {
+                info!("shutting down; kernel state stays as programmed");
+                return Ok(());
+            }
+        }
+        last_pass = Instant::now();
+        pass(
+            &client,
+            &settings,
+            &mut dp,
+            &mut state,
+            &mut memory,
+            &vs_store,
+            &node_store,
+            &metrics,
+        )
+        .await;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn pass(
+    client: &Client,
+    settings: &Settings,
+    dp: &mut Dataplane,
+    state: &mut OwnedState,
+    memory: &mut Memory,
+    vs_store: &Store<DeserializeGuard<VirtualService>>,
+    node_store: &Store<Node>,
+    metrics: &AgentMetrics,
+) {
+    let started = Instant::now();
+    let objects = vs_store.state();
+    let invalid = memory.refresh(&objects);
+
+    let node = node_store
+        .state()
+        .into_iter()
+        .find(|n| n.name_any() == settings.node_name);
+    let mut identity = NodeIdentity {
+        name: settings.node_name.clone(),
+        ..Default::default()
+    };
+    if let Some(n) = &node {
+        identity.labels = n.metadata.labels.clone().unwrap_or_default();
+        identity.addresses.extend(
+            n.status
+                .as_ref()
+                .and_then(|s| s.addresses.as_ref())
+                .into_iter()
+                .flatten()
+                .filter(|a| a.type_ == "InternalIP")
+                .filter_map(|a| a.address.parse::<std::net::IpAddr>().ok()),
+        );
+    }
+    match dp.node_addresses(state).await {
+        Ok(a) => identity.addresses.extend(a),
+        Err(e) => warn!(error = %e, "cannot read node addresses"),
+    }
+
+    let mut ordered: Vec<(&ObjectKey, &Accepted)> = memory.accepted.iter().collect();
+    ordered.sort_by(|a, b| a.1.age.cmp(&b.1.age));
+    let inputs: Vec<PlanInput<'_>> = ordered
+        .iter()
+        .map(|(k, a)| PlanInput {
+            key: (*k).clone(),
+            generation: Some(a.generation),
+            spec: &a.spec,
+            real_servers: Some(&a.real_servers),
+        })
+        .collect();
+    let plan = plan_node(&inputs, &identity);
+    let report = dp.sync(&plan, state).await;
+    if let Err(e) = state.save(&settings.state_dir) {
+        warn!(error = %e, "cannot save ownership state");
+    }
+    let failed = !report.errors.is_empty() || !report.node_errors.is_empty();
+    metrics.record_sync(started.elapsed(), report.writes.total(), failed);
+    for e in &report.node_errors {
+        warn!(error = %e, "node-level problem");
+    }
+    debug!(writes = ?report.writes, objects = plan.objects.len(), "pass done");
+
+    // This node's entries: for every object it has a role in, or cannot read.
+    let mut want: BTreeMap<ObjectKey, NodeStatus> = BTreeMap::new();
+    for (key, op) in &plan.objects {
+        if op.roles.is_empty() {
+            continue;
+        }
+        let mut msgs: Vec<String> = op.error.iter().cloned().collect();
+        msgs.extend(report.errors.get(key).cloned().unwrap_or_default());
+        msgs.extend(report.node_errors.iter().cloned());
+        want.insert(
+            key.clone(),
+            NodeStatus {
+                node_name: settings.node_name.clone(),
+                roles: op.roles.iter().copied().collect::<Vec<NodeRole>>(),
+                observed_generation: op.generation,
+                programmed: msgs.is_empty(),
+                message: msgs.join("; "),
+            },
+        );
+    }
+    for (key, (generation, msg)) in invalid {
+        want.insert(
+            key,
+            NodeStatus {
+                node_name: settings.node_name.clone(),
+                roles: Vec::new(),
+                observed_generation: generation,
+                programmed: false,
+                message: msg,
+            },
+        );
+    }
+    report_status(client, &settings.node_name, memory, want, &objects).await;
+    metrics.refresh_ipvs(dp, &plan).await;
+}
+
+/// Writes changed entries, and withdraws entries for objects this node no
+/// longer has a role in (an empty apply drops the manager's list item).
+async fn report_status(
+    client: &Client,
+    node: &str,
+    memory: &mut Memory,
+    want: BTreeMap<ObjectKey, NodeStatus>,
+    objects: &[Arc<DeserializeGuard<VirtualService>>],
+) {
+    let exists: BTreeMap<ObjectKey, Option<&NodeStatus>> = objects
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok())
+        .map(|vs| {
+            let entry = vs
+                .status
+                .as_ref()
+                .and_then(|s| s.nodes.iter().find(|n| n.node_name == node));
+            (key_of(&vs.metadata), entry)
+        })
+        .collect();
+    let params = PatchParams::apply(&field_manager(node)).force();
+    let mut targets: BTreeSet<ObjectKey> = want.keys().cloned().collect();
+    targets.extend(memory.reported.keys().cloned());
+    // Entries left from an earlier run of this agent also get withdrawn.
+    targets.extend(
+        exists
+            .iter()
+            .filter(|(_, e)| e.is_some())
+            .map(|(k, _)| k.clone()),
+    );
+    for key in targets {
+        let stored = exists.get(&key).copied().flatten();
+        let desired = want.get(&key);
+        if desired == stored && memory.reported.get(&key) == desired {
+            continue;
+        }
+        if desired.is_none() && stored.is_none() {
+            memory.reported.remove(&key);
+            continue;
+        }
+        // The guard type keeps a patch of an object we cannot parse from failing on the reply.
+        let api: Api<DeserializeGuard<VirtualService>> =
+            Api::namespaced(client.clone(), &key.namespace);
+        let nodes: Vec<&NodeStatus> = desired.into_iter().collect();
+        let body = json!({
+            "apiVersion": "tunlb.io/v1alpha1",
+            "kind": "VirtualService",
+            "status": { "nodes": nodes },
+        });
+        match api
+            .patch_status(&key.name, &params, &Patch::Apply(&body))
+            .await
+        {
+            Ok(_) => {
+                match desired {
+                    Some(d) => memory.reported.insert(key.clone(), d.clone()),
+                    None => memory.reported.remove(&key),
+                };
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                memory.reported.remove(&key);
+            }
+            Err(e) => warn!(object = %key, error = %e, "cannot report status; will retry"),
+        }
+    }
+}
