@@ -201,8 +201,20 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
 
+    // Until both initial lists are in, an empty store would read as "delete
+    // everything": wait, touching nothing, however long the API server is away.
+    info!("waiting for the initial VirtualService and Node lists");
+    tokio::select! {
+        _ = async {
+            let _ = vs_store.wait_until_ready().await;
+            let _ = node_store.wait_until_ready().await;
+        } => {}
+        _ = stop_rx.changed() => return Ok(()),
+    }
+    info!("caches synced; programming");
+
     let mut memory = Memory::default();
-    let mut last_pass = Instant::now();
+    let mut last_pass = Instant::now() - settings.resync;
     loop {
         tokio::select! {
             _ = wake.notified() => {

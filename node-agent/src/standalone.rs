@@ -6,7 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
+use tracing::debug;
 use tunlb_api::manifest::object_keys;
 use tunlb_api::plan::{NodeIdentity, NodePlan, ObjectKey, PlanInput, plan_node};
 use tunlb_api::{NodeRole, VirtualService};
@@ -123,14 +125,28 @@ pub async fn apply(
     args: &NodeArgs,
     paths: &[PathBuf],
 ) -> Result<Outcome, CommandError> {
+    let started = Instant::now();
     let mut out = Outcome::default();
     let mut state = OwnedState::load(state_dir)?;
+    debug!(
+        ms = started.elapsed().as_millis(),
+        objects = state.objects.len(),
+        "state loaded"
+    );
     let (loaded, load_errors) = load(paths);
+    debug!(
+        ms = started.elapsed().as_millis(),
+        objects = loaded.len(),
+        "manifests parsed"
+    );
     out.errors.extend(load_errors);
     let node = identity(dp, &state, args).await?;
 
-    let previous = state.objects.clone();
-    let mut candidate = previous.clone();
+    // The stored objects are moved, never cloned (at 10,000 objects a copy
+    // costs tens of MB): those this run does not name go straight into
+    // `candidate`; `previous` keeps the named ones only while they differ
+    // from their new version, which is all `revert` needs.
+    let mut previous = std::mem::take(&mut state.objects);
     let mut next_seq = previous
         .values()
         .map(seq)
@@ -138,6 +154,16 @@ pub async fn apply(
         .max()
         .unwrap_or(0)
         + 1;
+    let named: BTreeSet<String> = loaded
+        .iter()
+        .map(|l| store_key(&key_of(&l.object)))
+        .collect();
+    let (kept, others): (BTreeMap<_, _>, BTreeMap<_, _>) =
+        previous.into_iter().partition(|(k, _)| named.contains(k));
+    previous = kept;
+    drop(named);
+    let mut candidate: BTreeMap<String, VirtualService> = others;
+    let mut unchanged: BTreeSet<String> = BTreeSet::new();
     let mut sources: BTreeMap<ObjectKey, String> = BTreeMap::new();
     for item in loaded {
         let key = key_of(&item.object);
@@ -151,7 +177,8 @@ pub async fn apply(
         sources.insert(key.clone(), item.source);
         let mut vs = item.object;
         vs.status = None;
-        let old = previous.get(&store_key(&key));
+        let skey = store_key(&key);
+        let old = previous.get(&skey);
         vs.metadata.resource_version = Some(match old {
             Some(o) => seq(o).to_string(),
             None => {
@@ -164,8 +191,17 @@ pub async fn apply(
             Some(o) if o.spec == vs.spec => old_gen,
             _ => old_gen + 1,
         });
-        candidate.insert(store_key(&key), vs);
+        if old == Some(&vs) {
+            // Reverting it would put back an identical object.
+            previous.remove(&skey);
+            unchanged.insert(skey.clone());
+        }
+        candidate.insert(skey, vs);
     }
+    let previous = Previous {
+        changed: previous,
+        unchanged,
+    };
 
     // Objects this node cannot plan are rejected whole, keeping any previous version.
     let mut rejected: BTreeMap<ObjectKey, Vec<String>> = BTreeMap::new();
@@ -191,8 +227,10 @@ pub async fn apply(
         }
         plan = plan_store(&candidate, &node);
     }
+    debug!(ms = started.elapsed().as_millis(), "planned");
 
     let mut report = dp.sync(&plan, &mut state).await;
+    debug!(ms = started.elapsed().as_millis(), "synced");
     let failed: Vec<ObjectKey> = sources
         .keys()
         .filter(|k| report.errors.contains_key(*k))
@@ -240,17 +278,27 @@ pub async fn apply(
     out.writes = report.writes;
     state.objects = candidate;
     state.save(state_dir)?;
+    debug!(ms = started.elapsed().as_millis(), "state saved");
     Ok(out)
 }
 
-fn revert(
-    candidate: &mut BTreeMap<String, VirtualService>,
-    previous: &BTreeMap<String, VirtualService>,
-    k: &ObjectKey,
-) {
-    match previous.get(&store_key(k)) {
-        Some(old) => candidate.insert(store_key(k), old.clone()),
-        None => candidate.remove(&store_key(k)),
+/// The stored versions of the objects named in this run.
+struct Previous {
+    /// Named objects whose stored version differs from the new one.
+    changed: BTreeMap<String, VirtualService>,
+    /// Named objects whose new version equals the stored one (not kept twice).
+    unchanged: BTreeSet<String>,
+}
+
+/// Puts back the stored version of `k` (or removes `k` if it had none).
+fn revert(candidate: &mut BTreeMap<String, VirtualService>, previous: &Previous, k: &ObjectKey) {
+    let key = store_key(k);
+    if previous.unchanged.contains(&key) {
+        return;
+    }
+    match previous.changed.get(&key) {
+        Some(old) => candidate.insert(key, old.clone()),
+        None => candidate.remove(&key),
     };
 }
 

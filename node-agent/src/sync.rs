@@ -8,8 +8,8 @@ use std::net::IpAddr;
 
 use tracing::{debug, info, warn};
 use tunlb_api::NodeRole;
-use tunlb_api::plan::{IpvsKey, NodePlan, ObjectKey};
-use tunlb_ipvs::Op;
+use tunlb_api::plan::{IpvsKey, IpvsService, NodePlan, ObjectKey};
+use tunlb_ipvs::{Op, ServiceKey};
 
 use crate::ipvs_diff::{self, Current, ipvs_key};
 use crate::link::{LinkError, LinkInfo, Links, TUNL0};
@@ -255,6 +255,7 @@ impl Dataplane {
                 return;
             }
         };
+        let started = std::time::Instant::now();
         let dump = match client.services().await {
             Ok(d) => d,
             Err(e) => return report.node_errors.push(format!("list IPVS services: {e}")),
@@ -262,16 +263,12 @@ impl Dataplane {
         let owned: BTreeSet<IpvsKey> = state.ipvs_services.iter().map(|k| (*k).into()).collect();
         let mut current: BTreeMap<IpvsKey, Current> = BTreeMap::new();
         let mut present: BTreeSet<IpvsKey> = BTreeSet::new();
-        let mut need_dests = Vec::new();
         for entry in dump {
             let Some(key) = ipvs_key(&entry.service.key) else {
                 continue;
             };
             present.insert(key);
             if plan.ipvs.contains_key(&key) || owned.contains(&key) {
-                if owned.contains(&key) {
-                    need_dests.push(entry.service.key);
-                }
                 current.insert(
                     key,
                     Current {
@@ -285,8 +282,96 @@ impl Dataplane {
         state
             .ipvs_services
             .retain(|k| present.contains(&IpvsKey::from(*k)));
+        debug!(
+            ms = started.elapsed().as_millis(),
+            services = current.len(),
+            "IPVS services dumped"
+        );
 
+        // Desired services that exist and are not ours: refused, never edited.
+        for (key, want) in &plan.ipvs {
+            if current.contains_key(key) && !owned.contains(key) {
+                report.object_error(
+                    &want.owner,
+                    format!("IPVS service {key} already exists and was not created by tunlb; it is left untouched"),
+                );
+            }
+        }
+
+        // The diff is pure per service, so it runs on slices of the desired
+        // services (in key order), then on the owned ones no longer wanted:
+        // the same ops in the same order as one diff of everything, while
+        // destination dumps and pending ops stay bounded by the slice size.
+        let mut refused: BTreeSet<IpvsKey> = BTreeSet::new();
+        let mut stats = ChunkStats::default();
+        let desired: Vec<(&IpvsKey, &IpvsService)> = plan.ipvs.iter().collect();
+        for slice in desired.chunks(IPVS_CHUNK) {
+            let chunk: BTreeMap<IpvsKey, IpvsService> =
+                slice.iter().map(|(k, v)| (**k, (*v).clone())).collect();
+            let chunk_owned: BTreeSet<IpvsKey> = chunk
+                .keys()
+                .filter(|k| owned.contains(*k))
+                .copied()
+                .collect();
+            self.sync_ipvs_chunk(
+                &client,
+                plan,
+                state,
+                report,
+                (&chunk, &chunk_owned),
+                &mut current,
+                &mut refused,
+                &mut stats,
+            )
+            .await;
+        }
+        let stale: BTreeSet<IpvsKey> = owned
+            .iter()
+            .filter(|k| !plan.ipvs.contains_key(*k))
+            .copied()
+            .collect();
+        if !stale.is_empty() {
+            self.sync_ipvs_chunk(
+                &client,
+                plan,
+                state,
+                report,
+                (&BTreeMap::new(), &stale),
+                &mut current,
+                &mut refused,
+                &mut stats,
+            )
+            .await;
+        }
+        debug!(
+            ms = started.elapsed().as_millis(),
+            dest_dumps = stats.dumps,
+            ops = stats.ops,
+            "IPVS synced"
+        );
+    }
+
+    /// Dumps the destinations of the owned services among `desired` and
+    /// `owned`, diffs them and applies the result.
+    #[allow(clippy::too_many_arguments)]
+    async fn sync_ipvs_chunk(
+        &self,
+        client: &tunlb_ipvs::Client,
+        plan: &NodePlan,
+        state: &mut OwnedState,
+        report: &mut SyncReport,
+        (desired, owned): (&BTreeMap<IpvsKey, IpvsService>, &BTreeSet<IpvsKey>),
+        current: &mut BTreeMap<IpvsKey, Current>,
+        refused: &mut BTreeSet<IpvsKey>,
+        stats: &mut ChunkStats,
+    ) {
+        let need_dests: Vec<ServiceKey> = owned
+            .iter()
+            .filter_map(|k| current.get(k))
+            .map(|c| c.service.service.key)
+            .collect();
         let dests = client.destinations_many(&need_dests).await;
+        stats.dumps += need_dests.len();
         for (svc_key, res) in need_dests.iter().zip(dests) {
             let Some(key) = ipvs_key(svc_key) else {
                 continue;
@@ -303,45 +388,45 @@ impl Dataplane {
             }
         }
 
-        let diff = ipvs_diff::diff(&plan.ipvs, &current, &owned);
-        for (key, owner) in &diff.foreign {
-            report.object_error(
-                owner,
-                format!("IPVS service {key} already exists and was not created by tunlb; it is left untouched"),
-            );
+        let diff = ipvs_diff::diff(desired, current, owned);
+        // Done with this slice's destinations.
+        for svc_key in &need_dests {
+            if let Some(c) = ipvs_key(svc_key).and_then(|k| current.get_mut(&k)) {
+                c.destinations = Vec::new();
+            }
         }
         if diff.ops.is_empty() {
             return;
         }
-        let ops: Vec<Op> = diff.ops.iter().map(|p| p.op.clone()).collect();
+        stats.ops += diff.ops.len();
+        let (ops, targets): (Vec<Op>, Vec<(Option<ObjectKey>, IpvsKey)>) = diff
+            .ops
+            .into_iter()
+            .map(|p| (p.op, (p.owner, p.key)))
+            .unzip();
         let results = client.apply(&ops).await;
         // After a refused NEW_SERVICE its destinations fail with ESRCH: that is noise.
-        let mut refused: BTreeSet<IpvsKey> = BTreeSet::new();
-        for (planned, res) in diff.ops.iter().zip(results) {
+        for ((op, (owner, key)), res) in ops.iter().zip(targets).zip(results) {
             if let Err(e) = &res
-                && refused.contains(&planned.key)
+                && refused.contains(&key)
                 && e.errno() == Some(libc::ESRCH)
             {
                 continue;
             }
-            if res.is_err() && matches!(planned.op, Op::NewService(_)) {
-                refused.insert(planned.key);
+            if res.is_err() && matches!(op, Op::NewService(_)) {
+                refused.insert(key);
             }
-            match (&planned.op, res) {
+            match (op, res) {
                 (Op::NewService(_), Ok(())) => {
-                    state.ipvs_services.insert(planned.key.into());
+                    state.ipvs_services.insert(key.into());
                 }
                 (Op::DelService(_), Ok(())) => {
-                    state.ipvs_services.remove(&planned.key.into());
+                    state.ipvs_services.remove(&key.into());
                 }
                 (_, Ok(())) => {}
                 (op, Err(e)) => {
-                    let msg = explain(
-                        op,
-                        &e,
-                        plan.ipvs.get(&planned.key).map(|s| s.scheduler.as_str()),
-                    );
-                    match &planned.owner {
+                    let msg = explain(op, &e, plan.ipvs.get(&key).map(|s| s.scheduler.as_str()));
+                    match &owner {
                         Some(owner) => report.object_error(owner, msg),
                         None => report.node_errors.push(msg),
                     }
@@ -349,6 +434,15 @@ impl Dataplane {
             }
         }
     }
+}
+
+/// Services per slice of the IPVS sync.
+const IPVS_CHUNK: usize = 1024;
+
+#[derive(Default)]
+struct ChunkStats {
+    dumps: usize,
+    ops: usize,
 }
 
 /// Turns a kernel refusal into a message that says what to do about it.

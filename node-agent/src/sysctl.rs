@@ -30,7 +30,11 @@ pub enum SysctlError {
 
 /// A sysctl by its dotted name, e.g. `net.ipv4.conf.all.rp_filter`.
 pub fn path_of(name: &str) -> PathBuf {
-    PathBuf::from("/proc/sys").join(name.replace('.', "/"))
+    // In a container the host's /proc/sys/net is mounted elsewhere (TUNLB_PROC_SYS).
+    let root = std::env::var_os("TUNLB_PROC_SYS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/proc/sys"));
+    root.join(name.replace('.', "/"))
 }
 
 /// The settings a backend needs, as (name, value).

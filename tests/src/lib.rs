@@ -2,6 +2,8 @@
 //! (tests/lab/run.sh) with the agent binary, the example manifests and the
 //! guest scenarios, and reports what the guest's assertions said.
 
+pub mod controlplane;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -38,8 +40,44 @@ pub fn parse_summary(output: &str) -> Option<(u32, u32)> {
     })
 }
 
+/// Extra settings for one guest run.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    pub timeout_s: u32,
+    /// QEMU user networking: the guest reaches the host's loopback at 10.0.2.2.
+    pub net: bool,
+    pub mem_mb: u32,
+    pub extra_bins: Vec<PathBuf>,
+    /// (host directory, guest path)
+    pub extra_dirs: Vec<(PathBuf, String)>,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        LabOptions {
+            timeout_s: 300,
+            net: false,
+            mem_mb: 1024,
+            extra_bins: Vec::new(),
+            extra_dirs: Vec::new(),
+        }
+    }
+}
+
 /// Boots the lab and runs `/scenarios/<name>.sh` in it.
 pub fn run_scenario(name: &str, extra_bins: &[PathBuf], timeout_s: u32) -> LabRun {
+    run_scenario_with(
+        name,
+        &LabOptions {
+            timeout_s,
+            extra_bins: extra_bins.to_vec(),
+            ..LabOptions::default()
+        },
+    )
+}
+
+/// Boots the lab with `opts` and runs `/scenarios/<name>.sh` in it.
+pub fn run_scenario_with(name: &str, opts: &LabOptions) -> LabRun {
     let root = workspace_root();
     let agent = agent_binary();
     assert!(
@@ -48,18 +86,26 @@ pub fn run_scenario(name: &str, extra_bins: &[PathBuf], timeout_s: u32) -> LabRu
         agent.display()
     );
     let mut cmd = Command::new(root.join("tests/lab/run.sh"));
-    cmd.arg("--timeout").arg(timeout_s.to_string());
+    cmd.arg("--timeout").arg(opts.timeout_s.to_string());
+    cmd.arg("--mem").arg(opts.mem_mb.to_string());
+    if opts.net {
+        cmd.arg("--net");
+    }
     cmd.arg("--bin").arg(&agent);
-    for b in extra_bins {
+    for b in &opts.extra_bins {
         cmd.arg("--bin").arg(b);
     }
-    for (src, dest) in [
+    let mut dirs: Vec<(PathBuf, String)> = [
         ("examples", "/examples"),
         ("tests/lab/guest", "/lab"),
         ("tests/lab/scenarios", "/scenarios"),
-    ] {
-        cmd.arg("--dir")
-            .arg(format!("{}:{dest}", root.join(src).display()));
+    ]
+    .iter()
+    .map(|(s, d)| (root.join(s), d.to_string()))
+    .collect();
+    dirs.extend(opts.extra_dirs.iter().cloned());
+    for (src, dest) in dirs {
+        cmd.arg("--dir").arg(format!("{}:{dest}", src.display()));
     }
     cmd.args(["--", "sh", &format!("/scenarios/{name}.sh")]);
     let out = match cmd.output() {
@@ -88,8 +134,17 @@ pub fn assert_scenario(name: &str) {
         run.passed > 0,
         "scenario {name} reported no passing assertion"
     );
-    assert_eq!(run.failed, 0, "scenario {name}: {} assertions failed", run.failed);
-    assert_eq!(run.exit_code, Some(0), "scenario {name} exited {:?}", run.exit_code);
+    assert_eq!(
+        run.failed, 0,
+        "scenario {name}: {} assertions failed",
+        run.failed
+    );
+    assert_eq!(
+        run.exit_code,
+        Some(0),
+        "scenario {name} exited {:?}",
+        run.exit_code
+    );
 }
 
 #[cfg(test)]
@@ -98,7 +153,10 @@ mod tests {
 
     #[test]
     fn summary_line() {
-        assert_eq!(parse_summary("ok - a\n3 passed, 1 failed\nLAB-EXIT 1"), Some((3, 1)));
+        assert_eq!(
+            parse_summary("ok - a\n3 passed, 1 failed\nLAB-EXIT 1"),
+            Some((3, 1))
+        );
         assert_eq!(parse_summary("nothing"), None);
     }
 }

@@ -1,0 +1,179 @@
+#!/bin/sh
+# End to end through Kubernetes: the API server and the operator run on the
+# host; in the guest, namespaces director/rs1/rs2 are the cluster's Nodes,
+# each running `tunlb-agent run` with the chart's agent ServiceAccount token.
+# Users act with kubectl (admin). Expects /kube/admin.kubeconfig and
+# /kube/agent.kubeconfig (server https://10.0.2.2:PORT).
+. /scenarios/common.sh
+export KUBECONFIG=/kube/admin.kubeconfig
+k() { kubectl --request-timeout=20s "$@"; }
+
+# wait_for SECONDS DESCRIPTION CMD...: retries CMD until it succeeds.
+wait_for() {
+	_t="$1"
+	_d="$2"
+	shift 2
+	_i=0
+	while [ "$_i" -lt "$((_t * 4))" ]; do
+		"$@" >/dev/null 2>&1 && return 0
+		sleep 0.25
+		_i=$((_i + 1))
+	done
+	echo "timed out after ${_t}s: $_d"
+	return 1
+}
+
+topo_setup || exit 1
+start_backends
+# The nodes reach the host's API server through the guest's root namespace.
+"$IP" addr add 192.168.56.1/24 dev br0
+for n in director rs1 rs2 client; do ns_exec "$n" "$IP" route add default via 192.168.56.1; done
+echo 1 >/proc/sys/net/ipv4/ip_forward
+nft -f - <<'NFT'
+table ip labnat {
+	chain post { type nat hook postrouting priority srcnat; ip saddr 192.168.56.0/24 oifname "eth0" masquerade; }
+}
+NFT
+
+start_agent() {
+	ns_exec "$1" env KUBECONFIG=/kube/agent.kubeconfig NODE_NAME="$1" TUNLB_LOG=info,kube=warn \
+		"$AGENT" run --state-dir "/tmp/state-$1" --resync-seconds 3 --metrics-addr 127.0.0.1:9090 \
+		>>"/tmp/agent-$1.log" 2>&1 &
+	eval "AGENT_PID_$1=$!"
+}
+for n in director rs1 rs2; do start_agent "$n"; done
+
+# 1. kubectl apply the seed; READY once every director and backend programmed it.
+k apply -f /examples/seed/
+lab_assert_eq "kubectl wait Ready for all seed VirtualServices" 0 \
+	"$(k wait --for=condition=Ready tvs --all --timeout=90s >/dev/null 2>&1; echo $?)"
+k get tvs
+lab_assert_eq "web status lists the three nodes" "director rs1 rs2" \
+	"$(k get tvs web -o jsonpath='{.status.nodes[*].nodeName}' | tr ' ' '\n' | sort | tr '\n' ' ' | sed 's/ $//')"
+lab_assert_eq "web programmed at its generation on every node" "true true true" \
+	"$(k get tvs web -o jsonpath='{.status.nodes[*].programmed}')"
+got="$(requests 4 "http://$VIP/")"
+echo "kubectl apply, weights 1:1 -> $got"
+lab_assert_eq "1:1 alternates" yes "$(alternates "$got")"
+
+# 2. Weight patch under an open connection: 2:1, nothing restarted or reset.
+mkfifo /tmp/long.in
+ns_exec client busybox nc "$VIP" 80 </tmp/long.in >/tmp/long.out 2>&1 &
+exec 3>/tmp/long.in
+sleep 1
+k patch tvs web --type=json -p '[{"op":"replace","path":"/spec/backends/static/0/weight","value":2}]'
+lab_assert_eq "kernel weight follows kubectl patch" 0 \
+	"$(wait_for 30 "weight 2" sh -c "$IP netns exec director ipvsadm -Ln | tr -s ' ' | grep -q -- '-> $RS1:80 Tunnel 2'"; echo $?)"
+printf 'GET / HTTP/1.0\r\n\r\n' >&3
+sleep 1
+exec 3>&-
+lab_assert_contains "connection opened before the patch still answers" "200 OK" "$(cat /tmp/long.out)"
+got="$(requests 6 "http://$VIP/")"
+echo "after patch, weights 2:1 -> $got"
+lab_assert_eq "2:1: rs1 four times of 6" 4 "$(count rs1 "$got")"
+lab_assert_eq "Ready again for the new generation" 0 "$(k wait --for=condition=Ready tvs/web --timeout=60s >/dev/null 2>&1; echo $?)"
+
+# 3. Port mapping and the VIP on an ordinary interface.
+got="$(requests 4 "http://192.168.56.186:8099/")"
+lab_assert_eq "8099 -> 80 through backend DNAT" yes "$(alternates "$got")"
+got="$(requests 6 "http://192.168.56.187/")"
+lab_assert_eq ".187 on the director's eth0, 1:2: rs2 four times of 6" 4 "$(count rs2 "$got")"
+
+# 4. Drift repair: a hand-deleted service and address come back within the resync.
+ns_exec director ipvsadm -D -t "$VIP:80"
+ns_exec rs1 "$IP" addr del "$VIP/32" dev tunl0
+lab_assert_eq "deleted IPVS service restored" 0 \
+	"$(wait_for 20 "service restored" sh -c "$IP netns exec director ipvsadm -Ln | grep -q '$VIP:80'"; echo $?)"
+lab_assert_eq "deleted tunl0 VIP restored" 0 \
+	"$(wait_for 20 "address restored" sh -c "$IP netns exec rs1 $IP -o addr show dev tunl0 | grep -q '$VIP/32'"; echo $?)"
+
+# 5. Restart the director's agent under traffic: no flush, no write, connection kept.
+mkfifo /tmp/long2.in
+ns_exec client busybox nc "$VIP" 80 </tmp/long2.in >/tmp/long2.out 2>&1 &
+exec 4>/tmp/long2.in
+sleep 1
+before="$(ipvs_rows director)"
+eval "kill \$AGENT_PID_director"
+sleep 1
+lab_assert_eq "agent stopped: IPVS table untouched" "$before" "$(ipvs_rows director)"
+start_agent director
+sleep 6
+writes="$(ns_exec director curl -s 127.0.0.1:9090/metrics | awk '/^tunlb_agent_kernel_writes_total/ {print $2}')"
+lab_assert_eq "restarted agent made zero kernel writes" 0 "$writes"
+printf 'GET / HTTP/1.0\r\n\r\n' >&4
+sleep 1
+exec 4>&-
+lab_assert_contains "connection survived the agent restart" "200 OK" "$(cat /tmp/long2.out)"
+
+# 6. A Service-backed VirtualService: pods are namespaces behind rs1 and rs2.
+# add_pod NAME NODE POD_IP GATEWAY: a pod namespace behind NODE, whose side of
+# the veth holds the pod subnet's gateway (as a bridge CNI's cni0 would; with
+# arp_ignore=1 a node answers ARP only for addresses on the asking interface).
+add_pod() {
+	"$IP" netns add "$1"
+	"$IP" link add "p-$1" type veth peer name eth0 netns "$1"
+	"$IP" link set "p-$1" netns "$2"
+	ns_exec "$2" "$IP" addr add "$4/24" dev "p-$1"
+	ns_exec "$2" "$IP" link set "p-$1" up
+	ns_exec "$2" sh -c "echo 1 > /proc/sys/net/ipv4/ip_forward"
+	ns_exec "$1" "$IP" addr add "$3/24" dev eth0
+	ns_exec "$1" "$IP" link set eth0 up
+	ns_exec "$1" "$IP" link set lo up
+	ns_exec "$1" "$IP" route add default via "$4"
+	start_http "$1" "$1" 8080
+}
+add_pod pod-a rs1 10.244.1.5 10.244.1.1
+add_pod pod-b rs2 10.244.2.5 10.244.2.1
+k apply -f - <<'YAML'
+apiVersion: v1
+kind: Service
+metadata: {name: shop}
+spec:
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: shop-1
+  labels: {kubernetes.io/service-name: shop}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.1.5], nodeName: rs1, conditions: {ready: true}}
+- {addresses: [10.244.2.5], nodeName: rs2, conditions: {ready: true}}
+---
+apiVersion: tunlb.io/v1alpha1
+kind: VirtualService
+metadata: {name: shop}
+spec:
+  vip: 192.168.56.190
+  ports: [{port: 80}]
+  scheduler: rr
+  backends: {service: {name: shop}}
+YAML
+lab_assert_eq "Service-backed VirtualService becomes Ready" 0 "$(k wait --for=condition=Ready tvs/shop --timeout=60s >/dev/null 2>&1; echo $?)"
+got="$(requests 4 "http://192.168.56.190/")"
+echo "service backends -> $got"
+lab_assert_eq "both pods answer through their nodes" 2 "$(count pod-a "$got")"
+lab_assert_contains "rs1 DNATs the VIP to its local pod" "dnat to 10.244.1.5:8080" "$(ns_exec rs1 nft list table ip tunlb)"
+
+# 7. GitOps: once synced, re-applying the same manifests server-side changes
+# nothing, and the operator and agents (status writers only) cause no drift.
+k apply --server-side --force-conflicts -f /examples/seed/ >/dev/null
+k wait --for=condition=Ready tvs --all --timeout=60s >/dev/null 2>&1
+sleep 4
+gen_before="$(k get tvs web mapped eth-vip -o jsonpath='{.items[*].metadata.generation}')"
+k apply --server-side -f /examples/seed/ >/dev/null
+lab_assert_eq "server-side re-apply makes no new generation" "$gen_before" \
+	"$(k get tvs web mapped eth-vip -o jsonpath='{.items[*].metadata.generation}')"
+
+# 8. Delete cleans every node, then the finalizer lets the object go.
+k delete tvs --all --timeout=60s
+lab_assert_eq "no VirtualService left" "" "$(k get tvs -o name)"
+lab_assert_eq "director IPVS table empty" "" "$(ipvs_rows director)"
+lab_assert_eq "no VIP left on rs1 tunl0" "" "$(ns_exec rs1 "$IP" -o addr show dev tunl0 | grep 192.168.56)"
+lab_assert_eq "no tunlb nft table left on rs1" "" "$(ns_exec rs1 nft list tables | grep tunlb)"
+
+for n in director rs1 rs2; do echo "--- agent $n log (tail)"; tail -5 "/tmp/agent-$n.log"; done
+topo_cleanup
+lab_summary

@@ -1,0 +1,892 @@
+//! The Helm chart (charts/tunlb): lint, rendering (kinds, pod specs, exact RBAC
+//! rules), the CRD copy, and a real `helm install` into the test control plane
+//! (tests/controlplane) with RBAC checked by `kubectl auth can-i`.
+//! Ignored by a plain `cargo test`; run with `-- --include-ignored`.
+
+// clippy's allow-unwrap-in-tests covers #[test] fns, not this file's helpers
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use k8s_openapi::serde::Deserialize;
+use serde_json::Value;
+use tunlb_tests::controlplane::ControlPlane;
+use tunlb_tests::workspace_root;
+
+const NS: &str = "tunlb-system";
+
+fn chart_dir() -> PathBuf {
+    workspace_root().join("charts/tunlb")
+}
+
+/// The directory holding helm/kubectl: build.sh (instant when cached) prints
+/// `export PATH=DIR:$PATH` last.
+fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let script = workspace_root().join("tests/controlplane/build.sh");
+        let out = Command::new(&script)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+        assert!(out.status.success(), "build.sh failed:\n{}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let dir = stdout
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("export PATH="))
+            .and_then(|p| p.split(':').next())
+            .unwrap_or_else(|| panic!("build.sh printed no PATH line:\n{stdout}"));
+        PathBuf::from(dir)
+    })
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `helm ARGS` with the given environment (a control plane's KUBECONFIG...).
+fn helm<I, S>(env: Option<&ControlPlane>, args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = Command::new(bin_dir().join("helm"));
+    // Keep helm's own config/cache out of $HOME.
+    let home = std::env::temp_dir().join(format!("tunlb-chart-helm-{}", std::process::id()));
+    cmd.env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .stdin(Stdio::null());
+    if let Some(cp) = env {
+        cmd.envs(cp.env());
+    }
+    cmd.args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running helm: {e}"))
+}
+
+fn helm_ok<I, S>(env: Option<&ControlPlane>, args: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<String> = args
+        .into_iter()
+        .map(|a| a.as_ref().to_string_lossy().into_owned())
+        .collect();
+    let out = helm(env, &args);
+    assert!(
+        out.status.success(),
+        "helm {} failed ({}):\n{}",
+        args.join(" "),
+        out.status,
+        text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `helm template tunlb charts/tunlb -n tunlb-system EXTRA...`, parsed.
+fn render(extra: &[&str]) -> Vec<Value> {
+    let chart = chart_dir();
+    let mut args = vec!["template", "tunlb", chart.to_str().unwrap(), "-n", NS];
+    args.extend_from_slice(extra);
+    let yaml = helm_ok(None, &args);
+    serde_yaml::Deserializer::from_str(&yaml)
+        .map(|doc| Value::deserialize(doc).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn kinds(docs: &[Value]) -> Vec<String> {
+    let mut k: Vec<String> = docs
+        .iter()
+        .map(|d| {
+            format!(
+                "{}/{}",
+                d["kind"].as_str().unwrap(),
+                d["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    k.sort();
+    k
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind}/{name} in {:?}", kinds(docs)))
+}
+
+/// A role's rules flattened to "group/resource verb" (plus " @name" when the
+/// rule is limited by resourceNames), so rule sets compare exactly.
+fn flat_rules(role: &Value) -> BTreeSet<String> {
+    let strs = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    };
+    let mut out = BTreeSet::new();
+    for rule in role["rules"].as_array().unwrap() {
+        let names = strs(&rule["resourceNames"]);
+        for g in strs(&rule["apiGroups"]) {
+            for r in strs(&rule["resources"]) {
+                for v in strs(&rule["verbs"]) {
+                    let base = format!("{g}/{r} {v}");
+                    if names.is_empty() {
+                        out.insert(base);
+                    } else {
+                        for n in &names {
+                            out.insert(format!("{base} @{n}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn container<'a>(workload: &'a Value, name: &str) -> &'a Value {
+    workload["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+fn env_value<'a>(c: &'a Value, name: &str) -> Option<&'a Value> {
+    c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+}
+
+fn operator_rules() -> BTreeSet<String> {
+    set(&[
+        "tunlb.io/virtualservices get",
+        "tunlb.io/virtualservices list",
+        "tunlb.io/virtualservices watch",
+        "tunlb.io/virtualservices patch",
+        "tunlb.io/virtualservices update",
+        "tunlb.io/virtualservices/status get",
+        "tunlb.io/virtualservices/status patch",
+        "tunlb.io/virtualservices/status update",
+        "/services get",
+        "/services list",
+        "/services watch",
+        "/nodes get",
+        "/nodes list",
+        "/nodes watch",
+        "discovery.k8s.io/endpointslices get",
+        "discovery.k8s.io/endpointslices list",
+        "discovery.k8s.io/endpointslices watch",
+        "events.k8s.io/events create",
+        "events.k8s.io/events patch",
+        "/events create",
+        "/events patch",
+    ])
+}
+
+fn agent_rules() -> BTreeSet<String> {
+    set(&[
+        "tunlb.io/virtualservices get",
+        "tunlb.io/virtualservices list",
+        "tunlb.io/virtualservices watch",
+        "tunlb.io/virtualservices/status get",
+        "tunlb.io/virtualservices/status patch",
+        "/nodes get",
+        "/nodes list",
+        "/nodes watch",
+    ])
+}
+
+#[test]
+#[ignore = "needs the test control plane: run tests/run.sh"]
+fn chart_lints() {
+    let chart = chart_dir();
+    let chart = chart.to_str().unwrap();
+    helm_ok(None, ["lint", chart]);
+    helm_ok(None, ["lint", "--strict", chart]);
+    helm_ok(
+        None,
+        [
+            "lint",
+            "--strict",
+            chart,
+            "--set",
+            "vipCIDRs={192.168.56.0/24}",
+        ],
+    );
+    // The schema catches typos and bad CIDRs.
+    for bad in [
+        "vipCidrs={192.168.56.0/24}",
+        "vipCIDRs={banana}",
+        "operator.replicas=two",
+    ] {
+        let out = helm(None, ["template", "t", chart, "--set", bad]);
+        assert!(!out.status.success(), "--set {bad} was accepted");
+        assert!(text(&out).contains("schema"), "{bad}: {}", text(&out));
+    }
+}
+
+#[test]
+#[ignore = "needs the test control plane: run tests/run.sh"]
+fn renders_defaults() {
+    let docs = render(&[]);
+    assert_eq!(
+        kinds(&docs),
+        vec![
+            "ClusterRole/tunlb-agent",
+            "ClusterRole/tunlb-operator",
+            "ClusterRoleBinding/tunlb-agent",
+            "ClusterRoleBinding/tunlb-operator",
+            "DaemonSet/tunlb-agent",
+            "Deployment/tunlb-operator",
+            "PodDisruptionBudget/tunlb-operator",
+            "Role/tunlb-operator-leader-election",
+            "RoleBinding/tunlb-operator-leader-election",
+            "ServiceAccount/tunlb-agent",
+            "ServiceAccount/tunlb-operator",
+        ]
+    );
+    for d in &docs {
+        let labels = &d["metadata"]["labels"];
+        assert_eq!(labels["app.kubernetes.io/name"], "tunlb", "{d}");
+        assert_eq!(labels["app.kubernetes.io/instance"], "tunlb", "{d}");
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "Helm", "{d}");
+        if d["kind"] != "ClusterRole" && d["kind"] != "ClusterRoleBinding" {
+            assert_eq!(d["metadata"]["namespace"], NS, "{d}");
+        }
+    }
+
+    // Operator Deployment.
+    let deploy = find(&docs, "Deployment", "tunlb-operator");
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "tunlb-operator");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let op = container(deploy, "operator");
+    assert_eq!(op["image"], "ghcr.io/tunlb/tunlb-operator:0.1.0");
+    assert_eq!(op["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(op["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(
+        op["securityContext"]["capabilities"]["drop"],
+        serde_json::json!(["ALL"])
+    );
+    assert!(op["securityContext"]["capabilities"]["add"].is_null());
+    assert_eq!(op["ports"][0]["name"], "metrics");
+    assert_eq!(op["ports"][0]["containerPort"], 8080);
+    assert_eq!(op["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(op["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(
+        env_value(op, "POD_NAME").unwrap()["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    assert_eq!(
+        env_value(op, "POD_NAMESPACE").unwrap()["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
+    // No pools by default: the variable is left out (an empty value would not parse).
+    assert!(env_value(op, "TUNLB_VIP_CIDRS").is_none());
+    assert_eq!(
+        env_value(op, "TUNLB_SERVICE_CIDRS").unwrap()["value"],
+        "10.96.0.0/12"
+    );
+    assert_eq!(
+        env_value(op, "TUNLB_METRICS_ADDR").unwrap()["value"],
+        "0.0.0.0:8080"
+    );
+    assert_eq!(env_value(op, "TUNLB_LOG").unwrap()["value"], "info");
+    let pdb = find(&docs, "PodDisruptionBudget", "tunlb-operator");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        deploy["spec"]["selector"]["matchLabels"]
+    );
+
+    // Agent DaemonSet.
+    let ds = find(&docs, "DaemonSet", "tunlb-agent");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["dnsPolicy"], "ClusterFirstWithHostNet");
+    assert_eq!(pod["serviceAccountName"], "tunlb-agent");
+    assert_eq!(pod["priorityClassName"], "system-node-critical");
+    assert_eq!(
+        pod["tolerations"],
+        serde_json::json!([{"operator": "Exists"}])
+    );
+    assert!(pod["initContainers"].is_null());
+    assert_eq!(ds["spec"]["updateStrategy"]["type"], "RollingUpdate");
+    assert_eq!(
+        ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"],
+        1
+    );
+    let agent = container(ds, "agent");
+    assert_eq!(agent["image"], "ghcr.io/tunlb/tunlb-agent:0.1.0");
+    assert_eq!(agent["args"], serde_json::json!(["run"]));
+    let sc = &agent["securityContext"];
+    assert!(sc["privileged"].is_null() || sc["privileged"] == false);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(sc["capabilities"]["add"], serde_json::json!(["NET_ADMIN"]));
+    assert_eq!(
+        env_value(agent, "NODE_NAME").unwrap()["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
+    assert_eq!(
+        env_value(agent, "TUNLB_STATE_DIR").unwrap()["value"],
+        "/var/lib/tunlb"
+    );
+    assert_eq!(
+        env_value(agent, "TUNLB_METRICS_ADDR").unwrap()["value"],
+        "0.0.0.0:9090"
+    );
+    assert_eq!(agent["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(agent["ports"][0]["containerPort"], 9090);
+    // The state dir and /proc/sys/net are hostPaths, mounted read-write.
+    let volumes = pod["volumes"].as_array().unwrap();
+    let host_path = |name: &str| -> String {
+        let v = volumes.iter().find(|v| v["name"] == name).unwrap();
+        v["hostPath"]["path"].as_str().unwrap().to_string()
+    };
+    assert_eq!(host_path("state"), "/var/lib/tunlb");
+    assert_eq!(host_path("proc-sys-net"), "/proc/sys/net");
+    for m in agent["volumeMounts"].as_array().unwrap() {
+        assert!(m["readOnly"].is_null() || m["readOnly"] == false);
+        // runc refuses volume mounts inside /proc.
+        assert!(
+            !m["mountPath"].as_str().unwrap().starts_with("/proc"),
+            "{m}"
+        );
+    }
+
+    // RBAC: exactly these rules.
+    assert_eq!(
+        flat_rules(find(&docs, "ClusterRole", "tunlb-operator")),
+        operator_rules()
+    );
+    let agent_role = flat_rules(find(&docs, "ClusterRole", "tunlb-agent"));
+    assert_eq!(agent_role, agent_rules());
+    for forbidden in [
+        "tunlb.io/virtualservices create",
+        "tunlb.io/virtualservices delete",
+        "tunlb.io/virtualservices update",
+        "tunlb.io/virtualservices patch",
+        "tunlb.io/virtualservices/status update",
+    ] {
+        assert!(!agent_role.contains(forbidden), "agent has {forbidden}");
+    }
+    for role in docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+    {
+        for rule in flat_rules(role) {
+            assert!(!rule.contains('*'), "wildcard in {rule}");
+            assert!(!rule.contains("secrets"), "secrets access: {rule}");
+        }
+    }
+    assert_eq!(
+        flat_rules(find(&docs, "Role", "tunlb-operator-leader-election")),
+        set(&[
+            "coordination.k8s.io/leases create",
+            "coordination.k8s.io/leases get @tunlb-operator",
+            "coordination.k8s.io/leases update @tunlb-operator",
+        ])
+    );
+    for binding in ["ClusterRoleBinding", "RoleBinding"] {
+        for d in docs.iter().filter(|d| d["kind"] == binding) {
+            let subject = &d["subjects"][0];
+            assert_eq!(subject["kind"], "ServiceAccount");
+            assert_eq!(subject["namespace"], NS);
+            assert_eq!(
+                subject["name"],
+                d["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .trim_end_matches("-leader-election")
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs the test control plane: run tests/run.sh"]
+fn renders_with_values() {
+    let docs = render(&[
+        "--set",
+        "vipCIDRs={192.168.56.0/24,10.10.0.0/16}",
+        "--set",
+        "operator.replicas=1",
+        "--set",
+        "logJson=true",
+        "--set",
+        "logLevel=debug",
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "agent.loadModules.enabled=true",
+        "--set",
+        "agent.image.tag=dev",
+    ]);
+    let deploy = find(&docs, "Deployment", "tunlb-operator");
+    assert_eq!(deploy["spec"]["replicas"], 1);
+    // One replica: no PodDisruptionBudget (it would block every drain).
+    assert!(docs.iter().all(|d| d["kind"] != "PodDisruptionBudget"));
+    let op = container(deploy, "operator");
+    assert_eq!(
+        env_value(op, "TUNLB_VIP_CIDRS").unwrap()["value"],
+        "192.168.56.0/24,10.10.0.0/16"
+    );
+    assert_eq!(env_value(op, "TUNLB_LOG").unwrap()["value"], "debug");
+    assert!(
+        op["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "--log-json")
+    );
+
+    let ds = find(&docs, "DaemonSet", "tunlb-agent");
+    let agent = container(ds, "agent");
+    assert_eq!(agent["image"], "ghcr.io/tunlb/tunlb-agent:dev");
+    assert_eq!(env_value(agent, "TUNLB_LOG_JSON").unwrap()["value"], "true");
+    // SYS_MODULE only in the init container that runs modprobe.
+    assert_eq!(
+        agent["securityContext"]["capabilities"]["add"],
+        serde_json::json!(["NET_ADMIN"])
+    );
+    let init = &ds["spec"]["template"]["spec"]["initContainers"][0];
+    assert_eq!(init["name"], "load-modules");
+    assert_eq!(init["command"], serde_json::json!(["modprobe", "-a"]));
+    assert!(
+        init["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m == "ip_vs")
+    );
+    assert_eq!(
+        init["securityContext"]["capabilities"]["add"],
+        serde_json::json!(["SYS_MODULE"])
+    );
+    assert_eq!(init["volumeMounts"][0]["mountPath"], "/lib/modules");
+    assert_eq!(init["volumeMounts"][0]["readOnly"], true);
+
+    let k = kinds(&docs);
+    for want in [
+        "Service/tunlb-operator-metrics",
+        "Service/tunlb-agent-metrics",
+        "ServiceMonitor/tunlb-operator",
+        "ServiceMonitor/tunlb-agent",
+    ] {
+        assert!(k.iter().any(|x| x == want), "{want} missing from {k:?}");
+    }
+    let sm = find(&docs, "ServiceMonitor", "tunlb-agent");
+    assert_eq!(sm["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
+    assert_eq!(
+        sm["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"],
+        "agent"
+    );
+}
+
+#[test]
+#[ignore = "needs the test control plane: run tests/run.sh"]
+fn chart_crd_is_the_generated_crd() {
+    let root = workspace_root();
+    let generated = std::fs::read(root.join("crds/virtualservice.yaml")).unwrap();
+    let in_chart = std::fs::read(root.join("charts/tunlb/crds/virtualservice.yaml")).unwrap();
+    assert!(
+        generated == in_chart,
+        "charts/tunlb/crds/virtualservice.yaml differs from crds/virtualservice.yaml: \
+         cp crds/virtualservice.yaml charts/tunlb/crds/"
+    );
+    // and nothing else hides in the chart's crds/ (Helm would install it too)
+    let entries: Vec<_> = std::fs::read_dir(root.join("charts/tunlb/crds"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(entries, vec![OsStr::new("virtualservice.yaml")]);
+}
+
+/// `kubectl auth can-i VERB RESOURCE[/NAME] [--subresource=SUB] --as=<NS/sa>`
+/// in namespace `ns` (all namespaces when None), as a bool.
+fn can_i(cp: &ControlPlane, sa: &str, verb: &str, resource: &str, ns: Option<&str>) -> bool {
+    let (resource, sub) = match resource.split_once(" sub=") {
+        Some((r, s)) => (r, Some(s)),
+        None => (resource, None),
+    };
+    let mut args = vec![
+        "auth".to_string(),
+        "can-i".into(),
+        verb.into(),
+        resource.into(),
+        format!("--as=system:serviceaccount:{NS}:{sa}"),
+    ];
+    if let Some(sub) = sub {
+        args.push(format!("--subresource={sub}"));
+    }
+    match ns {
+        Some(ns) => args.push(format!("--namespace={ns}")),
+        None => args.push("--all-namespaces".into()),
+    }
+    let out = cp.kubectl(&args).unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    match answer.as_str() {
+        "yes" => true,
+        "no" => false,
+        _ => panic!("kubectl {}: {}", args.join(" "), text(&out)),
+    }
+}
+
+#[test]
+#[ignore = "needs the test control plane: run tests/run.sh"]
+fn installs_into_a_real_apiserver() {
+    // Our own control plane, without the CRDs: helm installs them from crds/.
+    let cp = ControlPlane::start().unwrap();
+    let chart = chart_dir();
+    let chart = chart.to_str().unwrap();
+    // No controllers or nodes run here, so nothing becomes available: no --wait.
+    helm_ok(
+        Some(&cp),
+        [
+            "install",
+            "tunlb",
+            chart,
+            "-n",
+            NS,
+            "--create-namespace",
+            "--set",
+            "vipCIDRs={192.168.56.0/24}",
+        ],
+    );
+    let status = helm_ok(Some(&cp), ["status", "tunlb", "-n", NS]);
+    assert!(status.contains("STATUS: deployed"), "{status}");
+
+    cp.kubectl_ok(["get", "crd", "virtualservices.tunlb.io"])
+        .unwrap();
+    cp.kubectl_ok([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/virtualservices.tunlb.io",
+    ])
+    .unwrap();
+    let ns_objects = [
+        "deployment/tunlb-operator",
+        "daemonset/tunlb-agent",
+        "serviceaccount/tunlb-operator",
+        "serviceaccount/tunlb-agent",
+        "role/tunlb-operator-leader-election",
+        "rolebinding/tunlb-operator-leader-election",
+        "poddisruptionbudget/tunlb-operator",
+    ];
+    let cluster_objects = [
+        "clusterrole/tunlb-operator",
+        "clusterrole/tunlb-agent",
+        "clusterrolebinding/tunlb-operator",
+        "clusterrolebinding/tunlb-agent",
+    ];
+    for obj in ns_objects {
+        cp.kubectl_ok(["get", "-n", NS, obj]).unwrap();
+    }
+    for obj in cluster_objects {
+        cp.kubectl_ok(["get", obj]).unwrap();
+    }
+    // The server accepted the pod templates as rendered.
+    let vip = cp
+        .kubectl_ok([
+            "get",
+            "-n",
+            NS,
+            "deployment/tunlb-operator",
+            "-o",
+            "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].env[?(@.name==\"TUNLB_VIP_CIDRS\")].value}",
+        ])
+        .unwrap();
+    assert_eq!(vip, "2 192.168.56.0/24");
+    let host_net = cp
+        .kubectl_ok([
+            "get",
+            "-n",
+            NS,
+            "daemonset/tunlb-agent",
+            "-o",
+            "jsonpath={.spec.template.spec.hostNetwork}",
+        ])
+        .unwrap();
+    assert_eq!(host_net, "true");
+    // The installed CRD serves VirtualServices (short name tvs).
+    let example = workspace_root().join("examples/seed/01-web.yaml");
+    cp.create_namespace("chart-demo").unwrap();
+    cp.kubectl_ok(["apply", "-n", "chart-demo", "-f", example.to_str().unwrap()])
+        .unwrap();
+    let listed = cp
+        .kubectl_ok(["get", "tvs", "-n", "chart-demo", "-o", "name"])
+        .unwrap();
+    assert!(listed.contains("virtualservice.tunlb.io/"), "{listed}");
+
+    // RBAC, as the ServiceAccounts themselves.
+    let agent = "tunlb-agent";
+    assert!(!can_i(
+        &cp,
+        agent,
+        "patch",
+        "virtualservices.tunlb.io",
+        None
+    ));
+    assert!(can_i(
+        &cp,
+        agent,
+        "patch",
+        "virtualservices.tunlb.io sub=status",
+        None
+    ));
+    assert!(!can_i(
+        &cp,
+        agent,
+        "update",
+        "virtualservices.tunlb.io sub=status",
+        None
+    ));
+    assert!(can_i(&cp, agent, "watch", "virtualservices.tunlb.io", None));
+    assert!(can_i(&cp, agent, "list", "nodes", None));
+    assert!(!can_i(&cp, agent, "update", "nodes", None));
+    assert!(!can_i(
+        &cp,
+        agent,
+        "delete",
+        "virtualservices.tunlb.io",
+        Some("chart-demo")
+    ));
+    assert!(!can_i(
+        &cp,
+        agent,
+        "create",
+        "virtualservices.tunlb.io",
+        Some("chart-demo")
+    ));
+    assert!(!can_i(&cp, agent, "get", "secrets", Some(NS)));
+    assert!(!can_i(&cp, agent, "get", "secrets", None));
+    assert!(!can_i(
+        &cp,
+        agent,
+        "list",
+        "endpointslices.discovery.k8s.io",
+        None
+    ));
+
+    let op = "tunlb-operator";
+    assert!(can_i(
+        &cp,
+        op,
+        "patch",
+        "virtualservices.tunlb.io sub=status",
+        None
+    ));
+    assert!(can_i(&cp, op, "patch", "virtualservices.tunlb.io", None));
+    assert!(can_i(
+        &cp,
+        op,
+        "update",
+        "virtualservices.tunlb.io",
+        Some("chart-demo")
+    ));
+    assert!(!can_i(
+        &cp,
+        op,
+        "create",
+        "virtualservices.tunlb.io",
+        Some("chart-demo")
+    ));
+    assert!(!can_i(
+        &cp,
+        op,
+        "delete",
+        "virtualservices.tunlb.io",
+        Some("chart-demo")
+    ));
+    assert!(can_i(
+        &cp,
+        op,
+        "create",
+        "events.events.k8s.io",
+        Some("chart-demo")
+    ));
+    assert!(can_i(&cp, op, "create", "events", Some("chart-demo")));
+    assert!(can_i(
+        &cp,
+        op,
+        "list",
+        "endpointslices.discovery.k8s.io",
+        None
+    ));
+    assert!(can_i(&cp, op, "watch", "services", None));
+    assert!(can_i(
+        &cp,
+        op,
+        "create",
+        "leases.coordination.k8s.io",
+        Some(NS)
+    ));
+    assert!(can_i(
+        &cp,
+        op,
+        "update",
+        "leases.coordination.k8s.io/tunlb-operator",
+        Some(NS)
+    ));
+    assert!(can_i(
+        &cp,
+        op,
+        "get",
+        "leases.coordination.k8s.io/tunlb-operator",
+        Some(NS)
+    ));
+    assert!(!can_i(
+        &cp,
+        op,
+        "update",
+        "leases.coordination.k8s.io/kube-scheduler",
+        Some(NS)
+    ));
+    assert!(!can_i(
+        &cp,
+        op,
+        "update",
+        "leases.coordination.k8s.io/tunlb-operator",
+        Some("default")
+    ));
+    assert!(!can_i(
+        &cp,
+        op,
+        "delete",
+        "leases.coordination.k8s.io/tunlb-operator",
+        Some(NS)
+    ));
+    assert!(!can_i(&cp, op, "get", "secrets", Some(NS)));
+    assert!(!can_i(&cp, op, "get", "secrets", None));
+    assert!(!can_i(&cp, op, "patch", "nodes", None));
+
+    // And with a real token (authentication, not impersonation): the operator's
+    // SA can take its Lease exactly as the leader election does.
+    let lease = r#"{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{"name":"tunlb-operator"},"spec":{"holderIdentity":"chart-test"}}"#;
+    let token = Command::new(workspace_root().join("tests/controlplane/token.sh"))
+        .args([cp.dir().as_os_str(), OsStr::new(NS), OsStr::new(op)])
+        .envs(cp.env())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(token.status.success(), "token.sh: {}", text(&token));
+    let sa_kubeconfig = String::from_utf8_lossy(&token.stdout).trim().to_string();
+    let as_sa = |args: &[&str], input: Option<&str>| -> Output {
+        let mut cmd = cp.kubectl_command();
+        cmd.env("KUBECONFIG", &sa_kubeconfig).args(args);
+        match input {
+            Some(input) => {
+                use std::io::Write;
+                let mut child = cmd
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(input.as_bytes())
+                    .unwrap();
+                child.wait_with_output().unwrap()
+            }
+            None => cmd.output().unwrap(),
+        }
+    };
+    let out = as_sa(&["create", "-n", NS, "-f", "-"], Some(lease));
+    assert!(out.status.success(), "create lease: {}", text(&out));
+    let out = as_sa(
+        &["get", "-n", NS, "lease/tunlb-operator", "-o", "json"],
+        None,
+    );
+    assert!(out.status.success(), "get lease: {}", text(&out));
+    let out = as_sa(
+        &["replace", "-n", NS, "-f", "-"],
+        Some(&String::from_utf8_lossy(&out.stdout)),
+    );
+    assert!(out.status.success(), "replace lease: {}", text(&out));
+    let out = as_sa(&["get", "-n", NS, "secrets"], None);
+    assert!(!out.status.success(), "operator listed secrets");
+    assert!(text(&out).contains("forbidden"), "{}", text(&out));
+
+    // Uninstall removes everything the release made, but (Helm's rule for crds/)
+    // keeps the CRD and with it the users' VirtualServices.
+    helm_ok(Some(&cp), ["uninstall", "tunlb", "-n", NS]);
+    for obj in ns_objects {
+        let out = cp.kubectl(["get", "-n", NS, obj]).unwrap();
+        assert!(!out.status.success(), "{obj} survived uninstall");
+        assert!(text(&out).contains("NotFound"), "{obj}: {}", text(&out));
+    }
+    for obj in cluster_objects {
+        let out = cp.kubectl(["get", obj]).unwrap();
+        assert!(!out.status.success(), "{obj} survived uninstall");
+        assert!(text(&out).contains("NotFound"), "{obj}: {}", text(&out));
+    }
+    let releases = helm_ok(Some(&cp), ["list", "-a", "-n", NS, "-q"]);
+    assert_eq!(releases.trim(), "");
+    cp.kubectl_ok(["get", "crd", "virtualservices.tunlb.io"])
+        .unwrap();
+
+    // The optional variants are valid for the API server too (a server-side dry
+    // run of a fresh create; no ServiceMonitor CRD here, so only the Services).
+    let variant = helm_ok(
+        Some(&cp),
+        [
+            "template",
+            "tunlb",
+            chart,
+            "-n",
+            NS,
+            "--set",
+            "agent.loadModules.enabled=true",
+            "--set",
+            "agent.privileged=true",
+            "--set",
+            "metrics.service.enabled=true",
+            "--set",
+            "agent.metricsHost=::",
+        ],
+    );
+    let out = cp
+        .kubectl_stdin(
+            ["create", "--dry-run=server", "-n", NS, "-f", "-"],
+            &variant,
+        )
+        .unwrap();
+    assert!(out.status.success(), "server dry run: {}", text(&out));
+    assert!(
+        text(&out).contains("service/tunlb-agent-metrics"),
+        "{}",
+        text(&out)
+    );
+}
