@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The test command: lint, unit tests, then the real-kernel lab tests.
-# Needs the packages from scripts/install-deps.sh (qemu, busybox-static, ...).
+# The test command: lint, unit tests, API-server tests (a real etcd +
+# kube-apiserver built from Go modules), then the real-kernel lab tests
+# (QEMU) including the end-to-end run through Kubernetes.
+# Needs the packages from scripts/install-deps.sh and Go (for the control plane).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -11,8 +13,14 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== unit tests"
 cargo test --workspace --quiet
 
-echo "== lab tests (QEMU, Debian kernel)"
-cargo build --release --quiet -p tunlb-agent
+echo "== test control plane (etcd, kube-apiserver, kubectl, helm; cached after the first build)"
+tests/controlplane/build.sh >/dev/null
+
+echo "== API server tests: CRD admission, server-side apply, RBAC, Helm chart"
+cargo test --quiet -p tunlb-tests --test crd --test chart -- --include-ignored
+
+echo "== lab tests (QEMU, Debian kernel) and end to end"
+cargo build --release --quiet -p tunlb-agent -p tunlb-operator
 tests/lab/kernel.sh >/dev/null
-TUNLB_AGENT_BIN="$PWD/target/release/tunlb-agent" \
-	cargo test --quiet -p tunlb-tests --test lab -- --include-ignored --test-threads 2
+TUNLB_AGENT_BIN="$PWD/target/release/tunlb-agent" TUNLB_OPERATOR_BIN="$PWD/target/release/tunlb-operator" \
+	cargo test --quiet -p tunlb-tests --test lab --test e2e -- --include-ignored --test-threads 2

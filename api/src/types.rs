@@ -46,13 +46,14 @@ pub struct VirtualServiceSpec {
     #[schemars(length(max = 45))]
     #[x_kube(
         validation = Rule::new("isIP(self)").message("must be an IPv4 or IPv6 address"),
-        validation = Rule::new("!isIP(self) || ip(self).isGlobalUnicast()").message("must be a unicast address (not unspecified, loopback, multicast, link-local or broadcast)")
+        validation = Rule::new("!isIP(self) || ip(self).isGlobalUnicast()").message("must be a unicast address (not unspecified, loopback, multicast, link-local or broadcast)"),
+        validation = Rule::new("!isIP(self) || ip.isCanonical(self)").message("must be written in canonical form (e.g. 2001:db8::1, lower case, no leading zeros)")
     )]
     pub vip: String,
     /// Ports served on the VIP. Each VIP:port:protocol becomes one IPVS virtual service.
     #[schemars(length(min = 1, max = 64))]
     #[x_kube(
-        validation = Rule::new("self.all(p, self.exists_one(q, q.port == p.port && q.protocol == p.protocol))").message("duplicate port: each port/protocol may appear once"),
+        merge_strategy = ListMerge::Map(vec!["port".into(), "protocol".into()]),
         validation = Rule::new("self.all(p, !has(p.name) || self.exists_one(q, has(q.name) && q.name == p.name))").message("duplicate port name")
     )]
     pub ports: Vec<ServicePort>,
@@ -61,6 +62,8 @@ pub struct VirtualServiceSpec {
     pub scheduler: Scheduler,
     /// Scheduler flags (ipvsadm -b): sh-fallback, sh-port, mh-fallback, mh-port.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub scheduler_flags: Vec<SchedulerFlag>,
     /// Client affinity (ipvsadm -p/-M): connections from one client go to the same real server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -388,7 +391,7 @@ pub struct Backends {
     /// Fixed real servers, inside or outside the cluster.
     #[serde(default, rename = "static", skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
-    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b.address == a.address))").message("duplicate real server address"))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["address".into()]))]
     pub static_servers: Option<Vec<StaticBackend>>,
     /// A Service in the same namespace; each node with ready endpoints becomes one real server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -402,7 +405,11 @@ pub struct Backends {
 pub struct StaticBackend {
     /// Real server address (RIP).
     #[schemars(length(max = 45))]
-    #[x_kube(validation = Rule::new("isIP(self)").message("must be an IPv4 or IPv6 address"))]
+    #[x_kube(
+        validation = Rule::new("isIP(self)").message("must be an IPv4 or IPv6 address"),
+        validation = Rule::new("!isIP(self) || ip(self).isGlobalUnicast()").message("must be a unicast address (not unspecified, loopback, multicast, link-local or broadcast)"),
+        validation = Rule::new("!isIP(self) || ip.isCanonical(self)").message("must be written in canonical form (e.g. 2001:db8::1, lower case, no leading zeros)")
+    )]
     pub address: String,
     /// Scheduling weight, 0-65535 (0 drains: no new connections). Defaults to 1.
     #[serde(default = "default_weight")]

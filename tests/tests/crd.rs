@@ -501,8 +501,8 @@ fn bad_inputs() -> Vec<Bad> {
         b(
             "duplicate ports",
             spec_with(json!({"ports": [{"port": 80}, {"port": 80, "protocol": "TCP"}]})),
-            "spec.ports",
-            &["duplicate port: each port/protocol may appear once"],
+            "spec.ports[1]",
+            &["Duplicate value"],
         ),
         b(
             "duplicate port names",
@@ -515,8 +515,8 @@ fn bad_inputs() -> Vec<Bad> {
             spec_with(json!({"backends": {"static": [
                 {"address": "198.51.100.1"}, {"address": "198.51.100.1", "weight": 2},
             ]}})),
-            "spec.backends.static",
-            &["duplicate real server address"],
+            "spec.backends.static[1]",
+            &["Duplicate value"],
         ),
         b(
             "real server is the VIP",

@@ -35,8 +35,10 @@ table ip labnat {
 }
 NFT
 
+# Not through the ns_exec function: a backgrounded function is a subshell, and
+# $! must be the agent itself (ip netns exec and env both exec).
 start_agent() {
-	ns_exec "$1" env KUBECONFIG=/kube/agent.kubeconfig NODE_NAME="$1" TUNLB_LOG=info,kube=warn \
+	"$IP" netns exec "$1" env KUBECONFIG=/kube/agent.kubeconfig NODE_NAME="$1" TUNLB_LOG=info,kube=warn \
 		"$AGENT" run --state-dir "/tmp/state-$1" --resync-seconds 3 --metrics-addr 127.0.0.1:9090 \
 		>>"/tmp/agent-$1.log" 2>&1 &
 	eval "AGENT_PID_$1=$!"
@@ -93,8 +95,10 @@ ns_exec client busybox nc "$VIP" 80 </tmp/long2.in >/tmp/long2.out 2>&1 &
 exec 4>/tmp/long2.in
 sleep 1
 before="$(ipvs_rows director)"
-eval "kill \$AGENT_PID_director"
-sleep 1
+eval "pid=\$AGENT_PID_director"
+kill "$pid"
+wait "$pid" 2>/dev/null
+lab_assert_eq "director agent exited on SIGTERM" "" "$(ps | awk -v p="$pid" '$1 == p')"
 lab_assert_eq "agent stopped: IPVS table untouched" "$before" "$(ipvs_rows director)"
 start_agent director
 sleep 6
