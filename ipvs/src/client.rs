@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::info::{Info, Timeouts};
 use crate::message::{CmdAttr, IpvsCmd, IpvsMessage};
 use crate::op::Op;
-use crate::pipeline::{match_acks, plan_batches};
+use crate::pipeline::{match_acks, starts_new_batch};
 use crate::service::{Service, ServiceEntry, ServiceKey};
 use crate::transport::{self, IpvsPacket, ProtoTransport, SocketOptions, Transport};
 
@@ -238,17 +238,33 @@ impl Client {
     /// (so a NewDest after a failed NewService fails on its own). Results
     /// are in input order.
     pub async fn apply(&self, ops: &[Op]) -> Vec<Result<(), Error>> {
-        let packets: Vec<IpvsPacket> = ops
-            .iter()
-            .map(|op| self.packet(op.to_message(), NLM_F_REQUEST | NLM_F_ACK))
-            .collect();
-        let sizes: Vec<usize> = packets.iter().map(|p| p.header.length as usize).collect();
+        // Packets are encoded one batch at a time, so memory stays bounded by
+        // the window however many ops there are (cuts as `plan_batches`).
         let config = &self.inner.config;
-        let mut packets = packets.into_iter();
         let mut results = Vec::with_capacity(ops.len());
-        for range in plan_batches(&sizes, config.window, config.max_batch_bytes) {
-            let batch: Vec<IpvsPacket> = packets.by_ref().take(range.len()).collect();
-            results.extend(self.apply_batch(&ops[range], batch).await);
+        let mut batch: Vec<IpvsPacket> = Vec::new();
+        let mut start = 0;
+        let mut bytes = 0;
+        for (i, op) in ops.iter().enumerate() {
+            let packet = self.packet(op.to_message(), NLM_F_REQUEST | NLM_F_ACK);
+            let size = packet.header.length as usize;
+            if starts_new_batch(
+                i - start,
+                bytes,
+                size,
+                config.window,
+                config.max_batch_bytes,
+            ) {
+                let full = std::mem::take(&mut batch);
+                results.extend(self.apply_batch(&ops[start..i], full).await);
+                start = i;
+                bytes = 0;
+            }
+            bytes += size;
+            batch.push(packet);
+        }
+        if !batch.is_empty() {
+            results.extend(self.apply_batch(&ops[start..], batch).await);
         }
         results
     }

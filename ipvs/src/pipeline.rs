@@ -7,19 +7,21 @@
 //! messages of one batch consecutively, so an ack's offset from the lowest
 //! sequence number of the batch is the index of its op.
 
-use std::ops::Range;
-
 /// Cut ops (given by their encoded sizes) into consecutive batches of at
 /// most `window` messages and, unless a single message is larger, at most
-/// `max_bytes` bytes. Order is preserved.
-pub(crate) fn plan_batches(sizes: &[usize], window: usize, max_bytes: usize) -> Vec<Range<usize>> {
-    let window = window.max(1);
+/// `max_bytes` bytes. Order is preserved. `Client::apply` makes the same cuts
+/// incrementally, with [`starts_new_batch`].
+#[cfg(test)]
+pub(crate) fn plan_batches(
+    sizes: &[usize],
+    window: usize,
+    max_bytes: usize,
+) -> Vec<std::ops::Range<usize>> {
     let mut batches = Vec::new();
     let mut start = 0;
     let mut bytes = 0;
     for (i, size) in sizes.iter().enumerate() {
-        let count = i - start;
-        if count > 0 && (count >= window || bytes + size > max_bytes) {
+        if starts_new_batch(i - start, bytes, *size, window, max_bytes) {
             batches.push(start..i);
             start = i;
             bytes = 0;
@@ -30,6 +32,18 @@ pub(crate) fn plan_batches(sizes: &[usize], window: usize, max_bytes: usize) -> 
         batches.push(start..sizes.len());
     }
     batches
+}
+
+/// Whether a message of `size` bytes must open a new batch, given that the
+/// current batch holds `count` messages of `bytes` bytes in total.
+pub(crate) fn starts_new_batch(
+    count: usize,
+    bytes: usize,
+    size: usize,
+    window: usize,
+    max_bytes: usize,
+) -> bool {
+    count > 0 && (count >= window.max(1) || bytes + size > max_bytes)
 }
 
 /// Map the acks of one batch of `n` requests to per-request error codes
@@ -87,7 +101,10 @@ mod tests {
             plan_batches(&[10, 100, 10], 256, 50),
             vec![0..1, 1..2, 2..3]
         );
-        assert_eq!(plan_batches(&[], 256, 50), Vec::<Range<usize>>::new());
+        assert_eq!(
+            plan_batches(&[], 256, 50),
+            Vec::<std::ops::Range<usize>>::new()
+        );
         assert_eq!(plan_batches(&[1; 3], 0, 50), vec![0..1, 1..2, 2..3]);
     }
 

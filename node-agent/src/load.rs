@@ -50,7 +50,10 @@ pub fn load(paths: &[PathBuf]) -> (Vec<Loaded>, Vec<String>) {
     for file in files {
         match std::fs::read_to_string(&file) {
             Ok(text) => {
-                for r in parse_documents(&display(&file), &text) {
+                let docs = parse_documents(&display(&file), &text);
+                drop(text);
+                objects.reserve(docs.len());
+                for r in docs {
                     match r {
                         Ok(object) => objects.push(Loaded {
                             source: display(&file),

@@ -325,18 +325,19 @@ impl Dataplane {
             )
             .await;
         }
-        let stale: BTreeSet<IpvsKey> = owned
+        let stale: Vec<IpvsKey> = owned
             .iter()
             .filter(|k| !plan.ipvs.contains_key(*k))
             .copied()
             .collect();
-        if !stale.is_empty() {
+        for slice in stale.chunks(IPVS_CHUNK) {
+            let chunk_owned: BTreeSet<IpvsKey> = slice.iter().copied().collect();
             self.sync_ipvs_chunk(
                 &client,
                 plan,
                 state,
                 report,
-                (&BTreeMap::new(), &stale),
+                (&BTreeMap::new(), &chunk_owned),
                 &mut current,
                 &mut refused,
                 &mut stats,

@@ -459,6 +459,7 @@ mod tests {
     #[tokio::test]
     #[ignore = "needs a kube-apiserver via KUBECONFIG"]
     async fn two_electors_against_apiserver() -> Result<(), Box<dyn std::error::Error>> {
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         let client = kube::Client::try_default().await?;
         let name = format!(
             "lt-{}",
@@ -508,11 +509,33 @@ mod tests {
         });
         timeout(Duration::from_secs(6), c.wait_for(|l| *l)).await??;
         assert!(t1.elapsed() >= Duration::from_secs(1));
+        assert_eq!(
+            api.get(&name)
+                .await?
+                .spec
+                .unwrap_or_default()
+                .lease_transitions,
+            Some(2)
+        );
+
+        // Someone else writes the lease (stealing it): c's next renewal conflicts and
+        // c steps down, then waits for the thief's lease.
+        let mut stolen = api.get(&name).await?;
+        if let Some(spec) = stolen.spec.as_mut() {
+            spec.holder_identity = Some("thief".to_owned());
+            spec.renew_time = Some(MicroTime(now()));
+            spec.lease_duration_seconds = Some(30);
+        }
+        api.replace(&name, &PostParams::default(), &stolen).await?;
+        timeout(Duration::from_secs(3), c.wait_for(|l| !*l)).await??;
+        sleep(Duration::from_secs(1)).await;
+        assert!(!*c.borrow());
+
+        // Shutting down a non-leader leaves the lease alone.
         let _ = stop_c.send(());
         c_task.await?;
         let spec = api.get(&name).await?.spec.unwrap_or_default();
-        assert_eq!(spec.holder_identity, None);
-        assert_eq!(spec.lease_transitions, Some(2));
+        assert_eq!(spec.holder_identity.as_deref(), Some("thief"));
         api.delete(&name, &Default::default()).await?;
         Ok(())
     }

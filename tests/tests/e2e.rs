@@ -3,6 +3,8 @@
 //! ServiceAccount and RBAC. The guest scenario (tests/lab/scenarios/e2e.sh)
 //! drives kubectl and checks traffic.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
