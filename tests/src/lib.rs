@@ -2,6 +2,7 @@
 //! (tests/lab/run.sh) with the agent binary, the example manifests and the
 //! guest scenarios, and reports what the guest's assertions said.
 
+pub mod cluster_lab;
 pub mod controlplane;
 
 use std::path::{Path, PathBuf};

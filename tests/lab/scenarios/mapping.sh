@@ -31,6 +31,16 @@ got="$(requests 6 "http://$VIP2:8099/")"
 echo "8099 weights 2:1 -> $got"
 lab_assert_eq "mapped port honours weights 2:1" 4 "$(count rs1 "$got")"
 
+# The optional MSS clamp for the 20-byte IPIP overhead loads next to the DNAT.
+awk '{ print } /scheduler: wrr/ { print "  tunnel: {mssClamp: 1440}" }' $EX/02-mapped.yaml >/tmp/mapped-mss.yaml
+out="$(agent rs1 apply -f /tmp/mapped-mss.yaml 2>&1)"
+echo "$out"
+lab_assert_contains "MSS clamp is one nft transaction" "kernel writes: ipvs=0 links=0 sysctls=0 nft=1" "$out"
+lab_assert_contains "MSS clamp rule on SYN-ACKs of VIP connections" "tcp option maxseg size set 1440" "$(ns_exec rs1 nft list table ip tunlb)"
+got="$(requests 6 "http://$VIP2:8099/")"
+echo "8099 with the clamp on rs1 (weights 2:1) -> $got"
+lab_assert_eq "mapping still answers with the clamp" 6 "$(($(count rs1 "$got") + $(count rs2 "$got")))"
+
 delete_all $EX/02-mapped.yaml
 lab_assert_eq "delete removes tunlb's nft table" "" "$(ns_exec rs1 nft list tables | grep tunlb)"
 topo_cleanup
