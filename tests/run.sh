@@ -17,10 +17,10 @@ echo "== test control plane (etcd, kube-apiserver, kubectl, helm; cached after t
 tests/controlplane/build.sh >/dev/null
 
 echo "== API server tests: CRD admission, server-side apply, RBAC, Helm chart"
-cargo test --quiet -p tunlb-tests --test crd --test chart -- --include-ignored
+cargo test --quiet --no-fail-fast -p tunlb-tests --test crd --test chart -- --include-ignored
 
 echo "== lab tests (QEMU, Debian kernel) and end to end"
 cargo build --release --quiet -p tunlb-agent -p tunlb-operator
 tests/lab/kernel.sh >/dev/null
 TUNLB_AGENT_BIN="$PWD/target/release/tunlb-agent" TUNLB_OPERATOR_BIN="$PWD/target/release/tunlb-operator" \
-	cargo test --quiet -p tunlb-tests --test lab --test e2e -- --include-ignored --test-threads 2
+	cargo test --quiet --no-fail-fast -p tunlb-tests --test lab --test e2e -- --include-ignored --test-threads 2

@@ -24,3 +24,9 @@ fn assert_cluster_scenario(name: &str) {
 fn seed_scenario_through_kubectl() {
     assert_cluster_scenario("e2e");
 }
+
+#[test]
+#[ignore = "needs the QEMU lab and the test control plane: run tests/run.sh"]
+fn faults_unprogrammable_object_api_outage_and_legacy_object() {
+    assert_cluster_scenario("e2e-faults");
+}
