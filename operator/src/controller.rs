@@ -347,6 +347,26 @@ fn on_leadership(rx: watch::Receiver<bool>) -> impl Stream<Item = ()> + Send {
     })
 }
 
+/// Waits until `store` has its initial list; false if its writer went away first.
+///
+/// `Store::wait_until_ready` alone can hang: kube-runtime's `DelayedInit` keeps a
+/// single waker, and the Controller waits on the VirtualService store as well, so
+/// of two concurrent waiters only the one that polled last is woken. Polling again
+/// now and then picks the value up whichever waiter was woken.
+async fn store_synced<K>(store: &Store<K>) -> bool
+where
+    K: 'static + Clone + kube::runtime::reflector::Lookup,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        if let Ok(res) =
+            tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await
+        {
+            return res.is_ok();
+        }
+    }
+}
+
 /// Settings for `run`.
 pub struct Settings {
     pub policy: Policy,
@@ -367,25 +387,35 @@ pub async fn run(
     let wc = watcher::Config::default();
     let vs_api: Api<VirtualService> = Api::all(client.clone());
 
+    // Deletions must trigger too (touched, not applied, objects): a deleted
+    // EndpointSlice, Service or Node changes the real servers.
     let (nodes, node_writer) = reflector::store::<Node>();
+    let node_present = nodes.clone();
     let node_stream = watcher(Api::<Node>::all(client.clone()), wc.clone())
         .default_backoff()
         .modify(|n| n.managed_fields_mut().clear())
         .reflect(node_writer)
-        .applied_objects()
-        .predicate_filter(node_fingerprint, Default::default());
+        .touched_objects()
+        // A deleted Node has left the store by now, which changes its fingerprint.
+        .predicate_filter(
+            move |n: &Node| {
+                let present = node_present.get(&ObjectRef::from_obj(n)).is_some();
+                node_fingerprint(n).map(|h| h ^ u64::from(present))
+            },
+            Default::default(),
+        );
     let (services, svc_writer) = reflector::store::<Service>();
     let svc_stream = watcher(Api::<Service>::all(client.clone()), wc.clone())
         .default_backoff()
         .modify(|s| s.managed_fields_mut().clear())
         .reflect(svc_writer)
-        .applied_objects();
+        .touched_objects();
     let (slices, slice_writer) = reflector::store::<EndpointSlice>();
     let slice_stream = watcher(Api::<EndpointSlice>::all(client.clone()), wc.clone())
         .default_backoff()
         .modify(|s| s.managed_fields_mut().clear())
         .reflect(slice_writer)
-        .applied_objects();
+        .touched_objects();
 
     let controller = Controller::new(vs_api, wc);
     let vs_store = controller.store();
@@ -428,10 +458,10 @@ pub async fn run(
     );
     tokio::spawn(async move {
         let (n, s, e, v) = caches;
-        let synced = n.wait_until_ready().await.is_ok()
-            && s.wait_until_ready().await.is_ok()
-            && e.wait_until_ready().await.is_ok()
-            && v.wait_until_ready().await.is_ok();
+        let synced = store_synced(&n).await
+            && store_synced(&s).await
+            && store_synced(&e).await
+            && store_synced(&v).await;
         ready(synced);
     });
 

@@ -15,8 +15,9 @@
 # 80, wrr, static backends rs1/rs2, no port mapping (so no nft table), and is
 # deleted afterwards (timed too: kubectl delete --wait / agent delete x3), so
 # every run starts from the same kernel state. Paths alternate run by run so
-# that the guest's speed drift hits both alike. Run 0 of each path is a
-# warm-up (kubectl discovery cache, first tunl0 use) and is not counted.
+# that the guest's speed drift hits both alike, and every timed step starts on
+# an idle vCPU (settle). Run 0 of each path is a warm-up (agents' first sync,
+# kubectl discovery cache, first tunl0 use) and is not counted.
 #
 # Output: "RUN ..." per run, "BENCH metric=... n= p50= p90= min= max= mean=
 # unit=ms" per metric and "BENCH ratio=... p50= p90=" (k8s/file).
@@ -33,6 +34,38 @@ now_ms() {
 	_u="${_t#*.}"
 	_u="${_u%% *}"
 	NOW=$((${_t%%.*} * 1000 + 1${_u%???} - 1000))
+}
+
+# settle: waits (up to 20 s) until the guest's single vCPU is idle: two
+# consecutive 0.25 s windows of /proc/stat with >= 80% idle. Every timed step
+# starts from there, so that neither path pays for the other's (or its own
+# previous step's) trailing work, e.g. agent passes woken by status writes.
+# Sets SETTLED to the ms it waited.
+cpu_times() {
+	read -r _c _u _n _s _i _w _q _sq _st _rest </proc/stat
+	IDLE=$((_i + _w))
+	TOTAL=$((_u + _n + _s + _i + _w + _q + _sq + _st))
+}
+settle() {
+	now_ms
+	_s0=$NOW
+	_ok=0
+	_k=0
+	cpu_times
+	_pi=$IDLE
+	_pt=$TOTAL
+	while [ "$_ok" -lt 2 ] && [ "$_k" -lt 80 ]; do
+		sleep 0.25
+		cpu_times
+		_di=$((IDLE - _pi))
+		_dt=$((TOTAL - _pt))
+		_pi=$IDLE
+		_pt=$TOTAL
+		if [ "$_dt" -gt 0 ] && [ $((_di * 100)) -ge $((_dt * 80)) ]; then _ok=$((_ok + 1)); else _ok=0; fi
+		_k=$((_k + 1))
+	done
+	now_ms
+	SETTLED=$((NOW - _s0))
 }
 
 # record METRIC VALUE: one sample.
@@ -117,6 +150,7 @@ k8s_run() {
 	_name="bench-k-$1"
 	_vip="192.168.56.$((200 + $1))"
 	manifest "$_name" "$_vip" 1 >"/tmp/$_name.yaml"
+	settle
 	now_ms
 	_t0=$NOW
 	k apply -f "/tmp/$_name.yaml" >/dev/null || fail "k8s $1: kubectl apply"
@@ -124,6 +158,9 @@ k8s_run() {
 	_tk=$NOW
 	_tries="$(first_success "$_vip")" || fail "k8s $1: no success through $_vip"
 	now_ms
+	_ta=$NOW
+	settle
+	_sa=$SETTLED
 	_t1=$NOW
 	k patch tvs "$_name" --type=json \
 		-p '[{"op":"replace","path":"/spec/backends/static/0/weight","value":3}]' >/dev/null ||
@@ -132,17 +169,22 @@ k8s_run() {
 	_tp=$NOW
 	weight_shows "$_vip" "$RS1" 3 || fail "k8s $1: weight 3 never showed"
 	now_ms
+	_tw=$NOW
+	settle
+	_sw=$SETTLED
 	_t2=$NOW
 	k delete tvs "$_name" --wait --timeout=60s >/dev/null || fail "k8s $1: kubectl delete"
 	now_ms
 	_t3=$NOW
 	ns_exec director ipvsadm -Ln | grep -q "$_vip:80" && fail "k8s $1: $_vip still in IPVS after delete"
-	echo "RUN path=k8s i=$1 apply_ms=$((_t1 - _t0)) kubectl_apply_ms=$((_tk - _t0)) curl_tries=${_tries:-0} weight_ms=$((_t2 - _t1)) kubectl_patch_ms=$((_tp - _t1)) delete_ms=$((_t3 - _t2))"
+	echo "RUN path=k8s i=$1 apply_ms=$((_ta - _t0)) kubectl_apply_ms=$((_tk - _t0)) curl_tries=${_tries:-0} settle_after_apply_ms=$_sa weight_ms=$((_tw - _t1)) kubectl_patch_ms=$((_tp - _t1)) settle_after_weight_ms=$_sw delete_ms=$((_t3 - _t2))"
 	if [ "$1" -gt 0 ]; then
-		record k8s_apply $((_t1 - _t0))
+		record k8s_apply $((_ta - _t0))
 		record k8s_apply_kubectl $((_tk - _t0))
-		record k8s_weight $((_t2 - _t1))
+		record k8s_apply_settle $_sa
+		record k8s_weight $((_tw - _t1))
 		record k8s_weight_kubectl $((_tp - _t1))
+		record k8s_weight_settle $_sw
 		record k8s_delete $((_t3 - _t2))
 	fi
 }
@@ -153,6 +195,7 @@ file_run() {
 	_vip="192.168.56.$((230 + $1))"
 	manifest "$_name" "$_vip" 1 >"/tmp/$_name.yaml"
 	manifest "$_name" "$_vip" 3 >"/tmp/$_name-w3.yaml"
+	settle
 	now_ms
 	_t0=$NOW
 	for _n in director rs1 rs2; do
@@ -162,12 +205,18 @@ file_run() {
 	_tk=$NOW
 	_tries="$(first_success "$_vip")" || fail "file $1: no success through $_vip"
 	now_ms
+	_ta=$NOW
+	settle
+	_sa=$SETTLED
 	_t1=$NOW
 	file_agent director apply -f "/tmp/$_name-w3.yaml" >/dev/null || fail "file $1: weight apply"
 	now_ms
 	_tp=$NOW
 	weight_shows "$_vip" "$RS1" 3 || fail "file $1: weight 3 never showed"
 	now_ms
+	_tw=$NOW
+	settle
+	_sw=$SETTLED
 	_t2=$NOW
 	for _n in director rs1 rs2; do
 		file_agent "$_n" delete -f "/tmp/$_name-w3.yaml" >/dev/null || fail "file $1: delete on $_n"
@@ -175,12 +224,14 @@ file_run() {
 	now_ms
 	_t3=$NOW
 	ns_exec director ipvsadm -Ln | grep -q "$_vip:80" && fail "file $1: $_vip still in IPVS after delete"
-	echo "RUN path=file i=$1 apply_ms=$((_t1 - _t0)) agent_apply_ms=$((_tk - _t0)) curl_tries=${_tries:-0} weight_ms=$((_t2 - _t1)) agent_weight_ms=$((_tp - _t1)) delete_ms=$((_t3 - _t2))"
+	echo "RUN path=file i=$1 apply_ms=$((_ta - _t0)) agent_apply_ms=$((_tk - _t0)) curl_tries=${_tries:-0} settle_after_apply_ms=$_sa weight_ms=$((_tw - _t1)) agent_weight_ms=$((_tp - _t1)) settle_after_weight_ms=$_sw delete_ms=$((_t3 - _t2))"
 	if [ "$1" -gt 0 ]; then
-		record file_apply $((_t1 - _t0))
+		record file_apply $((_ta - _t0))
 		record file_apply_agents $((_tk - _t0))
-		record file_weight $((_t2 - _t1))
+		record file_apply_settle $_sa
+		record file_weight $((_tw - _t1))
 		record file_weight_agent $((_tp - _t1))
+		record file_weight_settle $_sw
 		record file_delete $((_t3 - _t2))
 	fi
 }
@@ -248,7 +299,8 @@ probe probe_ipvsadm ns_exec director ipvsadm -Ln
 probe probe_now_ms true
 
 for m in k8s_apply file_apply k8s_weight file_weight k8s_apply_kubectl file_apply_agents \
-	k8s_weight_kubectl file_weight_agent k8s_delete file_delete probe_kubectl_get \
+	k8s_weight_kubectl file_weight_agent k8s_apply_settle file_apply_settle k8s_weight_settle \
+	file_weight_settle k8s_delete file_delete probe_kubectl_get \
 	probe_curl_direct probe_nft_list probe_agent_show probe_ipvsadm probe_now_ms; do
 	# shellcheck disable=SC2046 # n p50 p90 min max mean
 	set -- $(stats "$m")

@@ -35,7 +35,7 @@ k delete tvs no-iface --timeout=60s
 #    meanwhile (kubectl from the guest's root namespace still works) lands after.
 nft -f - <<'NFT'
 table ip outage {
-	chain fwd {
+	chain cut {
 		type filter hook forward priority filter;
 		ip saddr 192.168.56.0/24 ip daddr 10.0.2.2 drop
 		ip saddr 10.0.2.2 ip daddr 192.168.56.0/24 drop
