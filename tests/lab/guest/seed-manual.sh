@@ -9,24 +9,6 @@ DIRECTOR=$(topo_addr director)
 RS1=$(topo_addr rs1)
 RS2=$(topo_addr rs2)
 
-# requests N URL: N GETs from the client, answers space-separated.
-requests() {
-	_out=""
-	_n=0
-	while [ "$_n" -lt "$1" ]; do
-		_out="$_out $(request client "$2")"
-		_n=$((_n + 1))
-	done
-	echo "${_out# }"
-}
-
-# count WORD LIST: occurrences of WORD in the space-separated LIST.
-count() {
-	_c=0
-	for _w in $2; do [ "$_w" = "$1" ] && _c=$((_c + 1)); done
-	echo "$_c"
-}
-
 topo_setup || { echo "topology setup failed"; exit 1; }
 
 # Real servers: VIP on the IPIP fallback device tunl0, silent ARP, no rp_filter.

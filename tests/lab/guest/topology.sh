@@ -6,6 +6,8 @@
 #   ns_exec NS CMD...     run CMD in NS (ip netns exec)
 #   start_http NS NAME PORT   busybox httpd in NS on PORT answering NAME
 #   request NS URL        one HTTP GET from NS: prints the body or ERR:<curl rc>
+#   requests N URL        N GETs from the client namespace, answers space-separated
+#   count WORD LIST       occurrences of WORD in a space-separated LIST
 #   lab_assert_eq NAME EXPECTED ACTUAL / lab_assert_contains NAME NEEDLE ACTUAL
 #   lab_summary           prints "N passed, M failed"; non-zero if M > 0
 #   topo_cleanup          stops the servers started by start_http
@@ -77,6 +79,24 @@ request() {
 		-H 'Connection: close' "$2" 2>/dev/null)"
 	_rc=$?
 	if [ "$_rc" -eq 0 ]; then echo "$_body"; else echo "ERR:$_rc"; fi
+}
+
+# requests N URL: N GETs from the client, answers space-separated.
+requests() {
+	_out=""
+	_n=0
+	while [ "$_n" -lt "$1" ]; do
+		_out="$_out $(request client "$2")"
+		_n=$((_n + 1))
+	done
+	echo "${_out# }"
+}
+
+# count WORD LIST: occurrences of WORD in the space-separated LIST.
+count() {
+	_c=0
+	for _w in $2; do [ "$_w" = "$1" ] && _c=$((_c + 1)); done
+	echo "$_c"
 }
 
 topo_cleanup() {

@@ -40,24 +40,6 @@ delete_all() {
 	done
 }
 
-# requests N URL: N GETs from the client, answers space-separated.
-requests() {
-	_out=""
-	_n=0
-	while [ "$_n" -lt "$1" ]; do
-		_out="$_out $(request client "$2")"
-		_n=$((_n + 1))
-	done
-	echo "${_out# }"
-}
-
-# count WORD LIST: occurrences of WORD in the space-separated LIST.
-count() {
-	_c=0
-	for _w in $2; do [ "$_w" = "$1" ] && _c=$((_c + 1)); done
-	echo "$_c"
-}
-
 # alternates LIST: "yes" when no answer repeats the previous one and both servers appear.
 alternates() {
 	_prev=""
