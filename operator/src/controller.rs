@@ -10,10 +10,10 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::Action;
+use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
@@ -27,6 +27,12 @@ use crate::conditions::{self, Want};
 use crate::decide::{self, OperatorStatus, Policy, View};
 use crate::resolve::{NodeInfo, slice_service_name};
 use crate::telemetry::Metrics;
+
+/// Reconciles in flight at once. Unbounded, a start with 10,000 VirtualServices
+/// opened thousands of API connections at once (504s from the API server, lost
+/// leadership); each reconcile is a few API round trips, so a few dozen keep
+/// the API server busy without flooding it.
+pub const MAX_CONCURRENT_RECONCILES: u16 = 32;
 
 /// Finalizer held until every node has removed its programming.
 pub const FINALIZER: &str = "tunlb.io/cleanup";
@@ -75,6 +81,11 @@ fn node_infos(store: &Store<Node>) -> Vec<NodeInfo> {
         .iter()
         .filter_map(|n| NodeInfo::from_node(n))
         .collect()
+}
+
+/// The VIP as `validate` parses it (so equal addresses compare equal however written).
+fn parse_vip(vip: &str) -> Option<std::net::IpAddr> {
+    vip.trim().parse().ok()
 }
 
 /// Node changes matter only through labels and InternalIPs; status heartbeats
@@ -184,6 +195,52 @@ async fn remove_finalizer(api: &Api<VirtualService>, vs: &VirtualService) -> Res
     set_finalizers(api, vs, list).await
 }
 
+/// The decision for `vs` from the caches (no I/O).
+fn decide_from_caches(vs: &VirtualService, ctx: &Context, ns: &str) -> decide::Decision {
+    let nodes = node_infos(&ctx.nodes);
+    let all_vs = ctx.virtual_services.state();
+    // Only a VirtualService on the same VIP can clash (IPVS keys include it):
+    // comparing the parsed VIP first keeps `decide::peer` (a full validation)
+    // off the other N-1 objects, which made each reconcile O(N) validations.
+    let my_vip = parse_vip(&vs.spec.vip);
+    let peers: Vec<_> = all_vs
+        .iter()
+        .filter(|o| my_vip.is_some() && parse_vip(&o.spec.vip) == my_vip)
+        .filter(|o| o.metadata.uid != vs.metadata.uid)
+        // Agents stop programming a VirtualService once it is being deleted.
+        .filter(|o| o.metadata.deletion_timestamp.is_none())
+        .filter_map(|o| decide::peer(o, &ctx.policy, &nodes))
+        .collect();
+    let service_name = vs.spec.backends.service.as_ref().map(|s| s.name.clone());
+    let service = service_name
+        .as_ref()
+        .and_then(|n| ctx.services.get(&ObjectRef::new(n).within(ns)));
+    // Snapshot the slice cache only when a Service is referenced.
+    let slices = match &service_name {
+        Some(_) => ctx.slices.state(),
+        None => Vec::new(),
+    };
+    let my_slices: Vec<&EndpointSlice> = match &service_name {
+        Some(svc) => slices
+            .iter()
+            .filter(|s| {
+                s.metadata.namespace.as_deref() == Some(ns)
+                    && slice_service_name(s) == Some(svc.as_str())
+            })
+            .map(|s| s.as_ref())
+            .collect(),
+        None => Vec::new(),
+    };
+    let view = View {
+        nodes: &nodes,
+        service: service.as_deref(),
+        slices: my_slices,
+        peers: &peers,
+    };
+    let now = Time(Timestamp::now());
+    decide::decide(vs, &view, &ctx.policy, &now)
+}
+
 pub async fn reconcile(vs: Arc<VirtualService>, ctx: Arc<Context>) -> Result<Action, Error> {
     if !*ctx.leader.borrow() {
         // Followers keep their caches warm; a new leader reconciles everything.
@@ -203,37 +260,10 @@ pub async fn reconcile(vs: Arc<VirtualService>, ctx: Arc<Context>) -> Result<Act
         return Ok(Action::await_change());
     }
 
-    let nodes = node_infos(&ctx.nodes);
-    let all_vs = ctx.virtual_services.state();
-    let peers: Vec<_> = all_vs
-        .iter()
-        .filter(|o| o.metadata.uid != vs.metadata.uid)
-        .filter_map(|o| decide::peer(o, &ctx.policy, &nodes))
-        .collect();
-    let service_name = vs.spec.backends.service.as_ref().map(|s| s.name.clone());
-    let service = service_name
-        .as_ref()
-        .and_then(|n| ctx.services.get(&ObjectRef::new(n).within(&ns)));
-    let slices = ctx.slices.state();
-    let my_slices: Vec<&EndpointSlice> = match &service_name {
-        Some(svc) => slices
-            .iter()
-            .filter(|s| {
-                s.metadata.namespace.as_deref() == Some(ns.as_str())
-                    && slice_service_name(s) == Some(svc.as_str())
-            })
-            .map(|s| s.as_ref())
-            .collect(),
-        None => Vec::new(),
-    };
-    let view = View {
-        nodes: &nodes,
-        service: service.as_deref(),
-        slices: my_slices,
-        peers: &peers,
-    };
-    let now = Time(Timestamp::now());
-    let decision = decide::decide(&vs, &view, &ctx.policy, &now);
+    // Decided in a plain function so that the cache snapshots (O(objects) each)
+    // are dropped before the API calls below: with many reconciles waiting on
+    // the API server at once, holding them made memory grow with N x in-flight.
+    let decision = decide_from_caches(&vs, &ctx, &ns);
 
     let spec_changed =
         vs.status.as_ref().and_then(|s| s.observed_generation) != vs.metadata.generation;
@@ -256,6 +286,11 @@ async fn cleanup(
     if !vs.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
+    // It no longer blocks younger VirtualServices on its VIP: re-judge them now,
+    // while the store holds it with its deletionTimestamp. (Waiting for it to be
+    // gone races with the watch: a re-judgement that still sees it finds the
+    // conflict and nothing triggers another.)
+    retrigger_same_vip(ctx, vs);
     let remaining: Vec<String> = vs
         .status
         .as_ref()
@@ -273,18 +308,14 @@ async fn cleanup(
             "waiting for nodes to remove their programming: {}",
             remaining.join(", ")
         );
-        let existing = vs
-            .status
-            .as_ref()
-            .map(|s| s.conditions.as_slice())
-            .unwrap_or_default();
-        let wants = [Want::new(
-            conditions::READY,
-            false,
-            "Terminating",
-            msg.clone(),
-        )];
-        let (conds, transitions) = conditions::merge(
+        let status = vs.status.clone().unwrap_or_default();
+        let existing = status.conditions.as_slice();
+        let wants = [
+            Want::new(conditions::READY, false, "Terminating", msg.clone()),
+            Want::new(conditions::RECONCILING, true, "Terminating", msg.clone()),
+            Want::new(conditions::STALLED, false, "Terminating", ""),
+        ];
+        let (merged, transitions) = conditions::merge(
             existing,
             &wants,
             vs.metadata.generation,
@@ -293,7 +324,37 @@ async fn cleanup(
         if !transitions.is_empty()
             || conditions::get(existing, conditions::READY).map(|c| &c.message) != Some(&msg)
         {
-            let body = json!({ "apiVersion": "tunlb.io/v1alpha1", "kind": "VirtualService", "status": { "conditions": conds } });
+            // An apply that omits a field this manager owns removes it: restate
+            // the rest of the status (realServers, Accepted...) as it was.
+            let mut conds: Vec<Condition> = existing
+                .iter()
+                .map(|c| {
+                    merged
+                        .iter()
+                        .find(|m| m.type_ == c.type_)
+                        .unwrap_or(c)
+                        .clone()
+                })
+                .collect();
+            for m in merged {
+                if !conds.iter().any(|c| c.type_ == m.type_) {
+                    conds.push(m);
+                }
+            }
+            let mut body = json!({
+                "apiVersion": "tunlb.io/v1alpha1",
+                "kind": "VirtualService",
+                "status": {
+                    "conditions": conds,
+                    "realServers": status.real_servers,
+                },
+            });
+            if let Some(g) = status.observed_generation {
+                body["status"]["observedGeneration"] = json!(g);
+            }
+            if let Some(n) = status.real_server_count {
+                body["status"]["realServerCount"] = json!(n);
+            }
             api.patch_status(
                 &vs.name_any(),
                 &PatchParams::apply(MANAGER).force(),
@@ -417,8 +478,17 @@ pub async fn run(
         .reflect(slice_writer)
         .touched_objects();
 
-    let controller = Controller::new(vs_api, wc);
-    let vs_store = controller.store();
+    // Our own VirtualService reflector, so that managedFields (several kB per
+    // object once the status has conditions) stay out of the cache, as for the
+    // other kinds.
+    let (vs_store, vs_writer) = reflector::store::<VirtualService>();
+    let vs_stream = watcher(vs_api, wc)
+        .default_backoff()
+        .modify(|vs| vs.managed_fields_mut().clear())
+        .reflect(vs_writer)
+        .applied_objects();
+    let controller = Controller::for_stream(vs_stream, vs_store.clone())
+        .with_config(ControllerConfig::default().concurrency(MAX_CONCURRENT_RECONCILES));
     let (retrigger, retrigger_rx) = mpsc::unbounded_channel();
     let retrigger_stream = futures::stream::unfold(retrigger_rx, |mut rx| async move {
         rx.recv().await.map(|r| (r, rx))

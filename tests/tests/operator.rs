@@ -1,0 +1,1760 @@
+//! The operator against a real kube-apiserver (tests/controlplane): what a user
+//! sees in `kubectl get tvs -o yaml` and in Events when VirtualServices, Nodes,
+//! Services and EndpointSlices change, when node agents report, on deletion,
+//! across restarts and with two replicas electing a leader.
+//!
+//! No kubelet or kube-controller-manager runs: Nodes are plain objects created
+//! with kubectl (InternalIPs patched through the status subresource),
+//! EndpointSlices are written by hand, and node agents are simulated by
+//! server-side applying `status.nodes` entries as `tunlb-agent/<node>`.
+//!
+//! The operator binary comes from `TUNLB_OPERATOR_BIN` (else
+//! target/release/tunlb-operator). All tests share one control plane; each
+//! works in its own namespace with its own VIPs and Nodes, and starts its own
+//! operator process(es). Operators reconcile every namespace, so the tests take
+//! a process-wide lock and never overlap, whatever `--test-threads` says.
+//! Ignored by a plain `cargo test`; run with `-- --include-ignored`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tunlb_tests::controlplane::ControlPlane;
+use tunlb_tests::workspace_root;
+
+/// How long the operator may take to react to a change.
+const REACT: Duration = Duration::from_secs(5);
+/// How long a fresh operator may take to start, sync and lead.
+const STARTUP: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------- harness
+
+fn cp() -> &'static ControlPlane {
+    match ControlPlane::shared() {
+        Ok(cp) => cp,
+        Err(e) => panic!("{e:#}"),
+    }
+}
+
+/// Operators act on every namespace: one test at a time.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn namespace(name: &str) -> String {
+    cp().create_namespace(name).unwrap();
+    name.to_string()
+}
+
+fn operator_binary() -> PathBuf {
+    let bin = std::env::var_os("TUNLB_OPERATOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/release/tunlb-operator"));
+    assert!(
+        bin.is_file(),
+        "{} not found: build it (cargo build -p tunlb-operator) and set TUNLB_OPERATOR_BIN",
+        bin.display()
+    );
+    bin
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A plain HTTP/1.1 GET; `None` while nothing listens.
+fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Some((code, body.to_string()))
+}
+
+/// The value of an unlabelled sample in an OpenMetrics body.
+fn sample(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// One operator process; killed (SIGKILL) on drop unless stopped before.
+struct Operator {
+    child: Option<Child>,
+    label: String,
+    log: PathBuf,
+    metrics: SocketAddr,
+}
+
+/// The flags every test uses; `lease_ns` keeps each test's Lease apart.
+fn flags(lease_ns: &str, finalizer_timeout: u32) -> Vec<String> {
+    [
+        "--vip-cidr",
+        "192.168.56.0/24",
+        "--service-cidr",
+        "10.96.0.0/12",
+        "--lease-namespace",
+        lease_ns,
+        "--finalizer-timeout",
+        &finalizer_timeout.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+impl Operator {
+    /// Starts the operator with `args` (plus a metrics address of its own) and
+    /// the admin kubeconfig, or `kubeconfig` when given.
+    fn spawn(label: &str, kubeconfig: Option<&Path>, args: &[String]) -> Operator {
+        let cp = cp();
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = cp.dir().join(format!("operator-{label}.log"));
+        let file = std::fs::File::create(&log).expect("operator log file");
+        let kubeconfig = kubeconfig
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| cp.kubeconfig_path());
+        let child = Command::new(operator_binary())
+            .args(args)
+            .arg("--metrics-addr")
+            .arg(metrics.to_string())
+            .env("KUBECONFIG", kubeconfig)
+            .env("TUNLB_LOG", "info,tunlb_operator=debug,kube=warn")
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
+            .env_remove("TUNLB_VIP_CIDRS")
+            .env_remove("TUNLB_SERVICE_CIDRS")
+            .stdin(Stdio::null())
+            // tracing writes to stdout
+            .stdout(file.try_clone().expect("log file handle"))
+            .stderr(file)
+            .spawn()
+            .expect("operator starts");
+        Operator {
+            child: Some(child),
+            label: label.to_string(),
+            log,
+            metrics,
+        }
+    }
+
+    /// Starts one operator and waits until its caches are synced and it leads.
+    fn start(label: &str, args: &[String]) -> Operator {
+        let op = Operator::spawn(label, None, args);
+        op.wait_ready();
+        op.wait_leader(true, STARTUP);
+        op
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.metrics, path)
+    }
+
+    fn metric(&self, name: &str) -> Option<f64> {
+        self.get("/metrics")
+            .and_then(|(_, body)| sample(&body, name))
+    }
+
+    fn leading(&self) -> Option<bool> {
+        self.metric("tunlb_operator_leader").map(|v| v == 1.0)
+    }
+
+    fn reconciles(&self) -> f64 {
+        self.metric("tunlb_operator_reconciles_total")
+            .unwrap_or_else(|| panic!("operator {} serves no reconcile counter", self.label))
+    }
+
+    /// /readyz answers 200 once every cache has its initial list.
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            if matches!(self.get("/readyz"), Some((200, _))) {
+                return;
+            }
+            self.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "operator {} not ready after {STARTUP:?}; log:\n{}",
+                self.label,
+                tail(&self.log_text(), 30)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn wait_leader(&self, want: bool, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.leading() == Some(want) {
+                return;
+            }
+            self.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "operator {}: leader gauge not {} after {timeout:?}; log:\n{}",
+                self.label,
+                u8::from(want),
+                tail(&self.log_text(), 30)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn assert_running(&self) {
+        let mut running = true;
+        if let Some(c) = &self.child {
+            // try_wait needs &mut; probe with kill -0 instead
+            running = Command::new("kill")
+                .args(["-0", &c.id().to_string()])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        }
+        assert!(
+            running,
+            "operator {} exited; log:\n{}",
+            self.label,
+            tail(&self.log_text(), 40)
+        );
+    }
+
+    /// SIGTERM (the operator releases its Lease), then waits for the exit.
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    assert!(
+                        status.success(),
+                        "operator {} exited with {status} on SIGTERM; log:\n{}",
+                        self.label,
+                        tail(&self.log_text(), 30)
+                    );
+                    return;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "operator {} did not stop on SIGTERM; log:\n{}",
+                        self.label,
+                        tail(&self.log_text(), 30)
+                    );
+                }
+            }
+        }
+    }
+
+    /// SIGKILL: a crash, the Lease is left to expire.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- operator {} log (tail, full log in {}):\n{}",
+                self.label,
+                self.log.display(),
+                tail(&self.log_text(), 40)
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------- cluster objects
+
+fn kubectl_ok(args: &[&str]) -> String {
+    cp().kubectl_ok(args).unwrap()
+}
+
+fn apply(ns: &str, manifest: &str) {
+    let out = cp()
+        .kubectl_stdin(["-n", ns, "apply", "-f", "-"], manifest)
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply failed: {}\n{manifest}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The Nodes a test created, deleted when it ends (Nodes are cluster-wide:
+/// directors and InternalIPs left behind would change other tests' verdicts).
+/// Declare it before the operator so that the operator is gone first.
+#[derive(Default)]
+struct Nodes(Vec<String>);
+
+impl Nodes {
+    /// A Node with `labels` and one InternalIP (set through the status
+    /// subresource, as a kubelet would).
+    fn add(&mut self, name: &str, ip: &str, labels: &[(&str, &str)]) {
+        node(name, ip, labels);
+        self.0.push(name.to_string());
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = cp().kubectl(["delete", "node", n, "--ignore-not-found"]);
+        }
+    }
+}
+
+fn node(name: &str, ip: &str, labels: &[(&str, &str)]) {
+    let labels: serde_json::Map<String, Value> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    let manifest = json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": labels},
+    });
+    apply("default", &manifest.to_string());
+    set_node_ip(name, ip);
+}
+
+fn set_node_ip(name: &str, ip: &str) {
+    let patch = json!({"status": {"addresses": [{"type": "InternalIP", "address": ip}]}});
+    kubectl_ok(&[
+        "patch",
+        "node",
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &patch.to_string(),
+    ]);
+}
+
+/// A VirtualService with static backends `(address, weight)`.
+fn static_vs(ns: &str, name: &str, vip: &str, ports: Value, backends: &[(&str, i32)]) {
+    let backends: Vec<Value> = backends
+        .iter()
+        .map(|(a, w)| json!({"address": a, "weight": w}))
+        .collect();
+    let manifest = json!({
+        "apiVersion": "tunlb.io/v1alpha1", "kind": "VirtualService",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"vip": vip, "ports": ports, "scheduler": "wrr", "backends": {"static": backends}},
+    });
+    apply(ns, &manifest.to_string());
+}
+
+/// `kubectl get tvs NAME -o json`, or None once it is gone.
+fn get_vs(ns: &str, name: &str) -> Option<Value> {
+    let out = kubectl_ok(&[
+        "-n",
+        ns,
+        "get",
+        "tvs",
+        name,
+        "-o",
+        "json",
+        "--ignore-not-found",
+        "--show-managed-fields",
+    ]);
+    if out.trim().is_empty() {
+        None
+    } else {
+        Some(serde_json::from_str(&out).unwrap())
+    }
+}
+
+fn yaml(v: &Option<Value>) -> String {
+    match v {
+        Some(v) => serde_yaml::to_string(v).unwrap_or_default(),
+        None => "(not found)".into(),
+    }
+}
+
+/// Polls the object until `pred` holds; panics with the last seen object.
+fn wait_vs(
+    ns: &str,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = get_vs(ns, name);
+        if let Some(v) = &v
+            && pred(v)
+        {
+            return v.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{ns}/{name}: no {what} after {timeout:?}; last seen:\n{}",
+            yaml(&v)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_gone(ns: &str, name: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = get_vs(ns, name);
+        if v.is_none() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{ns}/{name} still exists after {timeout:?}:\n{}",
+            yaml(&v)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn cond<'a>(vs: &'a Value, type_: &str) -> Option<&'a Value> {
+    vs["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+/// Condition `type_` has `status` and `reason`.
+fn has(vs: &Value, type_: &str, status: &str, reason: &str) -> bool {
+    cond(vs, type_).is_some_and(|c| c["status"] == status && c["reason"] == reason)
+}
+
+fn message(vs: &Value, type_: &str) -> String {
+    cond(vs, type_)
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// status.observedGeneration == metadata.generation.
+fn judged(vs: &Value) -> bool {
+    vs["status"]["observedGeneration"].is_i64()
+        && vs["status"]["observedGeneration"] == vs["metadata"]["generation"]
+}
+
+fn generation(vs: &Value) -> i64 {
+    vs["metadata"]["generation"].as_i64().unwrap()
+}
+
+fn accepted(vs: &Value) -> bool {
+    judged(vs) && has(vs, "Accepted", "True", "Accepted")
+}
+
+/// The realServers as (address, weight, nodeName).
+fn real_servers(vs: &Value) -> Vec<(String, i64, Option<String>)> {
+    vs["status"]["realServers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    (
+                        r["address"].as_str().unwrap_or_default().to_string(),
+                        r["weight"].as_i64().unwrap_or(-1),
+                        r["nodeName"].as_str().map(str::to_string),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn rs(address: &str, weight: i64, node: Option<&str>) -> (String, i64, Option<String>) {
+    (address.to_string(), weight, node.map(str::to_string))
+}
+
+/// What a node agent writes: its own status.nodes entry, by server-side apply
+/// on /status as field manager tunlb-agent/NODE.
+fn report(
+    ns: &str,
+    vs: &str,
+    node: &str,
+    generation: i64,
+    programmed: bool,
+    msg: &str,
+    roles: &[&str],
+) {
+    let entry = json!({
+        "nodeName": node, "observedGeneration": generation, "programmed": programmed,
+        "message": msg, "roles": roles,
+    });
+    agent_apply(ns, vs, node, json!([entry]));
+}
+
+/// The agent withdraws its entry: an apply with no entry of its own.
+fn withdraw(ns: &str, vs: &str, node: &str) {
+    agent_apply(ns, vs, node, json!([]));
+}
+
+fn agent_apply(ns: &str, vs: &str, node: &str, nodes: Value) {
+    let body = json!({
+        "apiVersion": "tunlb.io/v1alpha1", "kind": "VirtualService",
+        "metadata": {"name": vs, "namespace": ns},
+        "status": {"nodes": nodes},
+    });
+    let out = cp()
+        .kubectl_stdin(
+            [
+                "-n",
+                ns,
+                "apply",
+                "--server-side",
+                "--subresource=status",
+                &format!("--field-manager=tunlb-agent/{node}"),
+                "--force-conflicts",
+                "-f",
+                "-",
+            ],
+            &body.to_string(),
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "agent apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Events about `name`, as core/v1 shows them: (type, reason, message).
+fn core_events(ns: &str, name: &str) -> Vec<(String, String, String)> {
+    let out = kubectl_ok(&[
+        "-n",
+        ns,
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={name}"),
+        "-o",
+        "json",
+    ]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|e| {
+                    let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+                    (s("type"), s("reason"), s("message"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Events about `name` from events.k8s.io/v1 (filtered here: that API's field
+/// selectors differ between versions): the raw objects.
+fn new_events(ns: &str, name: &str) -> Vec<Value> {
+    let out = kubectl_ok(&["-n", ns, "get", "events.v1.events.k8s.io", "-o", "json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter(|e| e["regarding"]["name"] == name)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn wait_event(
+    ns: &str,
+    name: &str,
+    type_: &str,
+    reason: &str,
+    timeout: Duration,
+) -> (String, String, String) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let events = core_events(ns, name);
+        if let Some(e) = events.iter().find(|e| e.0 == type_ && e.1 == reason) {
+            return e.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {type_} event {reason} for {ns}/{name} after {timeout:?}; events: {events:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn elapsed_within(t0: Instant, limit: Duration, what: &str) {
+    let took = t0.elapsed();
+    println!("{what}: {took:?}");
+    assert!(took <= limit, "{what} took {took:?}, more than {limit:?}");
+}
+
+// ---------------------------------------------------------------- tests
+
+/// Static backends resolve into status.realServers (nodeName for Node
+/// InternalIPs); an update is judged within seconds; deletion completes when
+/// no node reported.
+#[test]
+#[ignore = "needs the test control plane: run tests/run.sh"]
+fn static_backends_resolve_update_and_delete() {
+    let _serial = serial();
+    let ns = namespace("op-crud");
+    let mut nodes = Nodes::default();
+    nodes.add("crud-n1", "172.16.1.1", &[]);
+    nodes.add("crud-n2", "172.16.1.2", &[]);
+    let _op = Operator::start("crud", &flags(&ns, 10));
+
+    let t0 = Instant::now();
+    static_vs(
+        &ns,
+        "web",
+        "192.168.56.10",
+        json!([{"port": 80}, {"port": 443, "protocol": "TCP"}]),
+        &[("172.16.1.1", 1), ("172.16.1.2", 2), ("203.0.113.7", 3)],
+    );
+    let vs = wait_vs(&ns, "web", "Accepted", REACT, accepted);
+    elapsed_within(t0, REACT, "create -> Accepted");
+    println!("{}", serde_yaml::to_string(&vs).unwrap());
+    assert_eq!(
+        real_servers(&vs),
+        [
+            rs("172.16.1.1", 1, Some("crud-n1")),
+            rs("172.16.1.2", 2, Some("crud-n2")),
+            rs("203.0.113.7", 3, None),
+        ]
+    );
+    assert_eq!(vs["status"]["realServerCount"], 3);
+    assert_eq!(vs["status"]["observedGeneration"], 1);
+    assert!(has(&vs, "Resolved", "True", "Resolved"));
+    assert_eq!(
+        message(&vs, "Resolved"),
+        "3 real servers (2 on cluster nodes)"
+    );
+    assert!(has(&vs, "VipAllowed", "True", "InPool"));
+    assert!(has(&vs, "Conflict", "False", "NoConflict"));
+    // no node is labelled tunlb.io/director in this test
+    assert!(has(&vs, "Ready", "False", "NoDirector"), "{vs:#}");
+    assert!(has(&vs, "Stalled", "True", "NoDirector"));
+    for c in vs["status"]["conditions"].as_array().unwrap() {
+        assert_eq!(c["observedGeneration"], 1, "{c}");
+        assert!(c["lastTransitionTime"].is_string(), "{c}");
+    }
+    assert_eq!(vs["metadata"]["finalizers"], json!(["tunlb.io/cleanup"]));
+    // the status is the operator's, written by server-side apply on /status
+    let managers: Vec<&Value> = vs["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["subresource"] == "status")
+        .collect();
+    assert_eq!(managers.len(), 1, "{managers:#?}");
+    assert_eq!(managers[0]["manager"], "tunlb-operator");
+    assert_eq!(managers[0]["operation"], "Apply");
+
+    // what `kubectl get tvs` prints
+    let table = kubectl_ok(&["-n", &ns, "get", "tvs", "web", "--no-headers"]);
+    let row: Vec<&str> = table.split_whitespace().collect();
+    assert_eq!(
+        row[..6],
+        ["web", "192.168.56.10", "80", "wrr", "3", "False"]
+    );
+
+    // a weight change: a new generation, judged within seconds
+    let t0 = Instant::now();
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "patch",
+        "tvs",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op": "replace", "path": "/spec/backends/static/0/weight", "value": 5}]"#,
+    ]);
+    let vs = wait_vs(&ns, "web", "observedGeneration 2", REACT, |v| {
+        generation(v) == 2 && judged(v)
+    });
+    elapsed_within(t0, REACT, "update -> observedGeneration");
+    assert_eq!(real_servers(&vs)[0], rs("172.16.1.1", 5, Some("crud-n1")));
+    assert!(
+        vs["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["observedGeneration"] == 2)
+    );
+
+    // a Node's InternalIP moves away: its real server loses its nodeName
+    set_node_ip("crud-n2", "172.16.1.99");
+    let vs = wait_vs(&ns, "web", "crud-n2's nodeName dropped", REACT, |v| {
+        real_servers(v).get(1) == Some(&rs("172.16.1.2", 2, None))
+    });
+    assert_eq!(
+        message(&vs, "Resolved"),
+        "3 real servers (1 on cluster nodes)"
+    );
+
+    // no node reported programming: deletion completes at once
+    let t0 = Instant::now();
+    kubectl_ok(&["-n", &ns, "delete", "tvs", "web", "--timeout=20s"]);
+    elapsed_within(t0, REACT, "delete");
+    assert!(get_vs(&ns, "web").is_none());
+}
+
+/// VIP pool judgements: OutsidePool, NodeAddress, ServiceRange, and
+/// NoPoolConfigured when the operator runs without --vip-cidr; good objects
+/// stay Accepted throughout.
+#[test]
+#[ignore = "needs the test control plane: run tests/run.sh"]
+fn vip_pool_refusals() {
+    let _serial = serial();
+    let ns = namespace("op-pool");
+    let mut nodes = Nodes::default();
+    nodes.add("pool-n1", "172.16.2.1", &[]);
+    let mut op = Operator::start("pool", &flags(&ns, 10));
+    let port = json!([{"port": 80}]);
+    static_vs(
+        &ns,
+        "good",
+        "192.168.56.20",
+        port.clone(),
+        &[("172.16.2.1", 1)],
+    );
+    static_vs(
+        &ns,
+        "outside",
+        "192.168.57.20",
+        port.clone(),
+        &[("203.0.113.1", 1)],
+    );
+    static_vs(
+        &ns,
+        "nodeaddr",
+        "172.16.2.1",
+        port.clone(),
+        &[("203.0.113.1", 1)],
+    );
+    static_vs(
+        &ns,
+        "svcrange",
+        "10.96.0.20",
+        port.clone(),
+        &[("203.0.113.1", 1)],
+    );
+
+    let refused = |v: &Value, reason: &str| {
+        judged(v)
+            && has(v, "VipAllowed", "False", reason)
+            && has(v, "Accepted", "False", reason)
+            && has(v, "Stalled", "True", reason)
+            && has(v, "Ready", "False", reason)
+            && has(v, "Reconciling", "False", reason)
+    };
+    let vs = wait_vs(&ns, "outside", "OutsidePool", REACT, |v| {
+        refused(v, "OutsidePool")
+    });
+    println!("{}", serde_yaml::to_string(&vs["status"]).unwrap());
+    assert_eq!(
+        message(&vs, "VipAllowed"),
+        "VIP 192.168.57.20 is outside the allowed pools (192.168.56.0/24); use a VIP inside them or extend --vip-cidr"
+    );
+    assert_eq!(message(&vs, "Accepted"), message(&vs, "VipAllowed"));
+    // backends still resolve: the refusal is about the VIP only
+    assert!(has(&vs, "Resolved", "True", "Resolved"));
+
+    let vs = wait_vs(&ns, "nodeaddr", "NodeAddress", REACT, |v| {
+        refused(v, "NodeAddress")
+    });
+    assert_eq!(
+        message(&vs, "VipAllowed"),
+        "VIP 172.16.2.1 is the InternalIP of node pool-n1; a VIP must be an address of its own"
+    );
+    let vs = wait_vs(&ns, "svcrange", "ServiceRange", REACT, |v| {
+        refused(v, "ServiceRange")
+    });
+    assert!(
+        message(&vs, "VipAllowed").contains("Service range 10.96.0.0/12"),
+        "{}",
+        message(&vs, "VipAllowed")
+    );
+    let vs = wait_vs(&ns, "good", "Accepted", REACT, accepted);
+    assert!(has(&vs, "VipAllowed", "True", "InPool"));
+    assert_eq!(real_servers(&vs), [rs("172.16.2.1", 1, Some("pool-n1"))]);
+
+    // the same operator without any --vip-cidr: every VIP is refused, and the
+    // message says what to configure
+    op.stop();
+    let no_pool: Vec<String> = flags(&ns, 10)
+        .into_iter()
+        .skip(2) // --vip-cidr 192.168.56.0/24
+        .collect();
+    assert!(!no_pool.iter().any(|f| f.contains("vip-cidr")));
+    let _op = Operator::start("pool-none", &no_pool);
+    let vs = wait_vs(&ns, "good", "NoPoolConfigured", REACT, |v| {
+        refused(v, "NoPoolConfigured")
+    });
+    let msg = message(&vs, "VipAllowed");
+    assert!(msg.contains("--vip-cidr"), "{msg}");
+    assert!(msg.contains("no VIP pool is configured"), "{msg}");
+    let vs = wait_vs(&ns, "outside", "NoPoolConfigured", REACT, |v| {
+        refused(v, "NoPoolConfigured")
+    });
+    assert!(message(&vs, "Accepted").contains("--vip-cidr"));
+    // node addresses and the Service range are refused first, pool or not
+    let vs = get_vs(&ns, "nodeaddr").unwrap();
+    assert!(refused(&vs, "NodeAddress"), "{vs:#}");
+    let vs = get_vs(&ns, "svcrange").unwrap();
+    assert!(refused(&vs, "ServiceRange"), "{vs:#}");
+    assert!(
+        _op.log_text().contains("no --vip-cidr configured"),
+        "the operator warns at startup"
+    );
+}
+
+/// Service backends: ServiceNotFound until the Service exists; then one real
+/// server per node with ready endpoints, weighted by them, with the endpoints'
+/// ports resolved through the Service port's name; EndpointSlice churn is
+/// followed promptly.
+#[test]
+#[ignore = "needs the test control plane: run tests/run.sh"]
+fn service_backends_follow_endpointslices() {
+    let _serial = serial();
+    let ns = namespace("op-svc");
+    let mut nodes = Nodes::default();
+    nodes.add("svc-n1", "172.16.3.1", &[]);
+    nodes.add("svc-n2", "172.16.3.2", &[]);
+    let _op = Operator::start("svc", &flags(&ns, 10));
+
+    // port 80 takes its target port from the Service port named "http";
+    // port 443 fixes its own
+    let vs = json!({
+        "apiVersion": "tunlb.io/v1alpha1", "kind": "VirtualService",
+        "metadata": {"name": "web"},
+        "spec": {
+            "vip": "192.168.56.30",
+            "ports": [{"port": 80}, {"port": 443, "targetPort": 9443}],
+            "backends": {"service": {"name": "web-svc"}},
+        },
+    });
+    apply(&ns, &vs.to_string());
+    let vs = wait_vs(&ns, "web", "ServiceNotFound", REACT, |v| {
+        judged(v) && has(v, "Resolved", "False", "ServiceNotFound")
+    });
+    assert_eq!(
+        message(&vs, "Resolved"),
+        "Service op-svc/web-svc not found; waiting for it to be created"
+    );
+    assert!(has(&vs, "Accepted", "False", "ServiceNotFound"));
+    assert!(has(&vs, "Stalled", "True", "ServiceNotFound"));
+
+    let t0 = Instant::now();
+    apply(
+        &ns,
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web-svc}
+spec:
+  selector: {app: web}
+  ports:
+  - {name: metrics, port: 9100, targetPort: 9100}
+  - {name: http, port: 80, targetPort: web}
+"#,
+    );
+    let slice = |name: &str, endpoints: Value| {
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "labels": {"kubernetes.io/service-name": "web-svc"}},
+            "addressType": "IPv4",
+            "ports": [
+                {"name": "metrics", "port": 9100, "protocol": "TCP"},
+                {"name": "http", "port": 8080, "protocol": "TCP"},
+            ],
+            "endpoints": endpoints,
+        })
+        .to_string()
+    };
+    let ep = |addr: &str, node: &str, ready: bool| json!({"addresses": [addr], "nodeName": node, "conditions": {"ready": ready}});
+    apply(
+        &ns,
+        &slice(
+            "web-svc-a",
+            json!([
+                ep("10.244.1.10", "svc-n1", true),
+                // no conditions at all counts as ready
+                {"addresses": ["10.244.1.11"], "nodeName": "svc-n1"},
+                ep("10.244.2.10", "svc-n2", true),
+                ep("10.244.2.99", "svc-n2", false),
+            ]),
+        ),
+    );
+    let vs = wait_vs(&ns, "web", "two real servers", REACT, |v| {
+        accepted(v) && real_servers(v).len() == 2
+    });
+    elapsed_within(t0, REACT, "Service + EndpointSlice -> realServers");
+    println!("{}", serde_yaml::to_string(&vs["status"]).unwrap());
+    assert!(has(&vs, "Resolved", "True", "Resolved"));
+    assert_eq!(
+        vs["status"]["realServers"],
+        json!([
+            {"address": "172.16.3.1", "weight": 2, "nodeName": "svc-n1", "ready": true,
+             "endpoints": [{"address": "10.244.1.10", "ports": [8080, 9443]},
+                           {"address": "10.244.1.11", "ports": [8080, 9443]}]},
+            {"address": "172.16.3.2", "weight": 1, "nodeName": "svc-n2", "ready": true,
+             "endpoints": [{"address": "10.244.2.10", "ports": [8080, 9443]}]},
+        ])
+    );
+    assert_eq!(vs["status"]["realServerCount"], 2);
+
+    let weights = |v: &Value| -> Vec<(String, i64)> {
+        real_servers(v)
+            .into_iter()
+            .map(|(_, w, n)| (n.unwrap_or_default(), w))
+            .collect()
+    };
+    let w = |pairs: &[(&str, i64)]| -> Vec<(String, i64)> {
+        pairs.iter().map(|(n, w)| (n.to_string(), *w)).collect()
+    };
+
+    // an endpoint more on svc-n2
+    let t0 = Instant::now();
+    apply(
+        &ns,
+        &slice(
+            "web-svc-a",
+            json!([
+                ep("10.244.1.10", "svc-n1", true),
+                {"addresses": ["10.244.1.11"], "nodeName": "svc-n1"},
+                ep("10.244.2.10", "svc-n2", true),
+                ep("10.244.2.99", "svc-n2", false),
+                ep("10.244.2.11", "svc-n2", true),
+            ]),
+        ),
+    );
+    wait_vs(&ns, "web", "svc-n2 weight 2", REACT, |v| {
+        weights(v) == w(&[("svc-n1", 2), ("svc-n2", 2)])
+    });
+    elapsed_within(t0, REACT, "endpoint added");
+
+    // 10.244.1.10 turns not ready
+    let t0 = Instant::now();
+    apply(
+        &ns,
+        &slice(
+            "web-svc-a",
+            json!([
+                ep("10.244.1.10", "svc-n1", false),
+                {"addresses": ["10.244.1.11"], "nodeName": "svc-n1"},
+                ep("10.244.2.10", "svc-n2", true),
+                ep("10.244.2.99", "svc-n2", false),
+                ep("10.244.2.11", "svc-n2", true),
+            ]),
+        ),
+    );
+    let vs = wait_vs(&ns, "web", "svc-n1 weight 1", REACT, |v| {
+        weights(v) == w(&[("svc-n1", 1), ("svc-n2", 2)])
+    });
+    elapsed_within(t0, REACT, "endpoint not ready");
+    assert_eq!(
+        vs["status"]["realServers"][0]["endpoints"],
+        json!([{"address": "10.244.1.11", "ports": [8080, 9443]}])
+    );
+
+    // a second slice of the same Service adds to svc-n2
+    apply(
+        &ns,
+        &slice("web-svc-b", json!([ep("10.244.2.20", "svc-n2", true)])),
+    );
+    wait_vs(&ns, "web", "svc-n2 weight 3", REACT, |v| {
+        weights(v) == w(&[("svc-n1", 1), ("svc-n2", 3)])
+    });
+
+    // deleting the first slice leaves the second's endpoint only
+    let t0 = Instant::now();
+    kubectl_ok(&["-n", &ns, "delete", "endpointslice", "web-svc-a"]);
+    let vs = wait_vs(&ns, "web", "only web-svc-b", REACT, |v| {
+        weights(v) == w(&[("svc-n2", 1)])
+    });
+    elapsed_within(t0, REACT, "slice deleted");
+    assert_eq!(
+        vs["status"]["realServers"][0]["endpoints"],
+        json!([{"address": "10.244.2.20", "ports": [8080, 9443]}])
+    );
+
+    // and with no slice at all, no real server (still Resolved: the Service exists)
+    kubectl_ok(&["-n", &ns, "delete", "endpointslice", "web-svc-b"]);
+    let vs = wait_vs(&ns, "web", "no real servers", REACT, |v| {
+        v["status"]["realServerCount"] == 0
+    });
+    assert!(real_servers(&vs).is_empty());
+    assert!(has(&vs, "Resolved", "True", "Resolved"));
+    assert_eq!(
+        message(&vs, "Resolved"),
+        "0 real servers (0 on cluster nodes)"
+    );
+
+    // the Service goes away: ServiceNotFound again
+    kubectl_ok(&["-n", &ns, "delete", "service", "web-svc"]);
+    wait_vs(&ns, "web", "ServiceNotFound", REACT, |v| {
+        has(v, "Resolved", "False", "ServiceNotFound")
+    });
+}
+
+/// Two VirtualServices on one VIP:port:protocol: the older wins; the newer is
+/// refused with PortInUse naming it, and takes over once the older is deleted.
+#[test]
+#[ignore = "needs the test control plane: run tests/run.sh"]
+fn conflicts_older_wins_newer_takes_over() {
+    let _serial = serial();
+    let ns = namespace("op-conflict");
+    let _op = Operator::start("conflict", &flags(&ns, 10));
+
+    // named so that the name tie-break would favour the newer one
+    static_vs(
+        &ns,
+        "zz-old",
+        "192.168.56.40",
+        json!([{"port": 80}]),
+        &[("203.0.113.40", 1)],
+    );
+    let old = wait_vs(&ns, "zz-old", "Accepted", REACT, accepted);
+    // creationTimestamp has whole seconds
+    std::thread::sleep(Duration::from_millis(1100));
+    static_vs(
+        &ns,
+        "aa-new",
+        "192.168.56.40",
+        json!([{"port": 80}, {"port": 81}]),
+        &[("203.0.113.41", 1)],
+    );
+    // another protocol on the same port is no conflict
+    static_vs(
+        &ns,
+        "udp",
+        "192.168.56.40",
+        json!([{"port": 80, "protocol": "UDP"}]),
+        &[("203.0.113.42", 1)],
+    );
+    assert!(
+        old["metadata"]["creationTimestamp"].as_str()
+            < get_vs(&ns, "aa-new").unwrap()["metadata"]["creationTimestamp"].as_str()
+    );
+
+    let new = wait_vs(&ns, "aa-new", "PortInUse", REACT, |v| {
+        judged(v) && has(v, "Conflict", "True", "PortInUse")
+    });
+    println!("{}", serde_yaml::to_string(&new["status"]).unwrap());
+    let msg = message(&new, "Conflict");
+    assert!(msg.contains("op-conflict/zz-old"), "{msg}");
+    assert!(msg.contains("192.168.56.40:80"), "{msg}");
+    assert!(
+        !msg.contains(":81"),
+        "only the clashing port is named: {msg}"
+    );
+    assert!(has(&new, "Accepted", "False", "PortInUse"));
+    assert!(has(&new, "Stalled", "True", "PortInUse"));
+    assert_eq!(message(&new, "Accepted"), msg);
+
+    let old = get_vs(&ns, "zz-old").unwrap();
+    assert!(accepted(&old), "{old:#}");
+    assert!(has(&old, "Conflict", "False", "NoConflict"));
+    let udp = wait_vs(&ns, "udp", "Accepted", REACT, accepted);
+    assert!(has(&udp, "Conflict", "False", "NoConflict"));
+
+    // The older is deleted while a node still reports it: agents stop
+    // programming it at once, so it no longer blocks the newer, even though
+    // its finalizer holds it until the node withdraws.
+    report(&ns, "zz-old", "conflict-n1", 1, true, "", &["director"]);
+    let t0 = Instant::now();
+    kubectl_ok(&["-n", &ns, "delete", "tvs", "zz-old", "--wait=false"]);
+    let new = wait_vs(
+        &ns,
+        "aa-new",
+        "Accepted once the older is deleted",
+        REACT,
+        |v| accepted(v) && has(v, "Conflict", "False", "NoConflict"),
+    );
+    elapsed_within(t0, REACT, "older deleted -> newer Accepted");
+    assert!(has(&new, "VipAllowed", "True", "InPool"));
+    let old = get_vs(&ns, "zz-old").expect("held by its finalizer");
+    assert!(has(&old, "Ready", "False", "Terminating"), "{old:#}");
+    withdraw(&ns, "zz-old", "conflict-n1");
+    wait_gone(&ns, "zz-old", REACT);
+    let new = get_vs(&ns, "aa-new").unwrap();
+    assert!(accepted(&new), "{new:#}");
+
+    // and a plain delete (no node reported) hands over as quickly
+    std::thread::sleep(Duration::from_millis(1100));
+    static_vs(
+        &ns,
+        "newest",
+        "192.168.56.40",
+        json!([{"port": 81}]),
+        &[("203.0.113.43", 1)],
+    );
+    wait_vs(&ns, "newest", "PortInUse", REACT, |v| {
+        judged(v) && has(v, "Conflict", "True", "PortInUse")
+    });
+    let t0 = Instant::now();
+    kubectl_ok(&["-n", &ns, "delete", "tvs", "aa-new", "--timeout=20s"]);
+    wait_vs(
+        &ns,
+        "newest",
+        "Accepted after aa-new is gone",
+        REACT,
+        accepted,
+    );
+    elapsed_within(t0, REACT, "deleted -> next Accepted");
+}
+
+/// Ready follows the agents' status.nodes reports: Pending names who is
+/// missing, Programmed once every expected node reports the current
+/// generation, ProgramFailed quotes a failing node; `kubectl wait` works.
+#[test]
+#[ignore = "needs the test control plane: run tests/run.sh"]
+fn ready_follows_agent_reports() {
+    let _serial = serial();
+    let ns = namespace("op-ready");
+    let mut nodes = Nodes::default();
+    nodes.add("rdy-dir", "172.16.5.1", &[("tunlb.io/director", "true")]);
+    nodes.add("rdy-rs1", "172.16.5.2", &[]);
+    nodes.add("rdy-rs2", "172.16.5.3", &[]);
+    let _op = Operator::start("ready", &flags(&ns, 10));
+
+    static_vs(
+        &ns,
+        "web",
+        "192.168.56.50",
+        json!([{"port": 80}]),
+        &[("172.16.5.2", 1), ("172.16.5.3", 1), ("203.0.113.50", 1)],
+    );
+    let vs = wait_vs(&ns, "web", "Pending", REACT, |v| {
+        accepted(v) && has(v, "Ready", "False", "Pending")
+    });
+    assert_eq!(
+        message(&vs, "Ready"),
+        "waiting for nodes: rdy-dir, rdy-rs1, rdy-rs2"
+    );
+    assert!(has(&vs, "Reconciling", "True", "Pending"));
+    assert!(has(&vs, "Stalled", "False", "Pending"));
+
+    report(&ns, "web", "rdy-dir", 1, true, "", &["director"]);
+    let vs = wait_vs(&ns, "web", "Pending on the backends", REACT, |v| {
+        message(v, "Ready") == "waiting for nodes: rdy-rs1, rdy-rs2"
+    });
+    assert!(has(&vs, "Ready", "False", "Pending"));
+
+    let mut wait = cp().kubectl_command();
+    wait.args([
+        "-n",
+        &ns,
+        "wait",
+        "--for=condition=Ready",
+        "tvs/web",
+        "--timeout=30s",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let waiter = wait.spawn().expect("kubectl wait starts");
+    std::thread::sleep(Duration::from_millis(500));
+
+    report(&ns, "web", "rdy-rs1", 1, true, "", &["backend"]);
+    report(&ns, "web", "rdy-rs2", 1, true, "", &["backend"]);
+    let t0 = Instant::now();
+    let vs = wait_vs(&ns, "web", "Ready", REACT, |v| {
+        has(v, "Ready", "True", "Programmed")
+    });
+    elapsed_within(t0, REACT, "last report -> Ready");
+    println!("{}", serde_yaml::to_string(&vs["status"]).unwrap());
+    assert_eq!(message(&vs, "Ready"), "3 nodes programmed generation 1");
+    assert!(has(&vs, "Reconciling", "False", "Programmed"));
+    assert!(has(&vs, "Stalled", "False", "Programmed"));
+    let out = waiter.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl wait: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "virtualservice.tunlb.io/web condition met"
+    );
+    // the agents' entries survive the operator's applies, each owned by its agent
+    let reported: Vec<&str> = vs["status"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["nodeName"].as_str())
+        .collect();
+    assert_eq!(reported, ["rdy-dir", "rdy-rs1", "rdy-rs2"]);
+    let mut managers: Vec<&str> = vs["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["subresource"] == "status")
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
+    managers.sort_unstable();
+    assert_eq!(
+        managers,
+        [
+            "tunlb-agent/rdy-dir",
+            "tunlb-agent/rdy-rs1",
+            "tunlb-agent/rdy-rs2",
+            "tunlb-operator"
+        ]
+    );
+    let table = kubectl_ok(&["-n", &ns, "get", "tvs", "web", "--no-headers"]);
+    assert_eq!(table.split_whitespace().nth(5), Some("True"), "{table}");
+
+    // a node fails to program
+    report(
+        &ns,
+        "web",
+        "rdy-rs2",
+        1,
+        false,
+        "tunnel device missing",
+        &["backend"],
+    );
+    let vs = wait_vs(&ns, "web", "ProgramFailed", REACT, |v| {
+        has(v, "Ready", "False", "ProgramFailed")
+    });
+    assert_eq!(message(&vs, "Ready"), "node rdy-rs2: tunnel device missing");
+    assert!(has(&vs, "Stalled", "True", "ProgramFailed"));
+    assert!(has(&vs, "Reconciling", "False", "ProgramFailed"));
+    wait_event(&ns, "web", "Warning", "ProgramFailed", REACT);
+    report(&ns, "web", "rdy-rs2", 1, true, "", &["backend"]);
+    wait_vs(&ns, "web", "Ready again", REACT, |v| {
+        has(v, "Ready", "True", "Programmed")
+    });
+
+    // a new generation: every node has to report it again
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "patch",
+        "tvs",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op": "replace", "path": "/spec/backends/static/0/weight", "value": 3}]"#,
+    ]);
+    let vs = wait_vs(&ns, "web", "Pending for generation 2", REACT, |v| {
+        judged(v) && has(v, "Ready", "False", "Pending")
+    });
+    assert_eq!(generation(&vs), 2);
+    assert_eq!(
+        message(&vs, "Ready"),
+        "waiting for nodes: rdy-dir, rdy-rs1, rdy-rs2"
+    );
+    for (n, role) in [
+        ("rdy-dir", "director"),
+        ("rdy-rs1", "backend"),
+        ("rdy-rs2", "backend"),
+    ] {
+        report(&ns, "web", n, 2, true, "", &[role]);
+    }
+    let vs = wait_vs(&ns, "web", "Ready at generation 2", REACT, |v| {
+        has(v, "Ready", "True", "Programmed")
+    });
+    assert_eq!(message(&vs, "Ready"), "3 nodes programmed generation 2");
+
+    // the director label goes: nothing can program the VIP
+    kubectl_ok(&["label", "node", "rdy-dir", "tunlb.io/director-"]);
+    wait_vs(&ns, "web", "NoDirector", REACT, |v| {
+        has(v, "Ready", "False", "NoDirector")
+    });
+
+    // the agents withdraw: deletion completes
+    for n in ["rdy-dir", "rdy-rs1", "rdy-rs2"] {
+        withdraw(&ns, "web", n);
+    }
+    kubectl_ok(&["-n", &ns, "delete", "tvs", "web", "--timeout=20s"]);
+}
+
+/// The finalizer waits while a node entry remains (Ready=False Terminating
+/// naming the node), lets go once the agent withdraws it, and gives up after
+/// --finalizer-timeout with a CleanupTimedOut Warning.
+#[test]
+#[ignore = "needs the test control plane: run tests/run.sh"]
+fn finalizer_waits_for_nodes_then_times_out() {
+    let _serial = serial();
+    let ns = namespace("op-finalizer");
+    let mut nodes = Nodes::default();
+    nodes.add("fin-n1", "172.16.6.1", &[]);
+    let mut op = Operator::start("finalizer-60", &flags(&ns, 60));
+
+    static_vs(
+        &ns,
+        "a",
+        "192.168.56.60",
+        json!([{"port": 80}]),
+        &[("172.16.6.1", 1)],
+    );
+    wait_vs(&ns, "a", "Accepted", REACT, accepted);
+    report(&ns, "a", "fin-n1", 1, true, "", &["backend"]);
+    wait_vs(&ns, "a", "fin-n1's report", REACT, |v| {
+        v["status"]["nodes"][0]["nodeName"] == "fin-n1"
+    });
+    kubectl_ok(&["-n", &ns, "delete", "tvs", "a", "--wait=false"]);
+    let vs = wait_vs(&ns, "a", "Terminating", REACT, |v| {
+        has(v, "Ready", "False", "Terminating")
+    });
+    println!("{}", serde_yaml::to_string(&vs["status"]).unwrap());
+    assert_eq!(
+        message(&vs, "Ready"),
+        "waiting for nodes to remove their programming: fin-n1"
+    );
+    assert!(vs["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(vs["metadata"]["finalizers"], json!(["tunlb.io/cleanup"]));
+    // kstatus: in progress, not stalled
+    assert!(has(&vs, "Reconciling", "True", "Terminating"), "{vs:#}");
+    assert!(has(&vs, "Stalled", "False", "Terminating"), "{vs:#}");
+    // the rest of what the operator reported stays while it terminates
+    assert!(has(&vs, "Accepted", "True", "Accepted"), "{vs:#}");
+    assert!(has(&vs, "Resolved", "True", "Resolved"), "{vs:#}");
+    assert_eq!(real_servers(&vs), [rs("172.16.6.1", 1, Some("fin-n1"))]);
+    assert_eq!(vs["status"]["realServerCount"], 1);
+    assert_eq!(vs["status"]["observedGeneration"], 1);
+    std::thread::sleep(Duration::from_secs(2));
+    let vs = get_vs(&ns, "a").expect("held by the finalizer while fin-n1 reports");
+    assert!(has(&vs, "Ready", "False", "Terminating"));
+
+    let t0 = Instant::now();
+    withdraw(&ns, "a", "fin-n1");
+    wait_gone(&ns, "a", REACT);
+    elapsed_within(t0, REACT, "entry withdrawn -> deleted");
+
+    // a node that never withdraws: released after --finalizer-timeout
+    op.stop();
+    let _op = Operator::start("finalizer-5", &flags(&ns, 5));
+    static_vs(
+        &ns,
+        "b",
+        "192.168.56.61",
+        json!([{"port": 80}]),
+        &[("172.16.6.1", 1)],
+    );
+    wait_vs(&ns, "b", "Accepted", REACT, accepted);
+    report(&ns, "b", "fin-n1", 1, true, "", &["backend"]);
+    wait_vs(&ns, "b", "fin-n1's report", REACT, |v| {
+        v["status"]["nodes"][0]["nodeName"] == "fin-n1"
+    });
+    let t0 = Instant::now();
+    kubectl_ok(&["-n", &ns, "delete", "tvs", "b", "--wait=false"]);
+    wait_vs(&ns, "b", "Terminating", REACT, |v| {
+        has(v, "Ready", "False", "Terminating")
+    });
+    wait_gone(&ns, "b", Duration::from_secs(15));
+    let took = t0.elapsed();
+    println!("stuck node -> released after {took:?}");
+    // deletionTimestamp has whole seconds, so up to 1 s less than the timeout
+    assert!(took >= Duration::from_secs(4), "released early: {took:?}");
+    assert!(took <= Duration::from_secs(8), "released late: {took:?}");
+    let (_, _, note) = wait_event(&ns, "b", "Warning", "CleanupTimedOut", REACT);
+    assert_eq!(
+        note,
+        "nodes fin-n1 did not report removal within 5s; releasing the finalizer"
+    );
+}
+
+/// A refused VIP is visible as a Warning event (core/v1 and events.k8s.io/v1
+/// views), and the fix as a Normal one.
+#[test]
+#[ignore = "needs the test control plane: run tests/run.sh"]
+fn events_for_a_refused_vip() {
+    let _serial = serial();
+    let ns = namespace("op-events");
+    let op = Operator::start("events", &flags(&ns, 10));
+    static_vs(
+        &ns,
+        "outside",
+        "192.168.99.70",
+        json!([{"port": 80}]),
+        &[("203.0.113.70", 1)],
+    );
+    wait_vs(&ns, "outside", "OutsidePool", REACT, |v| {
+        has(v, "VipAllowed", "False", "OutsidePool")
+    });
+    let (_, _, msg) = wait_event(&ns, "outside", "Warning", "OutsidePool", REACT);
+    assert!(
+        msg.starts_with("VipAllowed is False: VIP 192.168.99.70 is outside the allowed pools"),
+        "{msg}"
+    );
+    let events = core_events(&ns, "outside");
+    println!("{events:#?}");
+    let new = new_events(&ns, "outside");
+    println!("{new:#?}");
+    let e = new
+        .iter()
+        .find(|e| e["reason"] == "OutsidePool")
+        .unwrap_or_else(|| panic!("no events.k8s.io OutsidePool event: {new:#?}"));
+    assert_eq!(e["type"], "Warning");
+    assert_eq!(e["reportingController"], "tunlb-operator");
+    assert_eq!(e["action"], "Reconcile");
+    assert_eq!(e["regarding"]["kind"], "VirtualService");
+    assert_eq!(e["regarding"]["apiVersion"], "tunlb.io/v1alpha1");
+
+    // no event storm: a re-judgement without a change publishes nothing new
+    let before = core_events(&ns, "outside").len();
+    let reconciles = op.reconciles();
+    kubectl_ok(&["-n", &ns, "annotate", "tvs", "outside", "touch=1"]);
+    let deadline = Instant::now() + REACT;
+    while op.reconciles() <= reconciles && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        op.reconciles() > reconciles,
+        "the annotation was reconciled"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(core_events(&ns, "outside").len(), before);
+
+    // moving the VIP into the pool: a Normal event says so
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "patch",
+        "tvs",
+        "outside",
+        "--type=merge",
+        "-p",
+        r#"{"spec": {"vip": "192.168.56.70"}}"#,
+    ]);
+    wait_vs(&ns, "outside", "Accepted", REACT, accepted);
+    let (_, _, msg) = wait_event(&ns, "outside", "Normal", "InPool", REACT);
+    assert_eq!(msg, "VipAllowed is True: VIP 192.168.56.70 is allowed");
+    wait_event(&ns, "outside", "Normal", "Accepted", REACT);
+}
+
+/// The operator is down while VirtualServices are created, edited and
+/// deleted; started again, it converges on all of them.
+#[test]
+#[ignore = "needs the test control plane: run tests/run.sh"]
+fn restart_converges() {
+    let _serial = serial();
+    let ns = namespace("op-restart");
+    let mut nodes = Nodes::default();
+    nodes.add("rst-n1", "172.16.8.1", &[]);
+    let mut op = Operator::start("restart-1", &flags(&ns, 10));
+    static_vs(
+        &ns,
+        "one",
+        "192.168.56.80",
+        json!([{"port": 80}]),
+        &[("172.16.8.1", 1)],
+    );
+    static_vs(
+        &ns,
+        "gone",
+        "192.168.56.82",
+        json!([{"port": 80}]),
+        &[("203.0.113.82", 1)],
+    );
+    wait_vs(&ns, "one", "Accepted", REACT, accepted);
+    wait_vs(&ns, "gone", "Accepted", REACT, accepted);
+    op.stop();
+
+    // while no operator runs
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "patch",
+        "tvs",
+        "one",
+        "--type=json",
+        "-p",
+        r#"[{"op": "replace", "path": "/spec/backends/static/0/weight", "value": 7},
+            {"op": "add", "path": "/spec/backends/static/-", "value": {"address": "172.16.8.2"}}]"#,
+    ]);
+    nodes.add("rst-n2", "172.16.8.2", &[]);
+    std::thread::sleep(Duration::from_millis(1100)); // "dup" is younger than "one"
+    static_vs(
+        &ns,
+        "two",
+        "192.168.56.81",
+        json!([{"port": 80}]),
+        &[("203.0.113.81", 1)],
+    );
+    static_vs(
+        &ns,
+        "dup",
+        "192.168.56.80",
+        json!([{"port": 80}]),
+        &[("203.0.113.83", 1)],
+    );
+    static_vs(
+        &ns,
+        "bad",
+        "192.168.99.84",
+        json!([{"port": 80}]),
+        &[("203.0.113.84", 1)],
+    );
+    kubectl_ok(&["-n", &ns, "delete", "tvs", "gone", "--wait=false"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let one = get_vs(&ns, "one").unwrap();
+    assert_eq!(generation(&one), 2);
+    assert_eq!(
+        one["status"]["observedGeneration"], 1,
+        "nobody judged it yet"
+    );
+    assert!(get_vs(&ns, "two").unwrap()["status"].is_null());
+    assert!(
+        get_vs(&ns, "gone").is_some(),
+        "the finalizer holds it while the operator is down"
+    );
+
+    let t0 = Instant::now();
+    let _op = Operator::start("restart-2", &flags(&ns, 10));
+    let one = wait_vs(&ns, "one", "generation 2 judged", REACT, |v| {
+        accepted(v) && generation(v) == 2
+    });
+    assert_eq!(
+        real_servers(&one),
+        [
+            rs("172.16.8.1", 7, Some("rst-n1")),
+            rs("172.16.8.2", 1, Some("rst-n2")),
+        ]
+    );
+    let two = wait_vs(&ns, "two", "Accepted", REACT, accepted);
+    assert_eq!(two["metadata"]["finalizers"], json!(["tunlb.io/cleanup"]));
+    assert_eq!(real_servers(&two), [rs("203.0.113.81", 1, None)]);
+    let dup = wait_vs(&ns, "dup", "PortInUse", REACT, |v| {
+        judged(v) && has(v, "Conflict", "True", "PortInUse")
+    });
+    assert!(message(&dup, "Conflict").contains("op-restart/one"));
+    wait_vs(&ns, "bad", "OutsidePool", REACT, |v| {
+        judged(v) && has(v, "Accepted", "False", "OutsidePool")
+    });
+    wait_gone(&ns, "gone", REACT);
+    elapsed_within(t0, Duration::from_secs(15), "restart -> converged");
+    let one = get_vs(&ns, "one").unwrap();
+    assert!(has(&one, "Conflict", "False", "NoConflict"), "{one:#}");
+}
+
+/// Two replicas with the chart's ServiceAccount and RBAC: exactly one holds
+/// the Lease and reconciles; on a graceful stop the other takes over at once,
+/// on a crash once the Lease expires, and it keeps reconciling.
+#[test]
+#[ignore = "needs the test control plane: run tests/run.sh"]
+fn two_replicas_one_leader_and_failover() {
+    let _serial = serial();
+    let cp = cp();
+    let ns = namespace("op-ha");
+    let lease_ns = namespace("tunlb-system");
+    let root = workspace_root();
+
+    // the chart's ServiceAccount and operator RBAC, as Helm would install them
+    let out = Command::new("helm")
+        .env("PATH", &cp.env()["PATH"])
+        .args([
+            "template",
+            "tunlb",
+            root.join("charts/tunlb").to_str().unwrap(),
+            "-n",
+            &lease_ns,
+            "--show-only",
+            "templates/serviceaccounts.yaml",
+            "--show-only",
+            "templates/operator-rbac.yaml",
+        ])
+        .output()
+        .expect("helm runs");
+    assert!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    apply(&lease_ns, &String::from_utf8_lossy(&out.stdout));
+    let out = Command::new(root.join("tests/controlplane/token.sh"))
+        .args([cp.dir().to_str().unwrap(), &lease_ns, "tunlb-operator"])
+        .output()
+        .expect("token.sh runs");
+    assert!(
+        out.status.success(),
+        "token.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kubeconfig = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    // no node is labelled as director; the chart's defaults for the Lease
+    let args = |id: &str| {
+        let mut a = flags(&lease_ns, 10);
+        a.extend(["--identity".to_string(), id.to_string()]);
+        a
+    };
+    let holder = || {
+        kubectl_ok(&[
+            "-n",
+            &lease_ns,
+            "get",
+            "lease",
+            "tunlb-operator",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+    };
+    let wait_holder = |want: &str, timeout: Duration| {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let h = holder();
+            if h == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lease holder is {h:?}, not {want:?}, after {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    let mut a = Operator::spawn("ha-a", Some(&kubeconfig), &args("op-a"));
+    a.wait_ready();
+    a.wait_leader(true, STARTUP);
+    let mut b = Operator::spawn("ha-b", Some(&kubeconfig), &args("op-b"));
+    b.wait_ready();
+    assert_eq!(holder(), "op-a");
+
+    static_vs(
+        &ns,
+        "ha-1",
+        "192.168.56.90",
+        json!([{"port": 80}]),
+        &[("203.0.113.90", 1)],
+    );
+    wait_vs(&ns, "ha-1", "Accepted", REACT, accepted);
+    // b has been following for a while: it stays so, and never reconciled
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(holder(), "op-a");
+    assert_eq!(a.leading(), Some(true));
+    assert_eq!(b.leading(), Some(false));
+    assert!(a.reconciles() > 0.0);
+    assert_eq!(b.reconciles(), 0.0, "a follower does not reconcile");
+
+    // a stops gracefully: it releases the Lease and b takes over at once
+    let t0 = Instant::now();
+    a.stop();
+    b.wait_leader(true, REACT);
+    elapsed_within(t0, REACT, "graceful handoff");
+    assert_eq!(holder(), "op-b");
+    static_vs(
+        &ns,
+        "ha-2",
+        "192.168.56.91",
+        json!([{"port": 80}]),
+        &[("203.0.113.91", 1)],
+    );
+    wait_vs(
+        &ns,
+        "ha-2",
+        "Accepted under the new leader",
+        REACT,
+        accepted,
+    );
+    assert!(b.reconciles() > 0.0);
+
+    // a comes back as a follower; b crashes and a takes over once the
+    // Lease (15 s) expires
+    let a2 = Operator::spawn("ha-a2", Some(&kubeconfig), &args("op-a"));
+    a2.wait_ready();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(a2.leading(), Some(false));
+    assert_eq!(holder(), "op-b");
+    let transitions = || {
+        kubectl_ok(&[
+            "-n",
+            &lease_ns,
+            "get",
+            "lease",
+            "tunlb-operator",
+            "-o",
+            "jsonpath={.spec.leaseTransitions}",
+        ])
+        .parse::<i64>()
+        .unwrap_or(-1)
+    };
+    let before = transitions();
+    let t0 = Instant::now();
+    b.kill();
+    // nothing reconciles until then: a change made now waits for the new leader
+    static_vs(
+        &ns,
+        "ha-3",
+        "192.168.56.92",
+        json!([{"port": 80}]),
+        &[("203.0.113.92", 1)],
+    );
+    wait_holder("op-a", Duration::from_secs(25));
+    a2.wait_leader(true, REACT);
+    let took = t0.elapsed();
+    println!("crash failover: {took:?}");
+    assert!(
+        took >= Duration::from_secs(8),
+        "took over a live lease: {took:?}"
+    );
+    assert_eq!(transitions(), before + 1);
+    wait_vs(&ns, "ha-3", "Accepted after failover", REACT, accepted);
+    // ha-1 and ha-2 re-judged by the new leader, unchanged
+    for name in ["ha-1", "ha-2"] {
+        let v = get_vs(&ns, name).unwrap();
+        assert!(accepted(&v), "{v:#}");
+    }
+    assert!(a2.reconciles() > 0.0);
+
+    // the chart's RBAC was enough for everything the operator did
+    for op in [&a, &b, &a2] {
+        let log = op.log_text();
+        for bad in ["forbidden", "Forbidden", "could not publish event"] {
+            assert!(
+                !log.contains(bad),
+                "operator {} log has {bad:?}:\n{}",
+                op.label,
+                tail(&log, 40)
+            );
+        }
+    }
+    let (_, metrics) = a2.get("/metrics").expect("metrics");
+    assert!(
+        !metrics.contains("reason=\"api_403\""),
+        "reconciles refused by RBAC:\n{metrics}"
+    );
+}
