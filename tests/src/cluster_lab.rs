@@ -4,7 +4,7 @@
 //! chart's ServiceAccounts and RBAC, so their permissions are the shipped ones.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use anyhow::{Context as _, bail};
 
@@ -138,7 +138,7 @@ pub fn run_in_cluster_lab(scenario: &str, timeout_s: u32) -> anyhow::Result<(Lab
     ])
     .env("KUBECONFIG", &operator_kc)
     .env("TUNLB_LOG", "info,kube=warn")
-    .stdout(Stdio::null())
+    .stdout(log.try_clone()?)
     .stderr(log)
     .spawn()
     .context("starting the operator")?;
