@@ -7,12 +7,14 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -428,6 +430,98 @@ where
     }
 }
 
+/// Passes readable VirtualServices on; sends unreadable ones to be reported.
+fn keep_readable(
+    ev: watcher::Event<DeserializeGuard<VirtualService>>,
+    invalid: &mpsc::UnboundedSender<InvalidObject>,
+) -> Option<watcher::Event<VirtualService>> {
+    let pass = |g: DeserializeGuard<VirtualService>| match g.0 {
+        Ok(vs) => Some(vs),
+        Err(bad) => {
+            let _ = invalid.send(bad);
+            None
+        }
+    };
+    match ev {
+        watcher::Event::Apply(g) => pass(g).map(watcher::Event::Apply),
+        watcher::Event::InitApply(g) => pass(g).map(watcher::Event::InitApply),
+        watcher::Event::Delete(g) => g.0.ok().map(watcher::Event::Delete),
+        watcher::Event::Init => Some(watcher::Event::Init),
+        watcher::Event::InitDone => Some(watcher::Event::InitDone),
+    }
+}
+
+/// Writes conditions that say why an unreadable VirtualService is not programmed.
+async fn report_unreadable(
+    client: Client,
+    mut rx: mpsc::UnboundedReceiver<InvalidObject>,
+    leader: watch::Receiver<bool>,
+    recorder: Recorder,
+) {
+    while let Some(bad) = rx.recv().await {
+        let (Some(ns), Some(name)) = (bad.metadata.namespace.clone(), bad.metadata.name.clone())
+        else {
+            continue;
+        };
+        let (ns, name): (String, String) = (ns, name);
+        warn!(%ns, %name, error = %bad.error, "VirtualService cannot be read");
+        if !*leader.borrow() {
+            continue;
+        }
+        let msg = format!("cannot read this VirtualService: {}", bad.error);
+        let now = Time(Timestamp::now());
+        let wants = [
+            Want::new(conditions::RESOLVED, false, "Unreadable", msg.clone()),
+            Want::new(conditions::ACCEPTED, false, "Unreadable", msg.clone()),
+            Want::new(conditions::READY, false, "Unreadable", msg.clone()),
+            Want::new(
+                conditions::RECONCILING,
+                false,
+                "Unreadable",
+                "waiting for the VirtualService to be fixed",
+            ),
+            Want::new(conditions::STALLED, true, "Unreadable", msg),
+        ];
+        let (conds, _) = conditions::merge(&[], &wants, bad.metadata.generation, &now);
+        let body = json!({
+            "apiVersion": "tunlb.io/v1alpha1",
+            "kind": "VirtualService",
+            "status": { "observedGeneration": bad.metadata.generation, "conditions": conds },
+        });
+        let api: Api<DeserializeGuard<VirtualService>> = Api::namespaced(client.clone(), &ns);
+        let status_written = api
+            .patch_status(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await;
+        // The API server refuses status writes to an object that fails the
+        // current schema, so an Event is the one place left to say why.
+        let reference = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("tunlb.io/v1alpha1".into()),
+            kind: Some("VirtualService".into()),
+            name: Some(name.clone()),
+            namespace: Some(ns.clone()),
+            uid: bad.metadata.uid.clone(),
+            ..Default::default()
+        };
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "Unreadable".into(),
+            note: Some(format!("cannot read this VirtualService: {}", bad.error)),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, &reference).await {
+            warn!(%ns, %name, error = %e, "cannot record an event for an unreadable VirtualService");
+        }
+        if let Err(e) = status_written {
+            debug!(%ns, %name, error = %e, "status of an unreadable VirtualService not written");
+        }
+    }
+}
+
 /// Settings for `run`.
 pub struct Settings {
     pub policy: Policy,
@@ -446,7 +540,6 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let wc = watcher::Config::default();
-    let vs_api: Api<VirtualService> = Api::all(client.clone());
 
     // Deletions must trigger too (touched, not applied, objects): a deleted
     // EndpointSlice, Service or Node changes the real servers.
@@ -482,8 +575,25 @@ pub async fn run(
     // object once the status has conditions) stay out of the cache, as for the
     // other kinds.
     let (vs_store, vs_writer) = reflector::store::<VirtualService>();
-    let vs_stream = watcher(vs_api, wc)
+    // One object that no longer parses (stored under an older schema, edited
+    // in etcd) must not stall the watch for all others: it is reported instead.
+    let (invalid_tx, invalid_rx) = mpsc::unbounded_channel();
+    tokio::spawn(report_unreadable(
+        client.clone(),
+        invalid_rx,
+        leader.clone(),
+        Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: Some(settings.identity.clone()),
+            },
+        ),
+    ));
+    let guarded: Api<DeserializeGuard<VirtualService>> = Api::all(client.clone());
+    let vs_stream = watcher(guarded, wc)
         .default_backoff()
+        .try_filter_map(move |ev| futures::future::ready(Ok(keep_readable(ev, &invalid_tx))))
         .modify(|vs| vs.managed_fields_mut().clear())
         .reflect(vs_writer)
         .applied_objects();

@@ -1758,3 +1758,89 @@ fn two_replicas_one_leader_and_failover() {
         "reconciles refused by RBAC:\n{metrics}"
     );
 }
+
+/// An object stored under an older, looser schema that no longer parses is
+/// reported on its own status and does not stop the watch for the others.
+#[test]
+#[ignore = "needs the test control plane: run tests/run.sh"]
+fn unreadable_object_is_reported_and_the_watch_goes_on() {
+    let _serial = serial();
+    let ns = namespace("op-unreadable");
+    let mut nodes = Nodes::default();
+    nodes.add("unr-d", "172.16.9.1", &[("tunlb.io/director", "true")]);
+    let _op = Operator::start("unreadable", &flags(&ns, 10));
+
+    let crd = "virtualservices.tunlb.io";
+    let path = "/spec/versions/0/schema/openAPIV3Schema/properties/spec";
+    let saved = kubectl_ok(&[
+        "get",
+        "crd",
+        crd,
+        "-o",
+        "jsonpath={.spec.versions[0].schema.openAPIV3Schema.properties.spec}",
+    ]);
+    let loose = json!([{"op": "replace", "path": path,
+        "value": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}]);
+    kubectl_ok(&["patch", "crd", crd, "--type=json", "-p", &loose.to_string()]);
+    std::thread::sleep(Duration::from_secs(2));
+    let bad = json!({
+        "apiVersion": "tunlb.io/v1alpha1", "kind": "VirtualService",
+        "metadata": {"name": "unreadable", "namespace": ns},
+        "spec": {"vip": "192.168.56.231", "ports": "eighty", "backends": {"static": [{"address": "172.16.9.1"}]}},
+    });
+    apply(&ns, &bad.to_string());
+    let strict = format!("[{{\"op\":\"replace\",\"path\":\"{path}\",\"value\":{saved}}}]");
+    kubectl_ok(&["patch", "crd", crd, "--type=json", "-p", &strict]);
+
+    // Reported by a Warning event; its status too when the write landed before
+    // the strict schema was back (afterwards the API server refuses status writes).
+    let deadline = Instant::now() + STARTUP;
+    let event = loop {
+        let found = core_events(&ns, "unreadable")
+            .into_iter()
+            .find(|(t, r, _)| t == "Warning" && r == "Unreadable");
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no Unreadable event");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        event.2.contains("cannot read this VirtualService"),
+        "{}",
+        event.2
+    );
+    if let Some(v) = get_vs(&ns, "unreadable")
+        && cond(&v, "Resolved").is_some()
+    {
+        assert!(has(&v, "Resolved", "False", "Unreadable"));
+        assert!(has(&v, "Accepted", "False", "Unreadable"));
+    }
+
+    static_vs(
+        &ns,
+        "fine",
+        "192.168.56.232",
+        json!([{"port": 80}]),
+        &[("172.16.9.1", 1)],
+    );
+    wait_vs(
+        &ns,
+        "fine",
+        "acceptance after the unreadable object",
+        REACT,
+        accepted,
+    );
+
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "delete",
+        "tvs",
+        "unreadable",
+        "fine",
+        "--wait=false",
+    ]);
+    wait_gone(&ns, "fine", REACT);
+    wait_gone(&ns, "unreadable", REACT);
+}
