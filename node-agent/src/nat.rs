@@ -136,18 +136,25 @@ fn comment_for(body: &str) -> String {
     format!("tunlb {}", content_hash(body))
 }
 
-async fn current_comment(family: Family) -> Result<Option<String>, NatError> {
+/// Our table of `family` as `nft list` prints it; `None` when it does not exist.
+async fn list_table(family: Family) -> Result<Option<String>, NatError> {
     let out = Command::new("nft")
         .args(["list", "table", family.name(), TABLE])
         .stdin(Stdio::null())
         .output()
         .await
         .map_err(NatError::Spawn)?;
-    if !out.status.success() {
-        // No such table (or nothing to read): treat as absent.
+    // A failure here means no such table (or nothing to read): treat as absent.
+    Ok(out
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+async fn current_comment(family: Family) -> Result<Option<String>, NatError> {
+    let Some(text) = list_table(family).await? else {
         return Ok(None);
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
+    };
     Ok(Some(
         text.lines()
             .find_map(|l| l.trim().strip_prefix("comment \""))
@@ -210,14 +217,8 @@ pub async fn apply(dnat: &[DnatRule], mss: &[MssRule]) -> Result<usize, NatError
 pub async fn list() -> Result<String, NatError> {
     let mut text = String::new();
     for family in [Family::Ip, Family::Ip6] {
-        let out = Command::new("nft")
-            .args(["list", "table", family.name(), TABLE])
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .map_err(NatError::Spawn)?;
-        if out.status.success() {
-            text.push_str(&String::from_utf8_lossy(&out.stdout));
+        if let Some(t) = list_table(family).await? {
+            text.push_str(&t);
         }
     }
     Ok(text)
