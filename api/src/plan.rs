@@ -192,6 +192,19 @@ fn director_selector(spec: &VirtualServiceSpec) -> LabelSelector {
         })
 }
 
+/// The IPVS virtual services a valid spec occupies, in the order of spec.ports.
+pub fn ipvs_keys(valid: &ValidService) -> Vec<IpvsKey> {
+    valid
+        .ports
+        .iter()
+        .map(|p| IpvsKey {
+            protocol: p.protocol,
+            vip: valid.vip,
+            port: p.port,
+        })
+        .collect()
+}
+
 /// Real servers from the static list, as the operator would resolve them
 /// (without node matching).
 pub fn static_real_servers(spec: &VirtualServiceSpec) -> Vec<RealServer> {
@@ -315,15 +328,7 @@ fn plan_object(
     report.vip = Some(valid.vip);
 
     // Conflicts are judged on every node identically, so all agree on the winner.
-    let keys: Vec<IpvsKey> = valid
-        .ports
-        .iter()
-        .map(|p| IpvsKey {
-            protocol: p.protocol,
-            vip: valid.vip,
-            port: p.port,
-        })
-        .collect();
+    let keys = ipvs_keys(&valid);
     for (i, k) in keys.iter().enumerate() {
         if let Some(owner) = claimed.get(k)
             && owner != &input.key

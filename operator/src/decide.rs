@@ -4,7 +4,7 @@
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use tunlb_api::plan::ObjectKey;
+use tunlb_api::plan::{ObjectKey, ipvs_keys};
 use tunlb_api::{RealServer, VirtualService, validate};
 
 use crate::conditions::{
@@ -72,7 +72,7 @@ pub fn peer(vs: &VirtualService, policy: &Policy, nodes: &[NodeInfo]) -> Option<
     Some(Peer {
         key: object_key(vs),
         age: age(vs),
-        keys: judge::ipvs_keys(&valid),
+        keys: ipvs_keys(&valid).into_iter().collect(),
     })
 }
 
@@ -120,7 +120,7 @@ pub fn decide(vs: &VirtualService, view: &View<'_>, policy: &Policy, now: &Time)
             let me = Peer {
                 key: object_key(vs),
                 age: age(vs),
-                keys: judge::ipvs_keys(&valid),
+                keys: ipvs_keys(&valid).into_iter().collect(),
             };
             match judge::conflict(&me, view.peers) {
                 None => wants.push(Want::new(

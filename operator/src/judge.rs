@@ -9,7 +9,6 @@ use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use tunlb_api::plan::{IpvsKey, ObjectKey};
 use tunlb_api::selector::selector_matches;
-use tunlb_api::validate::ValidService;
 use tunlb_api::{DEFAULT_DIRECTOR_LABEL, NodeStatus, RealServer, VirtualServiceSpec};
 
 use crate::resolve::NodeInfo;
@@ -71,19 +70,6 @@ pub struct Peer {
     /// (creationTimestamp in seconds, key): the smaller is older.
     pub age: (i64, ObjectKey),
     pub keys: BTreeSet<IpvsKey>,
-}
-
-/// The IPVS keys a valid service occupies.
-pub fn ipvs_keys(valid: &ValidService) -> BTreeSet<IpvsKey> {
-    valid
-        .ports
-        .iter()
-        .map(|p| IpvsKey {
-            protocol: p.protocol,
-            vip: valid.vip,
-            port: p.port,
-        })
-        .collect()
 }
 
 /// The older peer this object clashes with, if any. Only peers that are
