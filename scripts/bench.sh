@@ -3,10 +3,11 @@
 # tunlb-agent vs `ipvsadm -R` vs github.com/moby/ipvs, 10,000 services x 10
 # tunnel real servers, in one guest boot; prints a results table.
 # usage: scripts/bench.sh [--rounds N] [--services N] [--reals N] [--mem MB] [--log FILE]
+#          [--tools "tunlb ipvsadm moby"]
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-rounds=3 services=10000 reals=10 mem=2048 log=""
+rounds=3 services=10000 reals=10 mem=2048 log="" tools="tunlb ipvsadm moby"
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--rounds) rounds="$2"; shift 2 ;;
@@ -14,7 +15,8 @@ while [ $# -gt 0 ]; do
 	--reals) reals="$2"; shift 2 ;;
 	--mem) mem="$2"; shift 2 ;;
 	--log) log="$2"; shift 2 ;;
-	*) sed -n '2,5s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
+	--tools) tools="$2"; shift 2 ;;
+	*) sed -n '2,6s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
 	esac
 done
 
@@ -50,7 +52,7 @@ echo "bench: host load average before: $(load) ($(nproc) CPUs)"
 set +e
 "$root/tests/lab/run.sh" --timeout $((300 + rounds * 420)) --mem "$mem" \
 	--bin "$root/target/release/tunlb-agent" --bin "$moby" --bin /usr/bin/time \
-	--dir "$work/in:/bench" -- sh /bench/guest.sh "$rounds" 2>&1 | tee "$log"
+	--dir "$work/in:/bench" -- sh /bench/guest.sh "$rounds" "$tools" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 echo "bench: host load average after: $(load)"

@@ -7,6 +7,6 @@ pub mod selector;
 pub mod types;
 pub mod validate;
 
-pub use plan::{NodeIdentity, NodePlan, ObjectKey, PlanInput, plan_node};
+pub use plan::{NodeIdentity, NodePlan, ObjectKey, PlanInput, Planner, plan_node};
 pub use types::*;
 pub use validate::{FieldError, FieldErrors, ValidService, validate};

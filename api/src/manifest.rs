@@ -27,86 +27,106 @@ pub fn parse_documents(
     source_name: &str,
     text: &str,
 ) -> Vec<Result<VirtualService, ManifestError>> {
-    let mut out = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let err = |object: Option<String>, message: String| ManifestError {
-            source_name: source_name.to_string(),
-            document: i + 1,
-            object,
-            message,
-        };
-        let value = match serde_yaml::Value::deserialize(doc) {
-            Ok(v) => v,
-            Err(e) => {
-                // A syntax error leaves the rest of the stream unreadable.
-                out.push(Err(err(None, format!("invalid YAML: {e}"))));
-                break;
-            }
-        };
-        if value.is_null() {
-            continue;
-        }
-        let kind = value.get("kind").and_then(|k| k.as_str());
-        let api_version = value.get("apiVersion").and_then(|k| k.as_str());
-        match (kind, api_version) {
-            (Some(KIND), Some(API_VERSION)) => {}
-            (Some(KIND), Some(v)) if v.starts_with("tunlb.io/") => {
-                out.push(Err(err(
-                    None,
-                    format!("apiVersion: {v:?} is not served (use {API_VERSION})"),
-                )));
-                continue;
-            }
-            (Some(_), _) => continue,
-            (None, _) => {
-                out.push(Err(err(None, "kind: missing".to_string())));
-                continue;
+    documents(source_name, text).collect()
+}
+
+/// Like [`parse_documents`], one document at a time: a caller that keeps only
+/// part of each object never holds every parsed object at once.
+pub fn documents<'a>(
+    source_name: &'a str,
+    text: &'a str,
+) -> impl Iterator<Item = Result<VirtualService, ManifestError>> + 'a {
+    let mut stream = serde_yaml::Deserializer::from_str(text).enumerate();
+    let mut broken = false;
+    std::iter::from_fn(move || {
+        while !broken {
+            let (i, doc) = stream.next()?;
+            match parse_one(source_name, i + 1, doc) {
+                Ok(None) => continue,
+                Ok(Some(r)) => return Some(r),
+                Err(e) => {
+                    // A syntax error leaves the rest of the stream unreadable.
+                    broken = true;
+                    return Some(Err(e));
+                }
             }
         }
-        let name = value
-            .get("metadata")
-            .and_then(|m| m.get("name"))
-            .and_then(|n| n.as_str())
-            .map(str::to_string);
-        let namespace = value
-            .get("metadata")
-            .and_then(|m| m.get("namespace"))
-            .and_then(|n| n.as_str())
-            .unwrap_or("default")
-            .to_string();
-        let label = Some(format!(
-            "VirtualService {namespace}/{}",
-            name.as_deref().unwrap_or("<unnamed>")
-        ));
-        if name.as_deref().is_none_or(str::is_empty) {
-            out.push(Err(err(label, "metadata.name: required".to_string())));
-            continue;
-        }
-        let mut unknown = Vec::new();
-        let mut record = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
-        let strict = serde_ignored::Deserializer::new(value, &mut record);
-        let parsed = serde_path_to_error::deserialize::<_, VirtualService>(strict);
-        match parsed {
-            Err(e) => out.push(Err(err(label, format!("{}: {}", e.path(), e.inner())))),
-            // The derived type reads apiVersion/kind through TypeMeta, which serde_ignored cannot see.
-            Ok(_) if unknown.iter().any(|p| p != "apiVersion" && p != "kind") => {
-                out.push(Err(err(
-                    label,
-                    unknown
-                        .iter()
-                        .filter(|p| *p != "apiVersion" && *p != "kind")
-                        .map(|p| format!("{p}: unknown field"))
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                )))
-            }
-            Ok(mut vs) => {
-                vs.metadata.namespace = Some(namespace);
-                out.push(Ok(vs));
-            }
-        }
+        None
+    })
+}
+
+/// One document: `Ok(None)` for another kind or an empty document, `Err` when
+/// the YAML stream itself is broken.
+fn parse_one(
+    source_name: &str,
+    document: usize,
+    doc: serde_yaml::Deserializer<'_>,
+) -> Result<Option<Result<VirtualService, ManifestError>>, ManifestError> {
+    let err = |object: Option<String>, message: String| ManifestError {
+        source_name: source_name.to_string(),
+        document,
+        object,
+        message,
+    };
+    let value = match serde_yaml::Value::deserialize(doc) {
+        Ok(v) => v,
+        Err(e) => return Err(err(None, format!("invalid YAML: {e}"))),
+    };
+    if value.is_null() {
+        return Ok(None);
     }
-    out
+    let kind = value.get("kind").and_then(|k| k.as_str());
+    let api_version = value.get("apiVersion").and_then(|k| k.as_str());
+    match (kind, api_version) {
+        (Some(KIND), Some(API_VERSION)) => {}
+        (Some(KIND), Some(v)) if v.starts_with("tunlb.io/") => {
+            return Ok(Some(Err(err(
+                None,
+                format!("apiVersion: {v:?} is not served (use {API_VERSION})"),
+            ))));
+        }
+        (Some(_), _) => return Ok(None),
+        (None, _) => return Ok(Some(Err(err(None, "kind: missing".to_string())))),
+    }
+    let name = value
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(|n| n.as_str())
+        .map(str::to_string);
+    let namespace = value
+        .get("metadata")
+        .and_then(|m| m.get("namespace"))
+        .and_then(|n| n.as_str())
+        .unwrap_or("default")
+        .to_string();
+    let label = Some(format!(
+        "VirtualService {namespace}/{}",
+        name.as_deref().unwrap_or("<unnamed>")
+    ));
+    if name.as_deref().is_none_or(str::is_empty) {
+        return Ok(Some(Err(err(label, "metadata.name: required".to_string()))));
+    }
+    let mut unknown = Vec::new();
+    let mut record = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    let strict = serde_ignored::Deserializer::new(value, &mut record);
+    let parsed = serde_path_to_error::deserialize::<_, VirtualService>(strict);
+    // The derived type reads apiVersion/kind through TypeMeta, which serde_ignored cannot see.
+    unknown.retain(|p| p != "apiVersion" && p != "kind");
+    Ok(Some(match parsed {
+        Err(e) => Err(err(label, format!("{}: {}", e.path(), e.inner()))),
+        Ok(_) if !unknown.is_empty() => Err(err(
+            label,
+            unknown
+                .iter()
+                .map(|p| format!("{p}: unknown field"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )),
+        Ok(mut vs) => {
+            vs.metadata.namespace = Some(namespace);
+            Ok(vs)
+        }
+    }))
 }
 
 /// The namespace/name of every VirtualService document, even ones whose spec

@@ -296,25 +296,67 @@ fn resolve_real_servers(
 /// Computes this node's plan. Invalid or conflicting objects are reported in
 /// `objects` with an error and contribute nothing; the rest are unaffected.
 pub fn plan_node(inputs: &[PlanInput<'_>], node: &NodeIdentity) -> NodePlan {
-    let mut plan = NodePlan::default();
-    let mut claimed: BTreeMap<IpvsKey, ObjectKey> = BTreeMap::new();
-
+    let mut planner = Planner::new(node);
     for input in inputs {
+        planner.add(input);
+    }
+    planner.finish()
+}
+
+/// [`plan_node`] one object at a time, oldest first, so a caller can hand
+/// over specs it materialises one by one instead of all at once.
+pub struct Planner<'n> {
+    node: &'n NodeIdentity,
+    plan: NodePlan,
+    claimed: BTreeMap<IpvsKey, ObjectKey>,
+}
+
+impl<'n> Planner<'n> {
+    pub fn new(node: &'n NodeIdentity) -> Self {
+        Planner {
+            node,
+            plan: NodePlan::default(),
+            claimed: BTreeMap::new(),
+        }
+    }
+
+    /// Plans one object; it loses any VIP:port clash with an object added earlier.
+    pub fn add(&mut self, input: &PlanInput<'_>) {
         let mut report = ObjectPlan {
             generation: input.generation,
             ..ObjectPlan::default()
         };
-        let result = plan_object(input, node, &mut claimed, &mut report, &mut plan);
+        let result = plan_object(
+            input,
+            self.node,
+            &mut self.claimed,
+            &mut report,
+            &mut self.plan,
+        );
         if let Err(e) = result {
             report.error = Some(e);
         }
-        plan.objects.insert(input.key.clone(), report);
+        self.plan.objects.insert(input.key.clone(), report);
     }
-    plan.dnat.sort();
-    plan.dnat.dedup();
-    plan.mss.sort();
-    plan.mss.dedup();
-    plan
+
+    /// Records an object that cannot be planned at all (e.g. its spec is unreadable).
+    pub fn reject(&mut self, key: ObjectKey, generation: Option<i64>, error: String) {
+        let report = ObjectPlan {
+            generation,
+            error: Some(error),
+            ..ObjectPlan::default()
+        };
+        self.plan.objects.insert(key, report);
+    }
+
+    pub fn finish(self) -> NodePlan {
+        let mut plan = self.plan;
+        plan.dnat.sort();
+        plan.dnat.dedup();
+        plan.mss.sort();
+        plan.mss.dedup();
+        plan
+    }
 }
 
 fn plan_object(

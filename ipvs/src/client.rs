@@ -13,6 +13,7 @@ use netlink_packet_generic::GenlMessage;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::destination::{Destination, DestinationEntry};
+use crate::dump_socket::DumpTransport;
 use crate::error::Error;
 use crate::info::{Info, Timeouts};
 use crate::message::{CmdAttr, IpvsCmd, IpvsMessage};
@@ -106,12 +107,8 @@ impl Client {
         })?;
         let mut dumpers: Vec<Box<dyn Transport>> = Vec::new();
         for _ in 0..config.dump_sockets.max(1) {
-            // Dumps are flow-controlled by our reads: default buffer is fine.
-            dumpers.push(Box::new(ProtoTransport::open(SocketOptions {
-                forward_ack: true,
-                forward_done: true,
-                recv_buffer: 0,
-            })?));
+            // Read only as fast as entries are decoded (see dump_socket).
+            dumpers.push(Box::new(DumpTransport::open()?));
         }
         tracing::debug!(family_id, dump_sockets = dumpers.len(), "connected to IPVS");
         Ok(Client::from_transports(
@@ -175,17 +172,12 @@ impl Client {
     /// All services, from one multi-part dump.
     pub async fn services(&self) -> Result<Vec<ServiceEntry>, Error> {
         let op = "list services";
-        let replies = self
-            .dump(IpvsMessage::new(IpvsCmd::GetService, vec![]), op)
-            .await?;
-        replies
-            .iter()
-            .map(|m| {
-                m.service_attrs()
-                    .ok_or_else(|| Error::Decode(format!("{op}: reply without a service")))
-                    .and_then(ServiceEntry::from_attrs)
-            })
-            .collect()
+        self.dump(IpvsMessage::new(IpvsCmd::GetService, vec![]), op, |m| {
+            m.service_attrs()
+                .ok_or_else(|| Error::Decode(format!("{op}: reply without a service")))
+                .and_then(ServiceEntry::from_attrs)
+        })
+        .await
     }
 
     /// One service, or `None` if the kernel has no such service.
@@ -208,15 +200,12 @@ impl Client {
     pub async fn destinations(&self, key: &ServiceKey) -> Result<Vec<DestinationEntry>, Error> {
         let op = format!("list destinations of {key}");
         let msg = IpvsMessage::new(IpvsCmd::GetDest, vec![CmdAttr::Service(key.to_attrs())]);
-        let replies = self.dump(msg, &op).await?;
-        replies
-            .iter()
-            .map(|m| {
-                m.dest_attrs()
-                    .ok_or_else(|| Error::Decode(format!("{op}: reply without a destination")))
-                    .and_then(|attrs| DestinationEntry::from_attrs(attrs, key.family()))
-            })
-            .collect()
+        self.dump(msg, &op, |m| {
+            m.dest_attrs()
+                .ok_or_else(|| Error::Decode(format!("{op}: reply without a destination")))
+                .and_then(|attrs| DestinationEntry::from_attrs(attrs, key.family()))
+        })
+        .await
     }
 
     /// Destinations of many services, dumped concurrently over the dump
@@ -408,16 +397,20 @@ impl Client {
     }
 
     /// One dump on a free dump socket, retried on EBUSY.
-    async fn dump(&self, msg: IpvsMessage, op: &str) -> Result<Vec<IpvsMessage>, Error> {
+    /// Runs a dump, decoding each reply as it arrives: a dump of 10,000
+    /// services then holds 10,000 entries, never 10,000 decoded messages too.
+    async fn dump<T>(
+        &self,
+        msg: IpvsMessage,
+        op: &str,
+        decode: impl Fn(&IpvsMessage) -> Result<T, Error>,
+    ) -> Result<Vec<T>, Error> {
         let mut attempt = 0;
         loop {
             let result = {
                 let (slot, _busy) = self.acquire_dumper().await;
                 let packet = self.packet(msg.clone(), NLM_F_REQUEST | NLM_F_DUMP);
-                match self.exchange(&*slot.transport, vec![packet]).await {
-                    Ok((replies, complete)) => self.finish(op, replies, complete),
-                    Err(e) => Err(e),
-                }
+                self.dump_on(&*slot.transport, packet, op, &decode).await
             };
             match result {
                 Err(e) if e.errno() == Some(EBUSY) && attempt < DUMP_BUSY_RETRIES => {
@@ -428,6 +421,44 @@ impl Client {
                 other => return other,
             }
         }
+    }
+
+    async fn dump_on<T>(
+        &self,
+        transport: &dyn Transport,
+        packet: IpvsPacket,
+        op: &str,
+        decode: &impl Fn(&IpvsMessage) -> Result<T, Error>,
+    ) -> Result<Vec<T>, Error> {
+        let mut stream = transport.send(vec![packet])?;
+        let mut out = Vec::new();
+        let mut failed = None;
+        let collect = async {
+            // Read to the end even after an error, as the socket is reused.
+            while let Some(reply) = stream.next().await {
+                if failed.is_some() {
+                    continue;
+                }
+                match reply_payload(op, reply).and_then(|m| m.as_ref().map(&decode).transpose()) {
+                    Ok(Some(entry)) => out.push(entry),
+                    Ok(None) => {}
+                    Err(e) => failed = Some(e),
+                }
+            }
+        };
+        let complete = tokio::time::timeout(self.inner.config.timeout, collect)
+            .await
+            .is_ok();
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if !complete {
+            return Err(Error::Timeout {
+                op: op.to_string(),
+                after: self.inner.config.timeout,
+            });
+        }
+        Ok(out)
     }
 
     /// Prefer an idle dump socket; otherwise queue on one round-robin.
@@ -479,23 +510,8 @@ impl Client {
     ) -> Result<Vec<IpvsMessage>, Error> {
         let mut out = Vec::new();
         for reply in replies {
-            match reply.payload {
-                NetlinkPayload::InnerMessage(genl) => out.push(genl.payload),
-                NetlinkPayload::Error(e) => {
-                    if let Some(code) = e.code {
-                        return Err(Error::kernel(op, code.get()));
-                    }
-                }
-                NetlinkPayload::Done(done) if done.code < 0 => {
-                    return Err(Error::kernel(op, done.code));
-                }
-                NetlinkPayload::Overrun(_) => {
-                    return Err(Error::Unacknowledged {
-                        op: op.to_string(),
-                        reason: "netlink receive buffer overrun".to_string(),
-                    });
-                }
-                _ => {}
+            if let Some(m) = reply_payload(op, reply)? {
+                out.push(m);
             }
         }
         if !complete {
@@ -505,5 +521,22 @@ impl Client {
             });
         }
         Ok(out)
+    }
+}
+
+/// A reply's message, nothing for acks and the end of a dump, or the error it carries.
+fn reply_payload(op: &str, reply: IpvsPacket) -> Result<Option<IpvsMessage>, Error> {
+    match reply.payload {
+        NetlinkPayload::InnerMessage(genl) => Ok(Some(genl.payload)),
+        NetlinkPayload::Error(e) => match e.code {
+            Some(code) => Err(Error::kernel(op, code.get())),
+            None => Ok(None),
+        },
+        NetlinkPayload::Done(done) if done.code < 0 => Err(Error::kernel(op, done.code)),
+        NetlinkPayload::Overrun(_) => Err(Error::Unacknowledged {
+            op: op.to_string(),
+            reason: "netlink receive buffer overrun".to_string(),
+        }),
+        _ => Ok(None),
     }
 }

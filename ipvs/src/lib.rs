@@ -29,6 +29,7 @@ mod client;
 pub mod constants;
 mod ctrl;
 mod destination;
+mod dump_socket;
 mod error;
 mod info;
 pub mod message;

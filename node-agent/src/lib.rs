@@ -4,6 +4,7 @@ pub mod cluster;
 pub mod ipvs_diff;
 pub mod link;
 pub mod load;
+pub mod memory;
 pub mod metrics;
 pub mod nat;
 pub mod show;

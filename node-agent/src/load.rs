@@ -1,9 +1,10 @@
 //! Reading VirtualService manifests from files and directories.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tunlb_api::VirtualService;
-use tunlb_api::manifest::parse_documents;
+use tunlb_api::manifest::documents;
 
 /// Files named on the command line, with directories expanded to their
 /// *.yaml, *.yml and *.json files in name order.
@@ -32,33 +33,22 @@ pub fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     Ok(out)
 }
 
-/// A VirtualService and where it came from.
-pub struct Loaded {
-    pub source: String,
-    pub object: VirtualService,
-}
-
-/// Loads every VirtualService; problems are returned as messages naming the
-/// file, document, object and field.
-pub fn load(paths: &[PathBuf]) -> (Vec<Loaded>, Vec<String>) {
-    let mut objects = Vec::new();
+/// Calls `each(source, object)` for every VirtualService in `paths`, one
+/// document at a time (so no more than one parsed object is alive at once);
+/// problems are returned as messages naming the file, document, object and field.
+pub fn visit(paths: &[PathBuf], mut each: impl FnMut(&Arc<str>, VirtualService)) -> Vec<String> {
     let mut errors = Vec::new();
     let files = match expand(paths) {
         Ok(f) => f,
-        Err(e) => return (objects, vec![e]),
+        Err(e) => return vec![e],
     };
     for file in files {
+        let source: Arc<str> = display(&file).into();
         match std::fs::read_to_string(&file) {
             Ok(text) => {
-                let docs = parse_documents(&display(&file), &text);
-                drop(text);
-                objects.reserve(docs.len());
-                for r in docs {
+                for r in documents(&source, &text) {
                     match r {
-                        Ok(object) => objects.push(Loaded {
-                            source: display(&file),
-                            object,
-                        }),
+                        Ok(object) => each(&source, object),
                         Err(e) => errors.push(e.to_string()),
                     }
                 }
@@ -66,7 +56,7 @@ pub fn load(paths: &[PathBuf]) -> (Vec<Loaded>, Vec<String>) {
             Err(e) => errors.push(format!("{}: {e}", file.display())),
         }
     }
-    (objects, errors)
+    errors
 }
 
 fn display(p: &Path) -> String {

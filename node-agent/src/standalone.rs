@@ -6,15 +6,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
+use serde_json::value::RawValue;
 use tracing::debug;
 use tunlb_api::manifest::object_keys;
-use tunlb_api::plan::{NodeIdentity, NodePlan, ObjectKey, PlanInput, plan_node};
-use tunlb_api::{NodeRole, VirtualService};
+use tunlb_api::plan::{NodeIdentity, NodePlan, ObjectKey, PlanInput, Planner};
+use tunlb_api::{NodeRole, VirtualService, VirtualServiceSpec};
 
-use crate::load::{expand, load};
-use crate::state::{OwnedState, StateError};
+use crate::load::{expand, visit};
+use crate::state::{OwnedState, StateError, StoredMeta, StoredObject};
 use crate::sync::{Dataplane, SyncReport, Writes};
 
 /// How this host identifies itself without a Node object.
@@ -55,28 +57,38 @@ fn store_key(k: &ObjectKey) -> String {
     k.to_string()
 }
 
-/// Creation order, so the older object wins a VIP:port clash (as in the cluster).
-fn seq(vs: &VirtualService) -> u64 {
-    vs.metadata
-        .resource_version
-        .as_deref()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(u64::MAX)
+/// The inverse of [`store_key`] (a namespace never contains '/').
+fn object_key(store_key: &str) -> ObjectKey {
+    match store_key.split_once('/') {
+        Some((ns, name)) => ObjectKey::new(ns, name),
+        None => ObjectKey::new("default", store_key),
+    }
 }
 
-fn plan_store(store: &BTreeMap<String, VirtualService>, node: &NodeIdentity) -> NodePlan {
-    let mut objs: Vec<&VirtualService> = store.values().collect();
-    objs.sort_by_key(|vs| (seq(vs), key_of(vs)));
-    let inputs: Vec<PlanInput<'_>> = objs
-        .iter()
-        .map(|vs| PlanInput {
-            key: key_of(vs),
-            generation: vs.metadata.generation,
-            spec: &vs.spec,
-            real_servers: None,
-        })
-        .collect();
-    plan_node(&inputs, node)
+/// Plans the stored objects oldest first (the older one wins a VIP:port
+/// clash, as in the cluster), parsing one spec at a time.
+fn plan_store(store: &BTreeMap<String, StoredObject>, node: &NodeIdentity) -> NodePlan {
+    let mut order: Vec<(u64, &String, &StoredObject)> =
+        store.iter().map(|(k, o)| (o.seq(), k, o)).collect();
+    order.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    let mut planner = Planner::new(node);
+    for (_, k, o) in order {
+        let key = object_key(k);
+        match serde_json::from_str::<VirtualServiceSpec>(o.spec.get()) {
+            Ok(spec) => planner.add(&PlanInput {
+                key,
+                generation: o.metadata.generation,
+                spec: &spec,
+                real_servers: None,
+            }),
+            Err(e) => planner.reject(
+                key,
+                o.metadata.generation,
+                format!("stored spec cannot be read ({e}); apply its manifest again"),
+            ),
+        }
+    }
+    planner.finish()
 }
 
 async fn identity(
@@ -130,78 +142,53 @@ pub async fn apply(
     let mut state = OwnedState::load(state_dir)?;
     debug!(
         ms = started.elapsed().as_millis(),
+        peak_kb = crate::memory::peak_kb(),
         objects = state.objects.len(),
         "state loaded"
     );
-    let (loaded, load_errors) = load(paths);
-    debug!(
-        ms = started.elapsed().as_millis(),
-        objects = loaded.len(),
-        "manifests parsed"
-    );
-    out.errors.extend(load_errors);
     let node = identity(dp, &state, args).await?;
 
-    // The stored objects are moved, never cloned (at 10,000 objects a copy
-    // costs tens of MB): those this run does not name go straight into
-    // `candidate`; `previous` keeps the named ones only while they differ
-    // from their new version, which is all `revert` needs.
-    let mut previous = std::mem::take(&mut state.objects);
-    let mut next_seq = previous
+    // Each parsed object is reduced to its spec's JSON at once and compared
+    // with the stored one, so neither a second copy of the store nor all
+    // parsed objects are ever held (10,000 objects stay a few MB).
+    let mut candidate = std::mem::take(&mut state.objects);
+    let mut next_seq = candidate
         .values()
-        .map(seq)
+        .map(StoredObject::seq)
         .filter(|s| *s != u64::MAX)
         .max()
         .unwrap_or(0)
         + 1;
-    let named: BTreeSet<String> = loaded
-        .iter()
-        .map(|l| store_key(&key_of(&l.object)))
-        .collect();
-    let (kept, others): (BTreeMap<_, _>, BTreeMap<_, _>) =
-        previous.into_iter().partition(|(k, _)| named.contains(k));
-    previous = kept;
-    drop(named);
-    let mut candidate: BTreeMap<String, VirtualService> = others;
-    let mut unchanged: BTreeSet<String> = BTreeSet::new();
-    let mut sources: BTreeMap<ObjectKey, String> = BTreeMap::new();
-    for item in loaded {
-        let key = key_of(&item.object);
+    let mut previous = Previous::default();
+    let mut sources: BTreeMap<ObjectKey, Arc<str>> = BTreeMap::new();
+    let load_errors = visit(paths, |source, vs| {
+        let key = key_of(&vs);
         if sources.contains_key(&key) {
             out.errors.push(format!(
-                "{}: VirtualService {key} appears more than once; the first is used",
-                item.source
+                "{source}: VirtualService {key} appears more than once; the first is used"
             ));
-            continue;
+            return;
         }
-        sources.insert(key.clone(), item.source);
-        let mut vs = item.object;
-        vs.status = None;
-        let skey = store_key(&key);
-        let old = previous.get(&skey);
-        vs.metadata.resource_version = Some(match old {
-            Some(o) => seq(o).to_string(),
-            None => {
-                next_seq += 1;
-                (next_seq - 1).to_string()
+        let spec = match serde_json::value::to_raw_value(&vs.spec) {
+            Ok(spec) => spec,
+            Err(e) => {
+                out.errors
+                    .push(format!("{source}: VirtualService {key}: spec: {e}"));
+                return;
             }
-        });
-        let old_gen = old.and_then(|o| o.metadata.generation).unwrap_or(0);
-        vs.metadata.generation = Some(match old {
-            Some(o) if o.spec == vs.spec => old_gen,
-            _ => old_gen + 1,
-        });
-        if old == Some(&vs) {
-            // Reverting it would put back an identical object.
-            previous.remove(&skey);
-            unchanged.insert(skey.clone());
-        }
-        candidate.insert(skey, vs);
-    }
-    let previous = Previous {
-        changed: previous,
-        unchanged,
-    };
+        };
+        drop(vs);
+        let skey = store_key(&key);
+        sources.insert(key, source.clone());
+        previous.record(&mut candidate, skey, spec, &mut next_seq);
+    });
+    out.errors.extend(load_errors);
+    debug!(
+        ms = started.elapsed().as_millis(),
+        peak_kb = crate::memory::peak_kb(),
+        objects = sources.len(),
+        "manifests parsed"
+    );
 
     // Objects this node cannot plan are rejected whole, keeping any previous version.
     let mut rejected: BTreeMap<ObjectKey, Vec<String>> = BTreeMap::new();
@@ -223,14 +210,24 @@ pub async fn apply(
                 .and_then(|o| o.error.clone())
                 .unwrap_or_default();
             rejected.insert(k.clone(), vec![msg]);
-            revert(&mut candidate, &previous, &k);
+            previous.revert(&mut candidate, &k);
         }
+        // Dropped first: two plans of 10,000 services at once double the peak.
+        drop(plan);
         plan = plan_store(&candidate, &node);
     }
-    debug!(ms = started.elapsed().as_millis(), "planned");
+    debug!(
+        ms = started.elapsed().as_millis(),
+        peak_kb = crate::memory::peak_kb(),
+        "planned"
+    );
 
     let mut report = dp.sync(&plan, &mut state).await;
-    debug!(ms = started.elapsed().as_millis(), "synced");
+    debug!(
+        ms = started.elapsed().as_millis(),
+        peak_kb = crate::memory::peak_kb(),
+        "synced"
+    );
     let failed: Vec<ObjectKey> = sources
         .keys()
         .filter(|k| report.errors.contains_key(*k))
@@ -243,8 +240,9 @@ pub async fn apply(
                 .entry(k.clone())
                 .or_default()
                 .extend(report.errors.get(k).cloned().unwrap_or_default());
-            revert(&mut candidate, &previous, k);
+            previous.revert(&mut candidate, k);
         }
+        drop(plan);
         plan = plan_store(&candidate, &node);
         let again = dp.sync(&plan, &mut state).await;
         report.writes.ipvs += again.writes.ipvs;
@@ -278,35 +276,72 @@ pub async fn apply(
     out.writes = report.writes;
     state.objects = candidate;
     state.save(state_dir)?;
-    debug!(ms = started.elapsed().as_millis(), "state saved");
+    debug!(
+        ms = started.elapsed().as_millis(),
+        peak_kb = crate::memory::peak_kb(),
+        "state saved"
+    );
     Ok(out)
 }
 
-/// The stored versions of the objects named in this run.
+/// What `apply` needs to take a named object back out: the stored version of
+/// each object it changed, and which objects it added.
+#[derive(Default)]
 struct Previous {
-    /// Named objects whose stored version differs from the new one.
-    changed: BTreeMap<String, VirtualService>,
-    /// Named objects whose new version equals the stored one (not kept twice).
-    unchanged: BTreeSet<String>,
+    changed: BTreeMap<String, StoredObject>,
+    added: BTreeSet<String>,
 }
 
-/// Puts back the stored version of `k` (or removes `k` if it had none).
-fn revert(candidate: &mut BTreeMap<String, VirtualService>, previous: &Previous, k: &ObjectKey) {
-    let key = store_key(k);
-    if previous.unchanged.contains(&key) {
-        return;
+impl Previous {
+    /// Puts `spec` into `candidate` under `key`: a new object gets the next
+    /// sequence number; a changed one keeps its number and bumps its
+    /// generation; an unchanged one is left as it is.
+    fn record(
+        &mut self,
+        candidate: &mut BTreeMap<String, StoredObject>,
+        key: String,
+        spec: Box<RawValue>,
+        next_seq: &mut u64,
+    ) {
+        match candidate.get_mut(&key) {
+            Some(old) if old.spec.get() == spec.get() => {}
+            Some(old) => {
+                let metadata = StoredMeta {
+                    generation: Some(old.metadata.generation.unwrap_or(0) + 1),
+                    resource_version: old.metadata.resource_version.clone(),
+                };
+                let old = std::mem::replace(old, StoredObject { metadata, spec });
+                self.changed.insert(key, old);
+            }
+            None => {
+                let metadata = StoredMeta {
+                    generation: Some(1),
+                    resource_version: Some(next_seq.to_string()),
+                };
+                *next_seq += 1;
+                candidate.insert(key.clone(), StoredObject { metadata, spec });
+                self.added.insert(key);
+            }
+        }
     }
-    match previous.changed.get(&key) {
-        Some(old) => candidate.insert(key, old.clone()),
-        None => candidate.remove(&key),
-    };
+
+    /// Puts back the stored version of `k` (removes `k` if this run added it;
+    /// an unchanged object stays as it is).
+    fn revert(&self, candidate: &mut BTreeMap<String, StoredObject>, k: &ObjectKey) {
+        let key = store_key(k);
+        if let Some(old) = self.changed.get(&key) {
+            candidate.insert(key, old.clone());
+        } else if self.added.contains(&key) {
+            candidate.remove(&key);
+        }
+    }
 }
 
 /// Errors of objects applied earlier (not named in this run) and of the node.
 fn report_remaining(
     plan: &NodePlan,
     report: &SyncReport,
-    named: &BTreeMap<ObjectKey, String>,
+    named: &BTreeMap<ObjectKey, Arc<str>>,
     out: &mut Outcome,
 ) {
     for (k, errs) in collect_errors(plan, report) {

@@ -284,6 +284,7 @@ impl Dataplane {
             .retain(|k| present.contains(&IpvsKey::from(*k)));
         debug!(
             ms = started.elapsed().as_millis(),
+            peak_kb = crate::memory::peak_kb(),
             services = current.len(),
             "IPVS services dumped"
         );
@@ -346,6 +347,7 @@ impl Dataplane {
         }
         debug!(
             ms = started.elapsed().as_millis(),
+            peak_kb = crate::memory::peak_kb(),
             dest_dumps = stats.dumps,
             ops = stats.ops,
             "IPVS synced"

@@ -1,6 +1,6 @@
 # shellcheck shell=sh
 # IPVS programming benchmark, run inside the lab guest by scripts/bench.sh:
-#   sh /bench/guest.sh [ROUNDS]
+#   sh /bench/guest.sh [ROUNDS] [TOOLS]   (TOOLS: "tunlb ipvsadm moby" by default)
 # Inputs in /bench (from tests/bench/gen.sh): vs.yaml, vs-weight.yaml,
 # rules.ipvsadm; binaries in /usr/local/bin: tunlb-agent, mobyipvs, time (GNU).
 #
@@ -23,6 +23,7 @@ AGENT=/usr/local/bin/tunlb-agent
 MOBY=/usr/local/bin/mobyipvs
 B=/bench
 ROUNDS="${1:-2}"
+TOOLS="${2:-tunlb ipvsadm moby}"
 VIP=10.2.0.1
 PASS=0
 FAIL=0
@@ -153,7 +154,9 @@ while [ "$_round" -le "$ROUNDS" ]; do
 	esac
 	echo "round $_round: $order"
 	for tool in $order; do
-		"run_$tool" "$_round"
+		case " $TOOLS " in
+		*" $tool "*) "run_$tool" "$_round" ;;
+		esac
 	done
 	_round=$((_round + 1))
 done
