@@ -176,6 +176,24 @@ impl Client {
             m.service_attrs()
                 .ok_or_else(|| Error::Decode(format!("{op}: reply without a service")))
                 .and_then(ServiceEntry::from_attrs)
+                .map(Some)
+        })
+        .await
+    }
+
+    /// The services `keep` accepts, without statistics: a caller that needs
+    /// a few of many services never holds all of them.
+    pub async fn services_where(
+        &self,
+        keep: impl Fn(&ServiceKey) -> bool,
+    ) -> Result<Vec<Service>, Error> {
+        let op = "list services";
+        self.dump(IpvsMessage::new(IpvsCmd::GetService, vec![]), op, |m| {
+            let entry = m
+                .service_attrs()
+                .ok_or_else(|| Error::Decode(format!("{op}: reply without a service")))
+                .and_then(ServiceEntry::from_attrs)?;
+            Ok(keep(&entry.service.key).then_some(entry.service))
         })
         .await
     }
@@ -204,6 +222,7 @@ impl Client {
             m.dest_attrs()
                 .ok_or_else(|| Error::Decode(format!("{op}: reply without a destination")))
                 .and_then(|attrs| DestinationEntry::from_attrs(attrs, key.family()))
+                .map(Some)
         })
         .await
     }
@@ -397,13 +416,13 @@ impl Client {
     }
 
     /// One dump on a free dump socket, retried on EBUSY.
-    /// Runs a dump, decoding each reply as it arrives: a dump of 10,000
-    /// services then holds 10,000 entries, never 10,000 decoded messages too.
+    /// Runs a dump, decoding each reply as it arrives (`None`: not wanted):
+    /// a dump of 10,000 services never holds 10,000 decoded messages.
     async fn dump<T>(
         &self,
         msg: IpvsMessage,
         op: &str,
-        decode: impl Fn(&IpvsMessage) -> Result<T, Error>,
+        decode: impl Fn(&IpvsMessage) -> Result<Option<T>, Error>,
     ) -> Result<Vec<T>, Error> {
         let mut attempt = 0;
         loop {
@@ -428,7 +447,7 @@ impl Client {
         transport: &dyn Transport,
         packet: IpvsPacket,
         op: &str,
-        decode: &impl Fn(&IpvsMessage) -> Result<T, Error>,
+        decode: &impl Fn(&IpvsMessage) -> Result<Option<T>, Error>,
     ) -> Result<Vec<T>, Error> {
         let mut stream = transport.send(vec![packet])?;
         let mut out = Vec::new();
@@ -440,8 +459,8 @@ impl Client {
                     continue;
                 }
                 match reply_payload(op, reply).and_then(|m| m.as_ref().map(&decode).transpose()) {
-                    Ok(Some(entry)) => out.push(entry),
-                    Ok(None) => {}
+                    Ok(Some(Some(entry))) => out.push(entry),
+                    Ok(_) => {}
                     Err(e) => failed = Some(e),
                 }
             }

@@ -13,7 +13,7 @@ use tunlb_api::Protocol;
 use tunlb_api::TunnelKind;
 use tunlb_api::plan::{IpvsDest, IpvsKey, IpvsService, ObjectKey};
 use tunlb_ipvs::{
-    Destination, DestinationEntry, ForwardMethod, Op, Service, ServiceEntry, ServiceKey, TunnelType,
+    Destination, DestinationEntry, ForwardMethod, Op, Service, ServiceKey, TunnelType,
 };
 
 /// Flags the kernel sets by itself and reports back; never part of a comparison.
@@ -22,7 +22,7 @@ const KERNEL_ONLY_FLAGS: u32 = 0x0002;
 /// A service as dumped from the kernel, with its destinations.
 #[derive(Debug, Clone)]
 pub struct Current {
-    pub service: ServiceEntry,
+    pub service: Service,
     pub destinations: Vec<DestinationEntry>,
 }
 
@@ -167,7 +167,7 @@ pub fn diff(
             out.foreign.push((*key, want.owner.clone()));
             continue;
         }
-        if service_differs(&want_svc, &have.service.service) {
+        if service_differs(&want_svc, &have.service) {
             push(&mut out, Op::SetService(want_svc));
         }
         let have_dests: BTreeMap<(IpAddr, u16), &Destination> = have
@@ -283,10 +283,7 @@ mod tests {
         let mut service = desired_service(w);
         service.flags |= KERNEL_ONLY_FLAGS;
         Current {
-            service: ServiceEntry {
-                service,
-                stats: Stats::default(),
-            },
+            service,
             destinations: w
                 .destinations
                 .iter()

@@ -179,8 +179,8 @@ impl AgentMetrics {
             let Ok(dests) = res else { continue };
             for d in dests {
                 let labels = DestLabels {
-                    namespace: svc.owner.namespace.clone(),
-                    name: svc.owner.name.clone(),
+                    namespace: svc.owner.namespace.to_string(),
+                    name: svc.owner.name.to_string(),
                     vip: svc.key.vip.to_string(),
                     port: svc.key.port.to_string(),
                     protocol: svc.key.protocol.to_string(),

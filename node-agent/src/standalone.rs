@@ -67,9 +67,12 @@ fn object_key(store_key: &str) -> ObjectKey {
 
 /// Plans the stored objects oldest first (the older one wins a VIP:port
 /// clash, as in the cluster), parsing one spec at a time.
-fn plan_store(store: &BTreeMap<String, StoredObject>, node: &NodeIdentity) -> NodePlan {
+fn plan_store<'a>(
+    store: impl Iterator<Item = (&'a String, &'a StoredObject)>,
+    node: &NodeIdentity,
+) -> NodePlan {
     let mut order: Vec<(u64, &String, &StoredObject)> =
-        store.iter().map(|(k, o)| (o.seq(), k, o)).collect();
+        store.map(|(k, o)| (o.seq(), k, o)).collect();
     order.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
     let mut planner = Planner::new(node);
     for (_, k, o) in order {
@@ -142,7 +145,7 @@ pub async fn apply(
     let mut state = OwnedState::load(state_dir)?;
     debug!(
         ms = started.elapsed().as_millis(),
-        peak_kb = crate::memory::peak_kb(),
+        memory = %crate::memory::summary(),
         objects = state.objects.len(),
         "state loaded"
     );
@@ -151,7 +154,7 @@ pub async fn apply(
     // Each parsed object is reduced to its spec's JSON at once and compared
     // with the stored one, so neither a second copy of the store nor all
     // parsed objects are ever held (10,000 objects stay a few MB).
-    let mut candidate = std::mem::take(&mut state.objects);
+    let candidate = std::mem::take(&mut state.objects);
     let mut next_seq = candidate
         .values()
         .map(StoredObject::seq)
@@ -159,11 +162,15 @@ pub async fn apply(
         .max()
         .unwrap_or(0)
         + 1;
-    let mut previous = Previous::default();
-    let mut sources: BTreeMap<ObjectKey, Arc<str>> = BTreeMap::new();
+    let mut candidate: BTreeMap<String, Entry> = candidate
+        .into_iter()
+        .map(|(k, stored)| (k, Entry::stored(stored)))
+        .collect();
+    let mut named = 0usize;
     let load_errors = visit(paths, |source, vs| {
         let key = key_of(&vs);
-        if sources.contains_key(&key) {
+        let skey = store_key(&key);
+        if candidate.get(&skey).is_some_and(|e| e.source.is_some()) {
             out.errors.push(format!(
                 "{source}: VirtualService {key} appears more than once; the first is used"
             ));
@@ -178,72 +185,69 @@ pub async fn apply(
             }
         };
         drop(vs);
-        let skey = store_key(&key);
-        sources.insert(key, source.clone());
-        previous.record(&mut candidate, skey, spec, &mut next_seq);
+        named += 1;
+        record(&mut candidate, skey, spec, source, &mut next_seq);
     });
     out.errors.extend(load_errors);
     debug!(
         ms = started.elapsed().as_millis(),
-        peak_kb = crate::memory::peak_kb(),
-        objects = sources.len(),
+        memory = %crate::memory::summary(),
+        objects = named,
         "manifests parsed"
     );
 
     // Objects this node cannot plan are rejected whole, keeping any previous version.
-    let mut rejected: BTreeMap<ObjectKey, Vec<String>> = BTreeMap::new();
-    let mut plan = plan_store(&candidate, &node);
+    let mut rejected: BTreeMap<ObjectKey, (Arc<str>, Vec<String>)> = BTreeMap::new();
+    let mut plan = plan_store(candidate.iter().map(|(k, e)| (k, &e.stored)), &node);
     for _ in 0..2 {
-        let bad: Vec<ObjectKey> = sources
-            .keys()
-            .filter(|k| !rejected.contains_key(*k))
-            .filter(|k| plan.objects.get(*k).is_some_and(|o| o.error.is_some()))
-            .cloned()
+        let bad: Vec<(ObjectKey, Arc<str>)> = named_in_run(&candidate)
+            .filter(|(k, _)| !rejected.contains_key(k))
+            .filter(|(k, _)| plan.objects.get(k).is_some_and(|o| o.error.is_some()))
             .collect();
         if bad.is_empty() {
             break;
         }
-        for k in bad {
+        for (k, source) in bad {
             let msg = plan
                 .objects
                 .get(&k)
                 .and_then(|o| o.error.clone())
                 .unwrap_or_default();
-            rejected.insert(k.clone(), vec![msg]);
-            previous.revert(&mut candidate, &k);
+            rejected.insert(k.clone(), (source, vec![msg]));
+            revert(&mut candidate, &k);
         }
         // Dropped first: two plans of 10,000 services at once double the peak.
         drop(plan);
-        plan = plan_store(&candidate, &node);
+        plan = plan_store(candidate.iter().map(|(k, e)| (k, &e.stored)), &node);
     }
     debug!(
         ms = started.elapsed().as_millis(),
-        peak_kb = crate::memory::peak_kb(),
+        memory = %crate::memory::summary(),
         "planned"
     );
 
     let mut report = dp.sync(&plan, &mut state).await;
     debug!(
         ms = started.elapsed().as_millis(),
-        peak_kb = crate::memory::peak_kb(),
+        memory = %crate::memory::summary(),
         "synced"
     );
-    let failed: Vec<ObjectKey> = sources
-        .keys()
-        .filter(|k| report.errors.contains_key(*k))
-        .cloned()
+    let failed: Vec<(ObjectKey, Arc<str>)> = named_in_run(&candidate)
+        .filter(|(k, _)| report.errors.contains_key(k))
         .collect();
     if !failed.is_empty() {
         // The kernel refused part of an object: take the whole object back out.
-        for k in &failed {
+        for (k, source) in failed {
+            let errors = report.errors.get(&k).cloned().unwrap_or_default();
             rejected
                 .entry(k.clone())
-                .or_default()
-                .extend(report.errors.get(k).cloned().unwrap_or_default());
-            previous.revert(&mut candidate, k);
+                .or_insert_with(|| (source, Vec::new()))
+                .1
+                .extend(errors);
+            revert(&mut candidate, &k);
         }
         drop(plan);
-        plan = plan_store(&candidate, &node);
+        plan = plan_store(candidate.iter().map(|(k, e)| (k, &e.stored)), &node);
         let again = dp.sync(&plan, &mut state).await;
         report.writes.ipvs += again.writes.ipvs;
         report.writes.links += again.writes.links;
@@ -253,87 +257,120 @@ pub async fn apply(
         report.errors = again.errors;
     }
 
-    for (k, source) in &sources {
-        match rejected.get(k) {
-            Some(errs) => {
-                for e in errs {
-                    out.errors
-                        .push(format!("{source}: VirtualService {k}: {e}"));
-                }
-            }
-            None => {
-                let roles = plan
-                    .objects
-                    .get(k)
-                    .map(|o| roles_text(&o.roles))
-                    .unwrap_or_default();
-                out.lines
-                    .push(format!("virtualservice {k} applied ({roles})"));
-            }
+    for (k, _) in named_in_run(&candidate).filter(|(k, _)| !rejected.contains_key(k)) {
+        let roles = plan
+            .objects
+            .get(&k)
+            .map(|o| roles_text(&o.roles))
+            .unwrap_or_default();
+        out.lines
+            .push(format!("virtualservice {k} applied ({roles})"));
+    }
+    for (k, (source, errs)) in &rejected {
+        for e in errs {
+            out.errors
+                .push(format!("{source}: VirtualService {k}: {e}"));
         }
     }
-    report_remaining(&plan, &report, &sources, &mut out);
+    let is_named = |k: &ObjectKey| {
+        rejected.contains_key(k)
+            || candidate
+                .get(&store_key(k))
+                .is_some_and(|e| e.source.is_some())
+    };
+    report_remaining(&plan, &report, is_named, &mut out);
     out.writes = report.writes;
-    state.objects = candidate;
+    drop(plan);
+    state.objects = candidate.into_iter().map(|(k, e)| (k, e.stored)).collect();
     state.save(state_dir)?;
     debug!(
         ms = started.elapsed().as_millis(),
-        peak_kb = crate::memory::peak_kb(),
+        memory = %crate::memory::summary(),
         "state saved"
     );
     Ok(out)
 }
 
-/// What `apply` needs to take a named object back out: the stored version of
-/// each object it changed, and which objects it added.
-#[derive(Default)]
-struct Previous {
-    changed: BTreeMap<String, StoredObject>,
-    added: BTreeSet<String>,
+/// A stored object during `apply`, with what this run did to it (kept
+/// beside it rather than in maps of their own: at 10,000 objects those cost
+/// megabytes of keys).
+struct Entry {
+    stored: StoredObject,
+    /// The file that names it in this run.
+    source: Option<Arc<str>>,
+    /// Its stored version, when this run changed it (boxed: rarely set).
+    before: Option<Box<StoredObject>>,
+    /// This run added it.
+    added: bool,
 }
 
-impl Previous {
-    /// Puts `spec` into `candidate` under `key`: a new object gets the next
-    /// sequence number; a changed one keeps its number and bumps its
-    /// generation; an unchanged one is left as it is.
-    fn record(
-        &mut self,
-        candidate: &mut BTreeMap<String, StoredObject>,
-        key: String,
-        spec: Box<RawValue>,
-        next_seq: &mut u64,
-    ) {
-        match candidate.get_mut(&key) {
-            Some(old) if old.spec.get() == spec.get() => {}
-            Some(old) => {
-                let metadata = StoredMeta {
-                    generation: Some(old.metadata.generation.unwrap_or(0) + 1),
-                    resource_version: old.metadata.resource_version.clone(),
-                };
-                let old = std::mem::replace(old, StoredObject { metadata, spec });
-                self.changed.insert(key, old);
-            }
-            None => {
-                let metadata = StoredMeta {
-                    generation: Some(1),
-                    resource_version: Some(next_seq.to_string()),
-                };
-                *next_seq += 1;
-                candidate.insert(key.clone(), StoredObject { metadata, spec });
-                self.added.insert(key);
-            }
+impl Entry {
+    fn stored(stored: StoredObject) -> Entry {
+        Entry {
+            stored,
+            source: None,
+            before: None,
+            added: false,
         }
     }
+}
 
-    /// Puts back the stored version of `k` (removes `k` if this run added it;
-    /// an unchanged object stays as it is).
-    fn revert(&self, candidate: &mut BTreeMap<String, StoredObject>, k: &ObjectKey) {
-        let key = store_key(k);
-        if let Some(old) = self.changed.get(&key) {
-            candidate.insert(key, old.clone());
-        } else if self.added.contains(&key) {
-            candidate.remove(&key);
+/// Objects named in this run, with their file.
+fn named_in_run(
+    candidate: &BTreeMap<String, Entry>,
+) -> impl Iterator<Item = (ObjectKey, Arc<str>)> + '_ {
+    candidate
+        .iter()
+        .filter_map(|(k, e)| e.source.clone().map(|s| (object_key(k), s)))
+}
+
+/// Puts `spec` into `candidate` under `key`: a new object gets the next
+/// sequence number; a changed one keeps its number and bumps its
+/// generation; an unchanged one is left as it is.
+fn record(
+    candidate: &mut BTreeMap<String, Entry>,
+    key: String,
+    spec: Box<RawValue>,
+    source: &Arc<str>,
+    next_seq: &mut u64,
+) {
+    match candidate.get_mut(&key) {
+        Some(entry) => {
+            entry.source = Some(source.clone());
+            if entry.stored.spec.get() != spec.get() {
+                let metadata = StoredMeta {
+                    generation: Some(entry.stored.metadata.generation.unwrap_or(0) + 1),
+                    resource_version: entry.stored.metadata.resource_version.clone(),
+                };
+                let old = std::mem::replace(&mut entry.stored, StoredObject { metadata, spec });
+                entry.before = Some(Box::new(old));
+            }
         }
+        None => {
+            let metadata = StoredMeta {
+                generation: Some(1),
+                resource_version: Some(next_seq.to_string()),
+            };
+            *next_seq += 1;
+            let mut entry = Entry::stored(StoredObject { metadata, spec });
+            entry.source = Some(source.clone());
+            entry.added = true;
+            candidate.insert(key, entry);
+        }
+    }
+}
+
+/// Puts back the stored version of `k` (removes `k` if this run added it;
+/// an unchanged object stays as it is).
+fn revert(candidate: &mut BTreeMap<String, Entry>, k: &ObjectKey) {
+    let key = store_key(k);
+    let Some(entry) = candidate.get_mut(&key) else {
+        return;
+    };
+    if entry.added {
+        candidate.remove(&key);
+    } else if let Some(old) = entry.before.take() {
+        entry.stored = *old;
     }
 }
 
@@ -341,11 +378,11 @@ impl Previous {
 fn report_remaining(
     plan: &NodePlan,
     report: &SyncReport,
-    named: &BTreeMap<ObjectKey, Arc<str>>,
+    is_named: impl Fn(&ObjectKey) -> bool,
     out: &mut Outcome,
 ) {
     for (k, errs) in collect_errors(plan, report) {
-        if named.contains_key(&k) {
+        if is_named(&k) {
             continue;
         }
         for e in errs {
@@ -390,9 +427,9 @@ pub async fn delete(
             out.lines.push(format!("virtualservice {k} not found"));
         }
     }
-    let plan = plan_store(&state.objects, &node);
+    let plan = plan_store(state.objects.iter(), &node);
     let report = dp.sync(&plan, &mut state).await;
-    report_remaining(&plan, &report, &BTreeMap::new(), &mut out);
+    report_remaining(&plan, &report, |_| false, &mut out);
     out.writes = report.writes;
     state.save(state_dir)?;
     Ok(out)

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use tracing::{debug, info, warn};
 use tunlb_api::NodeRole;
 use tunlb_api::plan::{IpvsKey, IpvsService, NodePlan, ObjectKey};
-use tunlb_ipvs::{Op, ServiceKey};
+use tunlb_ipvs::{Op, Service, ServiceKey};
 
 use crate::ipvs_diff::{self, Current, ipvs_key};
 use crate::link::{LinkError, LinkInfo, Links, TUNL0};
@@ -256,42 +256,36 @@ impl Dataplane {
             }
         };
         let started = std::time::Instant::now();
-        let dump = match client.services().await {
+        let owned: BTreeSet<IpvsKey> = state.ipvs_services.iter().map(|k| (*k).into()).collect();
+        // Only the services this node wants or owns are kept from the dump.
+        let wanted = |k: &ServiceKey| {
+            ipvs_key(k).is_some_and(|k| plan.ipvs.contains_key(&k) || owned.contains(&k))
+        };
+        let dump = match client.services_where(wanted).await {
             Ok(d) => d,
             Err(e) => return report.node_errors.push(format!("list IPVS services: {e}")),
         };
-        let owned: BTreeSet<IpvsKey> = state.ipvs_services.iter().map(|k| (*k).into()).collect();
-        let mut current: BTreeMap<IpvsKey, Current> = BTreeMap::new();
-        let mut present: BTreeSet<IpvsKey> = BTreeSet::new();
-        for entry in dump {
-            let Some(key) = ipvs_key(&entry.service.key) else {
-                continue;
-            };
-            present.insert(key);
-            if plan.ipvs.contains_key(&key) || owned.contains(&key) {
-                current.insert(
-                    key,
-                    Current {
-                        service: entry,
-                        destinations: Vec::new(),
-                    },
-                );
-            }
-        }
+        // A sorted list, not a map: at 10,000 services the map's nodes cost
+        // megabytes; each slice below builds the small map the diff needs.
+        let mut current: Vec<(IpvsKey, Service)> = dump
+            .into_iter()
+            .filter_map(|s| ipvs_key(&s.key).map(|k| (k, s)))
+            .collect();
+        current.sort_unstable_by_key(|(k, _)| *k);
+        current.shrink_to_fit();
+        let exists = |k: &IpvsKey| current.binary_search_by_key(k, |(k, _)| *k).is_ok();
         // Services we own that someone removed by hand are simply forgotten.
-        state
-            .ipvs_services
-            .retain(|k| present.contains(&IpvsKey::from(*k)));
+        state.ipvs_services.retain(|k| exists(&IpvsKey::from(*k)));
         debug!(
             ms = started.elapsed().as_millis(),
-            peak_kb = crate::memory::peak_kb(),
+            memory = %crate::memory::summary(),
             services = current.len(),
             "IPVS services dumped"
         );
 
         // Desired services that exist and are not ours: refused, never edited.
         for (key, want) in &plan.ipvs {
-            if current.contains_key(key) && !owned.contains(key) {
+            if exists(key) && !owned.contains(key) {
                 report.object_error(
                     &want.owner,
                     format!("IPVS service {key} already exists and was not created by tunlb; it is left untouched"),
@@ -320,7 +314,7 @@ impl Dataplane {
                 state,
                 report,
                 (&chunk, &chunk_owned),
-                &mut current,
+                &current,
                 &mut refused,
                 &mut stats,
             )
@@ -339,7 +333,7 @@ impl Dataplane {
                 state,
                 report,
                 (&BTreeMap::new(), &chunk_owned),
-                &mut current,
+                &current,
                 &mut refused,
                 &mut stats,
             )
@@ -347,7 +341,7 @@ impl Dataplane {
         }
         debug!(
             ms = started.elapsed().as_millis(),
-            peak_kb = crate::memory::peak_kb(),
+            memory = %crate::memory::summary(),
             dest_dumps = stats.dumps,
             ops = stats.ops,
             "IPVS synced"
@@ -364,14 +358,35 @@ impl Dataplane {
         state: &mut OwnedState,
         report: &mut SyncReport,
         (desired, owned): (&BTreeMap<IpvsKey, IpvsService>, &BTreeSet<IpvsKey>),
-        current: &mut BTreeMap<IpvsKey, Current>,
+        services: &[(IpvsKey, Service)],
         refused: &mut BTreeSet<IpvsKey>,
         stats: &mut ChunkStats,
     ) {
+        let find = |k: &IpvsKey| {
+            services
+                .binary_search_by_key(k, |(k, _)| *k)
+                .ok()
+                .map(|i| &services[i].1)
+        };
+        let mut current: BTreeMap<IpvsKey, Current> = desired
+            .keys()
+            .chain(owned)
+            .filter_map(|k| {
+                let service = find(k)?.clone();
+                let destinations = Vec::new();
+                Some((
+                    *k,
+                    Current {
+                        service,
+                        destinations,
+                    },
+                ))
+            })
+            .collect();
         let need_dests: Vec<ServiceKey> = owned
             .iter()
             .filter_map(|k| current.get(k))
-            .map(|c| c.service.service.key)
+            .map(|c| c.service.key)
             .collect();
         let dests = client.destinations_many(&need_dests).await;
         stats.dumps += need_dests.len();
@@ -391,13 +406,9 @@ impl Dataplane {
             }
         }
 
-        let diff = ipvs_diff::diff(desired, current, owned);
+        let diff = ipvs_diff::diff(desired, &current, owned);
         // Done with this slice's destinations.
-        for svc_key in &need_dests {
-            if let Some(c) = ipvs_key(svc_key).and_then(|k| current.get_mut(&k)) {
-                c.destinations = Vec::new();
-            }
-        }
+        drop(current);
         if diff.ops.is_empty() {
             return;
         }
@@ -440,7 +451,7 @@ impl Dataplane {
 }
 
 /// Services per slice of the IPVS sync.
-const IPVS_CHUNK: usize = 1024;
+const IPVS_CHUNK: usize = 256;
 
 #[derive(Default)]
 struct ChunkStats {
