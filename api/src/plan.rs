@@ -375,7 +375,10 @@ fn plan_object(
     // Conflicts are judged on every node identically, so all agree on the winner.
     let keys = ipvs_keys(&valid);
     for (i, k) in keys.iter().enumerate() {
-        if let Some(owner) = claimed.get(k)
+        let owner = claimed
+            .get(k)
+            .or_else(|| plan.ipvs.get(k).map(|s| &s.owner));
+        if let Some(owner) = owner
             && owner != &input.key
         {
             return Err(format!(
@@ -383,10 +386,32 @@ fn plan_object(
             ));
         }
     }
-    for k in &keys {
-        claimed.insert(*k, input.key.clone());
+    let result = plan_claimed(input, node, &valid, &keys, report, plan);
+    // A director's keys are claimed by its IPVS entries. Other outcomes
+    // (backend only, no role here, an error below) claim them here, so a
+    // younger object loses the clash on every node alike; at 10,000
+    // services a second map of every key would cost a megabyte.
+    let programmed = keys
+        .first()
+        .and_then(|k| plan.ipvs.get(k))
+        .is_some_and(|s| s.owner == input.key);
+    if !programmed {
+        for k in &keys {
+            claimed.insert(*k, input.key.clone());
+        }
     }
+    result
+}
 
+/// The rest of [`plan_object`], once the object's IPVS keys are its own.
+fn plan_claimed(
+    input: &PlanInput<'_>,
+    node: &NodeIdentity,
+    valid: &ValidService,
+    keys: &[IpvsKey],
+    report: &mut ObjectPlan,
+    plan: &mut NodePlan,
+) -> Result<(), String> {
     let owned_servers;
     let servers = match input.real_servers {
         Some(s) => s,
@@ -395,7 +420,7 @@ fn plan_object(
             &owned_servers
         }
     };
-    let resolved = resolve_real_servers(&valid, servers, node)?;
+    let resolved = resolve_real_servers(valid, servers, node)?;
 
     let is_director = selector_matches(&director_selector(input.spec), &node.labels)
         .map_err(|e| format!("spec.directors.nodeSelector: {e}"))?;
@@ -421,7 +446,7 @@ fn plan_object(
             IpAddr::V4(_) => ipv4_mask(valid.prefix_length),
             IpAddr::V6(_) => u32::from(valid.prefix_length),
         };
-        for (port, key) in valid.ports.iter().zip(&keys) {
+        for (port, key) in valid.ports.iter().zip(keys) {
             // Tunnel mode never rewrites ports, so the destination port is the
             // service port (as ipvsadm records it); backends map it if needed.
             let destinations = resolved
@@ -634,6 +659,24 @@ backends: {static: [{address: 192.168.56.183}, {address: 192.168.56.184}]}
             "spec.ports[0]: TCP 192.168.56.185:80 is already served by default/a, which is older"
         );
         assert!(p.objects[&ObjectKey::new("default", "c")].error.is_none());
+    }
+
+    /// The older object wins even where it has no IPVS entry (a backend, or
+    /// a node outside its directors), so every node agrees on the winner.
+    #[test]
+    fn older_object_wins_where_it_is_not_programmed() {
+        let a = spec(&format!(
+            "{SEED}directors: {{nodeSelector: {{matchLabels: {{pool: b}}}}}}\n"
+        ));
+        let b = spec(SEED);
+        let p = plan_node(&[input("a", &a), input("b", &b)], &director());
+        assert!(p.ipvs.is_empty(), "{:?}", p.ipvs);
+        let err = p.objects[&ObjectKey::new("default", "b")].error.clone();
+        assert!(err.is_some_and(|e| e.contains("already served by default/a")));
+        let p = plan_node(&[input("a", &a), input("b", &b)], &rs1());
+        assert!(p.objects[&ObjectKey::new("default", "a")].error.is_none());
+        assert!(p.objects[&ObjectKey::new("default", "b")].error.is_some());
+        assert_eq!(p.backend_vips.len(), 1);
     }
 
     #[test]

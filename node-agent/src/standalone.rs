@@ -16,7 +16,7 @@ use tunlb_api::plan::{NodeIdentity, NodePlan, ObjectKey, PlanInput, Planner};
 use tunlb_api::{NodeRole, VirtualService, VirtualServiceSpec};
 
 use crate::load::{expand, visit};
-use crate::state::{OwnedState, StateError, StoredMeta, StoredObject};
+use crate::state::{OwnedState, Pending, StateError, StoredMeta, StoredObject};
 use crate::sync::{Dataplane, SyncReport, Writes};
 
 /// How this host identifies itself without a Node object.
@@ -154,7 +154,7 @@ pub async fn apply(
     // Each parsed object is reduced to its spec's JSON at once and compared
     // with the stored one, so neither a second copy of the store nor all
     // parsed objects are ever held (10,000 objects stay a few MB).
-    let candidate = std::mem::take(&mut state.objects);
+    let mut candidate = std::mem::take(&mut state.objects);
     let mut next_seq = candidate
         .values()
         .map(StoredObject::seq)
@@ -162,15 +162,11 @@ pub async fn apply(
         .max()
         .unwrap_or(0)
         + 1;
-    let mut candidate: BTreeMap<String, Entry> = candidate
-        .into_iter()
-        .map(|(k, stored)| (k, Entry::stored(stored)))
-        .collect();
-    let mut named = 0usize;
+    let mut named: BTreeMap<String, Run> = BTreeMap::new();
     let load_errors = visit(paths, |source, vs| {
         let key = key_of(&vs);
         let skey = store_key(&key);
-        if candidate.get(&skey).is_some_and(|e| e.source.is_some()) {
+        if named.contains_key(&skey) {
             out.errors.push(format!(
                 "{source}: VirtualService {key} appears more than once; the first is used"
             ));
@@ -185,22 +181,22 @@ pub async fn apply(
             }
         };
         drop(vs);
-        named += 1;
-        record(&mut candidate, skey, spec, source, &mut next_seq);
+        let run = record(&mut candidate, skey.clone(), spec, source, &mut next_seq);
+        named.insert(skey, run);
     });
     out.errors.extend(load_errors);
     debug!(
         ms = started.elapsed().as_millis(),
         memory = %crate::memory::summary(),
-        objects = named,
+        objects = named.len(),
         "manifests parsed"
     );
 
     // Objects this node cannot plan are rejected whole, keeping any previous version.
     let mut rejected: BTreeMap<ObjectKey, (Arc<str>, Vec<String>)> = BTreeMap::new();
-    let mut plan = plan_store(candidate.iter().map(|(k, e)| (k, &e.stored)), &node);
+    let mut plan = plan_store(candidate.iter(), &node);
     for _ in 0..2 {
-        let bad: Vec<(ObjectKey, Arc<str>)> = named_in_run(&candidate)
+        let bad: Vec<(ObjectKey, Arc<str>)> = named_in_run(&named)
             .filter(|(k, _)| !rejected.contains_key(k))
             .filter(|(k, _)| plan.objects.get(k).is_some_and(|o| o.error.is_some()))
             .collect();
@@ -214,11 +210,11 @@ pub async fn apply(
                 .and_then(|o| o.error.clone())
                 .unwrap_or_default();
             rejected.insert(k.clone(), (source, vec![msg]));
-            revert(&mut candidate, &k);
+            revert(&mut candidate, &mut named, &k);
         }
         // Dropped first: two plans of 10,000 services at once double the peak.
         drop(plan);
-        plan = plan_store(candidate.iter().map(|(k, e)| (k, &e.stored)), &node);
+        plan = plan_store(candidate.iter(), &node);
     }
     debug!(
         ms = started.elapsed().as_millis(),
@@ -226,17 +222,24 @@ pub async fn apply(
         "planned"
     );
 
+    // The stored objects wait on disk while the kernel is programmed: only
+    // saving them, or re-planning after a refusal, needs them again, and at
+    // 10,000 objects they would add ~7 MB to the sync's peak.
+    let pending = Pending::write(state_dir, &candidate)?;
+    drop(candidate);
     let mut report = dp.sync(&plan, &mut state).await;
     debug!(
         ms = started.elapsed().as_millis(),
         memory = %crate::memory::summary(),
         "synced"
     );
-    let failed: Vec<(ObjectKey, Arc<str>)> = named_in_run(&candidate)
+    let failed: Vec<(ObjectKey, Arc<str>)> = named_in_run(&named)
         .filter(|(k, _)| report.errors.contains_key(k))
         .collect();
+    let mut candidate = None;
     if !failed.is_empty() {
         // The kernel refused part of an object: take the whole object back out.
+        let mut objects = pending.read()?;
         for (k, source) in failed {
             let errors = report.errors.get(&k).cloned().unwrap_or_default();
             rejected
@@ -244,10 +247,10 @@ pub async fn apply(
                 .or_insert_with(|| (source, Vec::new()))
                 .1
                 .extend(errors);
-            revert(&mut candidate, &k);
+            revert(&mut objects, &mut named, &k);
         }
         drop(plan);
-        plan = plan_store(candidate.iter().map(|(k, e)| (k, &e.stored)), &node);
+        plan = plan_store(objects.iter(), &node);
         let again = dp.sync(&plan, &mut state).await;
         report.writes.ipvs += again.writes.ipvs;
         report.writes.links += again.writes.links;
@@ -255,9 +258,10 @@ pub async fn apply(
         report.writes.nft += again.writes.nft;
         report.node_errors.extend(again.node_errors);
         report.errors = again.errors;
+        candidate = Some(objects);
     }
 
-    for (k, _) in named_in_run(&candidate).filter(|(k, _)| !rejected.contains_key(k)) {
+    for (k, _) in named_in_run(&named).filter(|(k, _)| !rejected.contains_key(k)) {
         let roles = plan
             .objects
             .get(&k)
@@ -272,17 +276,17 @@ pub async fn apply(
                 .push(format!("{source}: VirtualService {k}: {e}"));
         }
     }
-    let is_named = |k: &ObjectKey| {
-        rejected.contains_key(k)
-            || candidate
-                .get(&store_key(k))
-                .is_some_and(|e| e.source.is_some())
-    };
+    let is_named = |k: &ObjectKey| rejected.contains_key(k) || named.contains_key(&store_key(k));
     report_remaining(&plan, &report, is_named, &mut out);
     out.writes = report.writes;
     drop(plan);
-    state.objects = candidate.into_iter().map(|(k, e)| (k, e.stored)).collect();
+    drop(named);
+    state.objects = match candidate {
+        Some(objects) => objects,
+        None => pending.read()?,
+    };
     state.save(state_dir)?;
+    pending.remove();
     debug!(
         ms = started.elapsed().as_millis(),
         memory = %crate::memory::summary(),
@@ -291,60 +295,45 @@ pub async fn apply(
     Ok(out)
 }
 
-/// A stored object during `apply`, with what this run did to it (kept
-/// beside it rather than in maps of their own: at 10,000 objects those cost
-/// megabytes of keys).
-struct Entry {
-    stored: StoredObject,
-    /// The file that names it in this run.
-    source: Option<Arc<str>>,
-    /// Its stored version, when this run changed it (boxed: rarely set).
+/// What this run did to an object it names.
+struct Run {
+    /// The file that names it.
+    source: Arc<str>,
+    /// Its stored version, when this run changed it.
     before: Option<Box<StoredObject>>,
     /// This run added it.
     added: bool,
 }
 
-impl Entry {
-    fn stored(stored: StoredObject) -> Entry {
-        Entry {
-            stored,
-            source: None,
-            before: None,
-            added: false,
-        }
-    }
-}
-
 /// Objects named in this run, with their file.
-fn named_in_run(
-    candidate: &BTreeMap<String, Entry>,
-) -> impl Iterator<Item = (ObjectKey, Arc<str>)> + '_ {
-    candidate
-        .iter()
-        .filter_map(|(k, e)| e.source.clone().map(|s| (object_key(k), s)))
+fn named_in_run(named: &BTreeMap<String, Run>) -> impl Iterator<Item = (ObjectKey, Arc<str>)> + '_ {
+    named.iter().map(|(k, r)| (object_key(k), r.source.clone()))
 }
 
 /// Puts `spec` into `candidate` under `key`: a new object gets the next
 /// sequence number; a changed one keeps its number and bumps its
 /// generation; an unchanged one is left as it is.
 fn record(
-    candidate: &mut BTreeMap<String, Entry>,
+    candidate: &mut BTreeMap<String, StoredObject>,
     key: String,
     spec: Box<RawValue>,
     source: &Arc<str>,
     next_seq: &mut u64,
-) {
+) -> Run {
+    let mut run = Run {
+        source: source.clone(),
+        before: None,
+        added: false,
+    };
     match candidate.get_mut(&key) {
-        Some(entry) => {
-            entry.source = Some(source.clone());
-            if entry.stored.spec.get() != spec.get() {
-                let metadata = StoredMeta {
-                    generation: Some(entry.stored.metadata.generation.unwrap_or(0) + 1),
-                    resource_version: entry.stored.metadata.resource_version.clone(),
-                };
-                let old = std::mem::replace(&mut entry.stored, StoredObject { metadata, spec });
-                entry.before = Some(Box::new(old));
-            }
+        Some(stored) if stored.spec.get() == spec.get() => {}
+        Some(stored) => {
+            let metadata = StoredMeta {
+                generation: Some(stored.metadata.generation.unwrap_or(0) + 1),
+                resource_version: stored.metadata.resource_version.clone(),
+            };
+            let old = std::mem::replace(stored, StoredObject { metadata, spec });
+            run.before = Some(Box::new(old));
         }
         None => {
             let metadata = StoredMeta {
@@ -352,25 +341,28 @@ fn record(
                 resource_version: Some(next_seq.to_string()),
             };
             *next_seq += 1;
-            let mut entry = Entry::stored(StoredObject { metadata, spec });
-            entry.source = Some(source.clone());
-            entry.added = true;
-            candidate.insert(key, entry);
+            candidate.insert(key, StoredObject { metadata, spec });
+            run.added = true;
         }
     }
+    run
 }
 
 /// Puts back the stored version of `k` (removes `k` if this run added it;
 /// an unchanged object stays as it is).
-fn revert(candidate: &mut BTreeMap<String, Entry>, k: &ObjectKey) {
+fn revert(
+    candidate: &mut BTreeMap<String, StoredObject>,
+    named: &mut BTreeMap<String, Run>,
+    k: &ObjectKey,
+) {
     let key = store_key(k);
-    let Some(entry) = candidate.get_mut(&key) else {
+    let Some(run) = named.get_mut(&key) else {
         return;
     };
-    if entry.added {
+    if run.added {
         candidate.remove(&key);
-    } else if let Some(old) = entry.before.take() {
-        entry.stored = *old;
+    } else if let Some(old) = run.before.take() {
+        candidate.insert(key, *old);
     }
 }
 

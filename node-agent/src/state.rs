@@ -166,6 +166,46 @@ impl OwnedState {
     }
 }
 
+/// The stored objects of an `apply` in progress, parked in the state dir
+/// while the kernel is programmed. Never read except by the run that wrote
+/// it: state.json stays the record of what is applied.
+pub struct Pending {
+    path: PathBuf,
+}
+
+impl Pending {
+    pub fn write(
+        dir: &Path,
+        objects: &BTreeMap<String, StoredObject>,
+    ) -> Result<Pending, StateError> {
+        let path = dir.join(".objects.pending.json");
+        let err = |source| StateError::Write {
+            path: path.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let file = std::fs::File::create(&path).map_err(err)?;
+        let mut w = std::io::BufWriter::with_capacity(64 * 1024, file);
+        serde_json::to_writer(&mut w, objects).map_err(|e| err(std::io::Error::other(e)))?;
+        w.flush().map_err(err)?;
+        Ok(Pending { path })
+    }
+
+    pub fn read(&self) -> Result<BTreeMap<String, StoredObject>, StateError> {
+        let path = self.path.display().to_string();
+        let file = std::fs::File::open(&self.path).map_err(|source| StateError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        serde_json::from_reader(std::io::BufReader::with_capacity(64 * 1024, file))
+            .map_err(|source| StateError::Parse { path, source })
+    }
+
+    pub fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -267,13 +267,14 @@ impl Dataplane {
         };
         // A sorted list, not a map: at 10,000 services the map's nodes cost
         // megabytes; each slice below builds the small map the diff needs.
-        let mut current: Vec<(IpvsKey, Service)> = dump
-            .into_iter()
-            .filter_map(|s| ipvs_key(&s.key).map(|k| (k, s)))
-            .collect();
-        current.sort_unstable_by_key(|(k, _)| *k);
-        current.shrink_to_fit();
-        let exists = |k: &IpvsKey| current.binary_search_by_key(k, |(k, _)| *k).is_ok();
+        let mut current = dump;
+        current.retain(|s| ipvs_key(&s.key).is_some());
+        current.sort_unstable_by_key(|s| ipvs_key(&s.key));
+        let exists = |k: &IpvsKey| {
+            current
+                .binary_search_by_key(&Some(*k), |s| ipvs_key(&s.key))
+                .is_ok()
+        };
         // Services we own that someone removed by hand are simply forgotten.
         state.ipvs_services.retain(|k| exists(&IpvsKey::from(*k)));
         debug!(
@@ -358,15 +359,15 @@ impl Dataplane {
         state: &mut OwnedState,
         report: &mut SyncReport,
         (desired, owned): (&BTreeMap<IpvsKey, IpvsService>, &BTreeSet<IpvsKey>),
-        services: &[(IpvsKey, Service)],
+        services: &[Service],
         refused: &mut BTreeSet<IpvsKey>,
         stats: &mut ChunkStats,
     ) {
         let find = |k: &IpvsKey| {
             services
-                .binary_search_by_key(k, |(k, _)| *k)
+                .binary_search_by_key(&Some(*k), |s| ipvs_key(&s.key))
                 .ok()
-                .map(|i| &services[i].1)
+                .map(|i| &services[i])
         };
         let mut current: BTreeMap<IpvsKey, Current> = desired
             .keys()
