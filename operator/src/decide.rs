@@ -1,8 +1,6 @@
 //! The deciding part of a reconcile: VirtualService + a view of the cluster
 //! -> the status the operator owns. No I/O, so it is unit-tested directly.
 
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use tunlb_api::plan::{ObjectKey, ipvs_keys};
 use tunlb_api::{RealServer, VirtualService, validate};
@@ -11,7 +9,7 @@ use crate::conditions::{
     self, ACCEPTED, CONFLICT, READY, RECONCILING, RESOLVED, STALLED, VIP_ALLOWED, Want,
 };
 use crate::judge::{self, Peer, Readiness};
-use crate::resolve::{self, NodeInfo};
+use crate::resolve::{self, NodeInfo, ServiceInfo, SliceInfo};
 
 /// Operator settings that shape judgements.
 #[derive(Debug, Clone, Default)]
@@ -23,8 +21,8 @@ pub struct Policy {
 /// What the reconcile read from its caches.
 pub struct View<'a> {
     pub nodes: &'a [NodeInfo],
-    pub service: Option<&'a Service>,
-    pub slices: Vec<&'a EndpointSlice>,
+    pub service: Option<&'a ServiceInfo>,
+    pub slices: Vec<&'a SliceInfo>,
     /// Other VirtualServices that are valid and VIP-allowed.
     pub peers: &'a [Peer],
 }
@@ -260,6 +258,8 @@ pub fn unchanged(vs: &VirtualService, status: &OperatorStatus) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
     use k8s_openapi::jiff::Timestamp;
     use tunlb_api::NodeStatus;
 
@@ -431,6 +431,10 @@ endpoints:
 "#,
         )
         .unwrap();
+        let (svc, slice) = (
+            ServiceInfo::from_service(&svc),
+            SliceInfo::from_slice(&slice),
+        );
         let view = View {
             nodes: &n,
             service: Some(&svc),
@@ -470,6 +474,7 @@ endpoints:
             "metadata: {name: web, namespace: default}\nspec: {ports: [{name: https, port: 443}]}",
         )
         .unwrap();
+        let svc = ServiceInfo::from_service(&svc);
         let view = View {
             nodes: &n,
             service: Some(&svc),
