@@ -20,7 +20,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, info, warn};
 use tunlb_api::VirtualService;
 
@@ -38,6 +38,9 @@ use crate::telemetry::Metrics;
 /// leadership); each reconcile is a few API round trips, so a few dozen keep
 /// the API server busy without flooding it.
 pub const MAX_CONCURRENT_RECONCILES: u16 = 32;
+
+/// Events being published at once, off the reconciles (see `publish_later`).
+const EVENTS_IN_FLIGHT: usize = 8;
 
 /// Finalizer held until every node has removed its programming.
 pub const FINALIZER: &str = "tunlb.io/cleanup";
@@ -67,6 +70,7 @@ impl Error {
 pub struct Context {
     pub client: Client,
     pub events: Publisher,
+    pub event_slots: Arc<Semaphore>,
     pub metrics: Arc<Metrics>,
     pub policy: Policy,
     pub finalizer_timeout: Duration,
@@ -117,6 +121,24 @@ async fn publish(ctx: &Context, regarding: &ObjectReference, notes: &[Note]) {
             warn!(error = %e, reason = %note.reason, "could not publish event");
         }
     }
+}
+
+/// Publishes on a task of its own, so that a reconcile's slot is free once
+/// the status is written (an Event is one more API round trip). Beyond
+/// EVENTS_IN_FLIGHT the reconcile waits, so Events cannot pile up.
+async fn publish_later(ctx: &Context, regarding: ObjectReference, notes: Vec<Note>) {
+    let Ok(permit) = ctx.event_slots.clone().acquire_owned().await else {
+        return;
+    };
+    let events = ctx.events.clone();
+    tokio::spawn(async move {
+        for note in &notes {
+            if let Err(e) = events.publish(&regarding, note).await {
+                warn!(error = %e, reason = %note.reason, "could not publish event");
+            }
+        }
+        drop(permit);
+    });
 }
 
 /// Others that share this VIP: their conflict verdicts may change with ours.
@@ -254,7 +276,7 @@ pub async fn reconcile(vs: Arc<VirtualService>, ctx: Arc<Context>) -> Result<Act
     }
     let notes = events::for_transitions(&decision.transitions, first_verdict);
     if !notes.is_empty() {
-        publish(&ctx, &vs.object_ref(&()), &notes).await;
+        publish_later(&ctx, vs.object_ref(&()), notes).await;
     }
     if spec_changed {
         retrigger_same_vip(&ctx, &vs);
@@ -693,6 +715,7 @@ pub async fn run(
     let ctx = Arc::new(Context {
         client,
         events: publisher,
+        event_slots: Arc::new(Semaphore::new(EVENTS_IN_FLIGHT)),
         metrics,
         policy: settings.policy,
         finalizer_timeout: settings.finalizer_timeout,
