@@ -7,7 +7,7 @@
 //! aside and swapped in whole when it completes, so readers never see half a
 //! list.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -18,6 +18,7 @@ use kube::runtime::watcher;
 use tokio::sync::watch;
 use tunlb_api::VirtualService;
 
+use crate::observed::Observed;
 use crate::resolve::{NodeInfo, ServiceInfo, SliceInfo, slice_service_name};
 
 /// A Service by namespace and name.
@@ -218,36 +219,47 @@ impl Services {
     }
 }
 
-/// An EndpointSlice by namespace and name.
-type SliceKey = (String, String);
+/// A slice's name and what resolution reads of it.
+type NamedSlice = (Box<str>, Arc<SliceInfo>);
 
 /// EndpointSlices, grouped by the Service they belong to.
 #[derive(Default)]
 pub struct Slices {
-    by_slice: HashMap<SliceKey, (ServiceKey, Arc<SliceInfo>)>,
-    by_service: HashMap<ServiceKey, BTreeSet<String>>,
+    /// "namespace/name" of each slice -> its Service.
+    owner: HashMap<Box<str>, Arc<ServiceKey>>,
+    by_service: HashMap<Arc<ServiceKey>, Vec<NamedSlice>>,
+    /// Node names, shared by every endpoint on the node.
+    node_names: HashSet<Arc<str>>,
 }
 
 impl Slices {
     /// The slices of one Service.
     pub fn for_service(&self, key: &ServiceKey) -> Vec<Arc<SliceInfo>> {
-        let Some(names) = self.by_service.get(key) else {
-            return Vec::new();
-        };
-        names
-            .iter()
-            .filter_map(|n| self.by_slice.get(&(key.namespace.clone(), n.clone())))
-            .map(|(_, info)| info.clone())
-            .collect()
+        self.by_service
+            .get(key)
+            .map(|l| l.iter().map(|(_, info)| info.clone()).collect())
+            .unwrap_or_default()
     }
 
-    fn unlink(&mut self, slice: &SliceKey, service: &ServiceKey) {
-        if let Some(names) = self.by_service.get_mut(service) {
-            names.remove(&slice.1);
-            if names.is_empty() {
+    fn unlink(&mut self, service: &ServiceKey, slice_name: &str) {
+        if let Some(list) = self.by_service.get_mut(service) {
+            list.retain(|(n, _)| &**n != slice_name);
+            if list.is_empty() {
                 self.by_service.remove(service);
             }
         }
+    }
+
+    fn intern(&mut self, mut info: SliceInfo) -> SliceInfo {
+        for ep in &mut info.endpoints {
+            match self.node_names.get(&ep.node_name) {
+                Some(shared) => ep.node_name = shared.clone(),
+                None => {
+                    self.node_names.insert(ep.node_name.clone());
+                }
+            }
+        }
+        info
     }
 }
 
@@ -260,58 +272,94 @@ impl Cache for Slices {
     type Touch = SliceTouch;
 
     fn put(&mut self, slice: &EndpointSlice) -> Option<SliceTouch> {
-        let ns = slice.metadata.namespace.clone()?;
-        let name = slice.metadata.name.clone()?;
-        let key = (ns, name);
-        let Some(service) = slice_service_name(slice).map(|s| ServiceKey::new(&key.0, s)) else {
+        let ns = slice.metadata.namespace.as_deref()?;
+        let name = slice.metadata.name.as_deref()?;
+        let Some(service) = slice_service_name(slice).map(|s| ServiceKey::new(ns, s)) else {
             // Not (or no longer) a Service's slice.
             return self.remove(slice);
         };
         let info = SliceInfo::from_slice(slice);
+        let full: Box<str> = format!("{ns}/{name}").into();
         let mut touched = Vec::new();
-        match self.by_slice.get(&key) {
-            Some((old, old_info)) if *old == service && **old_info == info => return None,
-            Some((old, _)) if *old != service => {
-                let old = old.clone();
-                self.unlink(&key, &old);
-                touched.push(old);
+        if let Some(old) = self.owner.get(&full).cloned() {
+            if *old == service {
+                let same = self.by_service.get(&*old).and_then(|l| {
+                    l.iter()
+                        .find(|(n, _)| &**n == name)
+                        .map(|(_, i)| **i == info)
+                });
+                if same == Some(true) {
+                    return None;
+                }
+            } else {
+                touched.push((*old).clone());
             }
-            _ => {}
+            self.unlink(&old, name);
         }
+        let info = Arc::new(self.intern(info));
+        let key = match self.by_service.get_key_value(&service) {
+            Some((k, _)) => k.clone(),
+            None => Arc::new(service.clone()),
+        };
+        self.owner.insert(full, key.clone());
         self.by_service
-            .entry(service.clone())
-            .or_default()
-            .insert(key.1.clone());
-        self.by_slice.insert(key, (service.clone(), Arc::new(info)));
+            .entry(key)
+            .or_insert_with(|| Vec::with_capacity(1))
+            .push((name.into(), info));
         touched.push(service);
         Some(touched)
     }
 
     fn remove(&mut self, slice: &EndpointSlice) -> Option<SliceTouch> {
-        let key = (
-            slice.metadata.namespace.clone()?,
-            slice.metadata.name.clone()?,
-        );
-        let (service, _) = self.by_slice.remove(&key)?;
-        self.unlink(&key, &service);
-        Some(vec![service])
+        let ns = slice.metadata.namespace.as_deref()?;
+        let name = slice.metadata.name.as_deref()?;
+        let service = self.owner.remove(format!("{ns}/{name}").as_str())?;
+        self.unlink(&service, name);
+        Some(vec![(*service).clone()])
     }
 }
 
-/// A VirtualService's place in the index.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Placed {
-    vip: Option<IpAddr>,
-    service: Option<ServiceKey>,
+/// A VirtualService's "namespace/name", shared between the index's maps.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct VsName(Arc<str>);
+
+impl VsName {
+    fn of(vs: &VirtualService) -> Option<VsName> {
+        let (ns, name) = (
+            vs.metadata.namespace.as_deref()?,
+            vs.metadata.name.as_deref()?,
+        );
+        Some(VsName(format!("{ns}/{name}").into()))
+    }
+
+    fn of_ref(r: &ObjectRef<VirtualService>) -> Option<VsName> {
+        Some(VsName(
+            format!("{}/{}", r.namespace.as_deref()?, r.name).into(),
+        ))
+    }
+
+    fn object_ref(&self) -> ObjectRef<VirtualService> {
+        let (ns, name) = self.0.split_once('/').unwrap_or_default();
+        ObjectRef::new(name).within(ns)
+    }
 }
 
-/// VirtualServices by VIP and by the Service they take backends from: which
-/// ones a Service or slice change affects, and which may conflict.
+/// A VirtualService's entry in the index.
+struct Entry {
+    vip: Option<IpAddr>,
+    /// The Service it takes backends from, in its own namespace.
+    service: Option<Box<str>>,
+    observed: Observed,
+}
+
+/// VirtualServices by VIP and by the Service they take backends from (which
+/// ones a Service or slice change affects, and which may conflict), and the
+/// status each was last seen with.
 #[derive(Default)]
 pub struct VirtualServices {
-    placed: HashMap<ObjectRef<VirtualService>, Placed>,
-    by_vip: HashMap<IpAddr, Vec<ObjectRef<VirtualService>>>,
-    by_service: HashMap<ServiceKey, Vec<ObjectRef<VirtualService>>>,
+    entries: HashMap<VsName, Entry>,
+    by_vip: HashMap<IpAddr, Vec<VsName>>,
+    by_service: HashMap<ServiceKey, Vec<VsName>>,
 }
 
 /// The VIP as `validate` parses it, so that equal addresses compare equal however written.
@@ -324,40 +372,53 @@ pub fn vs_ref(vs: &VirtualService) -> Option<ObjectRef<VirtualService>> {
     Some(ObjectRef::new(vs.metadata.name.as_deref()?).within(vs.metadata.namespace.as_deref()?))
 }
 
-fn unlink<K: std::hash::Hash + Eq>(
-    map: &mut HashMap<K, Vec<ObjectRef<VirtualService>>>,
-    key: &K,
-    r: &ObjectRef<VirtualService>,
-) {
+fn unlink<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<VsName>>, key: &K, name: &VsName) {
     if let Some(list) = map.get_mut(key) {
-        list.retain(|o| o != r);
+        list.retain(|o| o != name);
         if list.is_empty() {
             map.remove(key);
         }
     }
 }
 
+fn link<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<VsName>>, key: K, name: VsName) {
+    // Most lists hold one name: no spare capacity.
+    let list = map.entry(key).or_insert_with(|| Vec::with_capacity(1));
+    list.push(name);
+}
+
 impl VirtualServices {
-    pub fn same_vip(&self, vip: IpAddr) -> &[ObjectRef<VirtualService>] {
-        self.by_vip.get(&vip).map(Vec::as_slice).unwrap_or_default()
+    pub fn same_vip(&self, vip: IpAddr) -> Vec<ObjectRef<VirtualService>> {
+        let list = self.by_vip.get(&vip).map(Vec::as_slice).unwrap_or_default();
+        list.iter().map(VsName::object_ref).collect()
     }
 
-    pub fn using_service(&self, key: &ServiceKey) -> &[ObjectRef<VirtualService>] {
-        self.by_service
+    pub fn using_service(&self, key: &ServiceKey) -> Vec<ObjectRef<VirtualService>> {
+        let list = self
+            .by_service
             .get(key)
             .map(Vec::as_slice)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        list.iter().map(VsName::object_ref).collect()
     }
 
-    fn forget(&mut self, r: &ObjectRef<VirtualService>) {
-        if let Some(old) = self.placed.remove(r) {
-            if let Some(vip) = old.vip {
-                unlink(&mut self.by_vip, &vip, r);
-            }
-            if let Some(svc) = old.service {
-                unlink(&mut self.by_service, &svc, r);
-            }
+    /// The status `r` was last seen with.
+    pub fn observed(&self, r: &ObjectRef<VirtualService>) -> Option<Observed> {
+        self.entries
+            .get(&VsName::of_ref(r)?)
+            .map(|e| e.observed.clone())
+    }
+
+    fn forget(&mut self, name: &VsName) -> Option<Entry> {
+        let old = self.entries.remove(name)?;
+        if let Some(vip) = old.vip {
+            unlink(&mut self.by_vip, &vip, name);
         }
+        if let Some(svc) = &old.service {
+            let (ns, _) = name.0.split_once('/').unwrap_or_default();
+            unlink(&mut self.by_service, &ServiceKey::new(ns, svc), name);
+        }
+        Some(old)
     }
 }
 
@@ -367,36 +428,38 @@ impl Cache for VirtualServices {
     type Touch = ();
 
     fn put(&mut self, vs: &VirtualService) -> Option<()> {
-        let r = vs_ref(vs)?;
-        let ns = r.namespace.clone().unwrap_or_default();
-        let placed = Placed {
+        let name = VsName::of(vs)?;
+        let entry = Entry {
             vip: parse_vip(&vs.spec.vip),
             service: vs
                 .spec
                 .backends
                 .service
                 .as_ref()
-                .map(|s| ServiceKey::new(&ns, &s.name)),
+                .map(|s| s.name.as_str().into()),
+            observed: Observed::of(vs.status.as_ref()),
         };
-        if self.placed.get(&r) == Some(&placed) {
+        if let Some(old) = self.entries.get_mut(&name)
+            && old.vip == entry.vip
+            && old.service == entry.service
+        {
+            old.observed = entry.observed;
             return None;
         }
-        self.forget(&r);
-        if let Some(vip) = placed.vip {
-            self.by_vip.entry(vip).or_default().push(r.clone());
+        self.forget(&name);
+        if let Some(vip) = entry.vip {
+            link(&mut self.by_vip, vip, name.clone());
         }
-        if let Some(svc) = &placed.service {
-            self.by_service
-                .entry(svc.clone())
-                .or_default()
-                .push(r.clone());
+        if let Some(svc) = &entry.service {
+            let ns = vs.metadata.namespace.as_deref().unwrap_or_default();
+            link(&mut self.by_service, ServiceKey::new(ns, svc), name.clone());
         }
-        self.placed.insert(r, placed);
+        self.entries.insert(name, entry);
         None
     }
 
     fn remove(&mut self, vs: &VirtualService) -> Option<()> {
-        self.forget(&vs_ref(vs)?);
+        self.forget(&VsName::of(vs)?);
         None
     }
 }
@@ -478,7 +541,8 @@ mod tests {
             m.apply(&watcher::Event::Delete(moved)),
             Update::Touched(vec![ServiceKey::new("ns", "api")])
         );
-        assert!(shared.read().by_slice.is_empty());
+        assert!(shared.read().owner.is_empty());
+        assert!(shared.read().by_service.is_empty());
     }
 
     #[test]
@@ -529,6 +593,8 @@ mod tests {
         assert!(shared.read().using_service(&web).is_empty());
         m.apply(&watcher::Event::Delete(vs("b", "10.0.0.1", None)));
         assert!(shared.read().same_vip(vip).is_empty());
-        assert_eq!(shared.read().placed.len(), 1);
+        assert_eq!(shared.read().entries.len(), 1);
+        let a = ObjectRef::new("a").within("ns");
+        assert!(shared.read().observed(&a).is_some());
     }
 }

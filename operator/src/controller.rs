@@ -31,6 +31,7 @@ use crate::cache::{
 use crate::conditions::{self, Want};
 use crate::decide::{self, OperatorStatus, Policy, View};
 use crate::events::{self, Kind, Note, Publisher, Reporter};
+use crate::observed::{self, Observed};
 use crate::telemetry::Metrics;
 
 /// Reconciles in flight at once. Unbounded, a start with 10,000 VirtualServices
@@ -146,9 +147,10 @@ fn retrigger_same_vip(ctx: &Context, vs: &VirtualService) {
     let (Some(vip), Some(me)) = (parse_vip(&vs.spec.vip), vs_ref(vs)) else {
         return;
     };
-    for other in ctx.index.read().same_vip(vip) {
-        if *other != me {
-            let _ = ctx.trigger.send(other.clone());
+    let others = ctx.index.read().same_vip(vip);
+    for other in others {
+        if other != me {
+            let _ = ctx.trigger.send(other);
         }
     }
 }
@@ -197,12 +199,17 @@ async fn remove_finalizer(api: &Api<VirtualService>, vs: &VirtualService) -> Res
 
 /// The decision for `vs` from the caches (no I/O). It costs what `vs`
 /// touches: the others on its VIP, its Service and that Service's slices.
-fn decide_from_caches(vs: &VirtualService, ctx: &Context, ns: &str) -> decide::Decision {
+fn decide_from_caches(
+    vs: &VirtualService,
+    existing: &[Condition],
+    ctx: &Context,
+    ns: &str,
+) -> decide::Decision {
     let nodes = ctx.nodes.infos();
     // Only a VirtualService on the same VIP can clash (IPVS keys include it).
     let peers: Vec<_> = match (parse_vip(&vs.spec.vip), vs_ref(vs)) {
         (Some(vip), Some(me)) => {
-            let same: Vec<_> = ctx.index.read().same_vip(vip).to_vec();
+            let same = ctx.index.read().same_vip(vip);
             same.iter()
                 .filter(|r| **r != me)
                 .filter_map(|r| ctx.virtual_services.get(r))
@@ -233,7 +240,7 @@ fn decide_from_caches(vs: &VirtualService, ctx: &Context, ns: &str) -> decide::D
         peers: &peers,
     };
     let now = Time(Timestamp::now());
-    decide::decide(vs, &view, &ctx.policy, &now)
+    decide::decide(vs, existing, &view, &ctx.policy, &now)
 }
 
 pub async fn reconcile(vs: Arc<VirtualService>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -254,23 +261,24 @@ pub async fn reconcile(vs: Arc<VirtualService>, ctx: Arc<Context>) -> Result<Act
     if vs.metadata.deletion_timestamp.is_some() {
         return cleanup(&api, &vs, &ctx).await;
     }
-    let vs = if vs.finalizers().iter().any(|f| f == FINALIZER) {
-        vs
+    let (vs, observed) = if vs.finalizers().iter().any(|f| f == FINALIZER) {
+        // The cached object has no conditions or realServers (see observed.rs).
+        let observed = ctx.index.read().observed(&ObjectRef::from_obj(vs.as_ref()));
+        (vs, observed.unwrap_or_else(|| Observed::of(None)))
     } else {
         // Judged right away with the object as written, rather than on the
         // watch event the patch causes: one queue wait less for a new object.
-        Arc::new(add_finalizer(&api, &vs).await?)
+        let written = add_finalizer(&api, &vs).await?;
+        let observed = Observed::of(written.status.as_ref());
+        (Arc::new(written), observed)
     };
 
-    let decision = decide_from_caches(&vs, &ctx, &ns);
+    let decision = decide_from_caches(&vs, &observed.conditions(), &ctx, &ns);
 
     let spec_changed =
         vs.status.as_ref().and_then(|s| s.observed_generation) != vs.metadata.generation;
-    let first_verdict = vs
-        .status
-        .as_ref()
-        .is_none_or(|s| conditions::get(&s.conditions, conditions::ACCEPTED).is_none());
-    if !decide::unchanged(&vs, &decision.status) {
+    let first_verdict = !observed.has(conditions::ACCEPTED);
+    if observed::digest(&decision.status) != observed.digest {
         patch_status(&api, &name, &decision.status).await?;
         debug!(%ns, %name, accepted = decision.accepted, "status written");
     }
@@ -314,7 +322,9 @@ async fn cleanup(
             "waiting for nodes to remove their programming: {}",
             remaining.join(", ")
         );
-        let status = vs.status.clone().unwrap_or_default();
+        // The cache has no conditions or realServers (see observed.rs); this
+        // apply restates them, so read them. Deletions are rare.
+        let status = api.get(&vs.name_any()).await?.status.unwrap_or_default();
         let existing = status.conditions.as_slice();
         let wants = [
             Want::new(conditions::READY, false, "Terminating", msg.clone()),
@@ -569,8 +579,16 @@ async fn follow_virtual_services(
             }
         };
         log_list_progress("VirtualService", &ev, &mut listing);
-        writer.apply_watcher_event(&ev);
+        // The index takes what it needs of the status, then the cached copy drops it.
         index.apply(&ev);
+        let mut ev = ev;
+        match &mut ev {
+            watcher::Event::Apply(vs)
+            | watcher::Event::InitApply(vs)
+            | watcher::Event::Delete(vs) => observed::strip(vs),
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        }
+        writer.apply_watcher_event(&ev);
         match &ev {
             watcher::Event::Init => listed.clear(),
             watcher::Event::InitApply(vs) => listed.extend(vs_ref(vs)),
@@ -632,8 +650,9 @@ pub async fn run(
     tokio::spawn(follow("Service", svc_events, mirror, move |u| match u {
         Update::Nothing => {}
         Update::Touched(key) => {
-            for r in users.read().using_service(&key) {
-                let _ = to_one.send(r.clone());
+            let affected = users.read().using_service(&key);
+            for r in affected {
+                let _ = to_one.send(r);
             }
         }
         Update::Relisted => {

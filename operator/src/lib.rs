@@ -9,6 +9,7 @@ pub mod decide;
 pub mod events;
 pub mod judge;
 pub mod leader;
+pub mod observed;
 pub mod resolve;
 pub mod telemetry;
 

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -110,7 +111,8 @@ pub struct SlicePortInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadyEndpoint {
     pub address: IpAddr,
-    pub node_name: String,
+    /// Shared between the endpoints on one node (the cache interns it).
+    pub node_name: Arc<str>,
 }
 
 impl SliceInfo {
@@ -136,7 +138,7 @@ impl SliceInfo {
             .filter_map(|ep| {
                 // The API treats an unset ready condition as ready.
                 let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-                let node_name = ep.node_name.clone()?;
+                let node_name = ep.node_name.as_deref()?.into();
                 let address = ep.addresses.first()?.parse().ok()?;
                 ready.then_some(ReadyEndpoint { address, node_name })
             })
@@ -270,7 +272,7 @@ pub fn resolve_service(
         let Some(ports) = ports else { continue };
         for ep in &slice.endpoints {
             per_node
-                .entry(ep.node_name.clone())
+                .entry(ep.node_name.to_string())
                 .or_default()
                 .insert(ep.address, ports.clone());
         }
