@@ -624,7 +624,9 @@ pub async fn run(
     ready: impl Fn(bool) + Send + Sync + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let wc = watcher::Config::default();
+    // Streaming lists: the initial list arrives as watch events, one object at
+    // a time, instead of pages of 500 held (JSON and decoded) at once.
+    let wc = watcher::Config::default().streaming_lists();
     let (trigger, trigger_rx) = mpsc::unbounded_channel();
     let (all, all_rx) = mpsc::unbounded_channel::<()>();
     let index = Shared::<VirtualServices>::default();
