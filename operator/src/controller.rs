@@ -2,32 +2,36 @@
 //! and EndpointSlices, maps each change to the VirtualServices it affects,
 //! and writes the operator-owned part of the status by server-side apply.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
-use kube::runtime::controller::{Action, Config as ControllerConfig};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::controller::{self as kcontroller, Action, Config as ControllerConfig};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, info, warn};
 use tunlb_api::VirtualService;
 
+use crate::cache::{
+    self, Cache, Mirror, Nodes, ServiceKey, Services, Shared, Slices, Update, VirtualServices,
+    parse_vip, vs_ref,
+};
 use crate::conditions::{self, Want};
 use crate::decide::{self, OperatorStatus, Policy, View};
-use crate::resolve::{NodeInfo, slice_service_name};
+use crate::events::{self, Kind, Note, Publisher, Reporter};
+use crate::observed::{self, Observed};
 use crate::telemetry::Metrics;
 
 /// Reconciles in flight at once. Unbounded, a start with 10,000 VirtualServices
@@ -35,6 +39,9 @@ use crate::telemetry::Metrics;
 /// leadership); each reconcile is a few API round trips, so a few dozen keep
 /// the API server busy without flooding it.
 pub const MAX_CONCURRENT_RECONCILES: u16 = 32;
+
+/// Events being published at once, off the reconciles (see `publish_later`).
+const EVENTS_IN_FLIGHT: usize = 8;
 
 /// Finalizer held until every node has removed its programming.
 pub const FINALIZER: &str = "tunlb.io/cleanup";
@@ -63,42 +70,31 @@ impl Error {
 /// Everything a reconcile needs.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    pub events: Publisher,
+    pub event_slots: Arc<Semaphore>,
     pub metrics: Arc<Metrics>,
     pub policy: Policy,
     pub finalizer_timeout: Duration,
     pub resync: Duration,
-    pub nodes: Store<Node>,
-    pub services: Store<Service>,
-    pub slices: Store<EndpointSlice>,
+    pub nodes: Shared<Nodes>,
+    pub services: Shared<Services>,
+    pub slices: Shared<Slices>,
+    pub index: Shared<VirtualServices>,
     pub virtual_services: Store<VirtualService>,
     pub leader: watch::Receiver<bool>,
-    /// Re-queues VirtualServices whose judgement depends on another one.
-    pub retrigger: mpsc::UnboundedSender<ObjectRef<VirtualService>>,
+    /// True once every cache has its initial list.
+    pub synced: watch::Receiver<bool>,
+    /// Queues VirtualServices for a reconcile.
+    pub trigger: mpsc::UnboundedSender<ObjectRef<VirtualService>>,
 }
 
-fn node_infos(store: &Store<Node>) -> Vec<NodeInfo> {
-    store
-        .state()
-        .iter()
-        .filter_map(|n| NodeInfo::from_node(n))
-        .collect()
-}
-
-/// The VIP as `validate` parses it (so equal addresses compare equal however written).
-fn parse_vip(vip: &str) -> Option<std::net::IpAddr> {
-    vip.trim().parse().ok()
-}
-
-/// Node changes matter only through labels and InternalIPs; status heartbeats
-/// must not cause work.
-fn node_fingerprint(node: &Node) -> Option<u64> {
-    let mut h = DefaultHasher::new();
-    node.metadata.labels.hash(&mut h);
-    if let Some(info) = NodeInfo::from_node(node) {
-        info.internal_ips.hash(&mut h);
-    }
-    Some(h.finish())
+/// The resync interval drawn from [3/4, 1] x `resync`: objects judged in one
+/// burst (a start, a new leader) would otherwise resync in one burst forever.
+fn jittered(resync: Duration) -> Duration {
+    let r = RandomState::new().hash_one(Instant::now());
+    let quarter = resync / 4;
+    let spread = quarter.as_millis().max(1) as u64;
+    resync - quarter + Duration::from_millis(r % spread)
 }
 
 async fn patch_status(
@@ -120,43 +116,41 @@ async fn patch_status(
     Ok(())
 }
 
-async fn publish(ctx: &Context, vs: &VirtualService, transitions: &[Want]) {
-    let reference = vs.object_ref(&());
-    for t in transitions {
-        // "Good" means True for most conditions, False for Conflict/Stalled/Reconciling.
-        let bad_when_true = matches!(t.type_, conditions::CONFLICT | conditions::STALLED);
-        let good = t.status != bad_when_true;
-        // Reconciling/Stalled restate Ready for kstatus tools; one event per change is enough.
-        if t.type_ == conditions::RECONCILING || t.type_ == conditions::STALLED {
-            continue;
-        }
-        let event = Event {
-            type_: if good {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            },
-            reason: t.reason.clone(),
-            note: Some(format!(
-                "{} is {}: {}",
-                t.type_,
-                if t.status { "True" } else { "False" },
-                t.message
-            )),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-            warn!(error = %e, "could not publish event");
+async fn publish(ctx: &Context, regarding: &ObjectReference, notes: &[Note]) {
+    for note in notes {
+        if let Err(e) = ctx.events.publish(regarding, note).await {
+            warn!(error = %e, reason = %note.reason, "could not publish event");
         }
     }
 }
 
+/// Publishes on a task of its own, so that a reconcile's slot is free once
+/// the status is written (an Event is one more API round trip). Beyond
+/// EVENTS_IN_FLIGHT the reconcile waits, so Events cannot pile up.
+async fn publish_later(ctx: &Context, regarding: ObjectReference, notes: Vec<Note>) {
+    let Ok(permit) = ctx.event_slots.clone().acquire_owned().await else {
+        return;
+    };
+    let events = ctx.events.clone();
+    tokio::spawn(async move {
+        for note in &notes {
+            if let Err(e) = events.publish(&regarding, note).await {
+                warn!(error = %e, reason = %note.reason, "could not publish event");
+            }
+        }
+        drop(permit);
+    });
+}
+
 /// Others that share this VIP: their conflict verdicts may change with ours.
 fn retrigger_same_vip(ctx: &Context, vs: &VirtualService) {
-    for other in ctx.virtual_services.state() {
-        if other.spec.vip == vs.spec.vip && other.metadata.uid != vs.metadata.uid {
-            let _ = ctx.retrigger.send(ObjectRef::from_obj(other.as_ref()));
+    let (Some(vip), Some(me)) = (parse_vip(&vs.spec.vip), vs_ref(vs)) else {
+        return;
+    };
+    let others = ctx.index.read().same_vip(vip);
+    for other in others {
+        if other != me {
+            let _ = ctx.trigger.send(other);
         }
     }
 }
@@ -168,20 +162,25 @@ async fn set_finalizers(
     api: &Api<VirtualService>,
     vs: &VirtualService,
     finalizers: Vec<String>,
-) -> Result<(), Error> {
+) -> Result<VirtualService, Error> {
     let body = json!({
         "metadata": { "finalizers": finalizers, "resourceVersion": vs.resource_version() }
     });
-    api.patch(
-        &vs.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&body),
-    )
-    .await?;
-    Ok(())
+    let patched = api
+        .patch(
+            &vs.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&body),
+        )
+        .await?;
+    Ok(patched)
 }
 
-async fn add_finalizer(api: &Api<VirtualService>, vs: &VirtualService) -> Result<(), Error> {
+/// Returns the object as written.
+async fn add_finalizer(
+    api: &Api<VirtualService>,
+    vs: &VirtualService,
+) -> Result<VirtualService, Error> {
     let mut list = vs.finalizers().to_vec();
     list.push(FINALIZER.to_string());
     set_finalizers(api, vs, list).await
@@ -194,58 +193,64 @@ async fn remove_finalizer(api: &Api<VirtualService>, vs: &VirtualService) -> Res
         .filter(|f| *f != FINALIZER)
         .cloned()
         .collect();
-    set_finalizers(api, vs, list).await
+    set_finalizers(api, vs, list).await?;
+    Ok(())
 }
 
-/// The decision for `vs` from the caches (no I/O).
-fn decide_from_caches(vs: &VirtualService, ctx: &Context, ns: &str) -> decide::Decision {
-    let nodes = node_infos(&ctx.nodes);
-    let all_vs = ctx.virtual_services.state();
-    // Only a VirtualService on the same VIP can clash (IPVS keys include it):
-    // comparing the parsed VIP first keeps `decide::peer` (a full validation)
-    // off the other N-1 objects, which made each reconcile O(N) validations.
-    let my_vip = parse_vip(&vs.spec.vip);
-    let peers: Vec<_> = all_vs
-        .iter()
-        .filter(|o| my_vip.is_some() && parse_vip(&o.spec.vip) == my_vip)
-        .filter(|o| o.metadata.uid != vs.metadata.uid)
-        // Agents stop programming a VirtualService once it is being deleted.
-        .filter(|o| o.metadata.deletion_timestamp.is_none())
-        .filter_map(|o| decide::peer(o, &ctx.policy, &nodes))
-        .collect();
-    let service_name = vs.spec.backends.service.as_ref().map(|s| s.name.clone());
-    let service = service_name
+/// The decision for `vs` from the caches (no I/O). It costs what `vs`
+/// touches: the others on its VIP, its Service and that Service's slices.
+fn decide_from_caches(
+    vs: &VirtualService,
+    existing: &[Condition],
+    ctx: &Context,
+    ns: &str,
+) -> decide::Decision {
+    let nodes = ctx.nodes.infos();
+    // Only a VirtualService on the same VIP can clash (IPVS keys include it).
+    let peers: Vec<_> = match (parse_vip(&vs.spec.vip), vs_ref(vs)) {
+        (Some(vip), Some(me)) => {
+            let same = ctx.index.read().same_vip(vip);
+            same.iter()
+                .filter(|r| **r != me)
+                .filter_map(|r| ctx.virtual_services.get(r))
+                // Agents stop programming a VirtualService once it is being deleted.
+                .filter(|o| o.metadata.deletion_timestamp.is_none())
+                .filter_map(|o| decide::peer(&o, &ctx.policy, &nodes))
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    let service_key = vs
+        .spec
+        .backends
+        .service
         .as_ref()
-        .and_then(|n| ctx.services.get(&ObjectRef::new(n).within(ns)));
-    // Snapshot the slice cache only when a Service is referenced.
-    let slices = match &service_name {
-        Some(_) => ctx.slices.state(),
-        None => Vec::new(),
-    };
-    let my_slices: Vec<&EndpointSlice> = match &service_name {
-        Some(svc) => slices
-            .iter()
-            .filter(|s| {
-                s.metadata.namespace.as_deref() == Some(ns)
-                    && slice_service_name(s) == Some(svc.as_str())
-            })
-            .map(|s| s.as_ref())
-            .collect(),
-        None => Vec::new(),
-    };
+        .map(|s| ServiceKey::new(ns, &s.name));
+    let service = service_key
+        .as_ref()
+        .and_then(|k| ctx.services.read().get(k));
+    let slices = service_key
+        .as_ref()
+        .map(|k| ctx.slices.read().for_service(k))
+        .unwrap_or_default();
     let view = View {
         nodes: &nodes,
         service: service.as_deref(),
-        slices: my_slices,
+        slices: slices.iter().map(AsRef::as_ref).collect(),
         peers: &peers,
     };
     let now = Time(Timestamp::now());
-    decide::decide(vs, &view, &ctx.policy, &now)
+    decide::decide(vs, existing, &view, &ctx.policy, &now)
 }
 
 pub async fn reconcile(vs: Arc<VirtualService>, ctx: Arc<Context>) -> Result<Action, Error> {
     if !*ctx.leader.borrow() {
         // Followers keep their caches warm; a new leader reconciles everything.
+        return Ok(Action::await_change());
+    }
+    // Judged before the other caches are complete, a VirtualService would see
+    // its Service or its peers as missing and get a wrong status, then a fix.
+    if ctx.synced.clone().wait_for(|s| *s).await.is_err() {
         return Ok(Action::await_change());
     }
     let _timer = ctx.metrics.reconcile_started();
@@ -256,28 +261,35 @@ pub async fn reconcile(vs: Arc<VirtualService>, ctx: Arc<Context>) -> Result<Act
     if vs.metadata.deletion_timestamp.is_some() {
         return cleanup(&api, &vs, &ctx).await;
     }
-    if !vs.finalizers().iter().any(|f| f == FINALIZER) {
-        add_finalizer(&api, &vs).await?;
-        // The patch produces a new event; judge the object then.
-        return Ok(Action::await_change());
-    }
+    let (vs, observed) = if vs.finalizers().iter().any(|f| f == FINALIZER) {
+        // The cached object has no conditions or realServers (see observed.rs).
+        let observed = ctx.index.read().observed(&ObjectRef::from_obj(vs.as_ref()));
+        (vs, observed.unwrap_or_else(|| Observed::of(None)))
+    } else {
+        // Judged right away with the object as written, rather than on the
+        // watch event the patch causes: one queue wait less for a new object.
+        let written = add_finalizer(&api, &vs).await?;
+        let observed = Observed::of(written.status.as_ref());
+        (Arc::new(written), observed)
+    };
 
-    // Decided in a plain function so that the cache snapshots (O(objects) each)
-    // are dropped before the API calls below: with many reconciles waiting on
-    // the API server at once, holding them made memory grow with N x in-flight.
-    let decision = decide_from_caches(&vs, &ctx, &ns);
+    let decision = decide_from_caches(&vs, &observed.conditions(), &ctx, &ns);
 
     let spec_changed =
         vs.status.as_ref().and_then(|s| s.observed_generation) != vs.metadata.generation;
-    if !decide::unchanged(&vs, &decision.status) {
+    let first_verdict = !observed.has(conditions::ACCEPTED);
+    if observed::digest(&decision.status) != observed.digest {
         patch_status(&api, &name, &decision.status).await?;
         debug!(%ns, %name, accepted = decision.accepted, "status written");
     }
-    publish(&ctx, &vs, &decision.transitions).await;
+    let notes = events::for_transitions(&decision.transitions, first_verdict);
+    if !notes.is_empty() {
+        publish_later(&ctx, vs.object_ref(&()), notes).await;
+    }
     if spec_changed {
         retrigger_same_vip(&ctx, &vs);
     }
-    Ok(Action::requeue(ctx.resync))
+    Ok(Action::requeue(jittered(ctx.resync)))
 }
 
 async fn cleanup(
@@ -310,7 +322,9 @@ async fn cleanup(
             "waiting for nodes to remove their programming: {}",
             remaining.join(", ")
         );
-        let status = vs.status.clone().unwrap_or_default();
+        // The cache has no conditions or realServers (see observed.rs); this
+        // apply restates them, so read them. Deletions are rare.
+        let status = api.get(&vs.name_any()).await?.status.unwrap_or_default();
         let existing = status.conditions.as_slice();
         let wants = [
             Want::new(conditions::READY, false, "Terminating", msg.clone()),
@@ -367,18 +381,17 @@ async fn cleanup(
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
     if timed_out && !remaining.is_empty() {
-        let event = Event {
-            type_: EventType::Warning,
+        let note = Note {
+            kind: Kind::Warning,
             reason: "CleanupTimedOut".into(),
-            note: Some(format!(
+            note: format!(
                 "nodes {} did not report removal within {}s; releasing the finalizer",
                 remaining.join(", "),
                 ctx.finalizer_timeout.as_secs()
-            )),
-            action: "Cleanup".into(),
-            secondary: None,
+            ),
+            action: "Cleanup",
         };
-        let _ = ctx.recorder.publish(&event, &vs.object_ref(&())).await;
+        publish(ctx, &vs.object_ref(&()), &[note]).await;
         warn!(name = %vs.name_any(), nodes = ?remaining, "cleanup timed out");
     }
     remove_finalizer(api, vs).await?;
@@ -410,26 +423,6 @@ fn on_leadership(rx: watch::Receiver<bool>) -> impl Stream<Item = ()> + Send {
     })
 }
 
-/// Waits until `store` has its initial list; false if its writer went away first.
-///
-/// `Store::wait_until_ready` alone can hang: kube-runtime's `DelayedInit` keeps a
-/// single waker, and the Controller waits on the VirtualService store as well, so
-/// of two concurrent waiters only the one that polled last is woken. Polling again
-/// now and then picks the value up whichever waiter was woken.
-async fn store_synced<K>(store: &Store<K>) -> bool
-where
-    K: 'static + Clone + kube::runtime::reflector::Lookup,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    loop {
-        if let Ok(res) =
-            tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await
-        {
-            return res.is_ok();
-        }
-    }
-}
-
 /// Passes readable VirtualServices on; sends unreadable ones to be reported.
 fn keep_readable(
     ev: watcher::Event<DeserializeGuard<VirtualService>>,
@@ -456,7 +449,7 @@ async fn report_unreadable(
     client: Client,
     mut rx: mpsc::UnboundedReceiver<InvalidObject>,
     leader: watch::Receiver<bool>,
-    recorder: Recorder,
+    events: Publisher,
 ) {
     while let Some(bad) = rx.recv().await {
         let (Some(ns), Some(name)) = (bad.metadata.namespace.clone(), bad.metadata.name.clone())
@@ -498,7 +491,7 @@ async fn report_unreadable(
             .await;
         // The API server refuses status writes to an object that fails the
         // current schema, so an Event is the one place left to say why.
-        let reference = k8s_openapi::api::core::v1::ObjectReference {
+        let reference = ObjectReference {
             api_version: Some("tunlb.io/v1alpha1".into()),
             kind: Some("VirtualService".into()),
             name: Some(name.clone()),
@@ -506,14 +499,13 @@ async fn report_unreadable(
             uid: bad.metadata.uid.clone(),
             ..Default::default()
         };
-        let event = Event {
-            type_: EventType::Warning,
+        let note = Note {
+            kind: Kind::Warning,
             reason: "Unreadable".into(),
-            note: Some(format!("cannot read this VirtualService: {}", bad.error)),
-            action: "Reconcile".into(),
-            secondary: None,
+            note: format!("cannot read this VirtualService: {}", bad.error),
+            action: "Reconcile",
         };
-        if let Err(e) = recorder.publish(&event, &reference).await {
+        if let Err(e) = events.publish(&reference, &note).await {
             warn!(%ns, %name, error = %e, "cannot record an event for an unreadable VirtualService");
         }
         if let Err(e) = status_written {
@@ -530,6 +522,99 @@ pub struct Settings {
     pub identity: String,
 }
 
+/// Feeds one kind's watcher into its cache, so lists and watches progress
+/// on their own task whatever the reconcile backlog, and reports each change.
+async fn follow<C: Cache>(
+    kind: &'static str,
+    events: impl Stream<Item = Result<watcher::Event<C::Obj>, watcher::Error>>,
+    mut mirror: Mirror<C>,
+    mut on_update: impl FnMut(Update<C::Touch>),
+) {
+    let mut events = std::pin::pin!(events);
+    let mut listing = Instant::now();
+    while let Some(ev) = events.next().await {
+        match ev {
+            Ok(ev) => {
+                log_list_progress(kind, &ev, &mut listing);
+                on_update(mirror.apply(&ev));
+            }
+            Err(e) => warn!(kind, error = %e, "watch failed; retrying"),
+        }
+    }
+}
+
+fn log_list_progress<K>(kind: &str, ev: &watcher::Event<K>, started: &mut Instant) {
+    match ev {
+        watcher::Event::Init => *started = Instant::now(),
+        watcher::Event::InitDone => {
+            info!(
+                kind,
+                took_ms = started.elapsed().as_millis() as u64,
+                "list complete"
+            )
+        }
+        _ => {}
+    }
+}
+
+/// The VirtualService watcher: fills the controller's store and the index,
+/// and queues each applied object.
+async fn follow_virtual_services(
+    events: impl Stream<Item = Result<watcher::Event<VirtualService>, watcher::Error>>,
+    mut writer: reflector::store::Writer<VirtualService>,
+    mut index: Mirror<VirtualServices>,
+    trigger: mpsc::UnboundedSender<ObjectRef<VirtualService>>,
+) {
+    let mut events = std::pin::pin!(events);
+    let mut listing = Instant::now();
+    // Objects of a list are queued once it is complete: before that the
+    // controller's store does not have them yet.
+    let mut listed = Vec::new();
+    while let Some(ev) = events.next().await {
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                warn!(kind = "VirtualService", error = %e, "watch failed; retrying");
+                continue;
+            }
+        };
+        log_list_progress("VirtualService", &ev, &mut listing);
+        // The index takes what it needs of the status, then the cached copy drops it.
+        index.apply(&ev);
+        let mut ev = ev;
+        match &mut ev {
+            watcher::Event::Apply(vs)
+            | watcher::Event::InitApply(vs)
+            | watcher::Event::Delete(vs) => observed::strip(vs),
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        }
+        writer.apply_watcher_event(&ev);
+        match &ev {
+            watcher::Event::Init => listed.clear(),
+            watcher::Event::InitApply(vs) => listed.extend(vs_ref(vs)),
+            watcher::Event::InitDone => {
+                for r in listed.drain(..) {
+                    let _ = trigger.send(r);
+                }
+                listed.shrink_to_fit();
+            }
+            watcher::Event::Apply(vs) => {
+                if let Some(r) = vs_ref(vs) {
+                    let _ = trigger.send(r);
+                }
+            }
+            watcher::Event::Delete(_) => {}
+        }
+    }
+}
+
+/// A stream of what arrives on `rx`.
+fn receiver_stream<T: Send + 'static>(
+    rx: mpsc::UnboundedReceiver<T>,
+) -> impl Stream<Item = T> + Send {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
+}
+
 /// Runs the controller until `shutdown` completes.
 pub async fn run(
     client: Client,
@@ -539,152 +624,155 @@ pub async fn run(
     ready: impl Fn(bool) + Send + Sync + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let wc = watcher::Config::default();
+    // Streaming lists: the initial list arrives as watch events, one object at
+    // a time, instead of pages of 500 held (JSON and decoded) at once.
+    let wc = watcher::Config::default().streaming_lists();
+    let (trigger, trigger_rx) = mpsc::unbounded_channel();
+    let (all, all_rx) = mpsc::unbounded_channel::<()>();
+    let index = Shared::<VirtualServices>::default();
 
-    // Deletions must trigger too (touched, not applied, objects): a deleted
-    // EndpointSlice, Service or Node changes the real servers.
-    let (nodes, node_writer) = reflector::store::<Node>();
-    let node_present = nodes.clone();
-    let node_stream = watcher(Api::<Node>::all(client.clone()), wc.clone())
-        .default_backoff()
-        .modify(|n| n.managed_fields_mut().clear())
-        .reflect(node_writer)
-        .touched_objects()
-        // A deleted Node has left the store by now, which changes its fingerprint.
-        .predicate_filter(
-            move |n: &Node| {
-                let present = node_present.get(&ObjectRef::from_obj(n)).is_some();
-                node_fingerprint(n).map(|h| h ^ u64::from(present))
-            },
-            Default::default(),
-        );
-    let (services, svc_writer) = reflector::store::<Service>();
-    let svc_stream = watcher(Api::<Service>::all(client.clone()), wc.clone())
-        .default_backoff()
-        .modify(|s| s.managed_fields_mut().clear())
-        .reflect(svc_writer)
-        .touched_objects();
-    let (slices, slice_writer) = reflector::store::<EndpointSlice>();
-    let slice_stream = watcher(Api::<EndpointSlice>::all(client.clone()), wc.clone())
-        .default_backoff()
-        .modify(|s| s.managed_fields_mut().clear())
-        .reflect(slice_writer)
-        .touched_objects();
+    // Deletions must trigger too: a deleted EndpointSlice, Service or Node
+    // changes the real servers.
+    let nodes = Shared::<Nodes>::default();
+    let (mirror, nodes_synced) = Mirror::new(nodes.clone());
+    let node_events = watcher(Api::<Node>::all(client.clone()), wc.clone()).default_backoff();
+    let to_all = all.clone();
+    tokio::spawn(follow("Node", node_events, mirror, move |u| {
+        // Node labels pick directors and InternalIPs match static backends:
+        // any VirtualService may change.
+        if u != Update::Nothing {
+            let _ = to_all.send(());
+        }
+    }));
 
-    // Our own VirtualService reflector, so that managedFields (several kB per
-    // object once the status has conditions) stay out of the cache, as for the
-    // other kinds.
-    let (vs_store, vs_writer) = reflector::store::<VirtualService>();
+    let services = Shared::<Services>::default();
+    let (mirror, services_synced) = Mirror::new(services.clone());
+    let svc_events = watcher(Api::<Service>::all(client.clone()), wc.clone()).default_backoff();
+    let (to_all, to_one, users) = (all.clone(), trigger.clone(), index.clone());
+    tokio::spawn(follow("Service", svc_events, mirror, move |u| match u {
+        Update::Nothing => {}
+        Update::Touched(key) => {
+            let affected = users.read().using_service(&key);
+            for r in affected {
+                let _ = to_one.send(r);
+            }
+        }
+        Update::Relisted => {
+            let _ = to_all.send(());
+        }
+    }));
+
+    let slices = Shared::<Slices>::default();
+    let (mirror, slices_synced) = Mirror::new(slices.clone());
+    let slice_events =
+        watcher(Api::<EndpointSlice>::all(client.clone()), wc.clone()).default_backoff();
+    let (to_all, to_one, users) = (all.clone(), trigger.clone(), index.clone());
+    tokio::spawn(follow(
+        "EndpointSlice",
+        slice_events,
+        mirror,
+        move |u| match u {
+            Update::Nothing => {}
+            Update::Touched(keys) => {
+                let users = users.read();
+                for key in &keys {
+                    for r in users.using_service(key) {
+                        let _ = to_one.send(r.clone());
+                    }
+                }
+            }
+            Update::Relisted => {
+                let _ = to_all.send(());
+            }
+        },
+    ));
+
     // One object that no longer parses (stored under an older schema, edited
     // in etcd) must not stall the watch for all others: it is reported instead.
     let (invalid_tx, invalid_rx) = mpsc::unbounded_channel();
+    let publisher = Publisher::new(
+        client.clone(),
+        Reporter {
+            controller: MANAGER.into(),
+            instance: settings.identity.clone(),
+        },
+    );
     tokio::spawn(report_unreadable(
         client.clone(),
         invalid_rx,
         leader.clone(),
-        Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: MANAGER.into(),
-                instance: Some(settings.identity.clone()),
-            },
-        ),
+        publisher.clone(),
     ));
+    let (vs_store, vs_writer) = reflector::store::<VirtualService>();
+    let (mirror, vs_synced) = Mirror::new(index.clone());
     let guarded: Api<DeserializeGuard<VirtualService>> = Api::all(client.clone());
-    let vs_stream = watcher(guarded, wc)
+    let vs_events = watcher(guarded, wc)
         .default_backoff()
         .try_filter_map(move |ev| futures::future::ready(Ok(keep_readable(ev, &invalid_tx))))
-        .modify(|vs| vs.managed_fields_mut().clear())
-        .reflect(vs_writer)
-        .applied_objects();
-    let controller = Controller::for_stream(vs_stream, vs_store.clone())
-        .with_config(ControllerConfig::default().concurrency(MAX_CONCURRENT_RECONCILES));
-    let (retrigger, retrigger_rx) = mpsc::unbounded_channel();
-    let retrigger_stream = futures::stream::unfold(retrigger_rx, |mut rx| async move {
-        rx.recv().await.map(|r| (r, rx))
+        .modify(|vs| cache::strip_meta(&mut vs.metadata));
+    tokio::spawn(follow_virtual_services(
+        vs_events,
+        vs_writer,
+        mirror,
+        trigger.clone(),
+    ));
+
+    // Ready (and reconciling) once every cache has its initial list.
+    let (synced_tx, synced) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut ok = true;
+        for mut rx in [nodes_synced, services_synced, slices_synced, vs_synced] {
+            ok &= rx.wait_for(|s| *s).await.is_ok();
+        }
+        if ok {
+            info!("caches synced");
+        }
+        synced_tx.send_replace(ok);
+        ready(ok);
+        // Held so that reconciles waiting for the caches never see it closed.
+        synced_tx.closed().await;
     });
 
-    let for_slices = vs_store.clone();
-    let for_services = vs_store.clone();
-    let for_nodes = vs_store.clone();
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: MANAGER.into(),
-            instance: Some(settings.identity.clone()),
-        },
-    );
     let ctx = Arc::new(Context {
         client,
-        recorder,
+        events: publisher,
+        event_slots: Arc::new(Semaphore::new(EVENTS_IN_FLIGHT)),
         metrics,
         policy: settings.policy,
         finalizer_timeout: settings.finalizer_timeout,
         resync: settings.resync,
-        nodes: nodes.clone(),
-        services: services.clone(),
-        slices: slices.clone(),
+        nodes,
+        services,
+        slices,
+        index,
         virtual_services: vs_store.clone(),
         leader: leader.clone(),
-        retrigger,
+        synced,
+        trigger,
     });
 
-    // Ready once every cache has its initial list.
-    let caches = (
-        nodes.clone(),
-        services.clone(),
-        slices.clone(),
-        vs_store.clone(),
-    );
-    tokio::spawn(async move {
-        let (n, s, e, v) = caches;
-        let synced = store_synced(&n).await
-            && store_synced(&s).await
-            && store_synced(&e).await
-            && store_synced(&v).await;
-        ready(synced);
-    });
-
-    controller
-        .watches_stream(slice_stream, move |slice: EndpointSlice| {
-            let ns = slice.metadata.namespace.clone();
-            let svc = slice_service_name(&slice).map(str::to_string);
-            for_slices
-                .state()
-                .into_iter()
-                .filter(move |vs| {
-                    vs.metadata.namespace == ns
-                        && vs.spec.backends.service.as_ref().map(|s| Some(&s.name))
-                            == Some(svc.as_ref())
-                })
-                .map(|vs| ObjectRef::from_obj(vs.as_ref()))
-        })
-        .watches_stream(svc_stream, move |svc: Service| {
-            let ns = svc.metadata.namespace.clone();
-            let name = svc.metadata.name.clone();
-            for_services
-                .state()
-                .into_iter()
-                .filter(move |vs| {
-                    vs.metadata.namespace == ns
-                        && vs.spec.backends.service.as_ref().map(|s| &s.name) == name.as_ref()
-                })
-                .map(|vs| ObjectRef::from_obj(vs.as_ref()))
-        })
-        .watches_stream(node_stream, move |_node: Node| {
-            // Node labels pick directors and InternalIPs match static backends: any VirtualService may change.
-            for_nodes
-                .state()
-                .into_iter()
-                .map(|vs| ObjectRef::from_obj(vs.as_ref()))
-        })
-        .reconcile_on(retrigger_stream)
-        .reconcile_all_on(on_leadership(leader))
+    // Every trigger arrives through the channels; the controller's own
+    // trigger stream stays empty.
+    let no_stream = futures::stream::pending::<Result<VirtualService, watcher::Error>>();
+    Controller::for_stream(no_stream, vs_store)
+        .with_config(ControllerConfig::default().concurrency(MAX_CONCURRENT_RECONCILES))
+        .reconcile_on(receiver_stream(trigger_rx))
+        .reconcile_all_on(futures::stream::select(
+            receiver_stream(all_rx),
+            on_leadership(leader),
+        ))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
-            if let Err(e) = res {
-                debug!(error = %e, "controller event");
+            match res {
+                Ok(_) => {}
+                // error_policy has logged it.
+                Err(kcontroller::Error::ReconcilerFailed(..)) => {}
+                // Deleted between its trigger and its turn.
+                Err(kcontroller::Error::ObjectNotFound(r)) => {
+                    debug!(object = %r, "gone before its reconcile")
+                }
+                Err(e) => warn!(error = %e, "controller"),
             }
         })
         .await;
@@ -695,18 +783,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn node_fingerprint_ignores_heartbeats() {
-        let a: Node = serde_yaml::from_str(
-            "metadata: {name: n1, labels: {a: b}}\nstatus: {addresses: [{type: InternalIP, address: 10.0.0.1}], conditions: [{type: Ready, status: 'True', lastHeartbeatTime: '2026-01-01T00:00:00Z'}]}",
-        )
-        .unwrap();
-        let mut b = a.clone();
-        if let Some(c) = b.status.as_mut().and_then(|s| s.conditions.as_mut()) {
-            c[0].last_heartbeat_time = None;
-        }
-        assert_eq!(node_fingerprint(&a), node_fingerprint(&b));
-        let mut c = a.clone();
-        c.metadata.labels = Some([("tunlb.io/director".to_string(), "true".to_string())].into());
-        assert_ne!(node_fingerprint(&a), node_fingerprint(&c));
+    fn resync_is_jittered_within_the_last_quarter() {
+        let resync = Duration::from_secs(3600);
+        let drawn: Vec<Duration> = (0..64).map(|_| jittered(resync)).collect();
+        assert!(drawn.iter().all(|d| *d >= resync * 3 / 4 && *d <= resync));
+        assert!(drawn.iter().any(|d| *d != drawn[0]), "{drawn:?}");
     }
 }

@@ -1,8 +1,6 @@
 //! The deciding part of a reconcile: VirtualService + a view of the cluster
 //! -> the status the operator owns. No I/O, so it is unit-tested directly.
 
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use tunlb_api::plan::{ObjectKey, ipvs_keys};
 use tunlb_api::{RealServer, VirtualService, validate};
@@ -11,7 +9,7 @@ use crate::conditions::{
     self, ACCEPTED, CONFLICT, READY, RECONCILING, RESOLVED, STALLED, VIP_ALLOWED, Want,
 };
 use crate::judge::{self, Peer, Readiness};
-use crate::resolve::{self, NodeInfo};
+use crate::resolve::{self, NodeInfo, ServiceInfo, SliceInfo};
 
 /// Operator settings that shape judgements.
 #[derive(Debug, Clone, Default)]
@@ -23,8 +21,8 @@ pub struct Policy {
 /// What the reconcile read from its caches.
 pub struct View<'a> {
     pub nodes: &'a [NodeInfo],
-    pub service: Option<&'a Service>,
-    pub slices: Vec<&'a EndpointSlice>,
+    pub service: Option<&'a ServiceInfo>,
+    pub slices: Vec<&'a SliceInfo>,
     /// Other VirtualServices that are valid and VIP-allowed.
     pub peers: &'a [Peer],
 }
@@ -76,13 +74,16 @@ pub fn peer(vs: &VirtualService, policy: &Policy, nodes: &[NodeInfo]) -> Option<
     })
 }
 
-pub fn decide(vs: &VirtualService, view: &View<'_>, policy: &Policy, now: &Time) -> Decision {
+/// `existing`: the conditions as last written (their status and
+/// lastTransitionTime are carried over when unchanged).
+pub fn decide(
+    vs: &VirtualService,
+    existing: &[Condition],
+    view: &View<'_>,
+    policy: &Policy,
+    now: &Time,
+) -> Decision {
     let generation = vs.metadata.generation;
-    let existing: &[Condition] = vs
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
     let reports = vs
         .status
         .as_ref()
@@ -241,25 +242,12 @@ pub fn decide(vs: &VirtualService, view: &View<'_>, policy: &Policy, now: &Time)
     }
 }
 
-/// Whether the stored status already says what `status` says (ignoring nothing:
-/// timestamps are carried over by `merge`, so equal means no write is needed).
-pub fn unchanged(vs: &VirtualService, status: &OperatorStatus) -> bool {
-    let Some(s) = &vs.status else { return false };
-    let mine: Vec<&Condition> = s
-        .conditions
-        .iter()
-        .filter(|c| status.conditions.iter().any(|w| w.type_ == c.type_))
-        .collect();
-    s.observed_generation == status.observed_generation
-        && mine.len() == status.conditions.len()
-        && status.conditions.iter().all(|w| mine.contains(&w))
-        && s.real_servers == status.real_servers
-        && s.real_server_count == Some(status.real_server_count)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observed::{Observed, digest};
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
     use k8s_openapi::jiff::Timestamp;
     use tunlb_api::NodeStatus;
 
@@ -313,7 +301,7 @@ spec:
             slices: vec![],
             peers: &[],
         };
-        let d = decide(&vs(WEB), &view, &policy(), &now());
+        let d = decide(&vs(WEB), &[], &view, &policy(), &now());
         assert!(d.accepted);
         assert_eq!(d.status.observed_generation, Some(3));
         assert_eq!(d.status.real_servers[0].node_name.as_deref(), Some("rs1"));
@@ -350,7 +338,7 @@ spec:
             slices: vec![],
             peers: &[],
         };
-        let d = decide(&obj, &view, &policy(), &now());
+        let d = decide(&obj, &[], &view, &policy(), &now());
         assert_eq!(cond(&d, READY).status, "True");
         assert_eq!(cond(&d, RECONCILING).status, "False");
     }
@@ -364,7 +352,7 @@ spec:
             slices: vec![],
             peers: &[],
         };
-        let d = decide(&vs(WEB), &view, &Policy::default(), &now());
+        let d = decide(&vs(WEB), &[], &view, &Policy::default(), &now());
         assert!(!d.accepted);
         let c = cond(&d, VIP_ALLOWED);
         assert_eq!(
@@ -388,7 +376,7 @@ spec:
             slices: vec![],
             peers: &peers,
         };
-        let d = decide(&vs(WEB), &view, &policy(), &now());
+        let d = decide(&vs(WEB), &[], &view, &policy(), &now());
         let c = cond(&d, CONFLICT);
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
@@ -411,7 +399,7 @@ spec:
             slices: vec![],
             peers: &[],
         };
-        let d = decide(&obj, &view, &policy(), &now());
+        let d = decide(&obj, &[], &view, &policy(), &now());
         let c = cond(&d, RESOLVED);
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
@@ -431,13 +419,17 @@ endpoints:
 "#,
         )
         .unwrap();
+        let (svc, slice) = (
+            ServiceInfo::from_service(&svc),
+            SliceInfo::from_slice(&slice),
+        );
         let view = View {
             nodes: &n,
             service: Some(&svc),
             slices: vec![&slice],
             peers: &[],
         };
-        let d2 = decide(&obj, &view, &policy(), &now());
+        let d2 = decide(&obj, &[], &view, &policy(), &now());
         assert!(d2.accepted);
         let rs = &d2.status.real_servers;
         assert_eq!(rs.len(), 1);
@@ -470,13 +462,14 @@ endpoints:
             "metadata: {name: web, namespace: default}\nspec: {ports: [{name: https, port: 443}]}",
         )
         .unwrap();
+        let svc = ServiceInfo::from_service(&svc);
         let view = View {
             nodes: &n,
             service: Some(&svc),
             slices: vec![],
             peers: &[],
         };
-        let d = decide(&obj, &view, &policy(), &now());
+        let d = decide(&obj, &[], &view, &policy(), &now());
         assert_eq!(cond(&d, RESOLVED).reason, "PortNotFound");
         assert!(
             cond(&d, RESOLVED)
@@ -486,7 +479,7 @@ endpoints:
     }
 
     #[test]
-    fn unchanged_detects_no_op() {
+    fn a_second_judgement_without_change_writes_nothing() {
         let n = nodes();
         let view = View {
             nodes: &n,
@@ -494,23 +487,26 @@ endpoints:
             slices: vec![],
             peers: &[],
         };
-        let mut obj = vs(WEB);
-        let d = decide(&obj, &view, &policy(), &now());
-        assert!(!unchanged(&obj, &d.status));
-        obj.status = Some(tunlb_api::VirtualServiceStatus {
+        let obj = vs(WEB);
+        let d = decide(&obj, &[], &view, &policy(), &now());
+        let none = Observed::of(None);
+        assert_ne!(none.digest, digest(&d.status));
+        let written = tunlb_api::VirtualServiceStatus {
             observed_generation: d.status.observed_generation,
             conditions: d.status.conditions.clone(),
             real_servers: d.status.real_servers.clone(),
             real_server_count: Some(d.status.real_server_count),
             nodes: vec![],
-        });
+        };
+        let seen = Observed::of(Some(&written));
         let d2 = decide(
             &obj,
+            &seen.conditions(),
             &view,
             &policy(),
             &Time(Timestamp::from_second(5_000).unwrap()),
         );
         assert!(d2.transitions.is_empty());
-        assert!(unchanged(&obj, &d2.status));
+        assert_eq!(seen.digest, digest(&d2.status));
     }
 }

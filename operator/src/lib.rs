@@ -2,11 +2,14 @@
 //! VIPs and conflicts, and reports conditions. Deciding code (resolve, judge,
 //! conditions, decide) is pure; the controller does the I/O.
 
+pub mod cache;
 pub mod conditions;
 pub mod controller;
 pub mod decide;
+pub mod events;
 pub mod judge;
 pub mod leader;
+pub mod observed;
 pub mod resolve;
 pub mod telemetry;
 

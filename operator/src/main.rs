@@ -41,8 +41,10 @@ struct Args {
     /// How long deletion waits for nodes to report their programming removed.
     #[arg(long, default_value = "300", value_name = "SECONDS")]
     finalizer_timeout: u64,
-    /// Periodic re-check of every VirtualService.
-    #[arg(long, default_value = "600", value_name = "SECONDS")]
+    /// Periodic re-check of every VirtualService, a safety net: every input is
+    /// watched. Each object's interval is drawn from [3/4, 1] of this, so
+    /// objects judged together do not resync together.
+    #[arg(long, default_value = "3600", value_name = "SECONDS")]
     resync: u64,
     /// Log as JSON lines.
     #[arg(long, env = "TUNLB_LOG_JSON")]

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -46,6 +47,107 @@ impl NodeInfo {
             .iter()
             .copied()
             .find(|ip| ip.is_ipv4() == v4)
+    }
+}
+
+/// What resolution needs to know about a Service: its ports.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServiceInfo {
+    pub ports: Vec<ServicePortInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePortInfo {
+    pub name: Option<String>,
+    pub port: i32,
+    pub protocol: Option<String>,
+}
+
+impl ServiceInfo {
+    pub fn from_service(svc: &Service) -> ServiceInfo {
+        let ports = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .map(|ports| {
+                ports
+                    .iter()
+                    .map(|p| ServicePortInfo {
+                        name: p.name.clone(),
+                        port: p.port,
+                        protocol: p.protocol.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        ServiceInfo { ports }
+    }
+}
+
+/// What resolution needs to know about an EndpointSlice: its address family,
+/// its ports, and its ready endpoints on a node (the only ones that can
+/// become real servers), so the cache holds nothing else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceInfo {
+    pub address_type: AddressType,
+    pub ports: Vec<SlicePortInfo>,
+    pub endpoints: Vec<ReadyEndpoint>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressType {
+    V4,
+    V6,
+    /// FQDN or anything newer: never resolved into real servers.
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlicePortInfo {
+    pub name: Option<String>,
+    pub port: Option<i32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyEndpoint {
+    pub address: IpAddr,
+    /// Shared between the endpoints on one node (the cache interns it).
+    pub node_name: Arc<str>,
+}
+
+impl SliceInfo {
+    pub fn from_slice(slice: &EndpointSlice) -> SliceInfo {
+        let address_type = match slice.address_type.as_str() {
+            "IPv4" => AddressType::V4,
+            "IPv6" => AddressType::V6,
+            _ => AddressType::Other,
+        };
+        let ports = slice
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| SlicePortInfo {
+                name: p.name.clone(),
+                port: p.port,
+            })
+            .collect();
+        let endpoints = slice
+            .endpoints
+            .iter()
+            .flatten()
+            .filter_map(|ep| {
+                // The API treats an unset ready condition as ready.
+                let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                let node_name = ep.node_name.as_deref()?.into();
+                let address = ep.addresses.first()?.parse().ok()?;
+                ready.then_some(ReadyEndpoint { address, node_name })
+            })
+            .collect();
+        SliceInfo {
+            address_type,
+            ports,
+            endpoints,
+        }
     }
 }
 
@@ -99,14 +201,10 @@ enum PortSource {
 fn port_sources(
     spec: &VirtualServiceSpec,
     valid: &ValidService,
-    service: &Service,
+    service: &ServiceInfo,
     svc_key: &str,
 ) -> Result<Vec<PortSource>, Unresolved> {
-    let svc_ports = service
-        .spec
-        .as_ref()
-        .and_then(|s| s.ports.clone())
-        .unwrap_or_default();
+    let svc_ports = &service.ports;
     let mut out = Vec::new();
     for (i, (p, vp)) in spec.ports.iter().zip(&valid.ports).enumerate() {
         if p.target_port.is_some() {
@@ -138,8 +236,8 @@ pub fn resolve_service(
     spec: &VirtualServiceSpec,
     valid: &ValidService,
     namespace: &str,
-    service: Option<&Service>,
-    slices: &[&EndpointSlice],
+    service: Option<&ServiceInfo>,
+    slices: &[&SliceInfo],
     nodes: &[NodeInfo],
 ) -> Result<Vec<RealServer>, Unresolved> {
     let name = valid.service_name.clone().unwrap_or_default();
@@ -152,7 +250,7 @@ pub fn resolve_service(
     };
     let sources = port_sources(spec, valid, service, &svc_key)?;
     let v4 = valid.vip.is_ipv4();
-    let family = if v4 { "IPv4" } else { "IPv6" };
+    let family = if v4 { AddressType::V4 } else { AddressType::V6 };
 
     // node -> pod address -> ports (deduplicated across slices)
     let mut per_node: BTreeMap<String, BTreeMap<IpAddr, Vec<i32>>> = BTreeMap::new();
@@ -160,34 +258,23 @@ pub fn resolve_service(
         if slice.address_type != family {
             continue;
         }
-        let slice_ports = slice.ports.clone().unwrap_or_default();
         let ports: Option<Vec<i32>> = sources
             .iter()
             .map(|s| match s {
                 PortSource::Fixed(p) => Some(i32::from(*p)),
-                PortSource::Named(n) => slice_ports
+                PortSource::Named(n) => slice
+                    .ports
                     .iter()
                     .find(|sp| sp.name == *n)
                     .and_then(|sp| sp.port),
             })
             .collect();
         let Some(ports) = ports else { continue };
-        for ep in slice.endpoints.iter().flatten() {
-            // The API treats an unset ready condition as ready.
-            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-            let Some(node) = ep.node_name.clone() else {
-                continue;
-            };
-            if !ready {
-                continue;
-            }
-            let Some(addr) = ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else {
-                continue;
-            };
+        for ep in &slice.endpoints {
             per_node
-                .entry(node)
+                .entry(ep.node_name.to_string())
                 .or_default()
-                .insert(addr, ports.clone());
+                .insert(ep.address, ports.clone());
         }
     }
 

@@ -1,0 +1,600 @@
+//! The operator's caches, filled from watchers: only what deciding reads
+//! (NodeInfo, ServiceInfo, SliceInfo, the VirtualService index), keyed for
+//! the lookups a reconcile makes, so that a reconcile costs O(what it
+//! touches) instead of O(cluster).
+//!
+//! Each cache follows a reflector's re-list semantics: a (re-)list is built
+//! aside and swapped in whole when it completes, so readers never see half a
+//! list.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use tokio::sync::watch;
+use tunlb_api::VirtualService;
+
+use crate::observed::Observed;
+use crate::resolve::{NodeInfo, ServiceInfo, SliceInfo, slice_service_name};
+
+/// A Service by namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceKey {
+    pub fn new(namespace: &str, name: &str) -> ServiceKey {
+        ServiceKey {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
+/// One kind's cache.
+pub trait Cache: Default + Send + Sync + 'static {
+    type Obj;
+    /// What a change touches, to find the VirtualServices it affects.
+    type Touch;
+    /// Adds or replaces `obj`; `None` when nothing the operator reads changed.
+    fn put(&mut self, obj: &Self::Obj) -> Option<Self::Touch>;
+    fn remove(&mut self, obj: &Self::Obj) -> Option<Self::Touch>;
+}
+
+/// A cache shared between its writer and the reconciles.
+pub struct Shared<C>(Arc<RwLock<C>>);
+
+impl<C> Clone for Shared<C> {
+    fn clone(&self) -> Self {
+        Shared(self.0.clone())
+    }
+}
+
+impl<C: Default> Default for Shared<C> {
+    fn default() -> Self {
+        Shared(Arc::default())
+    }
+}
+
+impl<C> Shared<C> {
+    /// Never held across an await. A writer that panicked left a consistent
+    /// cache (every update is a single insert or remove), so poison is ignored.
+    pub fn read(&self) -> RwLockReadGuard<'_, C> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, C> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What a watcher event did to a cache.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Update<T> {
+    Nothing,
+    Touched(T),
+    /// A re-list after the first replaced the cache: anything may have changed.
+    Relisted,
+}
+
+/// Applies watcher events to a shared cache.
+pub struct Mirror<C> {
+    shared: Shared<C>,
+    relisting: Option<C>,
+    synced: watch::Sender<bool>,
+}
+
+impl<C: Cache> Mirror<C> {
+    pub fn new(shared: Shared<C>) -> (Mirror<C>, watch::Receiver<bool>) {
+        let (synced, rx) = watch::channel(false);
+        let mirror = Mirror {
+            shared,
+            relisting: None,
+            synced,
+        };
+        (mirror, rx)
+    }
+
+    pub fn apply(&mut self, ev: &watcher::Event<C::Obj>) -> Update<C::Touch> {
+        match ev {
+            watcher::Event::Init => {
+                self.relisting = Some(C::default());
+                Update::Nothing
+            }
+            watcher::Event::InitApply(obj) => {
+                self.relisting.get_or_insert_with(C::default).put(obj);
+                Update::Nothing
+            }
+            watcher::Event::InitDone => {
+                *self.shared.write() = self.relisting.take().unwrap_or_default();
+                let first = !*self.synced.borrow();
+                self.synced.send_replace(true);
+                if first {
+                    Update::Nothing
+                } else {
+                    Update::Relisted
+                }
+            }
+            watcher::Event::Apply(obj) => self.touched(self.shared.write().put(obj)),
+            watcher::Event::Delete(obj) => self.touched(self.shared.write().remove(obj)),
+        }
+    }
+
+    fn touched(&self, t: Option<C::Touch>) -> Update<C::Touch> {
+        // Before the first list completes, every VirtualService is judged anyway.
+        match t {
+            Some(t) if *self.synced.borrow() => Update::Touched(t),
+            _ => Update::Nothing,
+        }
+    }
+}
+
+/// Nodes, as deciding sees them. A change of anything else (status
+/// heartbeats, images, conditions) touches nothing.
+#[derive(Default)]
+pub struct Nodes {
+    by_name: BTreeMap<String, NodeInfo>,
+    /// The list handed to reconciles, rebuilt after a change.
+    list: Option<Arc<Vec<NodeInfo>>>,
+}
+
+impl Cache for Nodes {
+    type Obj = Node;
+    type Touch = ();
+
+    fn put(&mut self, node: &Node) -> Option<()> {
+        let info = NodeInfo::from_node(node)?;
+        if self.by_name.get(&info.name) == Some(&info) {
+            return None;
+        }
+        self.by_name.insert(info.name.clone(), info);
+        self.list = None;
+        Some(())
+    }
+
+    fn remove(&mut self, node: &Node) -> Option<()> {
+        self.by_name.remove(node.metadata.name.as_deref()?)?;
+        self.list = None;
+        Some(())
+    }
+}
+
+impl Shared<Nodes> {
+    /// All nodes; built once per change rather than per reconcile.
+    pub fn infos(&self) -> Arc<Vec<NodeInfo>> {
+        if let Some(list) = &self.read().list {
+            return list.clone();
+        }
+        let mut nodes = self.write();
+        let list = Arc::new(nodes.by_name.values().cloned().collect::<Vec<_>>());
+        nodes.list = Some(list.clone());
+        list
+    }
+}
+
+fn service_key_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<ServiceKey> {
+    Some(ServiceKey::new(
+        meta.namespace.as_deref()?,
+        meta.name.as_deref()?,
+    ))
+}
+
+/// Services: their ports.
+#[derive(Default)]
+pub struct Services {
+    by_key: HashMap<ServiceKey, Arc<ServiceInfo>>,
+}
+
+impl Cache for Services {
+    type Obj = Service;
+    type Touch = ServiceKey;
+
+    fn put(&mut self, svc: &Service) -> Option<ServiceKey> {
+        let key = service_key_of(&svc.metadata)?;
+        let info = ServiceInfo::from_service(svc);
+        if self.by_key.get(&key).map(AsRef::as_ref) == Some(&info) {
+            return None;
+        }
+        self.by_key.insert(key.clone(), Arc::new(info));
+        Some(key)
+    }
+
+    fn remove(&mut self, svc: &Service) -> Option<ServiceKey> {
+        let key = service_key_of(&svc.metadata)?;
+        self.by_key.remove(&key).map(|_| key)
+    }
+}
+
+impl Services {
+    pub fn get(&self, key: &ServiceKey) -> Option<Arc<ServiceInfo>> {
+        self.by_key.get(key).cloned()
+    }
+}
+
+/// A slice's name and what resolution reads of it.
+type NamedSlice = (Box<str>, Arc<SliceInfo>);
+
+/// EndpointSlices, grouped by the Service they belong to.
+#[derive(Default)]
+pub struct Slices {
+    /// "namespace/name" of each slice -> its Service.
+    owner: HashMap<Box<str>, Arc<ServiceKey>>,
+    by_service: HashMap<Arc<ServiceKey>, Vec<NamedSlice>>,
+    /// Node names, shared by every endpoint on the node.
+    node_names: HashSet<Arc<str>>,
+}
+
+impl Slices {
+    /// The slices of one Service.
+    pub fn for_service(&self, key: &ServiceKey) -> Vec<Arc<SliceInfo>> {
+        self.by_service
+            .get(key)
+            .map(|l| l.iter().map(|(_, info)| info.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn unlink(&mut self, service: &ServiceKey, slice_name: &str) {
+        if let Some(list) = self.by_service.get_mut(service) {
+            list.retain(|(n, _)| &**n != slice_name);
+            if list.is_empty() {
+                self.by_service.remove(service);
+            }
+        }
+    }
+
+    fn intern(&mut self, mut info: SliceInfo) -> SliceInfo {
+        for ep in &mut info.endpoints {
+            match self.node_names.get(&ep.node_name) {
+                Some(shared) => ep.node_name = shared.clone(),
+                None => {
+                    self.node_names.insert(ep.node_name.clone());
+                }
+            }
+        }
+        info
+    }
+}
+
+/// What a slice change touches: its Service, and the one it belonged to
+/// before when its service-name label changed.
+pub type SliceTouch = Vec<ServiceKey>;
+
+impl Cache for Slices {
+    type Obj = EndpointSlice;
+    type Touch = SliceTouch;
+
+    fn put(&mut self, slice: &EndpointSlice) -> Option<SliceTouch> {
+        let ns = slice.metadata.namespace.as_deref()?;
+        let name = slice.metadata.name.as_deref()?;
+        let Some(service) = slice_service_name(slice).map(|s| ServiceKey::new(ns, s)) else {
+            // Not (or no longer) a Service's slice.
+            return self.remove(slice);
+        };
+        let info = SliceInfo::from_slice(slice);
+        let full: Box<str> = format!("{ns}/{name}").into();
+        let mut touched = Vec::new();
+        if let Some(old) = self.owner.get(&full).cloned() {
+            if *old == service {
+                let same = self.by_service.get(&*old).and_then(|l| {
+                    l.iter()
+                        .find(|(n, _)| &**n == name)
+                        .map(|(_, i)| **i == info)
+                });
+                if same == Some(true) {
+                    return None;
+                }
+            } else {
+                touched.push((*old).clone());
+            }
+            self.unlink(&old, name);
+        }
+        let info = Arc::new(self.intern(info));
+        let key = match self.by_service.get_key_value(&service) {
+            Some((k, _)) => k.clone(),
+            None => Arc::new(service.clone()),
+        };
+        self.owner.insert(full, key.clone());
+        self.by_service
+            .entry(key)
+            .or_insert_with(|| Vec::with_capacity(1))
+            .push((name.into(), info));
+        touched.push(service);
+        Some(touched)
+    }
+
+    fn remove(&mut self, slice: &EndpointSlice) -> Option<SliceTouch> {
+        let ns = slice.metadata.namespace.as_deref()?;
+        let name = slice.metadata.name.as_deref()?;
+        let service = self.owner.remove(format!("{ns}/{name}").as_str())?;
+        self.unlink(&service, name);
+        Some(vec![(*service).clone()])
+    }
+}
+
+/// A VirtualService's "namespace/name", shared between the index's maps.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct VsName(Arc<str>);
+
+impl VsName {
+    fn of(vs: &VirtualService) -> Option<VsName> {
+        let (ns, name) = (
+            vs.metadata.namespace.as_deref()?,
+            vs.metadata.name.as_deref()?,
+        );
+        Some(VsName(format!("{ns}/{name}").into()))
+    }
+
+    fn of_ref(r: &ObjectRef<VirtualService>) -> Option<VsName> {
+        Some(VsName(
+            format!("{}/{}", r.namespace.as_deref()?, r.name).into(),
+        ))
+    }
+
+    fn object_ref(&self) -> ObjectRef<VirtualService> {
+        let (ns, name) = self.0.split_once('/').unwrap_or_default();
+        ObjectRef::new(name).within(ns)
+    }
+}
+
+/// A VirtualService's entry in the index.
+struct Entry {
+    vip: Option<IpAddr>,
+    /// The Service it takes backends from, in its own namespace.
+    service: Option<Box<str>>,
+    observed: Observed,
+}
+
+/// VirtualServices by VIP and by the Service they take backends from (which
+/// ones a Service or slice change affects, and which may conflict), and the
+/// status each was last seen with.
+#[derive(Default)]
+pub struct VirtualServices {
+    entries: HashMap<VsName, Entry>,
+    by_vip: HashMap<IpAddr, Vec<VsName>>,
+    by_service: HashMap<ServiceKey, Vec<VsName>>,
+}
+
+/// The VIP as `validate` parses it, so that equal addresses compare equal however written.
+pub fn parse_vip(vip: &str) -> Option<IpAddr> {
+    vip.trim().parse().ok()
+}
+
+/// A short reference (no resourceVersion or uid): what the controller queues.
+pub fn vs_ref(vs: &VirtualService) -> Option<ObjectRef<VirtualService>> {
+    Some(ObjectRef::new(vs.metadata.name.as_deref()?).within(vs.metadata.namespace.as_deref()?))
+}
+
+fn unlink<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<VsName>>, key: &K, name: &VsName) {
+    if let Some(list) = map.get_mut(key) {
+        list.retain(|o| o != name);
+        if list.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+fn link<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<VsName>>, key: K, name: VsName) {
+    // Most lists hold one name: no spare capacity.
+    let list = map.entry(key).or_insert_with(|| Vec::with_capacity(1));
+    list.push(name);
+}
+
+impl VirtualServices {
+    pub fn same_vip(&self, vip: IpAddr) -> Vec<ObjectRef<VirtualService>> {
+        let list = self.by_vip.get(&vip).map(Vec::as_slice).unwrap_or_default();
+        list.iter().map(VsName::object_ref).collect()
+    }
+
+    pub fn using_service(&self, key: &ServiceKey) -> Vec<ObjectRef<VirtualService>> {
+        let list = self
+            .by_service
+            .get(key)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        list.iter().map(VsName::object_ref).collect()
+    }
+
+    /// The status `r` was last seen with.
+    pub fn observed(&self, r: &ObjectRef<VirtualService>) -> Option<Observed> {
+        self.entries
+            .get(&VsName::of_ref(r)?)
+            .map(|e| e.observed.clone())
+    }
+
+    fn forget(&mut self, name: &VsName) -> Option<Entry> {
+        let old = self.entries.remove(name)?;
+        if let Some(vip) = old.vip {
+            unlink(&mut self.by_vip, &vip, name);
+        }
+        if let Some(svc) = &old.service {
+            let (ns, _) = name.0.split_once('/').unwrap_or_default();
+            unlink(&mut self.by_service, &ServiceKey::new(ns, svc), name);
+        }
+        Some(old)
+    }
+}
+
+impl Cache for VirtualServices {
+    type Obj = VirtualService;
+    /// Nothing: a VirtualService change triggers its own reconcile.
+    type Touch = ();
+
+    fn put(&mut self, vs: &VirtualService) -> Option<()> {
+        let name = VsName::of(vs)?;
+        let entry = Entry {
+            vip: parse_vip(&vs.spec.vip),
+            service: vs
+                .spec
+                .backends
+                .service
+                .as_ref()
+                .map(|s| s.name.as_str().into()),
+            observed: Observed::of(vs.status.as_ref()),
+        };
+        if let Some(old) = self.entries.get_mut(&name)
+            && old.vip == entry.vip
+            && old.service == entry.service
+        {
+            old.observed = entry.observed;
+            return None;
+        }
+        self.forget(&name);
+        if let Some(vip) = entry.vip {
+            link(&mut self.by_vip, vip, name.clone());
+        }
+        if let Some(svc) = &entry.service {
+            let ns = vs.metadata.namespace.as_deref().unwrap_or_default();
+            link(&mut self.by_service, ServiceKey::new(ns, svc), name.clone());
+        }
+        self.entries.insert(name, entry);
+        None
+    }
+
+    fn remove(&mut self, vs: &VirtualService) -> Option<()> {
+        self.forget(&VsName::of(vs)?);
+        None
+    }
+}
+
+/// Drops what the operator never reads before an object is cached or
+/// passed on: field managers and annotations (kubectl's
+/// last-applied-configuration repeats the whole object).
+pub fn strip_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+    meta.managed_fields = None;
+    meta.annotations = None;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(name: &str, svc: &str, ip: &str) -> EndpointSlice {
+        serde_yaml::from_str(&format!(
+            "metadata: {{name: {name}, namespace: ns, labels: {{kubernetes.io/service-name: {svc}}}}}\naddressType: IPv4\nendpoints: [{{addresses: [{ip}], nodeName: n1}}]"
+        ))
+        .unwrap()
+    }
+
+    fn vs(name: &str, vip: &str, svc: Option<&str>) -> VirtualService {
+        let backends = match svc {
+            Some(s) => format!("{{service: {{name: {s}}}}}"),
+            None => "{static: [{address: 10.1.1.1}]}".into(),
+        };
+        serde_yaml::from_str(&format!(
+            "apiVersion: tunlb.io/v1alpha1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{vip: '{vip}', ports: [{{port: 80}}], backends: {backends}}}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_relist_is_swapped_in_whole_and_reported_after_the_first() {
+        let shared = Shared::<Slices>::default();
+        let (mut m, synced) = Mirror::new(shared.clone());
+        let web = ServiceKey::new("ns", "web");
+        assert_eq!(m.apply(&watcher::Event::Init), Update::Nothing);
+        m.apply(&watcher::Event::InitApply(slice("a", "web", "10.0.0.1")));
+        assert!(shared.read().for_service(&web).is_empty(), "half a list");
+        assert!(!*synced.borrow());
+        assert_eq!(m.apply(&watcher::Event::InitDone), Update::Nothing);
+        assert!(*synced.borrow());
+        assert_eq!(shared.read().for_service(&web).len(), 1);
+
+        m.apply(&watcher::Event::Init);
+        m.apply(&watcher::Event::InitApply(slice("b", "web", "10.0.0.2")));
+        assert_eq!(m.apply(&watcher::Event::InitDone), Update::Relisted);
+        let now = shared.read().for_service(&web);
+        assert_eq!(now.len(), 1);
+        assert_eq!(now[0].endpoints[0].address.to_string(), "10.0.0.2");
+    }
+
+    #[test]
+    fn slices_touch_their_service_only_when_something_read_changed() {
+        let shared = Shared::<Slices>::default();
+        let (mut m, _) = Mirror::new(shared.clone());
+        m.apply(&watcher::Event::Init);
+        m.apply(&watcher::Event::InitDone);
+        let web = ServiceKey::new("ns", "web");
+        let a = slice("a", "web", "10.0.0.1");
+        assert_eq!(
+            m.apply(&watcher::Event::Apply(a.clone())),
+            Update::Touched(vec![web.clone()])
+        );
+        let mut relabelled = a.clone();
+        relabelled.metadata.resource_version = Some("2".into());
+        assert_eq!(m.apply(&watcher::Event::Apply(relabelled)), Update::Nothing);
+        // moved to another Service: both are touched
+        let moved = slice("a", "api", "10.0.0.1");
+        assert_eq!(
+            m.apply(&watcher::Event::Apply(moved.clone())),
+            Update::Touched(vec![web.clone(), ServiceKey::new("ns", "api")])
+        );
+        assert!(shared.read().for_service(&web).is_empty());
+        assert_eq!(
+            m.apply(&watcher::Event::Delete(moved)),
+            Update::Touched(vec![ServiceKey::new("ns", "api")])
+        );
+        assert!(shared.read().owner.is_empty());
+        assert!(shared.read().by_service.is_empty());
+    }
+
+    #[test]
+    fn node_heartbeats_touch_nothing() {
+        let shared = Shared::<Nodes>::default();
+        let (mut m, _) = Mirror::new(shared.clone());
+        m.apply(&watcher::Event::Init);
+        m.apply(&watcher::Event::InitDone);
+        let a: Node = serde_yaml::from_str(
+            "metadata: {name: n1, labels: {a: b}}\nstatus: {addresses: [{type: InternalIP, address: 10.0.0.1}], conditions: [{type: Ready, status: 'True', lastHeartbeatTime: '2026-01-01T00:00:00Z'}]}",
+        )
+        .unwrap();
+        assert_eq!(
+            m.apply(&watcher::Event::Apply(a.clone())),
+            Update::Touched(())
+        );
+        assert_eq!(shared.infos().len(), 1);
+        let mut b = a.clone();
+        if let Some(c) = b.status.as_mut().and_then(|s| s.conditions.as_mut()) {
+            c[0].last_heartbeat_time = None;
+        }
+        assert_eq!(m.apply(&watcher::Event::Apply(b)), Update::Nothing);
+        let mut c = a.clone();
+        c.metadata.labels = Some([("tunlb.io/director".to_string(), "true".to_string())].into());
+        assert_eq!(
+            m.apply(&watcher::Event::Apply(c.clone())),
+            Update::Touched(())
+        );
+        assert_eq!(shared.infos()[0].labels.len(), 1);
+        assert_eq!(m.apply(&watcher::Event::Delete(c)), Update::Touched(()));
+        assert!(shared.infos().is_empty());
+    }
+
+    #[test]
+    fn the_index_follows_vip_and_service_changes() {
+        let shared = Shared::<VirtualServices>::default();
+        let (mut m, _) = Mirror::new(shared.clone());
+        m.apply(&watcher::Event::Init);
+        m.apply(&watcher::Event::InitApply(vs("a", "10.0.0.1", Some("web"))));
+        m.apply(&watcher::Event::InitApply(vs("b", " 10.0.0.1", None)));
+        m.apply(&watcher::Event::InitDone);
+        let vip: IpAddr = "10.0.0.1".parse().unwrap();
+        let web = ServiceKey::new("ns", "web");
+        assert_eq!(shared.read().same_vip(vip).len(), 2);
+        assert_eq!(shared.read().using_service(&web).len(), 1);
+        m.apply(&watcher::Event::Apply(vs("a", "10.0.0.2", None)));
+        assert_eq!(shared.read().same_vip(vip).len(), 1);
+        assert!(shared.read().using_service(&web).is_empty());
+        m.apply(&watcher::Event::Delete(vs("b", "10.0.0.1", None)));
+        assert!(shared.read().same_vip(vip).is_empty());
+        assert_eq!(shared.read().entries.len(), 1);
+        let a = ObjectRef::new("a").within("ns");
+        assert!(shared.read().observed(&a).is_some());
+    }
+}

@@ -1,0 +1,200 @@
+//! What a reconcile needs of the status the operator last wrote: a digest to
+//! tell whether a new status differs, and each condition's status and
+//! lastTransitionTime for `conditions::merge`.
+//!
+//! The cache keeps this in place of the written conditions and realServers,
+//! which are most of a VirtualService's size (7 conditions with messages):
+//! at 10,000 objects that was about 15 MB.
+
+use std::hash::Hasher;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use serde::Serialize;
+use tunlb_api::{RealServer, VirtualService, VirtualServiceStatus};
+
+use crate::conditions::{ACCEPTED, CONFLICT, READY, RECONCILING, RESOLVED, STALLED, VIP_ALLOWED};
+use crate::decide::OperatorStatus;
+
+/// The condition types the operator owns; `Observed` refers to them by index.
+const OWNED: [&str; 7] = [
+    ACCEPTED,
+    RESOLVED,
+    VIP_ALLOWED,
+    CONFLICT,
+    READY,
+    RECONCILING,
+    STALLED,
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub digest: u64,
+    /// (index in OWNED, status is True, lastTransitionTime)
+    conditions: Box<[(u8, bool, Time)]>,
+}
+
+impl Observed {
+    pub fn of(status: Option<&VirtualServiceStatus>) -> Observed {
+        let Some(s) = status else {
+            return Observed {
+                digest: digest_of(None, [].iter(), &[], None),
+                conditions: Box::new([]),
+            };
+        };
+        let conditions = s
+            .conditions
+            .iter()
+            .filter_map(|c| {
+                let i = OWNED.iter().position(|t| *t == c.type_)?;
+                Some((i as u8, c.status == "True", c.last_transition_time.clone()))
+            })
+            .collect();
+        Observed {
+            digest: digest_of(
+                s.observed_generation,
+                s.conditions.iter(),
+                &s.real_servers,
+                s.real_server_count,
+            ),
+            conditions,
+        }
+    }
+
+    /// The conditions as `conditions::merge` reads them (type, status and
+    /// lastTransitionTime; no reason or message).
+    pub fn conditions(&self) -> Vec<Condition> {
+        self.conditions
+            .iter()
+            .map(|(i, status, since)| Condition {
+                type_: OWNED[usize::from(*i)].to_string(),
+                status: if *status { "True" } else { "False" }.to_string(),
+                last_transition_time: since.clone(),
+                message: String::new(),
+                reason: String::new(),
+                observed_generation: None,
+            })
+            .collect()
+    }
+
+    pub fn has(&self, type_: &str) -> bool {
+        self.conditions
+            .iter()
+            .any(|(i, _, _)| OWNED[usize::from(*i)] == type_)
+    }
+}
+
+/// The digest `Observed` compares with: equal when writing `status` would change nothing.
+pub fn digest(status: &OperatorStatus) -> u64 {
+    digest_of(
+        status.observed_generation,
+        status.conditions.iter(),
+        &status.real_servers,
+        Some(status.real_server_count),
+    )
+}
+
+/// Drops what `Observed` stands for from a cached object.
+pub fn strip(vs: &mut VirtualService) {
+    if let Some(s) = vs.status.as_mut() {
+        s.conditions = Vec::new();
+        s.real_servers = Vec::new();
+    }
+}
+
+/// Feeds serialised JSON into a hasher, so nothing is allocated.
+struct HashWriter<'a>(&'a mut std::collections::hash_map::DefaultHasher);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[derive(Serialize)]
+struct Canonical<'a> {
+    observed_generation: Option<i64>,
+    conditions: Vec<&'a Condition>,
+    real_servers: &'a [RealServer],
+    real_server_count: Option<i32>,
+}
+
+fn digest_of<'a>(
+    observed_generation: Option<i64>,
+    conditions: impl Iterator<Item = &'a Condition>,
+    real_servers: &'a [RealServer],
+    real_server_count: Option<i32>,
+) -> u64 {
+    // Only the operator's conditions, in a fixed order: others are not ours to compare.
+    let mut owned: Vec<(usize, &Condition)> = conditions
+        .filter_map(|c| Some((OWNED.iter().position(|t| *t == c.type_)?, c)))
+        .collect();
+    owned.sort_by_key(|(i, _)| *i);
+    let canonical = Canonical {
+        observed_generation,
+        conditions: owned.into_iter().map(|(_, c)| c).collect(),
+        real_servers,
+        real_server_count,
+    };
+    // DefaultHasher::new() has fixed keys: digests compare within a process.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    // Writing to a hasher cannot fail, and these types always serialise.
+    let _ = serde_json::to_writer(HashWriter(&mut h), &canonical);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn cond(t: &str, status: &str, msg: &str) -> Condition {
+        Condition {
+            type_: t.into(),
+            status: status.into(),
+            reason: "R".into(),
+            message: msg.into(),
+            observed_generation: Some(1),
+            last_transition_time: Time(Timestamp::from_second(100).unwrap()),
+        }
+    }
+
+    #[test]
+    fn digest_matches_the_written_status_in_any_order() {
+        let status = OperatorStatus {
+            observed_generation: Some(1),
+            conditions: vec![cond(READY, "False", "waiting"), cond(ACCEPTED, "True", "")],
+            real_servers: vec![],
+            real_server_count: 0,
+        };
+        let written = VirtualServiceStatus {
+            observed_generation: Some(1),
+            // another writer's condition type is not compared
+            conditions: vec![
+                cond(ACCEPTED, "True", ""),
+                cond("Other", "True", ""),
+                cond(READY, "False", "waiting"),
+            ],
+            real_servers: vec![],
+            real_server_count: Some(0),
+            nodes: vec![],
+        };
+        let seen = Observed::of(Some(&written));
+        assert_eq!(seen.digest, digest(&status));
+        assert!(seen.has(ACCEPTED) && !seen.has(RESOLVED));
+        let conds = seen.conditions();
+        assert_eq!(conds.len(), 2);
+        assert_eq!(
+            (conds[0].type_.as_str(), conds[0].status.as_str()),
+            (ACCEPTED, "True")
+        );
+
+        let mut changed = written.clone();
+        changed.conditions[2].message = "waiting for n1".into();
+        assert_ne!(Observed::of(Some(&changed)).digest, digest(&status));
+        assert_ne!(Observed::of(None).digest, digest(&status));
+    }
+}
