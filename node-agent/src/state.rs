@@ -129,19 +129,13 @@ pub fn state_file(dir: &Path) -> PathBuf {
 
 impl OwnedState {
     pub fn load(dir: &Path) -> Result<OwnedState, StateError> {
-        let path = state_file(dir);
-        // Streamed: the file is not held in memory next to what it decodes to.
-        match std::fs::File::open(&path) {
-            Ok(file) => serde_json::from_reader(std::io::BufReader::with_capacity(64 * 1024, file))
-                .map_err(|source| StateError::Parse {
-                    path: path.display().to_string(),
-                    source,
-                }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(OwnedState::default()),
-            Err(source) => Err(StateError::Read {
-                path: path.display().to_string(),
-                source,
-            }),
+        match read_json(&state_file(dir)) {
+            Err(StateError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(OwnedState::default())
+            }
+            other => other,
         }
     }
 
@@ -150,20 +144,45 @@ impl OwnedState {
     /// pretty form was three times larger and was built in memory first.
     pub fn save(&self, dir: &Path) -> Result<(), StateError> {
         let path = state_file(dir);
-        let err = |source| StateError::Write {
+        let tmp = dir.join(".state.json.tmp");
+        write_json(&tmp, self, &path)?;
+        std::fs::rename(&tmp, &path).map_err(|source| StateError::Write {
             path: path.display().to_string(),
             source,
-        };
-        std::fs::create_dir_all(dir).map_err(err)?;
-        let tmp = dir.join(".state.json.tmp");
-        let file = std::fs::File::create(&tmp).map_err(err)?;
-        let mut w = std::io::BufWriter::with_capacity(64 * 1024, file);
-        serde_json::to_writer(&mut w, self).map_err(|e| err(std::io::Error::other(e)))?;
-        w.write_all(b"\n").map_err(err)?;
-        w.flush().map_err(err)?;
-        drop(w);
-        std::fs::rename(&tmp, &path).map_err(err)
+        })
     }
+}
+
+/// Streams `value` as compact JSON into `file` (creating its directory);
+/// errors name `named`. Streamed: at 10,000 objects the text is megabytes.
+fn write_json<T: Serialize + ?Sized>(
+    file: &Path,
+    value: &T,
+    named: &Path,
+) -> Result<(), StateError> {
+    let err = |source| StateError::Write {
+        path: named.display().to_string(),
+        source,
+    };
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let out = std::fs::File::create(file).map_err(err)?;
+    let mut w = std::io::BufWriter::with_capacity(64 * 1024, out);
+    serde_json::to_writer(&mut w, value).map_err(|e| err(std::io::Error::other(e)))?;
+    w.write_all(b"\n").map_err(err)?;
+    w.flush().map_err(err)
+}
+
+/// Streams JSON from `file`: the text is never held next to what it decodes to.
+fn read_json<T: serde::de::DeserializeOwned>(file: &Path) -> Result<T, StateError> {
+    let path = file.display().to_string();
+    let input = std::fs::File::open(file).map_err(|source| StateError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_reader(std::io::BufReader::with_capacity(64 * 1024, input))
+        .map_err(|source| StateError::Parse { path, source })
 }
 
 /// The stored objects of an `apply` in progress, parked in the state dir
@@ -179,26 +198,12 @@ impl Pending {
         objects: &BTreeMap<String, StoredObject>,
     ) -> Result<Pending, StateError> {
         let path = dir.join(".objects.pending.json");
-        let err = |source| StateError::Write {
-            path: path.display().to_string(),
-            source,
-        };
-        std::fs::create_dir_all(dir).map_err(err)?;
-        let file = std::fs::File::create(&path).map_err(err)?;
-        let mut w = std::io::BufWriter::with_capacity(64 * 1024, file);
-        serde_json::to_writer(&mut w, objects).map_err(|e| err(std::io::Error::other(e)))?;
-        w.flush().map_err(err)?;
+        write_json(&path, objects, &path)?;
         Ok(Pending { path })
     }
 
     pub fn read(&self) -> Result<BTreeMap<String, StoredObject>, StateError> {
-        let path = self.path.display().to_string();
-        let file = std::fs::File::open(&self.path).map_err(|source| StateError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        serde_json::from_reader(std::io::BufReader::with_capacity(64 * 1024, file))
-            .map_err(|source| StateError::Parse { path, source })
+        read_json(&self.path)
     }
 
     pub fn remove(self) {
