@@ -15,9 +15,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
-use kube::runtime::controller::{self as kcontroller, Action, Config as ControllerConfig};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -26,19 +24,20 @@ use tunlb_api::VirtualService;
 
 use crate::cache::{
     self, Cache, Mirror, Nodes, ServiceKey, Services, Shared, Slices, Update, VirtualServices,
-    parse_vip, vs_ref,
+    VsName, parse_vip,
 };
 use crate::conditions::{self, Want};
 use crate::decide::{self, OperatorStatus, Policy, View};
 use crate::events::{self, Kind, Note, Publisher, Reporter};
 use crate::observed::{self, Observed};
+use crate::queue::{Next, Queue};
 use crate::telemetry::Metrics;
 
 /// Reconciles in flight at once. Unbounded, a start with 10,000 VirtualServices
 /// opened thousands of API connections at once (504s from the API server, lost
 /// leadership); each reconcile is a few API round trips, so a few dozen keep
 /// the API server busy without flooding it.
-pub const MAX_CONCURRENT_RECONCILES: u16 = 32;
+pub const MAX_CONCURRENT_RECONCILES: usize = 32;
 
 /// Events being published at once, off the reconciles (see `publish_later`).
 const EVENTS_IN_FLIGHT: usize = 8;
@@ -79,13 +78,13 @@ pub struct Context {
     pub nodes: Shared<Nodes>,
     pub services: Shared<Services>,
     pub slices: Shared<Slices>,
+    /// The VirtualServices themselves, indexed by VIP and Service.
     pub index: Shared<VirtualServices>,
-    pub virtual_services: Store<VirtualService>,
     pub leader: watch::Receiver<bool>,
     /// True once every cache has its initial list.
     pub synced: watch::Receiver<bool>,
     /// Queues VirtualServices for a reconcile.
-    pub trigger: mpsc::UnboundedSender<ObjectRef<VirtualService>>,
+    pub queue: Arc<Queue>,
 }
 
 /// The resync interval drawn from [3/4, 1] x `resync`: objects judged in one
@@ -144,15 +143,12 @@ async fn publish_later(ctx: &Context, regarding: ObjectReference, notes: Vec<Not
 
 /// Others that share this VIP: their conflict verdicts may change with ours.
 fn retrigger_same_vip(ctx: &Context, vs: &VirtualService) {
-    let (Some(vip), Some(me)) = (parse_vip(&vs.spec.vip), vs_ref(vs)) else {
+    let (Some(vip), Some(me)) = (parse_vip(&vs.spec.vip), VsName::of(vs)) else {
         return;
     };
     let others = ctx.index.read().same_vip(vip);
-    for other in others {
-        if other != me {
-            let _ = ctx.trigger.send(other);
-        }
-    }
+    ctx.queue
+        .trigger_all(others.into_iter().filter(|other| *other != me));
 }
 
 /// Writes the finalizer list with the object's resourceVersion as a
@@ -207,12 +203,13 @@ fn decide_from_caches(
 ) -> decide::Decision {
     let nodes = ctx.nodes.infos();
     // Only a VirtualService on the same VIP can clash (IPVS keys include it).
-    let peers: Vec<_> = match (parse_vip(&vs.spec.vip), vs_ref(vs)) {
+    let peers: Vec<_> = match (parse_vip(&vs.spec.vip), VsName::of(vs)) {
         (Some(vip), Some(me)) => {
-            let same = ctx.index.read().same_vip(vip);
+            let index = ctx.index.read();
+            let same = index.same_vip(vip);
             same.iter()
                 .filter(|r| **r != me)
-                .filter_map(|r| ctx.virtual_services.get(r))
+                .filter_map(|r| index.object(r))
                 // Agents stop programming a VirtualService once it is being deleted.
                 .filter(|o| o.metadata.deletion_timestamp.is_none())
                 .filter_map(|o| decide::peer(&o, &ctx.policy, &nodes))
@@ -243,15 +240,15 @@ fn decide_from_caches(
     decide::decide(vs, existing, &view, &ctx.policy, &now)
 }
 
-pub async fn reconcile(vs: Arc<VirtualService>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(vs: Arc<VirtualService>, ctx: Arc<Context>) -> Result<Next, Error> {
     if !*ctx.leader.borrow() {
         // Followers keep their caches warm; a new leader reconciles everything.
-        return Ok(Action::await_change());
+        return Ok(Next::AwaitChange);
     }
     // Judged before the other caches are complete, a VirtualService would see
     // its Service or its peers as missing and get a wrong status, then a fix.
     if ctx.synced.clone().wait_for(|s| *s).await.is_err() {
-        return Ok(Action::await_change());
+        return Ok(Next::AwaitChange);
     }
     let _timer = ctx.metrics.reconcile_started();
     let ns = vs.namespace().ok_or(Error::MissingKey)?;
@@ -263,7 +260,7 @@ pub async fn reconcile(vs: Arc<VirtualService>, ctx: Arc<Context>) -> Result<Act
     }
     let (vs, observed) = if vs.finalizers().iter().any(|f| f == FINALIZER) {
         // The cached object has no conditions or realServers (see observed.rs).
-        let observed = ctx.index.read().observed(&ObjectRef::from_obj(vs.as_ref()));
+        let observed = VsName::of(&vs).and_then(|n| ctx.index.read().observed(&n));
         (vs, observed.unwrap_or_else(|| Observed::of(None)))
     } else {
         // Judged right away with the object as written, rather than on the
@@ -289,16 +286,16 @@ pub async fn reconcile(vs: Arc<VirtualService>, ctx: Arc<Context>) -> Result<Act
     if spec_changed {
         retrigger_same_vip(&ctx, &vs);
     }
-    Ok(Action::requeue(jittered(ctx.resync)))
+    Ok(Next::Requeue(jittered(ctx.resync)))
 }
 
 async fn cleanup(
     api: &Api<VirtualService>,
     vs: &VirtualService,
     ctx: &Context,
-) -> Result<Action, Error> {
+) -> Result<Next, Error> {
     if !vs.finalizers().iter().any(|f| f == FINALIZER) {
-        return Ok(Action::await_change());
+        return Ok(Next::AwaitChange);
     }
     // It no longer blocks younger VirtualServices on its VIP: re-judge them now,
     // while the store holds it with its deletionTimestamp. (Waiting for it to be
@@ -378,7 +375,7 @@ async fn cleanup(
             )
             .await?;
         }
-        return Ok(Action::requeue(Duration::from_secs(5)));
+        return Ok(Next::Requeue(Duration::from_secs(5)));
     }
     if timed_out && !remaining.is_empty() {
         let note = Note {
@@ -397,13 +394,25 @@ async fn cleanup(
     remove_finalizer(api, vs).await?;
     info!(name = %vs.name_any(), "released");
     retrigger_same_vip(ctx, vs);
-    Ok(Action::await_change())
+    Ok(Next::AwaitChange)
 }
 
-pub fn error_policy(_vs: Arc<VirtualService>, err: &Error, ctx: Arc<Context>) -> Action {
-    warn!(error = %err, "reconcile failed");
+pub fn error_policy(name: &VsName, err: &Error, ctx: &Context) -> Next {
+    warn!(%name, error = %err, "reconcile failed");
     ctx.metrics.reconcile_failed(&err.metric_label());
-    Action::requeue(Duration::from_secs(15))
+    Next::Requeue(Duration::from_secs(15))
+}
+
+/// Reconciles the object cached under `name`, if it is still there.
+async fn reconcile_cached(name: VsName, ctx: Arc<Context>) -> Next {
+    let Some(vs) = ctx.index.read().object(&name) else {
+        debug!(%name, "gone before its reconcile");
+        return Next::AwaitChange;
+    };
+    match reconcile(Arc::new(vs), ctx.clone()).await {
+        Ok(next) => next,
+        Err(e) => error_policy(&name, &e, &ctx),
+    }
 }
 
 /// Ticks once each time this replica becomes leader.
@@ -557,19 +566,16 @@ fn log_list_progress<K>(kind: &str, ev: &watcher::Event<K>, started: &mut Instan
     }
 }
 
-/// The VirtualService watcher: fills the controller's store and the index,
+/// The VirtualService watcher: fills the index (which holds the objects)
 /// and queues each applied object.
 async fn follow_virtual_services(
     events: impl Stream<Item = Result<watcher::Event<VirtualService>, watcher::Error>>,
-    mut writer: reflector::store::Writer<VirtualService>,
-    mut index: Mirror<VirtualServices>,
-    trigger: mpsc::UnboundedSender<ObjectRef<VirtualService>>,
+    mut mirror: Mirror<VirtualServices>,
+    index: Shared<VirtualServices>,
+    queue: Arc<Queue>,
 ) {
     let mut events = std::pin::pin!(events);
     let mut listing = Instant::now();
-    // Objects of a list are queued once it is complete: before that the
-    // controller's store does not have them yet.
-    let mut listed = Vec::new();
     while let Some(ev) = events.next().await {
         let ev = match ev {
             Ok(ev) => ev,
@@ -579,40 +585,19 @@ async fn follow_virtual_services(
             }
         };
         log_list_progress("VirtualService", &ev, &mut listing);
-        // The index takes what it needs of the status, then the cached copy drops it.
-        index.apply(&ev);
-        let mut ev = ev;
-        match &mut ev {
-            watcher::Event::Apply(vs)
-            | watcher::Event::InitApply(vs)
-            | watcher::Event::Delete(vs) => observed::strip(vs),
-            watcher::Event::Init | watcher::Event::InitDone => {}
-        }
-        writer.apply_watcher_event(&ev);
+        mirror.apply(&ev);
         match &ev {
-            watcher::Event::Init => listed.clear(),
-            watcher::Event::InitApply(vs) => listed.extend(vs_ref(vs)),
-            watcher::Event::InitDone => {
-                for r in listed.drain(..) {
-                    let _ = trigger.send(r);
-                }
-                listed.shrink_to_fit();
-            }
-            watcher::Event::Apply(vs) => {
-                if let Some(r) = vs_ref(vs) {
-                    let _ = trigger.send(r);
+            // A list is in the index once complete: then all of it is judged.
+            watcher::Event::InitDone => queue.trigger_all(index.read().names()),
+            watcher::Event::Apply(vs) => queue.trigger_all(VsName::of(vs)),
+            watcher::Event::Delete(vs) => {
+                if let Some(name) = VsName::of(vs) {
+                    queue.forget(&name);
                 }
             }
-            watcher::Event::Delete(_) => {}
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
         }
     }
-}
-
-/// A stream of what arrives on `rx`.
-fn receiver_stream<T: Send + 'static>(
-    rx: mpsc::UnboundedReceiver<T>,
-) -> impl Stream<Item = T> + Send {
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
 }
 
 /// Runs the controller until `shutdown` completes.
@@ -627,46 +612,45 @@ pub async fn run(
     // Streaming lists: the initial list arrives as watch events, one object at
     // a time, instead of pages of 500 held (JSON and decoded) at once.
     let wc = watcher::Config::default().streaming_lists();
-    let (trigger, trigger_rx) = mpsc::unbounded_channel();
-    let (all, all_rx) = mpsc::unbounded_channel::<()>();
+    let queue = Arc::new(Queue::default());
     let index = Shared::<VirtualServices>::default();
+    let judge_all = {
+        let (queue, index) = (queue.clone(), index.clone());
+        move || queue.trigger_all(index.read().names())
+    };
 
     // Deletions must trigger too: a deleted EndpointSlice, Service or Node
     // changes the real servers.
     let nodes = Shared::<Nodes>::default();
     let (mirror, nodes_synced) = Mirror::new(nodes.clone());
     let node_events = watcher(Api::<Node>::all(client.clone()), wc.clone()).default_backoff();
-    let to_all = all.clone();
+    let all = judge_all.clone();
     tokio::spawn(follow("Node", node_events, mirror, move |u| {
         // Node labels pick directors and InternalIPs match static backends:
         // any VirtualService may change.
         if u != Update::Nothing {
-            let _ = to_all.send(());
+            all();
         }
     }));
 
     let services = Shared::<Services>::default();
     let (mirror, services_synced) = Mirror::new(services.clone());
     let svc_events = watcher(Api::<Service>::all(client.clone()), wc.clone()).default_backoff();
-    let (to_all, to_one, users) = (all.clone(), trigger.clone(), index.clone());
+    let (all, to_one, users) = (judge_all.clone(), queue.clone(), index.clone());
     tokio::spawn(follow("Service", svc_events, mirror, move |u| match u {
         Update::Nothing => {}
         Update::Touched(key) => {
             let affected = users.read().using_service(&key);
-            for r in affected {
-                let _ = to_one.send(r);
-            }
+            to_one.trigger_all(affected);
         }
-        Update::Relisted => {
-            let _ = to_all.send(());
-        }
+        Update::Relisted => all(),
     }));
 
     let slices = Shared::<Slices>::default();
     let (mirror, slices_synced) = Mirror::new(slices.clone());
     let slice_events =
         watcher(Api::<EndpointSlice>::all(client.clone()), wc.clone()).default_backoff();
-    let (to_all, to_one, users) = (all.clone(), trigger.clone(), index.clone());
+    let (all, to_one, users) = (judge_all.clone(), queue.clone(), index.clone());
     tokio::spawn(follow(
         "EndpointSlice",
         slice_events,
@@ -676,14 +660,10 @@ pub async fn run(
             Update::Touched(keys) => {
                 let users = users.read();
                 for key in &keys {
-                    for r in users.using_service(key) {
-                        let _ = to_one.send(r.clone());
-                    }
+                    to_one.trigger_all(users.using_service(key));
                 }
             }
-            Update::Relisted => {
-                let _ = to_all.send(());
-            }
+            Update::Relisted => all(),
         },
     ));
 
@@ -703,7 +683,6 @@ pub async fn run(
         leader.clone(),
         publisher.clone(),
     ));
-    let (vs_store, vs_writer) = reflector::store::<VirtualService>();
     let (mirror, vs_synced) = Mirror::new(index.clone());
     let guarded: Api<DeserializeGuard<VirtualService>> = Api::all(client.clone());
     let vs_events = watcher(guarded, wc)
@@ -712,10 +691,20 @@ pub async fn run(
         .modify(|vs| cache::strip_meta(&mut vs.metadata));
     tokio::spawn(follow_virtual_services(
         vs_events,
-        vs_writer,
         mirror,
-        trigger.clone(),
+        index.clone(),
+        queue.clone(),
     ));
+
+    // A new leader judges everything.
+    let leadership = on_leadership(leader.clone());
+    let all = judge_all.clone();
+    tokio::spawn(async move {
+        let mut leadership = std::pin::pin!(leadership);
+        while leadership.next().await.is_some() {
+            all();
+        }
+    });
 
     // Ready (and reconciling) once every cache has its initial list.
     let (synced_tx, synced) = watch::channel(false);
@@ -745,36 +734,16 @@ pub async fn run(
         services,
         slices,
         index,
-        virtual_services: vs_store.clone(),
-        leader: leader.clone(),
+        leader,
         synced,
-        trigger,
+        queue: queue.clone(),
     });
-
-    // Every trigger arrives through the channels; the controller's own
-    // trigger stream stays empty.
-    let no_stream = futures::stream::pending::<Result<VirtualService, watcher::Error>>();
-    Controller::for_stream(no_stream, vs_store)
-        .with_config(ControllerConfig::default().concurrency(MAX_CONCURRENT_RECONCILES))
-        .reconcile_on(receiver_stream(trigger_rx))
-        .reconcile_all_on(futures::stream::select(
-            receiver_stream(all_rx),
-            on_leadership(leader),
-        ))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            match res {
-                Ok(_) => {}
-                // error_policy has logged it.
-                Err(kcontroller::Error::ReconcilerFailed(..)) => {}
-                // Deleted between its trigger and its turn.
-                Err(kcontroller::Error::ObjectNotFound(r)) => {
-                    debug!(object = %r, "gone before its reconcile")
-                }
-                Err(e) => warn!(error = %e, "controller"),
-            }
-        })
+    queue
+        .run(
+            MAX_CONCURRENT_RECONCILES,
+            |name| reconcile_cached(name, ctx.clone()),
+            shutdown,
+        )
         .await;
 }
 

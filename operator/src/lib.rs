@@ -10,6 +10,7 @@ pub mod events;
 pub mod judge;
 pub mod leader;
 pub mod observed;
+pub mod queue;
 pub mod resolve;
 pub mod telemetry;
 

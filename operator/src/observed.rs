@@ -93,12 +93,18 @@ pub fn digest(status: &OperatorStatus) -> u64 {
     )
 }
 
-/// Drops what `Observed` stands for from a cached object.
-pub fn strip(vs: &mut VirtualService) {
-    if let Some(s) = vs.status.as_mut() {
-        s.conditions = Vec::new();
-        s.real_servers = Vec::new();
-    }
+/// A copy of `vs` without what `Observed` stands for, to cache.
+pub fn stripped(vs: &VirtualService) -> VirtualService {
+    let mut copy = VirtualService::new("", vs.spec.clone());
+    copy.metadata = vs.metadata.clone();
+    copy.status = vs.status.as_ref().map(|s| VirtualServiceStatus {
+        observed_generation: s.observed_generation,
+        conditions: Vec::new(),
+        real_servers: Vec::new(),
+        real_server_count: s.real_server_count,
+        nodes: s.nodes.clone(),
+    });
+    copy
 }
 
 /// Feeds serialised JSON into a hasher, so nothing is allocated.
