@@ -27,6 +27,7 @@ use tunlb_api::{NodeRole, NodeStatus, RealServer, VirtualService, VirtualService
 use crate::metrics::AgentMetrics;
 use crate::state::OwnedState;
 use crate::sync::Dataplane;
+use crate::wake::Relevant;
 
 /// Settings for `run`.
 #[derive(Debug, Clone)]
@@ -164,21 +165,25 @@ pub async fn run(
     let vs_api: Api<DeserializeGuard<VirtualService>> = Api::all(client.clone());
     let (vs_store, vs_writer) = reflector::store();
     let vs_wake = wake.clone();
+    let node_name = settings.node_name.clone();
+    let mut relevant = Relevant::new(move |g| crate::wake::virtual_service(&node_name, g));
     tokio::spawn(
         watcher(vs_api, watcher::Config::default())
             .default_backoff()
             .reflect(vs_writer)
             .for_each(move |ev| {
-                if let Err(e) = &ev {
-                    warn!(error = %e, "VirtualService watch failed; keeping the last known state");
+                match &ev {
+                    Ok(ev) if !relevant.wakes(ev) => {}
+                    Ok(_) => vs_wake.notify_one(),
+                    Err(e) => warn!(error = %e, "VirtualService watch failed; keeping the last known state"),
                 }
-                vs_wake.notify_one();
                 async {}
             }),
     );
     let node_api: Api<Node> = Api::all(client.clone());
     let (node_store, node_writer) = reflector::store();
     let node_wake = wake.clone();
+    let mut node_relevant = Relevant::new(crate::wake::node);
     tokio::spawn(
         watcher(
             node_api,
@@ -187,10 +192,11 @@ pub async fn run(
         .default_backoff()
         .reflect(node_writer)
         .for_each(move |ev| {
-            if let Err(e) = &ev {
-                warn!(error = %e, "Node watch failed; keeping the last known labels");
+            match &ev {
+                Ok(ev) if !node_relevant.wakes(ev) => {}
+                Ok(_) => node_wake.notify_one(),
+                Err(e) => warn!(error = %e, "Node watch failed; keeping the last known labels"),
             }
-            node_wake.notify_one();
             async {}
         }),
     );

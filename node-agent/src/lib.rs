@@ -12,3 +12,4 @@ pub mod standalone;
 pub mod state;
 pub mod sync;
 pub mod sysctl;
+pub mod wake;

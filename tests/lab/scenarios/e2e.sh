@@ -133,6 +133,31 @@ k apply --server-side -f /examples/seed/ >/dev/null
 lab_assert_eq "server-side re-apply makes no new generation" "$gen_before" \
 	"$(k get tvs web mapped eth-vip -o jsonpath='{.items[*].metadata.generation}')"
 
+# 7b. Status writes by others (another node's entry, the operator's conditions)
+# wake no agent pass: only resyncs (every 3 s here) run while they come in.
+passes() { ns_exec director curl -s 127.0.0.1:9090/metrics | awk '/^tunlb_agent_sync_duration_seconds_count/ {print $2}'; }
+observer_entry() {
+	k apply --server-side --subresource=status --field-manager=observer -f - >/dev/null <<YAML
+apiVersion: tunlb.io/v1alpha1
+kind: VirtualService
+metadata: {name: web}
+status: {nodes: [$1]}
+YAML
+}
+p0="$(passes)"
+t0="$(date +%s)"
+for i in 1 2 3 4 5 6 7 8 9 10; do
+	observer_entry "{nodeName: elsewhere, roles: [], observedGeneration: 1, programmed: true, message: 'note $i'}"
+done
+p1="$(passes)"
+secs=$(($(date +%s) - t0))
+echo "director passes during 10 foreign status writes in ${secs}s: $((p1 - p0))"
+lab_assert_eq "foreign status writes wake no pass (at most the resyncs)" yes \
+	"$([ $((p1 - p0)) -le $((secs / 3 + 2)) ] && echo yes || echo "no: $((p1 - p0)) passes in ${secs}s")"
+observer_entry ""
+lab_assert_eq "the director's own entry is still reported" 0 \
+	"$(k get tvs web -o jsonpath='{.status.nodes[*].nodeName}' | grep -qw director; echo $?)"
+
 # 8. Delete cleans every node, then the finalizer lets the object go.
 k delete tvs --all --timeout=60s
 lab_assert_eq "no VirtualService left" "" "$(k get tvs -o name)"
