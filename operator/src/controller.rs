@@ -39,6 +39,9 @@ use crate::telemetry::Metrics;
 /// the API server busy without flooding it.
 pub const MAX_CONCURRENT_RECONCILES: usize = 32;
 
+/// How long shutdown waits for reconciles in flight.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
+
 /// Events being published at once, off the reconciles (see `publish_later`).
 const EVENTS_IN_FLIGHT: usize = 8;
 
@@ -741,6 +744,7 @@ pub async fn run(
     queue
         .run(
             MAX_CONCURRENT_RECONCILES,
+            SHUTDOWN_DRAIN,
             |name| reconcile_cached(name, ctx.clone()),
             shutdown,
         )

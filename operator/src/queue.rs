@@ -210,9 +210,15 @@ impl Queue {
     }
 
     /// Runs `work` for queued objects, at most `concurrency` at once, until
-    /// `shutdown` completes; then waits for the runs in flight.
-    pub async fn run<F, Fut>(&self, concurrency: usize, work: F, shutdown: impl Future<Output = ()>)
-    where
+    /// `shutdown` completes; then waits for the runs in flight, at most `drain`
+    /// (a run stuck on an unreachable API server must not hold up the exit).
+    pub async fn run<F, Fut>(
+        &self,
+        concurrency: usize,
+        drain: Duration,
+        work: F,
+        shutdown: impl Future<Output = ()>,
+    ) where
         F: Fn(VsName) -> Fut,
         Fut: Future<Output = Next>,
     {
@@ -236,8 +242,16 @@ impl Queue {
                 _ = tokio::time::sleep_until(timer.unwrap_or_else(Instant::now)), if timer.is_some() => {}
             }
         }
-        while let Some((name, next)) = running.next().await {
-            self.finish(&name, next, Instant::now());
+        let finishing = async {
+            while let Some((name, next)) = running.next().await {
+                self.finish(&name, next, Instant::now());
+            }
+        };
+        if tokio::time::timeout(drain, finishing).await.is_err() {
+            tracing::warn!(
+                left = running.len(),
+                "reconciles still running at shutdown were abandoned"
+            );
         }
     }
 }
@@ -353,7 +367,7 @@ mod tests {
         let runner = {
             let q = q.clone();
             tokio::spawn(async move {
-                q.run(4, work, async {
+                q.run(4, Duration::from_secs(5), work, async {
                     let _ = stop_rx.await;
                 })
                 .await
@@ -376,5 +390,20 @@ mod tests {
             "the run in flight finished"
         );
         assert!(q.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_run_does_not_hold_up_shutdown() {
+        let q = Queue::default();
+        q.trigger(name("stuck"));
+        let started = Instant::now();
+        q.run(
+            1,
+            Duration::from_secs(5),
+            |_| std::future::pending::<Next>(),
+            tokio::time::sleep(Duration::from_secs(1)),
+        )
+        .await;
+        assert_eq!(started.elapsed(), Duration::from_secs(6));
     }
 }
