@@ -166,10 +166,12 @@ pub async fn run(
     let (vs_store, vs_writer) = reflector::store();
     let vs_wake = wake.clone();
     let node_name = settings.node_name.clone();
+    let strip_for = settings.node_name.clone();
     let mut relevant = Relevant::new(move |g| crate::wake::virtual_service(&node_name, g));
     tokio::spawn(
         watcher(vs_api, watcher::Config::default())
             .default_backoff()
+            .modify(move |g| crate::wake::strip(&strip_for, g))
             .reflect(vs_writer)
             .for_each(move |ev| {
                 match &ev {

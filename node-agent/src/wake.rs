@@ -76,6 +76,26 @@ pub fn node(node: &Node) -> u64 {
     hash_of(&(&node.metadata.labels, addresses))
 }
 
+/// Drops from a cached VirtualService what no pass of `node` reads: field
+/// managers, annotations, the operator's other conditions and the other
+/// nodes' entries (with many nodes, most of the object).
+pub fn strip(node: &str, guard: &mut DeserializeGuard<VirtualService>) {
+    match &mut guard.0 {
+        Ok(vs) => {
+            vs.metadata.managed_fields = None;
+            vs.metadata.annotations = None;
+            if let Some(s) = vs.status.as_mut() {
+                s.conditions.retain(|c| c.type_ == "Accepted");
+                s.nodes.retain(|n| n.node_name == node);
+            }
+        }
+        Err(bad) => {
+            bad.metadata.managed_fields = None;
+            bad.metadata.annotations = None;
+        }
+    }
+}
+
 /// Remembers each object's fingerprint and tells which events change one.
 pub struct Relevant<K> {
     fingerprint: Box<dyn Fn(&K) -> u64 + Send>,
@@ -130,6 +150,7 @@ impl<K: kube::Resource> Relevant<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
     use tunlb_api::NodeRole;
 
     fn vs(yaml: &str) -> DeserializeGuard<VirtualService> {
@@ -186,6 +207,39 @@ mod tests {
         assert!(r.wakes(&watcher::Event::Apply(a.clone())));
         assert!(!r.wakes(&watcher::Event::Apply(a.clone())));
         assert!(r.wakes(&watcher::Event::Delete(a)));
+    }
+
+    #[test]
+    fn the_cached_copy_keeps_what_a_pass_reads() {
+        let mut g = vs(BASE);
+        if let Ok(v) = g.0.as_mut() {
+            v.metadata.annotations = Some([("a".to_string(), "b".to_string())].into());
+            let s = v.status.get_or_insert_with(Default::default);
+            s.nodes = vec![entry("n2", true), entry("n1", false)];
+            s.conditions = ["Accepted", "Ready", "Resolved"]
+                .iter()
+                .map(|t| Condition {
+                    type_: t.to_string(),
+                    status: "True".into(),
+                    reason: "R".into(),
+                    message: "m".into(),
+                    observed_generation: Some(1),
+                    last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+                })
+                .collect();
+        }
+        let before = virtual_service("n1", &g);
+        strip("n1", &mut g);
+        assert_eq!(
+            virtual_service("n1", &g),
+            before,
+            "nothing read was dropped"
+        );
+        let v = g.0.as_ref().unwrap();
+        let s = v.status.as_ref().unwrap();
+        assert_eq!(s.nodes, vec![entry("n1", false)]);
+        assert_eq!(s.conditions.len(), 1);
+        assert!(v.metadata.annotations.is_none());
     }
 
     #[test]
