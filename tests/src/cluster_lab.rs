@@ -49,9 +49,92 @@ pub fn tail(path: &std::path::Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// What a cluster lab run adds to the defaults.
+#[derive(Debug, Default, Clone)]
+pub struct ClusterLabOptions {
+    pub timeout_s: u32,
+    /// A manifest created (in `default`) before the guest boots; the guest
+    /// starts once the operator has judged every object in it.
+    pub populate: Option<PathBuf>,
+    /// VIP CIDRs for the operator besides the lab's 192.168.56.0/24.
+    pub vip_cidrs: Vec<String>,
+    /// (host directory, guest path)
+    pub extra_dirs: Vec<(PathBuf, String)>,
+    /// More programs for the guest's /usr/local/bin.
+    pub extra_bins: Vec<PathBuf>,
+}
+
 /// Starts the control plane and the operator, then runs `/scenarios/<scenario>.sh`
 /// in the lab with /kube/admin.kubeconfig and /kube/agent.kubeconfig.
 pub fn run_in_cluster_lab(scenario: &str, timeout_s: u32) -> anyhow::Result<(LabRun, String)> {
+    run_in_cluster_lab_with(
+        scenario,
+        &ClusterLabOptions {
+            timeout_s,
+            ..Default::default()
+        },
+    )
+}
+
+/// How many VirtualServices the operator has judged (Accepted set either way).
+fn judged(cp: &ControlPlane) -> anyhow::Result<usize> {
+    let out = cp.kubectl_ok([
+        "get",
+        "tvs",
+        "-n",
+        "default",
+        "-o",
+        "jsonpath={.items[*].status.conditions[?(@.type==\"Accepted\")].status}",
+    ])?;
+    Ok(out.split_whitespace().count())
+}
+
+/// Creates the objects of `manifest` and waits until the operator has judged them all.
+fn populate(cp: &ControlPlane, manifest: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(manifest)?;
+    let want = text
+        .lines()
+        .filter(|l| *l == "kind: VirtualService")
+        .count();
+    let started = std::time::Instant::now();
+    let out = cp
+        .kubectl_command()
+        .args(["create", "-n", "default", "-f"])
+        .arg(manifest)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "creating {}: {}",
+            manifest.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    eprintln!(
+        "cluster-lab: created {want} VirtualServices in {:.1?}",
+        started.elapsed()
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    loop {
+        let n = judged(cp)?;
+        if n >= want {
+            eprintln!(
+                "cluster-lab: the operator judged all {n} after {:.1?}",
+                started.elapsed()
+            );
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the operator judged {n} of {want} VirtualServices in 600 s");
+        }
+        std::thread::sleep(std::time::Duration::from_secs(5));
+    }
+}
+
+/// `run_in_cluster_lab` with more to set up.
+pub fn run_in_cluster_lab_with(
+    scenario: &str,
+    opts: &ClusterLabOptions,
+) -> anyhow::Result<(LabRun, String)> {
     let cp = ControlPlane::start()?;
     cp.install_crds()?;
     cp.create_namespace("tunlb-system")?;
@@ -120,13 +203,15 @@ pub fn run_in_cluster_lab(scenario: &str, timeout_s: u32) -> anyhow::Result<(Lab
 
     let log_path = dir.join("operator.log");
     let log = std::fs::File::create(&log_path)?;
+    let mut vip_cidrs = vec!["192.168.56.0/24".to_string()];
+    vip_cidrs.extend(opts.vip_cidrs.iter().cloned());
     let child = Command::new(binary(
         "TUNLB_OPERATOR_BIN",
         "target/release/tunlb-operator",
     ))
     .args([
         "--vip-cidr",
-        "192.168.56.0/24",
+        &vip_cidrs.join(","),
         "--service-cidr",
         "10.96.0.0/12",
         "--lease-namespace",
@@ -143,6 +228,9 @@ pub fn run_in_cluster_lab(scenario: &str, timeout_s: u32) -> anyhow::Result<(Lab
     .spawn()
     .context("starting the operator")?;
     let _operator = Operator(child);
+    if let Some(manifest) = &opts.populate {
+        populate(&cp, manifest)?;
+    }
 
     let bin_dir = cp.env()["PATH"]
         .split(':')
@@ -152,11 +240,15 @@ pub fn run_in_cluster_lab(scenario: &str, timeout_s: u32) -> anyhow::Result<(Lab
     let lab = run_scenario_with(
         scenario,
         &LabOptions {
-            timeout_s,
+            timeout_s: opts.timeout_s,
             net: true,
             mem_mb: 2048,
-            extra_bins: vec![PathBuf::from(bin_dir).join("kubectl")],
-            extra_dirs: vec![(kube_dir, "/kube".into())],
+            extra_bins: std::iter::once(PathBuf::from(bin_dir).join("kubectl"))
+                .chain(opts.extra_bins.iter().cloned())
+                .collect(),
+            extra_dirs: std::iter::once((kube_dir, "/kube".into()))
+                .chain(opts.extra_dirs.iter().cloned())
+                .collect(),
         },
     );
     Ok((lab, tail(&log_path, 20)))
