@@ -8,14 +8,14 @@
 //! list.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher;
 use tokio::sync::watch;
-use tunlb_api::VirtualService;
+use tunlb_api::plan::{IpvsKey, ipvs_keys};
+use tunlb_api::{VirtualService, validate};
 
 use crate::observed::{self, Observed};
 use crate::resolve::{NodeInfo, ServiceInfo, SliceInfo, slice_service_name};
@@ -344,28 +344,34 @@ impl std::fmt::Display for VsName {
 
 /// A VirtualService's entry in the index.
 struct Entry {
+    keys: Box<[IpvsKey]>,
     /// The object as JSON, without field managers, annotations, conditions
     /// or realServers: about 500 bytes where the decoded object took 1.5 KB.
     object: Box<str>,
-    vip: Option<IpAddr>,
     /// The Service it takes backends from, in its own namespace.
     service: Option<Box<str>>,
     observed: Observed,
 }
 
-/// VirtualServices by VIP and by the Service they take backends from (which
-/// ones a Service or slice change affects, and which may conflict), and the
-/// status each was last seen with.
+/// VirtualServices by the IPVS services they occupy and by the Service they
+/// take backends from (which ones may conflict, and which ones a Service or
+/// slice change affects), and the status each was last seen with.
 #[derive(Default)]
 pub struct VirtualServices {
     entries: HashMap<VsName, Entry>,
-    by_vip: HashMap<IpAddr, Vec<VsName>>,
+    /// Keyed by VIP, protocol and port, not by VIP alone: thousands of
+    /// VirtualServices on one VIP (a port each) must not all be each other's
+    /// peers.
+    by_key: HashMap<IpvsKey, Vec<VsName>>,
     by_service: HashMap<ServiceKey, Vec<VsName>>,
 }
 
-/// The VIP as `validate` parses it, so that equal addresses compare equal however written.
-pub fn parse_vip(vip: &str) -> Option<IpAddr> {
-    vip.trim().parse().ok()
+/// The IPVS services `vs` occupies; none when its spec is invalid.
+pub fn ipvs_keys_of(vs: &VirtualService) -> Box<[IpvsKey]> {
+    match validate(&vs.spec) {
+        Ok(valid) => ipvs_keys(&valid).into(),
+        Err(_) => Box::default(),
+    }
 }
 
 fn unlink<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<VsName>>, key: &K, name: &VsName) {
@@ -384,8 +390,18 @@ fn link<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<VsName>>, key: K, name
 }
 
 impl VirtualServices {
-    pub fn same_vip(&self, vip: IpAddr) -> Vec<VsName> {
-        self.by_vip.get(&vip).cloned().unwrap_or_default()
+    /// The others that occupy any of `keys`: those `name` may conflict with.
+    pub fn sharing(&self, keys: &[IpvsKey], name: &VsName) -> Vec<VsName> {
+        let mut names: Vec<VsName> = keys
+            .iter()
+            .filter_map(|k| self.by_key.get(k))
+            .flatten()
+            .filter(|n| *n != name)
+            .cloned()
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
     }
 
     pub fn using_service(&self, key: &ServiceKey) -> Vec<VsName> {
@@ -417,8 +433,8 @@ impl VirtualServices {
 
     fn forget(&mut self, name: &VsName) -> Option<Entry> {
         let old = self.entries.remove(name)?;
-        if let Some(vip) = old.vip {
-            unlink(&mut self.by_vip, &vip, name);
+        for key in &old.keys {
+            unlink(&mut self.by_key, key, name);
         }
         if let Some(svc) = &old.service {
             let (ns, _) = name.0.split_once('/').unwrap_or_default();
@@ -430,10 +446,12 @@ impl VirtualServices {
 
 impl Cache for VirtualServices {
     type Obj = VirtualService;
-    /// Nothing: a VirtualService change triggers its own reconcile.
-    type Touch = ();
+    /// The others whose conflict verdicts may change: those sharing an IPVS
+    /// service with it before or after. (Its own change triggers its own
+    /// reconcile.)
+    type Touch = Vec<VsName>;
 
-    fn put(&mut self, vs: &VirtualService) -> Option<()> {
+    fn put(&mut self, vs: &VirtualService) -> Option<Vec<VsName>> {
         let name = VsName::of(vs)?;
         let object = match serde_json::to_string(&observed::stripped(vs)) {
             Ok(json) => json.into_boxed_str(),
@@ -445,7 +463,7 @@ impl Cache for VirtualServices {
         };
         let entry = Entry {
             object,
-            vip: parse_vip(&vs.spec.vip),
+            keys: ipvs_keys_of(vs),
             service: vs
                 .spec
                 .backends
@@ -455,28 +473,34 @@ impl Cache for VirtualServices {
             observed: Observed::of(vs.status.as_ref()),
         };
         if let Some(old) = self.entries.get_mut(&name)
-            && old.vip == entry.vip
+            && old.keys == entry.keys
             && old.service == entry.service
         {
             old.observed = entry.observed;
             old.object = entry.object;
             return None;
         }
-        self.forget(&name);
-        if let Some(vip) = entry.vip {
-            link(&mut self.by_vip, vip, name.clone());
+        let mut touched = self
+            .forget(&name)
+            .map(|old| self.sharing(&old.keys, &name))
+            .unwrap_or_default();
+        touched.extend(self.sharing(&entry.keys, &name));
+        for key in &entry.keys {
+            link(&mut self.by_key, *key, name.clone());
         }
         if let Some(svc) = &entry.service {
             let ns = vs.metadata.namespace.as_deref().unwrap_or_default();
             link(&mut self.by_service, ServiceKey::new(ns, svc), name.clone());
         }
         self.entries.insert(name, entry);
-        None
+        (!touched.is_empty()).then_some(touched)
     }
 
-    fn remove(&mut self, vs: &VirtualService) -> Option<()> {
-        self.forget(&VsName::of(vs)?);
-        None
+    fn remove(&mut self, vs: &VirtualService) -> Option<Vec<VsName>> {
+        let name = VsName::of(vs)?;
+        let old = self.forget(&name)?;
+        let touched = self.sharing(&old.keys, &name);
+        (!touched.is_empty()).then_some(touched)
     }
 }
 
@@ -500,12 +524,16 @@ mod tests {
     }
 
     fn vs(name: &str, vip: &str, svc: Option<&str>) -> VirtualService {
+        vs_on(name, vip, 80, svc)
+    }
+
+    fn vs_on(name: &str, vip: &str, port: u16, svc: Option<&str>) -> VirtualService {
         let backends = match svc {
             Some(s) => format!("{{service: {{name: {s}}}}}"),
             None => "{static: [{address: 10.1.1.1}]}".into(),
         };
         serde_yaml::from_str(&format!(
-            "apiVersion: tunlb.io/v1alpha1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{vip: '{vip}', ports: [{{port: 80}}], backends: {backends}}}"
+            "apiVersion: tunlb.io/v1alpha1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{vip: '{vip}', ports: [{{port: {port}}}], backends: {backends}}}"
         ))
         .unwrap()
     }
@@ -593,27 +621,55 @@ mod tests {
     }
 
     #[test]
-    fn the_index_follows_vip_and_service_changes() {
+    fn the_index_follows_ipvs_service_and_service_changes() {
         let shared = Shared::<VirtualServices>::default();
         let (mut m, _) = Mirror::new(shared.clone());
+        let name = |n: &str| VsName::new("ns", n);
+        let keys = |v: &VirtualService| ipvs_keys_of(v);
         m.apply(&watcher::Event::Init);
         m.apply(&watcher::Event::InitApply(vs("a", "10.0.0.1", Some("web"))));
-        m.apply(&watcher::Event::InitApply(vs("b", " 10.0.0.1", None)));
+        m.apply(&watcher::Event::InitApply(vs("b", "10.0.0.1", None)));
+        // Same VIP, another port: not a peer.
+        m.apply(&watcher::Event::InitApply(vs_on("c", "10.0.0.1", 81, None)));
         m.apply(&watcher::Event::InitDone);
-        let vip: IpAddr = "10.0.0.1".parse().unwrap();
         let web = ServiceKey::new("ns", "web");
-        assert_eq!(shared.read().same_vip(vip).len(), 2);
+        let a80 = vs("a", "10.0.0.1", Some("web"));
+        assert_eq!(
+            shared.read().sharing(&keys(&a80), &name("a")),
+            vec![name("b")]
+        );
+        let c81 = vs_on("c", "10.0.0.1", 81, None);
+        assert!(shared.read().sharing(&keys(&c81), &name("c")).is_empty());
         assert_eq!(shared.read().using_service(&web).len(), 1);
-        m.apply(&watcher::Event::Apply(vs("a", "10.0.0.2", None)));
-        assert_eq!(shared.read().same_vip(vip).len(), 1);
+
+        // a moves away: b, which it shared port 80 with, is touched.
+        assert_eq!(
+            m.apply(&watcher::Event::Apply(vs("a", "10.0.0.2", None))),
+            Update::Touched(vec![name("b")])
+        );
         assert!(shared.read().using_service(&web).is_empty());
-        m.apply(&watcher::Event::Delete(vs("b", "10.0.0.1", None)));
-        assert!(shared.read().same_vip(vip).is_empty());
-        assert_eq!(shared.read().entries.len(), 1);
+        // c moves onto port 80: b again.
+        assert_eq!(
+            m.apply(&watcher::Event::Apply(vs("c", "10.0.0.1", None))),
+            Update::Touched(vec![name("b")])
+        );
+        // Only the status changed: nothing touched.
+        assert_eq!(
+            m.apply(&watcher::Event::Apply(vs("c", "10.0.0.1", None))),
+            Update::Nothing
+        );
+        // b goes: c is touched.
+        assert_eq!(
+            m.apply(&watcher::Event::Delete(vs("b", "10.0.0.1", None))),
+            Update::Touched(vec![name("c")])
+        );
+        assert_eq!(shared.read().entries.len(), 2);
         let a = VsName::new("ns", "a");
         assert!(shared.read().observed(&a).is_some());
         let cached = shared.read().object(&a).unwrap();
         assert_eq!(cached.spec.vip, "10.0.0.2");
-        assert_eq!(shared.read().names(), vec![a]);
+        let mut names = shared.read().names();
+        names.sort();
+        assert_eq!(names, vec![a, name("c")]);
     }
 }

@@ -24,7 +24,7 @@ use tunlb_api::VirtualService;
 
 use crate::cache::{
     self, Cache, Mirror, Nodes, ServiceKey, Services, Shared, Slices, Update, VirtualServices,
-    VsName, parse_vip,
+    VsName, ipvs_keys_of,
 };
 use crate::conditions::{self, Want};
 use crate::decide::{self, OperatorStatus, Policy, View};
@@ -144,14 +144,13 @@ async fn publish_later(ctx: &Context, regarding: ObjectReference, notes: Vec<Not
     });
 }
 
-/// Others that share this VIP: their conflict verdicts may change with ours.
-fn retrigger_same_vip(ctx: &Context, vs: &VirtualService) {
-    let (Some(vip), Some(me)) = (parse_vip(&vs.spec.vip), VsName::of(vs)) else {
+/// Others that share an IPVS service with it: their conflict verdicts may change with ours.
+fn retrigger_sharing(ctx: &Context, vs: &VirtualService) {
+    let Some(me) = VsName::of(vs) else {
         return;
     };
-    let others = ctx.index.read().same_vip(vip);
-    ctx.queue
-        .trigger_all(others.into_iter().filter(|other| *other != me));
+    let others = ctx.index.read().sharing(&ipvs_keys_of(vs), &me);
+    ctx.queue.trigger_all(others);
 }
 
 /// Writes the finalizer list with the object's resourceVersion as a
@@ -205,20 +204,20 @@ fn decide_from_caches(
     ns: &str,
 ) -> decide::Decision {
     let nodes = ctx.nodes.infos();
-    // Only a VirtualService on the same VIP can clash (IPVS keys include it).
-    let peers: Vec<_> = match (parse_vip(&vs.spec.vip), VsName::of(vs)) {
-        (Some(vip), Some(me)) => {
+    // Only one that occupies the same IPVS service can clash.
+    let peers: Vec<_> = match VsName::of(vs) {
+        Some(me) => {
             let index = ctx.index.read();
-            let same = index.same_vip(vip);
-            same.iter()
-                .filter(|r| **r != me)
+            let sharing = index.sharing(&ipvs_keys_of(vs), &me);
+            sharing
+                .iter()
                 .filter_map(|r| index.object(r))
                 // Agents stop programming a VirtualService once it is being deleted.
                 .filter(|o| o.metadata.deletion_timestamp.is_none())
                 .filter_map(|o| decide::peer(&o, &ctx.policy, &nodes))
                 .collect()
         }
-        _ => Vec::new(),
+        None => Vec::new(),
     };
     let service_key = vs
         .spec
@@ -287,7 +286,7 @@ pub async fn reconcile(vs: Arc<VirtualService>, ctx: Arc<Context>) -> Result<Nex
         publish_later(&ctx, vs.object_ref(&()), notes).await;
     }
     if spec_changed {
-        retrigger_same_vip(&ctx, &vs);
+        retrigger_sharing(&ctx, &vs);
     }
     Ok(Next::Requeue(jittered(ctx.resync)))
 }
@@ -304,7 +303,7 @@ async fn cleanup(
     // while the store holds it with its deletionTimestamp. (Waiting for it to be
     // gone races with the watch: a re-judgement that still sees it finds the
     // conflict and nothing triggers another.)
-    retrigger_same_vip(ctx, vs);
+    retrigger_sharing(ctx, vs);
     let remaining: Vec<String> = vs
         .status
         .as_ref()
@@ -396,7 +395,7 @@ async fn cleanup(
     }
     remove_finalizer(api, vs).await?;
     info!(name = %vs.name_any(), "released");
-    retrigger_same_vip(ctx, vs);
+    retrigger_sharing(ctx, vs);
     Ok(Next::AwaitChange)
 }
 
@@ -588,7 +587,9 @@ async fn follow_virtual_services(
             }
         };
         log_list_progress("VirtualService", &ev, &mut listing);
-        mirror.apply(&ev);
+        if let Update::Touched(others) = mirror.apply(&ev) {
+            queue.trigger_all(others);
+        }
         match &ev {
             // A list is in the index once complete: then all of it is judged.
             watcher::Event::InitDone => queue.trigger_all(index.read().names()),
