@@ -29,6 +29,9 @@ use crate::state::OwnedState;
 use crate::sync::Dataplane;
 use crate::wake::Relevant;
 
+/// Status writes in flight at once.
+const STATUS_WRITES_IN_FLIGHT: usize = 8;
+
 /// Settings for `run`.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -379,6 +382,7 @@ async fn report_status(
             .filter(|(_, e)| e.is_some())
             .map(|(k, _)| k.clone()),
     );
+    let mut writes = Vec::new();
     for key in targets {
         let stored = exists.get(&key).copied().flatten();
         let desired = want.get(&key);
@@ -389,22 +393,39 @@ async fn report_status(
             memory.reported.remove(&key);
             continue;
         }
-        // The guard type keeps a patch of an object we cannot parse from failing on the reply.
-        let api: Api<DeserializeGuard<VirtualService>> =
-            Api::namespaced(client.clone(), &key.namespace);
-        let nodes: Vec<&NodeStatus> = desired.into_iter().collect();
-        let body = json!({
-            "apiVersion": "tunlb.io/v1alpha1",
-            "kind": "VirtualService",
-            "status": { "nodes": nodes },
-        });
-        match api
-            .patch_status(&key.name, &params, &Patch::Apply(&body))
-            .await
-        {
-            Ok(_) => {
+        writes.push((key, desired.cloned()));
+    }
+    // Each write is one round trip: a few in flight, so a first pass over
+    // thousands of objects is not a long queue of them.
+    let results: Vec<(ObjectKey, Option<NodeStatus>, Result<(), kube::Error>)> =
+        futures::stream::iter(writes)
+            .map(|(key, desired)| {
+                let (client, params) = (client.clone(), &params);
+                async move {
+                    // The guard type keeps a patch of an object we cannot parse from failing on the reply.
+                    let api: Api<DeserializeGuard<VirtualService>> =
+                        Api::namespaced(client, &key.namespace);
+                    let nodes: Vec<&NodeStatus> = desired.iter().collect();
+                    let body = json!({
+                        "apiVersion": "tunlb.io/v1alpha1",
+                        "kind": "VirtualService",
+                        "status": { "nodes": nodes },
+                    });
+                    let result = api
+                        .patch_status(&key.name, params, &Patch::Apply(&body))
+                        .await
+                        .map(|_| ());
+                    (key, desired, result)
+                }
+            })
+            .buffer_unordered(STATUS_WRITES_IN_FLIGHT)
+            .collect()
+            .await;
+    for (key, desired, result) in results {
+        match result {
+            Ok(()) => {
                 match desired {
-                    Some(d) => memory.reported.insert(key.clone(), d.clone()),
+                    Some(d) => memory.reported.insert(key, d),
                     None => memory.reported.remove(&key),
                 };
             }
