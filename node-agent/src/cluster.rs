@@ -395,6 +395,10 @@ async fn report_status(
         }
         writes.push((key, desired.cloned()));
     }
+    if writes.is_empty() {
+        return;
+    }
+    let (count, started) = (writes.len(), Instant::now());
     // Each write is one round trip: a few in flight, so a first pass over
     // thousands of objects is not a long queue of them.
     let results: Vec<(ObjectKey, Option<NodeStatus>, Result<(), kube::Error>)> =
@@ -421,6 +425,13 @@ async fn report_status(
             .buffer_unordered(STATUS_WRITES_IN_FLIGHT)
             .collect()
             .await;
+    let failed = results.iter().filter(|(_, _, r)| r.is_err()).count();
+    info!(
+        entries = count,
+        failed,
+        took_ms = started.elapsed().as_millis() as u64,
+        "status entries written"
+    );
     for (key, desired, result) in results {
         match result {
             Ok(()) => {

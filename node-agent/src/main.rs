@@ -53,6 +53,15 @@ enum Command {
         /// /metrics and /healthz.
         #[arg(long, env = "TUNLB_METRICS_ADDR", default_value = "0.0.0.0:9090")]
         metrics_addr: std::net::SocketAddr,
+        /// Per-real-server IPVS statistics are exported while the node has at
+        /// most this many IPVS destinations (7 series each); above it, none
+        /// are, and tunlb_agent_ipvs_stats_omitted says how many were left out.
+        #[arg(
+            long,
+            env = "TUNLB_IPVS_STATS_MAX_DESTINATIONS",
+            default_value = "2000"
+        )]
+        ipvs_stats_max_destinations: usize,
     },
 }
 
@@ -140,6 +149,7 @@ async fn run_cluster(
     resync_seconds: u64,
     debounce_ms: u64,
     metrics_addr: std::net::SocketAddr,
+    ipvs_stats_max_destinations: usize,
 ) -> anyhow::Result<()> {
     use std::sync::Arc;
     use std::time::Duration;
@@ -147,7 +157,10 @@ async fn run_cluster(
         .await
         .context("connect to the Kubernetes API")?;
     let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = Arc::new(tunlb_agent::metrics::AgentMetrics::new(&mut registry));
+    let metrics = Arc::new(tunlb_agent::metrics::AgentMetrics::new(
+        &mut registry,
+        ipvs_stats_max_destinations,
+    ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -233,9 +246,18 @@ async fn command(cli: Cli) -> anyhow::Result<ExitCode> {
             resync_seconds,
             debounce_ms,
             metrics_addr,
+            ipvs_stats_max_destinations,
         } => {
             drop(dp);
-            run_cluster(node, state_dir, resync_seconds, debounce_ms, metrics_addr).await?;
+            run_cluster(
+                node,
+                state_dir,
+                resync_seconds,
+                debounce_ms,
+                metrics_addr,
+                ipvs_stats_max_destinations,
+            )
+            .await?;
             ExitCode::SUCCESS
         }
     };
