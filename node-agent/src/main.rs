@@ -201,9 +201,12 @@ async fn run_cluster(
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TUNLB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    use std::io::IsTerminal as _;
+    // Colour codes only for a terminal: not in files or `kubectl logs`.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 

@@ -54,7 +54,11 @@ struct Args {
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TUNLB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    use std::io::IsTerminal as _;
+    // Colour codes only for a terminal: not in files or `kubectl logs`.
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
     if json {
         fmt.json().init();
     } else {

@@ -31,7 +31,7 @@ wait_until() {
 }
 all_programmed() { [ "$(services director)" -ge "$N" ]; }
 # The first pass ends with its status entries: all of them written at once.
-reported_all() { grep -q "status entries written entries=$N " /tmp/agent-director.log; }
+reported_all() { grep -q "status entries written.*entries[^ ]*$N[^0-9]" /tmp/agent-director.log; }
 # bench0: the real servers' subnet (IPVS refuses a tunnel destination it cannot route).
 bench_route() {
 	"$IP" -n "$1" link add bench0 type dummy
