@@ -38,31 +38,34 @@ enum Command {
     /// Print this host's IPVS table (ipvsadm -Ln layout), tunl0 addresses, sysctls and DNAT table.
     Show,
     /// Kubernetes mode: watch VirtualServices and this Node, program the kernel, report status.
-    Run {
-        /// This node's name (the DaemonSet sets it from spec.nodeName).
-        #[arg(long, env = "NODE_NAME")]
-        node: String,
-        #[arg(long, env = "TUNLB_STATE_DIR", default_value = "/var/lib/tunlb")]
-        state_dir: PathBuf,
-        /// Full re-check of the kernel, repairing drift.
-        #[arg(long, env = "TUNLB_RESYNC_SECONDS", default_value = "30")]
-        resync_seconds: u64,
-        /// Wait this long after a change so that bursts are applied together.
-        #[arg(long, default_value = "100")]
-        debounce_ms: u64,
-        /// /metrics and /healthz.
-        #[arg(long, env = "TUNLB_METRICS_ADDR", default_value = "0.0.0.0:9090")]
-        metrics_addr: std::net::SocketAddr,
-        /// Per-real-server IPVS statistics are exported while the node has at
-        /// most this many IPVS destinations (7 series each); above it, none
-        /// are, and tunlb_agent_ipvs_stats_omitted says how many were left out.
-        #[arg(
-            long,
-            env = "TUNLB_IPVS_STATS_MAX_DESTINATIONS",
-            default_value = "2000"
-        )]
-        ipvs_stats_max_destinations: usize,
-    },
+    Run(RunFlags),
+}
+
+#[derive(Args)]
+struct RunFlags {
+    /// This node's name (the DaemonSet sets it from spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node: String,
+    #[arg(long, env = "TUNLB_STATE_DIR", default_value = "/var/lib/tunlb")]
+    state_dir: PathBuf,
+    /// Full re-check of the kernel, repairing drift.
+    #[arg(long, env = "TUNLB_RESYNC_SECONDS", default_value = "30")]
+    resync_seconds: u64,
+    /// Wait this long after a change so that bursts are applied together.
+    #[arg(long, default_value = "100")]
+    debounce_ms: u64,
+    /// /metrics and /healthz.
+    #[arg(long, env = "TUNLB_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    metrics_addr: std::net::SocketAddr,
+    /// Per-real-server IPVS statistics are exported while the node has at
+    /// most this many IPVS destinations (7 series each); above it, none
+    /// are, and tunlb_agent_ipvs_stats_omitted says how many were left out.
+    #[arg(
+        long,
+        env = "TUNLB_IPVS_STATS_MAX_DESTINATIONS",
+        default_value = "2000"
+    )]
+    ipvs_stats_max_destinations: usize,
 }
 
 #[derive(Args)]
@@ -143,14 +146,15 @@ async fn shutdown_signal() {
     }
 }
 
-async fn run_cluster(
-    node: String,
-    state_dir: PathBuf,
-    resync_seconds: u64,
-    debounce_ms: u64,
-    metrics_addr: std::net::SocketAddr,
-    ipvs_stats_max_destinations: usize,
-) -> anyhow::Result<()> {
+async fn run_cluster(flags: RunFlags) -> anyhow::Result<()> {
+    let RunFlags {
+        node,
+        state_dir,
+        resync_seconds,
+        debounce_ms,
+        metrics_addr,
+        ipvs_stats_max_destinations,
+    } = flags;
     use std::sync::Arc;
     use std::time::Duration;
     let client = kube::Client::try_default()
@@ -216,7 +220,7 @@ fn main() -> anyhow::Result<ExitCode> {
     // A one-shot command is one sequence of kernel round trips: one thread
     // does it as fast, and one malloc arena keeps its peak memory lower.
     let mut runtime = match cli.command {
-        Command::Run { .. } => {
+        Command::Run(_) => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             b.worker_threads(2);
             b
@@ -243,24 +247,9 @@ async fn command(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", tunlb_agent::show::render(dp.links()).await);
             ExitCode::SUCCESS
         }
-        Command::Run {
-            node,
-            state_dir,
-            resync_seconds,
-            debounce_ms,
-            metrics_addr,
-            ipvs_stats_max_destinations,
-        } => {
+        Command::Run(flags) => {
             drop(dp);
-            run_cluster(
-                node,
-                state_dir,
-                resync_seconds,
-                debounce_ms,
-                metrics_addr,
-                ipvs_stats_max_destinations,
-            )
-            .await?;
+            run_cluster(flags).await?;
             ExitCode::SUCCESS
         }
     };
