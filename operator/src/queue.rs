@@ -200,13 +200,10 @@ impl Queue {
         self.lock().timers.peek().map(|Reverse((at, _))| *at)
     }
 
-    /// Objects queued, running or waiting for a requeue time.
-    pub fn len(&self) -> usize {
-        self.lock().slots.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// No object queued, running or waiting for a requeue time.
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.lock().slots.is_empty()
     }
 
     /// Runs `work` for queued objects, at most `concurrency` at once, until
