@@ -45,9 +45,16 @@ if [[ -z ${FORCE:-} ]] && have_all; then
   exit 0
 fi
 
-command -v go >/dev/null || { log "go not found"; exit 1; }
+command -v go >/dev/null || {
+  log "go not found: Go $GO_MIN_VERSION or newer is needed to build kube-apiserver $KUBE_VERSION (https://go.dev/dl, or your distribution's golang package)"
+  exit 1
+}
 export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:--buildvcs=false}"
 GOVER=$(go env GOVERSION | sed -E 's/^go//')   # e.g. 1.26.8
+if [[ $(printf '%s\n%s\n' "$GO_MIN_VERSION" "$GOVER" | sort -V | head -1) != "$GO_MIN_VERSION" ]]; then
+  log "Go $GOVER is too old: kube-apiserver $KUBE_VERSION needs Go $GO_MIN_VERSION or newer (GOTOOLCHAIN=local: no automatic download); install a newer Go and put it first on PATH"
+  exit 1
+fi
 SRC=$CACHE/src
 mkdir -p "$SRC"
 cd "$SRC"   # run go outside any other module

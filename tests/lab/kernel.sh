@@ -1,50 +1,25 @@
 #!/usr/bin/env bash
-# Ensure a Debian kernel (vmlinuz + modules) is cached; print its cache dir.
+# Ensure the pinned Debian kernel (vmlinuz + modules) is cached; print its cache dir.
+# The package and version are pinned in tests/controlplane/versions.env
+# (LAB_KERNEL_PACKAGE, LAB_KERNEL_VERSION).
 # Layout: $CACHE/kernel/<package>_<version>/{vmlinuz,vmlinux,kver,lib/modules/<kver>/}
-# Env: TUNLB_CACHE (default ~/.cache/tunlb), TUNLB_KERNEL_PKG (override package).
+# Env: TUNLB_CACHE (default ~/.cache/tunlb); TUNLB_KERNEL_PKG=<package>=<version>
+#      boots another kernel for an experiment (the pinned-kernel test then fails).
 set -euo pipefail
 
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${TUNLB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tunlb}"
-meta=linux-image-amd64
+# shellcheck source=../controlplane/versions.env
+source "$here/../controlplane/versions.env"
+pkg="$LAB_KERNEL_PACKAGE" ver="$LAB_KERNEL_VERSION"
+if [ -n "${TUNLB_KERNEL_PKG:-}" ]; then
+	pkg="${TUNLB_KERNEL_PKG%%=*}" ver="${TUNLB_KERNEL_PKG#*=}"
+	[ "$ver" != "$TUNLB_KERNEL_PKG" ] || { echo "kernel.sh: TUNLB_KERNEL_PKG wants <package>=<version>" >&2; exit 2; }
+fi
 
 as_root() {
 	if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
-
-# The concrete image package the metapackage depends on, e.g. linux-image-6.1.0-56-amd64.
-resolve_pkg() {
-	apt-cache depends "$meta" 2>/dev/null |
-		sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n1
-}
-
-# apt-cache is slow (~1 s); memoise the resolution until the apt lists change.
-memo="$cache/kernel/resolved"
-stamp="$(stat -c %Y /var/lib/apt/lists 2>/dev/null || echo 0)"
-pkg="" ver=""
-if [ -z "${TUNLB_KERNEL_PKG:-}" ] && [ -f "$memo" ]; then
-	read -r m_stamp m_pkg m_ver <"$memo" || true
-	if [ "${m_stamp:-}" = "$stamp" ]; then pkg="$m_pkg" ver="$m_ver"; fi
-fi
-
-if [ -z "$pkg" ]; then
-	pkg="${TUNLB_KERNEL_PKG:-$(resolve_pkg)}"
-	if [ -z "$pkg" ]; then
-		echo "kernel.sh: $meta unknown to apt-cache, running apt-get update" >&2
-		as_root apt-get update -qq >&2
-		pkg="$(resolve_pkg)"
-	fi
-	[ -n "$pkg" ] || { echo "kernel.sh: cannot resolve $meta" >&2; exit 1; }
-	ver="$(apt-cache policy "$pkg" 2>/dev/null | sed -n 's/^ *Candidate: //p')"
-	if [ -z "$ver" ] || [ "$ver" = "(none)" ]; then
-		echo "kernel.sh: no candidate for $pkg" >&2
-		exit 1
-	fi
-	if [ -z "${TUNLB_KERNEL_PKG:-}" ]; then
-		mkdir -p "$cache/kernel"
-		stamp="$(stat -c %Y /var/lib/apt/lists 2>/dev/null || echo 0)"
-		echo "$stamp $pkg $ver" >"$memo"
-	fi
-fi
 
 kver="${pkg#linux-image-}"
 dir="$cache/kernel/${pkg}_${ver}"
@@ -60,11 +35,11 @@ if ! (cd "$tmp" && apt-get download -q "$pkg=$ver" 2>&1) | { grep -v 'unsandboxe
 	# Stale apt lists (version gone from the mirror): update once and start over.
 	if [ -z "${TUNLB_KERNEL_RETRY:-}" ]; then
 		echo "kernel.sh: download failed, running apt-get update and retrying" >&2
-		rm -rf "$tmp" "$memo"
+		rm -rf "$tmp"
 		as_root apt-get update -qq >&2
 		TUNLB_KERNEL_RETRY=1 exec "$0" "$@"
 	fi
-	echo "kernel.sh: apt-get download $pkg=$ver failed" >&2
+	echo "kernel.sh: apt-get download $pkg=$ver failed: the pinned lab kernel is not served by the configured Debian mirrors (see LAB_KERNEL_* in tests/controlplane/versions.env for how to move it)" >&2
 	exit 1
 fi
 deb="$(find "$tmp" -maxdepth 1 -name '*.deb' | head -n1)"

@@ -23,6 +23,17 @@ pub fn agent_binary() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target/release/tunlb-agent"))
 }
 
+/// The agent image to run in the guest instead of a bare binary:
+/// `TUNLB_AGENT_IMAGE`, a directory made by `tests/images/unpack.sh` from the
+/// agent's OCI archive. The guest then runs the image's entrypoint chrooted
+/// into its root filesystem (tests/lab/image/tunlb-agent), so a program or
+/// library missing from the image fails the scenario.
+pub fn agent_image() -> Option<PathBuf> {
+    std::env::var_os("TUNLB_AGENT_IMAGE")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
 /// What one guest run reported.
 #[derive(Debug)]
 pub struct LabRun {
@@ -80,7 +91,18 @@ pub fn run_scenario(name: &str, extra_bins: &[PathBuf], timeout_s: u32) -> LabRu
 /// Boots the lab with `opts` and runs `/scenarios/<name>.sh` in it.
 pub fn run_scenario_with(name: &str, opts: &LabOptions) -> LabRun {
     let root = workspace_root();
-    let agent = agent_binary();
+    let image = agent_image();
+    let agent = match &image {
+        Some(dir) => {
+            assert!(
+                dir.join("rootfs").is_dir(),
+                "TUNLB_AGENT_IMAGE={}: no rootfs/ there (tests/images/unpack.sh makes it)",
+                dir.display()
+            );
+            root.join("tests/lab/image/tunlb-agent")
+        }
+        None => agent_binary(),
+    };
     assert!(
         agent.is_file(),
         "{} not found: build it first (cargo build --release -p tunlb-agent) or set TUNLB_AGENT_BIN",
@@ -104,6 +126,9 @@ pub fn run_scenario_with(name: &str, opts: &LabOptions) -> LabRun {
     .iter()
     .map(|(s, d)| (root.join(s), d.to_string()))
     .collect();
+    if let Some(dir) = image {
+        dirs.push((dir, "/image/agent".to_string()));
+    }
     dirs.extend(opts.extra_dirs.iter().cloned());
     for (src, dest) in dirs {
         cmd.arg("--dir").arg(format!("{}:{dest}", src.display()));

@@ -890,3 +890,164 @@ fn installs_into_a_real_apiserver() {
         text(&out)
     );
 }
+
+/// A directory made by tests/images/unpack.sh, named by `var`.
+fn unpacked_image(var: &str) -> PathBuf {
+    let dir = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("{var} is not set: tests/run.sh builds and unpacks the images"));
+    assert!(
+        dir.join("rootfs").is_dir(),
+        "{var}={}: no rootfs/ (tests/images/unpack.sh makes it)",
+        dir.display()
+    );
+    dir
+}
+
+fn image_config(dir: &Path) -> Value {
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    serde_json::from_str::<Value>(&text).unwrap()["config"].clone()
+}
+
+/// The reference an OCI archive carries (its index's ref.name annotation).
+fn archive_reference(archive: &Path) -> String {
+    let out = Command::new("tar")
+        .arg("-xOf")
+        .arg(archive)
+        .arg("index.json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tar {}: {}",
+        archive.display(),
+        text(&out)
+    );
+    let index: Value = serde_json::from_slice(&out.stdout).unwrap();
+    index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+#[ignore = "needs the images from scripts/build-images.sh: run tests/run.sh"]
+fn images_are_what_the_chart_pulls() {
+    let docs = render(&[]);
+    let chart: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("Chart.yaml")).unwrap())
+            .unwrap();
+    let app_version = chart["appVersion"].as_str().unwrap();
+    assert_eq!(
+        app_version,
+        env!("CARGO_PKG_VERSION"),
+        "the chart's appVersion is the workspace version"
+    );
+    let archives = std::env::var_os("TUNLB_IMAGES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/images"));
+    let operator = find(&docs, "Deployment", "tunlb-operator");
+    let agent = find(&docs, "DaemonSet", "tunlb-agent");
+    for (name, workload, container_name, var) in [
+        (
+            "tunlb-operator",
+            operator,
+            "operator",
+            "TUNLB_OPERATOR_IMAGE",
+        ),
+        ("tunlb-agent", agent, "agent", "TUNLB_AGENT_IMAGE"),
+    ] {
+        let archive = archives.join(format!("{name}-{app_version}.oci.tar"));
+        assert!(archive.is_file(), "{} is missing", archive.display());
+        assert_eq!(
+            archive_reference(&archive),
+            container(workload, container_name)["image"]
+                .as_str()
+                .unwrap(),
+            "{name}: the chart's default image is the one build-images.sh names"
+        );
+        let config = image_config(&unpacked_image(var));
+        assert_eq!(
+            config["Entrypoint"],
+            serde_json::json!([format!("/usr/local/bin/{name}")]),
+            "{name} entrypoint"
+        );
+        let labels = &config["Labels"];
+        assert_eq!(labels["org.opencontainers.image.version"], app_version);
+        assert_eq!(
+            labels["org.opencontainers.image.source"],
+            "https://github.com/tunlb/tunlb"
+        );
+        let revision = labels["org.opencontainers.image.revision"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            revision.len() >= 40 && revision[..40].chars().all(|c| c.is_ascii_hexdigit()),
+            "{name}: revision label is a commit: {revision:?}"
+        );
+    }
+
+    // The operator runs as the chart's non-root user; the agent as root (NET_ADMIN).
+    let op = image_config(&unpacked_image("TUNLB_OPERATOR_IMAGE"));
+    let pod_user = &operator["spec"]["template"]["spec"]["securityContext"]["runAsUser"];
+    assert_eq!(op["User"], format!("{pod_user}:{pod_user}"));
+    assert_eq!(
+        image_config(&unpacked_image("TUNLB_AGENT_IMAGE"))["User"],
+        "0:0"
+    );
+
+    // Everything the agent's containers run is in the agent image.
+    let agent_root = unpacked_image("TUNLB_AGENT_IMAGE").join("rootfs");
+    let init = &agent["spec"]["template"]["spec"]["initContainers"][0];
+    let mut programs = vec!["usr/sbin/nft".to_string()];
+    if let Some(cmd) = init["command"][0].as_str() {
+        programs.push(format!("usr/sbin/{cmd}"));
+    }
+    for p in programs {
+        let path = agent_root.join(&p);
+        assert!(
+            std::fs::metadata(&path).is_ok_and(|m| m.is_file()),
+            "the agent image lacks /{p}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs the test control plane: run tests/run.sh"]
+fn helm_package_carries_the_crds() {
+    let out = std::env::temp_dir().join(format!("tunlb-chart-package-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
+    let printed = helm_ok(
+        None,
+        [
+            "package",
+            chart_dir().to_str().unwrap(),
+            "-d",
+            out.to_str().unwrap(),
+        ],
+    );
+    let archive = out.join(format!("tunlb-{}.tgz", env!("CARGO_PKG_VERSION")));
+    assert!(
+        archive.is_file(),
+        "helm package wrote no {}: {printed}",
+        archive.display()
+    );
+    let list = Command::new("tar")
+        .arg("-tzf")
+        .arg(&archive)
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&list.stdout);
+    for want in [
+        "tunlb/crds/virtualservice.yaml",
+        "tunlb/templates/agent-daemonset.yaml",
+        "tunlb/templates/NOTES.txt",
+        "tunlb/values.schema.json",
+    ] {
+        assert!(
+            names.lines().any(|l| l == want),
+            "{want} not in the package:\n{names}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -40,3 +40,25 @@ fn foreign_kernel_state_is_never_touched() {
 fn bad_input_is_named_and_never_half_applied() {
     assert_scenario("bad-input");
 }
+
+#[test]
+#[ignore = "boots the QEMU lab: run tests/run.sh"]
+fn pinned_kernel_and_the_agent_image() {
+    let root = tunlb_tests::workspace_root();
+    let run = tunlb_tests::run_scenario_with(
+        "release",
+        &tunlb_tests::LabOptions {
+            extra_dirs: vec![(root.join("tests/controlplane"), "/versions".into())],
+            ..tunlb_tests::LabOptions::default()
+        },
+    );
+    println!("{}", run.output);
+    assert!(
+        run.failed == 0 && run.exit_code == Some(0),
+        "{} failed",
+        run.failed
+    );
+    if tunlb_tests::agent_image().is_some() {
+        assert!(run.passed >= 6, "image checks ran: {} passed", run.passed);
+    }
+}
