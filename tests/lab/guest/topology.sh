@@ -9,6 +9,7 @@
 #   requests N URL        N GETs from the client namespace, answers space-separated
 #   count WORD LIST       occurrences of WORD in a space-separated LIST
 #   lab_assert_eq NAME EXPECTED ACTUAL / lab_assert_contains NAME NEEDLE ACTUAL
+#   lab_assert_same NAME BEFORE AFTER   multi-line snapshots; prints only the diff
 #   lab_summary           prints "N passed, M failed"; non-zero if M > 0
 #   topo_cleanup          stops the servers started by start_http
 # Assertions count in shell variables: call them in the main shell, not in $(...).
@@ -111,6 +112,21 @@ lab_assert_eq() {
 	else
 		LAB_FAIL=$((LAB_FAIL + 1))
 		echo "not ok - $1 (expected '$2', got '$3')"
+	fi
+}
+
+# lab_assert_same NAME BEFORE AFTER: BEFORE equals AFTER; on a mismatch only
+# the changed lines are printed (snapshots are long).
+lab_assert_same() {
+	if [ "$2" = "$3" ]; then
+		LAB_PASS=$((LAB_PASS + 1))
+		echo "ok - $1"
+	else
+		LAB_FAIL=$((LAB_FAIL + 1))
+		echo "not ok - $1 (changed lines:)"
+		printf '%s\n' "$2" >/tmp/lab-before
+		printf '%s\n' "$3" >/tmp/lab-after
+		diff /tmp/lab-before /tmp/lab-after | sed 's/^/    /'
 	fi
 }
 

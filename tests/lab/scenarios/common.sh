@@ -40,10 +40,13 @@ delete_all() {
 	done
 }
 
-# alternates LIST: "yes" when no answer repeats the previous one and both servers appear.
+# alternates LIST: "yes" when every answer is rs1 or rs2, no answer repeats
+# the previous one and both servers appear; any other answer (ERR:28, a
+# timeout) makes it "no".
 alternates() {
 	_prev=""
 	for _w in $1; do
+		case "$_w" in rs1 | rs2) ;; *) echo no; return ;; esac
 		[ "$_w" = "$_prev" ] && { echo no; return; }
 		_prev="$_w"
 	done
@@ -63,4 +66,98 @@ agent_rows() {
 start_backends() {
 	start_http rs1 rs1 80 || exit 1
 	start_http rs2 rs2 80 || exit 1
+}
+
+# sysctls NS [IFACE...]: NAME=VALUE of every IPv4 per-interface sysctl of
+# IFACE (default: all and tunl0), read from /proc as the kernel reports them.
+sysctls() {
+	_ns="$1"
+	shift
+	[ $# -gt 0 ] || set -- all tunl0
+	for _i in "$@"; do
+		ns_exec "$_ns" sh -c "cd /proc/sys/net/ipv4/conf && for f in $_i/*; do echo \"\$f=\$(cat \$f)\"; done"
+	done
+}
+
+# ipvs_conns NS: "SERVICE-OR-DEST CONNS" from ipvsadm --stats. Conns counts the
+# connections scheduled since the service or destination was added: a delete
+# and re-add resets it, an edit in place keeps it.
+ipvs_conns() {
+	ns_exec "$1" ipvsadm -Ln --stats | awk '/^(TCP|UDP|SCTP)/ {print $1, $2, $3} /->/ && $2 ~ /[0-9]/ {print "->", $2, $3}'
+}
+
+# kernel_state NS: what an outside observer sees of NS's data plane. IPVS
+# rows without ActiveConn/InActConn (those follow connection timers, not
+# writes) but with each service's and destination's Conns counter, every
+# address and link, the nft ruleset and every IPv4 sysctl. Equal snapshots
+# around an action mean it changed nothing visible; equal Conns mean nothing
+# was deleted and re-added. Packet and byte counters are left out: the last
+# packets of finished requests still arrive after their clients return.
+kernel_state() {
+	echo "## ipvsadm -Ln"
+	ns_exec "$1" ipvsadm -Ln | awk '/->/ && $2 ~ /[0-9]/ {print $1, $2, $3, $4; next} {print}'
+	echo "## ipvsadm -Ln --stats (Conns)"
+	ipvs_conns "$1"
+	echo "## ip -o addr"
+	ns_exec "$1" "$IP" -o addr show
+	echo "## ip -o link"
+	ns_exec "$1" "$IP" -o link show
+	echo "## nft list ruleset"
+	ns_exec "$1" nft list ruleset
+	echo "## sysctls"
+	ns_exec "$1" sh -c 'cd /proc/sys/net/ipv4 && for f in ip_forward conf/*/* vs/*; do [ -f "$f" ] && echo "$f=$(cat "$f" 2>/dev/null)"; done'
+}
+
+# watch_start NS...: `ip monitor` (links, addresses, routes, netconf, which
+# reports rp_filter changes) and `nft monitor` in the background in each NS.
+# Returns once every monitor has reported a marker, so no later event is missed.
+watch_start() {
+	WATCHED="$*"
+	WATCH_PIDS=""
+	for _n in "$@"; do
+		# Not through ns_exec: $! must be the monitor itself, to stop it.
+		"$IP" netns exec "$_n" "$IP" -o monitor link address route netconf >"/tmp/watch-ip-$_n" 2>&1 &
+		WATCH_PIDS="$WATCH_PIDS $!"
+		"$IP" netns exec "$_n" nft monitor >"/tmp/watch-nft-$_n" 2>&1 &
+		WATCH_PIDS="$WATCH_PIDS $!"
+	done
+	for _n in "$@"; do watch_mark "$_n" wstart; done
+}
+
+# watch_mark NS NAME: a dummy link and an nft table called NAME, created and
+# deleted until both of NS's monitors have reported them (a monitor that is
+# not subscribed yet misses the first ones).
+watch_mark() {
+	_i=0
+	while [ "$_i" -lt 20 ]; do
+		ns_exec "$1" "$IP" link add "$2" type dummy && ns_exec "$1" "$IP" link del "$2"
+		ns_exec "$1" nft "add table ip $2; delete table ip $2"
+		_j=0
+		while [ "$_j" -lt 10 ]; do
+			grep -q "$2" "/tmp/watch-ip-$1" && grep -q "$2" "/tmp/watch-nft-$1" && return 0
+			sleep 0.1
+			_j=$((_j + 1))
+		done
+		_i=$((_i + 1))
+	done
+	echo "$1: the monitors never reported the marker $2"
+	return 1
+}
+
+# watch_stop: marks the end in every watched namespace, stops the monitors and
+# prints each event seen between the last start marker and the first end
+# marker as "NS ip|nft: EVENT"; nothing when the kernel saw no change.
+watch_stop() {
+	for _n in $WATCHED; do watch_mark "$_n" wend; done
+	for _p in $WATCH_PIDS; do kill "$_p" 2>/dev/null; done
+	for _n in $WATCHED; do
+		for _m in ip nft; do
+			# The generation line that ends a marker's own nft transaction is not an event.
+			awk -v p="$_n $_m: " '/wend/ && s {printf "%s", buf; ok = 1; exit}
+				/wstart/ {buf = ""; s = 1; g = 1; next}
+				/^# new generation/ && g {g = 0; next}
+				{g = 0; buf = buf p $0 "\n"}
+				END {if (!ok) print p "no start and end markers: the monitor did not watch"}' "/tmp/watch-$_m-$_n"
+		done
+	done
 }

@@ -6,7 +6,8 @@
 
 topo_setup || { echo "topology setup failed"; exit 1; }
 start_backends
-before_sysctls="$(ns_exec rs1 sysctl -n net.ipv4.conf.all.arp_ignore net.ipv4.conf.all.arp_announce net.ipv4.conf.all.rp_filter | tr '\n' ' ')"
+# Every node's all.* and tunl0.* sysctls as the kernel had them before tunlb.
+for n in director rs1 rs2; do eval "before_sysctls_$n=\"\$(sysctls $n)\""; done
 before_addrs_director="$(ns_exec director "$IP" -o addr show | awk '{print $2, $4}' | sort | tr '\n' ';')"
 
 out="$(apply_all $EX/01-web.yaml)"
@@ -39,12 +40,24 @@ exec 3>/tmp/long.in
 sleep 1
 lab_assert_contains "connection established before the edit" ESTABLISHED "$(ns_exec director ipvsadm -Lnc)"
 
-# First real server (rs1) to weight 2.
+# First real server (rs1) to weight 2. The kernel, watched from outside,
+# changes in exactly that weight: no address, link, route or nft event, and
+# the IPVS counters of the service and both destinations carry on (a delete
+# and re-add would reset them).
 awk '!done && /weight: 1/ { sub(/weight: 1/, "weight: 2"); done = 1 } { print }' $EX/01-web.yaml >/tmp/web-2-1.yaml
+conns_before="$(ipvs_conns director)"
+lab_assert_eq "every IPVS counter has connections to lose" "" "$(echo "$conns_before" | awk '$NF == 0')"
+state_before="$(kernel_state director)"
+watch_start director
 out="$(agent director apply -f /tmp/web-2-1.yaml 2>&1)"
+events="$(watch_stop)"
 echo "$out"
 lab_assert_contains "weight edit is one IPVS write" "kernel writes: ipvs=1 links=0 sysctls=0 nft=0" "$out"
 lab_assert_contains "ipvsadm shows weight 2" "TCP $VIP:80 wrr $RS1:80 Tunnel 2" "$(ipvs_rows director)"
+lab_assert_eq "weight edit: no address, link, route, netconf or nft event" "" "$events"
+lab_assert_same "weight edit: rs1's weight is the only change in the director's kernel" \
+	"$(echo "$state_before" | sed "s/^-> $RS1:80 Tunnel 1\$/-> $RS1:80 Tunnel 2/")" "$(kernel_state director)"
+lab_assert_same "weight edit: IPVS counters kept (edited in place, not re-added)" "$conns_before" "$(ipvs_conns director)"
 
 printf 'GET / HTTP/1.0\r\n\r\n' >&3
 sleep 1
@@ -58,10 +71,20 @@ echo "weights 2:1 -> $got"
 lab_assert_eq "weights 2:1: rs1 four times of 6" 4 "$(count rs1 "$got")"
 lab_assert_eq "weights 2:1: rs2 twice of 6" 2 "$(count rs2 "$got")"
 
-# Re-applying what is already there writes nothing, on every node.
+# Re-applying what is already there writes nothing, on every node: the
+# agents' own count, the monitors and before/after snapshots agree.
+for n in director rs1 rs2; do eval "state_$n=\"\$(kernel_state $n)\""; done
+watch_start director rs1 rs2
 out="$(agent director apply -f /tmp/web-2-1.yaml 2>&1; agent rs1 apply -f $EX/01-web.yaml 2>&1; agent rs2 apply -f $EX/01-web.yaml 2>&1)"
+events="$(watch_stop)"
 echo "$out"
 lab_assert_eq "no-op re-apply: zero kernel writes on all three nodes" 3 "$(echo "$out" | grep -c 'kernel writes: ipvs=0 links=0 sysctls=0 nft=0')"
+lab_assert_eq "no-op re-apply: no kernel event on any node" "" "$events"
+for n in director rs1 rs2; do
+	eval "before=\"\$state_$n\""
+	lab_assert_same "no-op re-apply: $n's kernel unchanged (IPVS with counters, addresses, links, nft, sysctls)" \
+		"$before" "$(kernel_state $n)"
+done
 
 # Delete removes exactly what apply added.
 out="$(delete_all /tmp/web-2-1.yaml)"
@@ -70,8 +93,10 @@ lab_assert_eq "IPVS table empty after delete" "" "$(ipvs_rows director)"
 lab_assert_eq "director addresses back to what they were" "$before_addrs_director" \
 	"$(ns_exec director "$IP" -o addr show | awk '{print $2, $4}' | sort | tr '\n' ';')"
 lab_assert_eq "no VIP left on rs1 tunl0" "" "$(ns_exec rs1 "$IP" -o addr show dev tunl0 | grep "$VIP")"
-lab_assert_eq "rs1 sysctls restored" "$before_sysctls" \
-	"$(ns_exec rs1 sysctl -n net.ipv4.conf.all.arp_ignore net.ipv4.conf.all.arp_announce net.ipv4.conf.all.rp_filter | tr '\n' ' ')"
+for n in director rs1 rs2; do
+	eval "before=\"\$before_sysctls_$n\""
+	lab_assert_same "$n: all.* and tunl0.* sysctls back to their values before the first apply" "$before" "$(sysctls $n)"
+done
 lab_assert_eq "VIP no longer answers" "ERR:28" "$(request client "http://$VIP/")"
 
 topo_cleanup
