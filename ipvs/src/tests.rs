@@ -647,18 +647,18 @@ mod client {
     }
 }
 
-/// Against the host kernel: without ip_vs the family must be reported as
-/// missing; with it (e.g. in the VM, as root) read-only calls must work.
+/// Against a real kernel with ip_vs loaded, as root: read-only calls work.
+/// Hosts without IPVS (the CI host has none and cannot load modules) cannot
+/// run it, so it is ignored there rather than passing on FamilyNotFound; the
+/// lab scenarios exercise the same calls through `tunlb-agent show`.
 #[tokio::test]
+#[ignore = "needs the ip_vs kernel module and root; run with --ignored where ip_vs is loaded"]
 async fn real_kernel_connect_smoke() {
-    match Client::connect().await {
-        Err(Error::FamilyNotFound) => {}
-        Err(Error::Connection(e)) => eprintln!("skipping: no netlink socket here: {e}"),
-        Ok(c) => {
-            let info = c.info().await.unwrap();
-            assert_eq!(info.version.0, 1);
-            c.services().await.unwrap();
-        }
-        Err(e) => panic!("unexpected: {e}"),
-    }
+    let c = match Client::connect().await {
+        Ok(c) => c,
+        Err(e) => panic!("this test needs IPVS: {e}"),
+    };
+    let info = c.info().await.unwrap();
+    assert_eq!(info.version.0, 1);
+    c.services().await.unwrap();
 }

@@ -6,29 +6,28 @@
 export KUBECONFIG=/kube/admin.kubeconfig
 k() { kubectl --request-timeout=20s "$@"; }
 
-# wait_for SECONDS DESCRIPTION CMD...: retries CMD until it succeeds.
-wait_for() {
-	_t="$1"
-	_d="$2"
-	shift 2
-	_i=0
-	while [ "$_i" -lt "$((_t * 4))" ]; do
-		"$@" >/dev/null 2>&1 && return 0
-		sleep 0.25
-		_i=$((_i + 1))
-	done
-	echo "timed out after ${_t}s: $_d"
-	return 1
-}
-
-# start_agent NODE: `tunlb-agent run` in NODE's namespace with the agent's
-# ServiceAccount. Not through the ns_exec function: a backgrounded function is
-# a subshell, and $! must be the agent itself (ip netns exec and env both exec).
+# start_agent NODE [RESYNC_SECONDS]: `tunlb-agent run` in NODE's namespace
+# with the agent's ServiceAccount, resyncing every 3 s unless told otherwise.
+# Not through the ns_exec function: a backgrounded function is a subshell, and
+# $! must be the agent itself (ip netns exec and env both exec).
 start_agent() {
 	"$IP" netns exec "$1" env KUBECONFIG=/kube/agent.kubeconfig NODE_NAME="$1" TUNLB_LOG=info,kube=warn \
-		"$AGENT" run --state-dir "/tmp/state-$1" --resync-seconds 3 --metrics-addr 127.0.0.1:9090 \
+		"$AGENT" run --state-dir "/tmp/state-$1" --resync-seconds "${2:-3}" --metrics-addr 127.0.0.1:9090 \
 		>>"/tmp/agent-$1.log" 2>&1 &
 	eval "AGENT_PID_$1=$!"
+}
+
+# metric NODE NAME: the value of NAME on NODE's agent /metrics (empty while it
+# does not answer).
+metric() {
+	ns_exec "$1" curl -s --max-time 5 127.0.0.1:9090/metrics | awk -v m="$2" '$1 == m {print $2}'
+}
+
+# passes_at_least NODE N: NODE's agent has completed N sync passes (the
+# counter is recorded when a pass has finished writing).
+passes_at_least() {
+	_p="$(metric "$1" tunlb_agent_sync_duration_seconds_count)"
+	[ -n "$_p" ] && [ "$_p" -ge "$2" ]
 }
 
 # cluster_setup: topology, the backends' HTTP servers, the nodes' route to the

@@ -40,6 +40,21 @@ delete_all() {
 	done
 }
 
+# wait_for SECONDS DESCRIPTION CMD...: retries CMD until it succeeds.
+wait_for() {
+	_t="$1"
+	_d="$2"
+	shift 2
+	_i=0
+	while [ "$_i" -lt "$((_t * 4))" ]; do
+		"$@" >/dev/null 2>&1 && return 0
+		sleep 0.25
+		_i=$((_i + 1))
+	done
+	echo "timed out after ${_t}s: $_d"
+	return 1
+}
+
 # alternates LIST: "yes" when every answer is rs1 or rs2, no answer repeats
 # the previous one and both servers appear; any other answer (ERR:28, a
 # timeout) makes it "no".
@@ -68,14 +83,15 @@ start_backends() {
 	start_http rs2 rs2 80 || exit 1
 }
 
-# sysctls NS [IFACE...]: NAME=VALUE of every IPv4 per-interface sysctl of
+# sysctls NS [IFACE...]: IFACE/NAME:VALUE of every IPv4 per-interface sysctl of
 # IFACE (default: all and tunl0), read from /proc as the kernel reports them.
 sysctls() {
 	_ns="$1"
 	shift
 	[ $# -gt 0 ] || set -- all tunl0
 	for _i in "$@"; do
-		ns_exec "$_ns" sh -c "cd /proc/sys/net/ipv4/conf && for f in $_i/*; do echo \"\$f=\$(cat \$f)\"; done"
+		# cd inside NS: /proc/sys/net shows the namespace of whoever looks it up.
+		ns_exec "$_ns" sh -c "cd /proc/sys/net/ipv4/conf && grep -H '' $_i/*"
 	done
 }
 
@@ -84,6 +100,40 @@ sysctls() {
 # and re-add resets it, an edit in place keeps it.
 ipvs_conns() {
 	ns_exec "$1" ipvsadm -Ln --stats | awk '/^(TCP|UDP|SCTP)/ {print $1, $2, $3} /->/ && $2 ~ /[0-9]/ {print "->", $2, $3}'
+}
+
+# ipvs_conns_settled NS: ipvs_conns once the counters have caught up. IPVS
+# folds its per-CPU counters into what it reports on a 2-second timer, so a
+# connection made just before shows up to 2 s late: read until three reads a
+# second apart (spanning a timer tick) agree.
+ipvs_conns_settled() {
+	_prev="$(ipvs_conns "$1")"
+	[ -n "$_prev" ] || return 0
+	_same=0
+	_i=0
+	while [ "$_same" -lt 2 ] && [ "$_i" -lt 30 ]; do
+		sleep 1
+		_cur="$(ipvs_conns "$1")"
+		if [ "$_cur" = "$_prev" ]; then
+			_same=$((_same + 1))
+		else
+			_same=0
+			_prev="$_cur"
+		fi
+		_i=$((_i + 1))
+	done
+	echo "$_prev"
+}
+
+# service_conns NS VIP:PORT: the service's Conns counter as reported now.
+service_conns() {
+	ipvs_conns "$1" | awk -v s="$2" '$1 != "->" && $2 == s {print $3}'
+}
+
+# service_conns_above NS VIP:PORT N: the service has counted more than N.
+service_conns_above() {
+	_c="$(service_conns "$1" "$2")"
+	[ -n "$_c" ] && [ "$_c" -gt "$3" ]
 }
 
 # kernel_state NS: what an outside observer sees of NS's data plane. IPVS
@@ -97,7 +147,7 @@ kernel_state() {
 	echo "## ipvsadm -Ln"
 	ns_exec "$1" ipvsadm -Ln | awk '/->/ && $2 ~ /[0-9]/ {print $1, $2, $3, $4; next} {print}'
 	echo "## ipvsadm -Ln --stats (Conns)"
-	ipvs_conns "$1"
+	ipvs_conns_settled "$1"
 	echo "## ip -o addr"
 	ns_exec "$1" "$IP" -o addr show
 	echo "## ip -o link"
@@ -105,7 +155,8 @@ kernel_state() {
 	echo "## nft list ruleset"
 	ns_exec "$1" nft list ruleset
 	echo "## sysctls"
-	ns_exec "$1" sh -c 'cd /proc/sys/net/ipv4 && for f in ip_forward conf/*/* vs/*; do [ -f "$f" ] && echo "$f=$(cat "$f" 2>/dev/null)"; done'
+	# One grep for all of them: a process per file costs seconds under TCG.
+	ns_exec "$1" sh -c 'cd /proc/sys/net/ipv4 && grep -H "" ip_forward conf/*/* vs/* 2>/dev/null'
 }
 
 # watch_start NS...: `ip monitor` (links, addresses, routes, netconf, which
