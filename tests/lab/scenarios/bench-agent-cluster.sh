@@ -64,10 +64,17 @@ reported="$(since "$t0")"
 cpu="$(cpu_s "$pid")"
 lab_assert_eq "cluster agent programmed every service" "$N" "$(services director)"
 sleep 5
+# The agent's own write counter, checked from outside: monitors over the idle
+# minute and a snapshot of the director's kernel before and after it.
+idle_before="$(kernel_state director)"
+watch_start director
 c0="$(cpu_s "$pid")" p0="$(passes)" w0="$(writes)"
 sleep 60
 c1="$(cpu_s "$pid")" p1="$(passes)" w1="$(writes)"
+idle_events="$(watch_stop)"
 lab_assert_eq "idle: no kernel writes" "$w0" "$w1"
+lab_assert_eq "idle: no address, link, route, netconf or nft event" "" "$idle_events"
+lab_assert_same "idle: the director's kernel unchanged" "$idle_before" "$(kernel_state director)"
 entries="$(k get tvs -n default -o jsonpath='{.items[*].status.nodes[?(@.nodeName=="director")].programmed}' | tr ' ' '\n' | grep -c true)"
 lab_assert_eq "a programmed status entry on every VirtualService" "$N" "$entries"
 hwm="$(mem "$pid" VmHWM)"

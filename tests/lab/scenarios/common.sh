@@ -96,8 +96,11 @@ sysctls() {
 }
 
 # ipvs_conns NS: "SERVICE-OR-DEST CONNS" from ipvsadm --stats. Conns counts the
-# connections scheduled since the service or destination was added: a delete
-# and re-add resets it, an edit in place keeps it.
+# connections scheduled since the service or destination was added: deleting
+# and re-adding a service resets it, an edit in place keeps it. (A destination
+# deleted while connections still use it waits in IPVS's trash and comes back
+# with its counters when re-added, so for destinations the reset shows only
+# once their connections are gone.)
 ipvs_conns() {
 	ns_exec "$1" ipvsadm -Ln --stats | awk '/^(TCP|UDP|SCTP)/ {print $1, $2, $3} /->/ && $2 ~ /[0-9]/ {print "->", $2, $3}'
 }
@@ -140,8 +143,8 @@ service_conns_above() {
 # rows without ActiveConn/InActConn (those follow connection timers, not
 # writes) but with each service's and destination's Conns counter, every
 # address and link, the nft ruleset and every IPv4 sysctl. Equal snapshots
-# around an action mean it changed nothing visible; equal Conns mean nothing
-# was deleted and re-added. Packet and byte counters are left out: the last
+# around an action mean it changed nothing visible; equal Conns mean no
+# service was deleted and re-added (see ipvs_conns). Packet and byte counters are left out: the last
 # packets of finished requests still arrive after their clients return.
 kernel_state() {
 	echo "## ipvsadm -Ln"

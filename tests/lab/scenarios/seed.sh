@@ -45,8 +45,7 @@ lab_assert_contains "ipvsadm -Lnc lists it" ESTABLISHED "$(ns_exec director ipvs
 
 # First real server (rs1) to weight 2. The kernel, watched from outside,
 # changes in exactly that weight: no address, link, route or nft event, and
-# the IPVS counters of the service and both destinations carry on (a delete
-# and re-add would reset them).
+# the IPVS counters carry on (re-adding the service would reset them).
 awk '!done && /weight: 1/ { sub(/weight: 1/, "weight: 2"); done = 1 } { print }' $EX/01-web.yaml >/tmp/web-2-1.yaml
 conns_before="$(ipvs_conns_settled director)"
 lab_assert_eq "every IPVS counter has connections to lose" "" "$(echo "$conns_before" | awk '$NF == 0')"
@@ -60,7 +59,7 @@ lab_assert_contains "ipvsadm shows weight 2" "TCP $VIP:80 wrr $RS1:80 Tunnel 2" 
 lab_assert_eq "weight edit: no address, link, route, netconf or nft event" "" "$events"
 lab_assert_same "weight edit: rs1's weight is the only change in the director's kernel" \
 	"$(echo "$state_before" | sed "s/^-> $RS1:80 Tunnel 1\$/-> $RS1:80 Tunnel 2/")" "$(kernel_state director)"
-lab_assert_same "weight edit: IPVS counters kept (edited in place, not re-added)" "$conns_before" "$(ipvs_conns_settled director)"
+lab_assert_same "weight edit: IPVS counters kept (service edited in place, not re-added)" "$conns_before" "$(ipvs_conns_settled director)"
 
 # In a subshell that ignores SIGPIPE: if nc is gone, the write fails and the
 # assertion below says so, instead of the scenario dying.
