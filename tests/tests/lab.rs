@@ -40,3 +40,9 @@ fn foreign_kernel_state_is_never_touched() {
 fn bad_input_is_named_and_never_half_applied() {
     assert_scenario("bad-input");
 }
+
+#[test]
+#[ignore = "boots the QEMU lab: run tests/run.sh"]
+fn sigkill_and_damaged_state_leave_nothing_foreign() {
+    assert_scenario("crash");
+}
