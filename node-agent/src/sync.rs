@@ -196,10 +196,18 @@ impl Dataplane {
             }
         };
         if state.rebuild {
+            let mut adopted = 0;
             for a in adoptable_addresses(&addrs) {
                 if state.addresses.insert(a.clone()) {
                     info!(vip = %a.address, interface = %a.interface, "adopted VIP address: it carries tunlb's label");
+                    adopted += 1;
                 }
+            }
+            if adopted > 0 {
+                warn!(
+                    addresses = adopted,
+                    "ownership rebuilt: adopted addresses carrying tunlb's label"
+                );
             }
         }
         let by_name: BTreeMap<&str, &LinkInfo> =
@@ -462,6 +470,7 @@ impl Dataplane {
                 })
             })
             .collect();
+        let mut adopted = 0;
         for slice in candidates.chunks(IPVS_CHUNK) {
             let keys: Vec<ServiceKey> = slice.iter().map(|s| s.key).collect();
             let dests = client.destinations_many(&keys).await;
@@ -488,8 +497,15 @@ impl Dataplane {
                 if ipvs_diff::adoptable(want, &have) {
                     info!(service = %key, object = %want.owner, "adopted IPVS service: it matches this node's plan");
                     state.ipvs_services.insert(key.into());
+                    adopted += 1;
                 }
             }
+        }
+        if adopted > 0 {
+            warn!(
+                services = adopted,
+                "ownership rebuilt: adopted IPVS services that exactly match this node's plan"
+            );
         }
     }
 

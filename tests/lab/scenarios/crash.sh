@@ -17,18 +17,13 @@ topo_setup || { echo "topology setup failed"; exit 1; }
 # gen FILE COUNT PREFIX WEIGHT: COUNT VirtualServices on VIPs PREFIX.x.y:80,
 # each with DESTS tunnel real servers on the bridge subnet.
 gen() {
-	: >"$1"
-	_i=0
-	while [ "$_i" -lt "$2" ]; do
-		printf -- '---\napiVersion: tunlb.io/v1alpha1\nkind: VirtualService\nmetadata:\n  name: vs-%s\nspec:\n  vip: %s.%s.%s\n  ports:\n  - port: 80\n  scheduler: wrr\n  backends:\n    static:\n' \
-			"$_i" "$3" $((_i / 200)) $((_i % 200 + 1)) >>"$1"
-		_d=0
-		while [ "$_d" -lt "$DESTS" ]; do
-			printf '    - {address: 192.168.56.%s, weight: %s}\n' $((100 + _d)) "$4" >>"$1"
-			_d=$((_d + 1))
-		done
-		_i=$((_i + 1))
-	done
+	awk -v n="$2" -v p="$3" -v w="$4" -v d="$DESTS" 'BEGIN {
+		for (i = 0; i < n; i++) {
+			printf "---\napiVersion: tunlb.io/v1alpha1\nkind: VirtualService\nmetadata:\n  name: vs-%d\n", i
+			printf "spec:\n  vip: %s.%d.%d\n  ports:\n  - port: 80\n  scheduler: wrr\n  backends:\n    static:\n", p, int(i / 200), i % 200 + 1
+			for (j = 0; j < d; j++) printf "    - {address: 192.168.56.%d, weight: %d}\n", 100 + j, w
+		}
+	}' >"$1"
 }
 
 # Kernel views, each an independent observer of what the agent did.
@@ -63,6 +58,7 @@ gen /tmp/crash/big.yaml "$N" 10.77 1
 gen /tmp/crash/big-w3.yaml "$N" 10.77 3
 gen /tmp/crash/small.yaml 20 10.78 1
 gen /tmp/crash/small-w2.yaml 20 10.78 2
+echo "generated $(grep -c '^kind:' /tmp/crash/big.yaml) VirtualServices"
 
 # Someone else's state, which no run below may touch.
 ns_exec director ipvsadm -A -t "$OTHER:80" -s rr
@@ -134,6 +130,8 @@ for case in empty truncated garbage; do
 	lab_assert_contains "$case: warns, naming the file" "state file is unreadable" "$out"
 	lab_assert_contains "$case: the warning names the path" "path=$STATE/state.json" "$out"
 	lab_assert_contains "$case: the warning gives the parse error" "error=" "$out"
+	lab_assert_contains "$case: the adopted services are logged" "exactly match this node's plan services=20" "$out"
+	lab_assert_contains "$case: the adopted addresses are logged" "carrying tunlb's label addresses=20" "$out"
 	moved="$(ls "$STATE"/state.json.corrupt-* 2>/dev/null)"
 	lab_assert_eq "$case: one file moved aside" 1 "$(echo "$moved" | grep -c corrupt-)"
 	lab_assert_eq "$case: it holds the bad bytes" same "$(cmp -s "$moved" /tmp/crash/bad && echo same)"
