@@ -68,6 +68,10 @@ ns_exec director "$IP" addr add 10.8.8.8/32 dev dummy0
 theirs="$(ipvs_rows director)"
 
 # --- (a) SIGKILL mid-apply, mid-apply again, then mid-delete --------------------
+# A state file exists first, as on any node that ran before: what the killed
+# runs created must be owned through their own record, not through a rebuild.
+out="$(agent director apply -f /tmp/crash/small.yaml 2>&1)"
+lab_assert_eq "an earlier apply exits 0" 0 "$?"
 vips_big() { vips 10.77; }
 services_big() { services 10.77; }
 rc="$(kill_when apply /tmp/crash/big.yaml vips_big 1)"
@@ -90,6 +94,7 @@ echo "$out" | tail -3
 lab_assert_eq "re-apply after two kills exits 0" 0 "$rc"
 lab_assert_eq "nothing is called foreign" 0 "$(echo "$out" | grep -c 'not created by tunlb')"
 lab_assert_eq "every service exists" "$N" "$(services 10.77)"
+lab_assert_eq "the earlier objects are still programmed" "20 20" "$(services 10.78) $(vips 10.78)"
 lab_assert_eq "every real server at weight 1" $((N * DESTS)) "$(dest_rows 10.77 1)"
 lab_assert_eq "every VIP on tunl0, once" "$N" "$(vips 10.77)"
 
@@ -99,16 +104,20 @@ echo "$out" | tail -3
 lab_assert_eq "weight edit exits 0" 0 "$rc"
 lab_assert_eq "the edit reaches every real server of every service" $((N * DESTS)) "$(dest_rows 10.77 3)"
 
-services_left() { echo $((N - $(services 10.77))); }
-rc="$(kill_when delete /tmp/crash/big-w3.yaml services_left 1)"
-echo "killed while deleting: $(services 10.77) services left"
+vips_gone() { echo $((N - $(vips 10.77))); }
+rc="$(kill_when delete /tmp/crash/big-w3.yaml vips_gone 1)"
+left="$(vips 10.77) $(services 10.77)"
+echo "killed while deleting: VIPs and services left: $left"
 lab_assert_eq "delete died of SIGKILL" 137 "$rc"
+lab_assert_eq "it was killed before it finished" yes "$([ "$left" != "0 0" ] && echo yes || echo no)"
 out="$(agent director delete -f /tmp/crash/big-w3.yaml 2>&1)"
 rc=$?
 echo "$out" | tail -3
 lab_assert_eq "delete again exits 0" 0 "$rc"
 lab_assert_eq "no service left behind" 0 "$(services 10.77)"
 lab_assert_eq "no VIP left behind" 0 "$(vips 10.77)"
+out="$(agent director delete -f /tmp/crash/small.yaml 2>&1)"
+lab_assert_eq "the earlier objects delete too" "0 0 0" "$? $(services 10.78) $(vips 10.78)"
 lab_assert_eq "foreign IPVS service untouched" "$theirs" "$(ipvs_rows director)"
 lab_assert_contains "foreign address untouched" "10.8.8.8/32" "$(ns_exec director "$IP" -o addr show dev dummy0)"
 
