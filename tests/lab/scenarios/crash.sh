@@ -9,7 +9,8 @@
 . /scenarios/common.sh
 OTHER=10.9.9.9
 STATE=/tmp/state-director
-N=1000
+# CRASH_N: fewer objects for a quicker run (a debug build, say).
+N=${CRASH_N:-1000}
 DESTS=10
 
 topo_setup || { echo "topology setup failed"; exit 1; }
