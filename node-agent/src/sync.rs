@@ -127,9 +127,9 @@ impl Dataplane {
         let links_before = self.links.writes();
         let ipvs_before = self.ipvs.as_ref().map(|c| c.writes()).unwrap_or(0);
 
-        let rebuilt = self.sync_links(plan, state, journal, &mut report).await
-            & self.sync_ipvs(plan, state, journal, &mut report).await;
-        if rebuilt {
+        let addresses_read = self.sync_links(plan, state, journal, &mut report).await;
+        let services_read = self.sync_ipvs(plan, state, journal, &mut report).await;
+        if addresses_read && services_read {
             // Only a completed look at the kernel ends a rebuild: until then
             // each pass tries again.
             state.rebuild = false;

@@ -34,17 +34,16 @@ vips() { ns_exec director "$IP" -o addr show dev tunl0 2>/dev/null | grep -c " i
 
 # until_seen CMD MIN: polls until CMD prints at least MIN (30 s at most).
 until_seen() {
-	_t=0
-	while [ "$_t" -lt 3000 ]; do
+	_end=$(($(date +%s) + 30))
+	while [ "$(date +%s)" -lt "$_end" ]; do
 		[ "$($1)" -ge "$2" ] 2>/dev/null && return 0
-		_t=$((_t + 1))
 		sleep 0.01
 	done
 	return 1
 }
 
-# killed_apply WHAT CMD: starts `tunlb-agent WHAT` on the big file, waits
-# until CMD (a kernel view) shows progress, SIGKILLs it; prints the wait status.
+# kill_when WHAT FILE CMD MIN: starts `tunlb-agent WHAT -f FILE`, waits until
+# CMD (a kernel view) prints at least MIN, SIGKILLs it; prints the wait status.
 kill_when() {
 	"$IP" netns exec director "$AGENT" "$1" --node director --state-dir "$STATE" --director -f "$2" >/tmp/killed.out 2>&1 &
 	_pid=$!
