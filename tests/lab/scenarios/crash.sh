@@ -15,12 +15,15 @@ DESTS=10
 
 topo_setup || { echo "topology setup failed"; exit 1; }
 
-# gen FILE COUNT PREFIX WEIGHT: COUNT VirtualServices on VIPs PREFIX.x.y:80,
-# each with DESTS tunnel real servers on the bridge subnet.
+# gen FILE COUNT PREFIX WEIGHT: COUNT VirtualServices on VIPs PREFIX.x.y:80
+# (named after PREFIX, so files of two prefixes are distinct objects), each
+# with DESTS tunnel real servers on the bridge subnet.
 gen() {
 	awk -v n="$2" -v p="$3" -v w="$4" -v d="$DESTS" 'BEGIN {
+		name = p
+		gsub(/\./, "-", name)
 		for (i = 0; i < n; i++) {
-			printf "---\napiVersion: tunlb.io/v1alpha1\nkind: VirtualService\nmetadata:\n  name: vs-%d\n", i
+			printf "---\napiVersion: tunlb.io/v1alpha1\nkind: VirtualService\nmetadata:\n  name: vs-%s-%d\n", name, i
 			printf "spec:\n  vip: %s.%d.%d\n  ports:\n  - port: 80\n  scheduler: wrr\n  backends:\n    static:\n", p, int(i / 200), i % 200 + 1
 			for (j = 0; j < d; j++) printf "    - {address: 192.168.56.%d, weight: %d}\n", 100 + j, w
 		}
