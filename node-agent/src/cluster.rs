@@ -25,7 +25,8 @@ use tunlb_api::plan::{NodeIdentity, ObjectKey, PlanInput, plan_node};
 use tunlb_api::{NodeRole, NodeStatus, RealServer, VirtualService, VirtualServiceSpec};
 
 use crate::metrics::AgentMetrics;
-use crate::state::OwnedState;
+use crate::standalone::{object_key, store_key};
+use crate::state::{AcceptedObject, Journal, OwnedState, StateLock};
 use crate::sync::Dataplane;
 use crate::wake::Relevant;
 
@@ -87,11 +88,93 @@ pub fn field_manager(node: &str) -> String {
 #[derive(Default)]
 struct Memory {
     accepted: BTreeMap<ObjectKey, Accepted>,
+    /// Keys whose accepted generation changed since it was last put into the state.
+    unsaved: BTreeSet<ObjectKey>,
     /// The last entry reported per object, to write only changes.
     reported: BTreeMap<ObjectKey, NodeStatus>,
+    /// Fingerprint of the state last saved, so a quiet pass writes no file.
+    saved: Option<u64>,
 }
 
 impl Memory {
+    /// Starts from the generations accepted before a restart: until the
+    /// operator judges an object's newest edit, its last accepted one is
+    /// what this node programs.
+    fn restore(state: &OwnedState) -> Memory {
+        let mut memory = Memory::default();
+        for (skey, stored) in &state.accepted {
+            let key = object_key(skey);
+            let parsed =
+                serde_json::from_str::<VirtualServiceSpec>(stored.spec.get()).and_then(|spec| {
+                    serde_json::from_str::<Vec<RealServer>>(stored.real_servers.get())
+                        .map(|rs| (spec, rs))
+                });
+            match parsed {
+                Ok((spec, real_servers)) => {
+                    memory.accepted.insert(
+                        key.clone(),
+                        Accepted {
+                            generation: stored.generation,
+                            spec,
+                            real_servers,
+                            age: (stored.created, key),
+                        },
+                    );
+                }
+                Err(e) => {
+                    warn!(object = %key, error = %e, "stored accepted generation cannot be read; waiting for the operator's");
+                    memory.unsaved.insert(key);
+                }
+            }
+        }
+        memory
+    }
+
+    /// Puts the accepted generations that changed into `state`.
+    fn persist(&mut self, state: &mut OwnedState) {
+        for key in std::mem::take(&mut self.unsaved) {
+            let skey = store_key(&key);
+            let Some(a) = self.accepted.get(&key) else {
+                state.accepted.remove(&skey);
+                continue;
+            };
+            let stored = serde_json::value::to_raw_value(&a.spec).and_then(|spec| {
+                serde_json::value::to_raw_value(&a.real_servers).map(|rs| (spec, rs))
+            });
+            match stored {
+                Ok((spec, real_servers)) => {
+                    state.accepted.insert(
+                        skey,
+                        AcceptedObject {
+                            generation: a.generation,
+                            created: a.age.0,
+                            spec,
+                            real_servers,
+                        },
+                    );
+                }
+                Err(e) => {
+                    // A restart before the next acceptance programs nothing of it.
+                    warn!(object = %key, error = %e, "cannot store the accepted generation");
+                    state.accepted.remove(&skey);
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self, key: ObjectKey, accepted: Accepted) {
+        if self.accepted.get(&key) != Some(&accepted) {
+            self.unsaved.insert(key.clone());
+            self.accepted.insert(key, accepted);
+        }
+    }
+
+    fn forget(&mut self, key: &ObjectKey) {
+        if self.accepted.remove(key).is_some() {
+            self.unsaved.insert(key.clone());
+        }
+    }
+
     /// Refreshes `accepted` from the store; returns invalid objects' errors.
     fn refresh(
         &mut self,
@@ -129,7 +212,7 @@ impl Memory {
                             .as_ref()
                             .map(|t| t.0.as_second())
                             .unwrap_or(i64::MAX);
-                        self.accepted.insert(
+                        self.accept(
                             key.clone(),
                             Accepted {
                                 generation: vs.metadata.generation.unwrap_or(0),
@@ -142,13 +225,21 @@ impl Memory {
                         );
                     } else if judged {
                         // The operator refused the current generation: program nothing of it.
-                        self.accepted.remove(&key);
+                        self.forget(&key);
                     }
                     // Not judged yet: keep programming the last accepted generation.
                 }
             }
         }
-        self.accepted.retain(|k, _| present.contains(k));
+        let gone: Vec<ObjectKey> = self
+            .accepted
+            .keys()
+            .filter(|k| !present.contains(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            self.forget(&k);
+        }
         invalid
     }
 }
@@ -160,8 +251,10 @@ pub async fn run(
     metrics: Arc<AgentMetrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ClusterError> {
+    let _lock = StateLock::acquire(&settings.state_dir)?;
     let mut dp = Dataplane::new()?;
     let mut state = OwnedState::load(&settings.state_dir)?;
+    let mut memory = Memory::restore(&state);
     info!(node = %settings.node_name, owned_services = state.ipvs_services.len(), owned_addresses = state.addresses.len(), "agent starting; kernel state is kept as found");
 
     let wake = Arc::new(Notify::new());
@@ -224,7 +317,6 @@ pub async fn run(
     }
     info!("caches synced; programming");
 
-    let mut memory = Memory::default();
     let mut last_pass = Instant::now() - settings.resync;
     loop {
         tokio::select! {
@@ -305,9 +397,15 @@ async fn pass(
         })
         .collect();
     let plan = plan_node(&inputs, &identity);
-    let report = dp.sync(&plan, state).await;
-    if let Err(e) = state.save(&settings.state_dir) {
-        warn!(error = %e, "cannot save ownership state");
+    memory.persist(state);
+    let journal = Journal::new(&settings.state_dir);
+    let report = dp.sync(&plan, state, &journal).await;
+    let fingerprint = state.fingerprint();
+    if journal.recorded() || memory.saved != Some(fingerprint) {
+        match state.save(&settings.state_dir) {
+            Ok(()) => memory.saved = Some(fingerprint),
+            Err(e) => warn!(error = %e, "cannot save ownership state"),
+        }
     }
     let failed = !report.errors.is_empty() || !report.node_errors.is_empty();
     metrics.record_sync(started.elapsed(), report.writes.total(), failed);
@@ -445,5 +543,100 @@ async fn report_status(
             }
             Err(e) => warn!(object = %key, error = %e, "cannot report status; will retry"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vs(yaml: &str) -> Arc<DeserializeGuard<VirtualService>> {
+        Arc::new(DeserializeGuard(Ok(
+            serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{e}"))
+        )))
+    }
+
+    /// `generation` of web, judged by the operator at `observed` (Accepted)
+    /// with weight `weight`.
+    fn web(generation: i64, observed: i64, weight: u32) -> Arc<DeserializeGuard<VirtualService>> {
+        vs(&format!(
+            "apiVersion: tunlb.io/v1alpha1\nkind: VirtualService\n\
+             metadata: {{name: web, namespace: ns, generation: {generation}, creationTimestamp: '2026-01-01T00:00:00Z'}}\n\
+             spec: {{vip: 10.0.0.1, ports: [{{port: 80}}], backends: {{static: [{{address: 10.1.1.1, weight: {weight}}}]}}}}\n\
+             status:\n  observedGeneration: {observed}\n  conditions:\n  - {{type: Accepted, status: 'True', reason: Ok, message: '', lastTransitionTime: '2026-01-01T00:00:00Z'}}\n"
+        ))
+    }
+
+    fn weight(m: &Memory) -> Option<(i64, Option<i32>)> {
+        let a = m.accepted.get(&ObjectKey::new("ns", "web"))?;
+        let w = a
+            .spec
+            .backends
+            .static_servers
+            .as_ref()
+            .and_then(|s| s.first())
+            .map(|b| b.weight);
+        Some((a.generation, w))
+    }
+
+    /// A restarted agent programs the last accepted generation while the
+    /// newest edit waits for the operator, and forgets it once refused or gone.
+    #[test]
+    fn accepted_generation_survives_a_restart() {
+        let mut before = Memory::default();
+        before.refresh(&[web(1, 1, 3)]);
+        let mut state = OwnedState::default();
+        before.persist(&mut state);
+        assert!(state.accepted.contains_key("ns/web"));
+
+        // A restart: only the state is left; generation 2 is not judged yet.
+        let mut after = Memory::restore(&state);
+        assert_eq!(weight(&after), Some((1, Some(3))));
+        after.refresh(&[web(2, 1, 9)]);
+        assert_eq!(weight(&after), Some((1, Some(3))), "unjudged edit waits");
+        after.persist(&mut state);
+        assert!(state.accepted.contains_key("ns/web"));
+
+        // Accepted: the new generation replaces it, in memory and in the state.
+        after.refresh(&[web(2, 2, 9)]);
+        assert_eq!(weight(&after), Some((2, Some(9))));
+        after.persist(&mut state);
+        assert_eq!(state.accepted.get("ns/web").map(|a| a.generation), Some(2));
+
+        // Gone from the API: forgotten in the state too.
+        after.refresh(&[]);
+        after.persist(&mut state);
+        assert!(state.accepted.is_empty());
+    }
+
+    #[test]
+    fn unreadable_stored_generation_is_dropped() {
+        let mut state = OwnedState::default();
+        state.accepted.insert(
+            "ns/web".into(),
+            AcceptedObject {
+                generation: 1,
+                created: 0,
+                spec: serde_json::value::RawValue::from_string(r#"{"vip":1}"#.into())
+                    .unwrap_or_else(|e| panic!("{e}")),
+                real_servers: serde_json::value::RawValue::from_string("[]".into())
+                    .unwrap_or_else(|e| panic!("{e}")),
+            },
+        );
+        let mut m = Memory::restore(&state);
+        assert!(m.accepted.is_empty());
+        m.persist(&mut state);
+        assert!(state.accepted.is_empty());
+    }
+
+    /// A pass that changes nothing leaves nothing unsaved.
+    #[test]
+    fn unchanged_acceptance_is_not_rewritten() {
+        let mut m = Memory::default();
+        m.refresh(&[web(1, 1, 3)]);
+        let mut state = OwnedState::default();
+        m.persist(&mut state);
+        m.refresh(&[web(1, 1, 3)]);
+        assert!(m.unsaved.is_empty());
     }
 }

@@ -135,6 +135,27 @@ fn dest_differs(want: &Destination, have: &Destination) -> bool {
                 || want.tunnel_flags != have.tunnel_flags))
 }
 
+/// Whether a service found in the kernel, with no record of who made it, is
+/// exactly what the plan asks for and so may be taken over: same scheduler,
+/// flags, timeout and netmask, and only tunnel destinations the plan has.
+/// Weights may differ (a kill between a create and a weight edit leaves
+/// them so); the next diff sets them.
+pub fn adoptable(want: &IpvsService, have: &Current) -> bool {
+    !service_differs(&desired_service(want), &have.service)
+        && have.destinations.iter().all(|d| {
+            d.dest.forward == ForwardMethod::Tunnel
+                && want
+                    .destinations
+                    .get(&(d.dest.addr, d.dest.port))
+                    .is_some_and(|w| {
+                        let w = desired_dest(d.dest.addr, d.dest.port, w);
+                        w.tunnel_type == d.dest.tunnel_type
+                            && w.tunnel_port == d.dest.tunnel_port
+                            && w.tunnel_flags == d.dest.tunnel_flags
+                    })
+        })
+}
+
 /// Computes the operations that turn `current` into `desired`, touching only
 /// services in `owned` (plus new ones).
 pub fn diff(
@@ -411,6 +432,44 @@ mod tests {
             names(&diff(&BTreeMap::new(), &current, &owned)),
             vec!["set-dest 192.168.56.183:80 w0", "del-service"]
         );
+    }
+
+    #[test]
+    fn exact_match_is_adoptable_whatever_the_weights() {
+        let w = want(
+            "192.168.56.185",
+            &[("192.168.56.183", 1), ("192.168.56.184", 1)],
+        );
+        assert!(adoptable(&w, &as_current(&w)));
+        // A kill between creating the service and its destinations.
+        let mut partial = as_current(&w);
+        partial.destinations.truncate(1);
+        assert!(adoptable(&w, &partial));
+        let mut reweighted = as_current(&w);
+        reweighted.destinations[0].dest.weight = 7;
+        assert!(adoptable(&w, &reweighted));
+    }
+
+    #[test]
+    fn anything_else_is_not_adoptable() {
+        let w = want("192.168.56.185", &[("192.168.56.183", 1)]);
+        let mut other_scheduler = as_current(&w);
+        other_scheduler.service.scheduler = "rr".into();
+        assert!(!adoptable(&w, &other_scheduler));
+        let mut other_flags = as_current(&w);
+        other_flags.service.flags |= 0x0001;
+        assert!(!adoptable(&w, &other_flags));
+        let mut extra_dest = as_current(&w);
+        extra_dest
+            .destinations
+            .extend(as_current(&want("192.168.56.185", &[("192.168.56.99", 1)])).destinations);
+        assert!(!adoptable(&w, &extra_dest));
+        let mut routed = as_current(&w);
+        routed.destinations[0].dest.forward = ForwardMethod::DirectRoute;
+        assert!(!adoptable(&w, &routed));
+        let mut gue = as_current(&w);
+        gue.destinations[0].dest.tunnel_type = TunnelType::Gue;
+        assert!(!adoptable(&w, &gue));
     }
 
     #[test]

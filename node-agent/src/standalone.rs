@@ -16,7 +16,7 @@ use tunlb_api::plan::{NodeIdentity, NodePlan, ObjectKey, PlanInput, Planner};
 use tunlb_api::{NodeRole, VirtualService, VirtualServiceSpec};
 
 use crate::load::{expand, visit};
-use crate::state::{OwnedState, Pending, StateError, StoredMeta, StoredObject};
+use crate::state::{Journal, OwnedState, Pending, StateError, StateLock, StoredMeta, StoredObject};
 use crate::sync::{Dataplane, SyncReport, Writes};
 
 /// How this host identifies itself without a Node object.
@@ -53,12 +53,12 @@ fn key_of(vs: &VirtualService) -> ObjectKey {
     )
 }
 
-fn store_key(k: &ObjectKey) -> String {
+pub(crate) fn store_key(k: &ObjectKey) -> String {
     k.to_string()
 }
 
 /// The inverse of [`store_key`] (a namespace never contains '/').
-fn object_key(store_key: &str) -> ObjectKey {
+pub(crate) fn object_key(store_key: &str) -> ObjectKey {
     match store_key.split_once('/') {
         Some((ns, name)) => ObjectKey::new(ns, name),
         None => ObjectKey::new("default", store_key),
@@ -141,6 +141,7 @@ pub async fn apply(
     paths: &[PathBuf],
 ) -> Result<Outcome, CommandError> {
     let started = Instant::now();
+    let _lock = StateLock::acquire(state_dir)?;
     let mut out = Outcome::default();
     let mut state = OwnedState::load(state_dir)?;
     debug!(
@@ -227,7 +228,8 @@ pub async fn apply(
     // 10,000 objects they would add ~7 MB to the sync's peak.
     let pending = Pending::write(state_dir, &candidate)?;
     drop(candidate);
-    let mut report = dp.sync(&plan, &mut state).await;
+    let journal = Journal::parked(state_dir, &pending);
+    let mut report = dp.sync(&plan, &mut state, &journal).await;
     debug!(
         ms = started.elapsed().as_millis(),
         memory = %crate::memory::summary(),
@@ -251,7 +253,7 @@ pub async fn apply(
         }
         drop(plan);
         plan = plan_store(objects.iter(), &node);
-        let again = dp.sync(&plan, &mut state).await;
+        let again = dp.sync(&plan, &mut state, &journal).await;
         report.writes.ipvs += again.writes.ipvs;
         report.writes.links += again.writes.links;
         report.writes.sysctls += again.writes.sysctls;
@@ -393,6 +395,7 @@ pub async fn delete(
     args: &NodeArgs,
     paths: &[PathBuf],
 ) -> Result<Outcome, CommandError> {
+    let _lock = StateLock::acquire(state_dir)?;
     let mut out = Outcome::default();
     let mut state = OwnedState::load(state_dir)?;
     let node = identity(dp, &state, args).await?;
@@ -420,7 +423,7 @@ pub async fn delete(
         }
     }
     let plan = plan_store(state.objects.iter(), &node);
-    let report = dp.sync(&plan, &mut state).await;
+    let report = dp.sync(&plan, &mut state, &Journal::new(state_dir)).await;
     report_remaining(&plan, &report, |_| false, &mut out);
     out.writes = report.writes;
     state.save(state_dir)?;

@@ -13,7 +13,7 @@ use tunlb_ipvs::{Op, Service, ServiceKey};
 
 use crate::ipvs_diff::{self, Current, ipvs_key};
 use crate::link::{LinkError, LinkInfo, Links, TUNL0};
-use crate::state::{OwnedAddress, OwnedState};
+use crate::state::{Journal, OwnedAddress, OwnedService, OwnedState};
 use crate::{nat, sysctl};
 
 /// Kernel writes made by one sync, by kind.
@@ -96,13 +96,15 @@ impl Dataplane {
     }
 
     /// The node's own addresses: everything except VIPs on tunl0 and
-    /// addresses tunlb added.
+    /// addresses tunlb added (recorded, or labelled as tunlb's while
+    /// ownership is being rebuilt).
     pub async fn node_addresses(&self, state: &OwnedState) -> Result<BTreeSet<IpAddr>, LinkError> {
         let ifaces = self.links.interfaces().await?;
         let addrs = self.links.addresses(&ifaces).await?;
         Ok(addrs
             .into_iter()
             .filter(|a| a.interface != TUNL0)
+            .filter(|a| !a.is_tunlb_labelled())
             .filter(|a| {
                 !state.addresses.contains(&OwnedAddress {
                     interface: a.interface.clone(),
@@ -113,14 +115,25 @@ impl Dataplane {
             .collect())
     }
 
-    /// Applies `plan`, updating `state` with what tunlb now owns.
-    pub async fn sync(&mut self, plan: &NodePlan, state: &mut OwnedState) -> SyncReport {
+    /// Applies `plan`, updating `state` with what tunlb now owns. What a
+    /// step is about to create is made durable through `journal` first.
+    pub async fn sync(
+        &mut self,
+        plan: &NodePlan,
+        state: &mut OwnedState,
+        journal: &Journal<'_>,
+    ) -> SyncReport {
         let mut report = SyncReport::default();
         let links_before = self.links.writes();
         let ipvs_before = self.ipvs.as_ref().map(|c| c.writes()).unwrap_or(0);
 
-        self.sync_links(plan, state, &mut report).await;
-        self.sync_ipvs(plan, state, &mut report).await;
+        let addresses_read = self.sync_links(plan, state, journal, &mut report).await;
+        let services_read = self.sync_ipvs(plan, state, journal, &mut report).await;
+        if addresses_read && services_read {
+            // Only a completed look at the kernel ends a rebuild: until then
+            // each pass tries again.
+            state.rebuild = false;
+        }
         match nat::apply(&plan.dnat, &plan.mss).await {
             Ok(n) => report.writes.nft = n as u64,
             Err(e) => report.error_for(
@@ -142,17 +155,20 @@ impl Dataplane {
         report
     }
 
+    /// Returns whether the kernel's addresses were read (a rebuild of
+    /// ownership took place if one was due).
     async fn sync_links(
         &mut self,
         plan: &NodePlan,
         state: &mut OwnedState,
+        journal: &Journal<'_>,
         report: &mut SyncReport,
-    ) {
+    ) -> bool {
         if plan.needs_tunl0()
             && let Err(e) = self.links.ensure_tunl0().await
         {
             report.error_for(plan, |_| true, &e.to_string());
-            return;
+            return false;
         }
         if plan.needs_backend_sysctls() {
             match sysctl::apply(&sysctl::backend_settings(), &mut state.sysctl_originals) {
@@ -167,12 +183,33 @@ impl Dataplane {
 
         let ifaces = match self.links.interfaces().await {
             Ok(i) => i,
-            Err(e) => return report.node_errors.push(e.to_string()),
+            Err(e) => {
+                report.node_errors.push(e.to_string());
+                return false;
+            }
         };
         let addrs = match self.links.addresses(&ifaces).await {
             Ok(a) => a,
-            Err(e) => return report.node_errors.push(e.to_string()),
+            Err(e) => {
+                report.node_errors.push(e.to_string());
+                return false;
+            }
         };
+        if state.rebuild {
+            let mut adopted = 0;
+            for a in adoptable_addresses(&addrs) {
+                if state.addresses.insert(a.clone()) {
+                    info!(vip = %a.address, interface = %a.interface, "adopted VIP address: it carries tunlb's label");
+                    adopted += 1;
+                }
+            }
+            if adopted > 0 {
+                warn!(
+                    addresses = adopted,
+                    "ownership rebuilt: adopted addresses carrying tunlb's label"
+                );
+            }
+        }
         let by_name: BTreeMap<&str, &LinkInfo> =
             ifaces.values().map(|l| (l.name.as_str(), l)).collect();
 
@@ -187,6 +224,9 @@ impl Dataplane {
                 .map(|b| (b.interface.clone(), b.address)),
         );
 
+        // Which addresses to add is decided first, so that they are recorded
+        // as owned, durably, before the first one is written.
+        let mut to_add: Vec<(&LinkInfo, IpAddr)> = Vec::new();
         for (iface, vip) in &desired {
             let owners = |o: &tunlb_api::plan::ObjectPlan| o.vip == Some(*vip);
             let Some(link) = by_name.get(iface.as_str()) else {
@@ -201,19 +241,44 @@ impl Dataplane {
                 .iter()
                 .any(|a| a.index == link.index && a.address == *vip);
             if !present {
-                match self.links.add_host_address(link, *vip).await {
-                    Ok(()) => {
-                        info!(%vip, interface = %iface, "added VIP");
-                        state.addresses.insert(OwnedAddress {
-                            interface: iface.clone(),
-                            address: *vip,
-                        });
-                    }
-                    Err(e) => report.error_for(plan, owners, &e.to_string()),
-                }
+                to_add.push((link, *vip));
             }
             if iface != TUNL0 && !link.up {
                 warn!(interface = %iface, "VIP interface is down");
+            }
+        }
+        let intents: Vec<OwnedAddress> = to_add
+            .iter()
+            .map(|(link, vip)| OwnedAddress {
+                interface: link.name.clone(),
+                address: *vip,
+            })
+            .filter(|o| !state.addresses.contains(o))
+            .collect();
+        if !intents.is_empty() {
+            state.addresses.extend(intents.iter().cloned());
+            if let Err(e) = journal.record(state) {
+                // Nothing is created that could not be recorded as ours.
+                for o in &intents {
+                    state.addresses.remove(o);
+                }
+                let msg = format!("cannot record ownership before adding addresses: {e}");
+                let vips: BTreeSet<IpAddr> = to_add.iter().map(|(_, v)| *v).collect();
+                report.error_for(plan, |o| o.vip.is_some_and(|v| vips.contains(&v)), &msg);
+                to_add.clear();
+            }
+        }
+        for (link, vip) in to_add {
+            let owners = |o: &tunlb_api::plan::ObjectPlan| o.vip == Some(vip);
+            match self.links.add_host_address(link, vip).await {
+                Ok(()) => info!(%vip, interface = %link.name, "added VIP"),
+                Err(e) => {
+                    state.addresses.remove(&OwnedAddress {
+                        interface: link.name.clone(),
+                        address: vip,
+                    });
+                    report.error_for(plan, owners, &e.to_string());
+                }
             }
         }
 
@@ -236,34 +301,43 @@ impl Dataplane {
             }
             state.addresses.remove(&owned);
         }
+        true
     }
 
+    /// Returns whether the kernel's services were read (a rebuild of
+    /// ownership took place if one was due).
     async fn sync_ipvs(
         &mut self,
         plan: &NodePlan,
         state: &mut OwnedState,
+        journal: &Journal<'_>,
         report: &mut SyncReport,
-    ) {
+    ) -> bool {
         if plan.ipvs.is_empty() && state.ipvs_services.is_empty() {
-            return;
+            // Nothing wanted: nothing could be adopted either.
+            return true;
         }
         let is_director = |o: &tunlb_api::plan::ObjectPlan| o.roles.contains(&NodeRole::Director);
         let client = match self.ipvs().await {
             Ok(c) => c,
             Err(e) => {
                 report.error_for(plan, is_director, &format!("IPVS: {e}"));
-                return;
+                return false;
             }
         };
         let started = std::time::Instant::now();
-        let owned: BTreeSet<IpvsKey> = state.ipvs_services.iter().map(|k| (*k).into()).collect();
         // Only the services this node wants or owns are kept from the dump.
         let wanted = |k: &ServiceKey| {
-            ipvs_key(k).is_some_and(|k| plan.ipvs.contains_key(&k) || owned.contains(&k))
+            ipvs_key(k).is_some_and(|k| {
+                plan.ipvs.contains_key(&k) || state.ipvs_services.contains(&k.into())
+            })
         };
         let dump = match client.services_where(wanted).await {
             Ok(d) => d,
-            Err(e) => return report.node_errors.push(format!("list IPVS services: {e}")),
+            Err(e) => {
+                report.node_errors.push(format!("list IPVS services: {e}"));
+                return false;
+            }
         };
         // A sorted list, not a map: at 10,000 services the map's nodes cost
         // megabytes; each slice below builds the small map the diff needs.
@@ -275,8 +349,14 @@ impl Dataplane {
                 .binary_search_by_key(&Some(*k), |s| ipvs_key(&s.key))
                 .is_ok()
         };
-        // Services we own that someone removed by hand are simply forgotten.
+        // Services we own that someone removed by hand, and intents of an
+        // earlier run that never reached the kernel, are simply forgotten.
         state.ipvs_services.retain(|k| exists(&IpvsKey::from(*k)));
+        if state.rebuild {
+            self.adopt_services(&client, plan, state, &current, report)
+                .await;
+        }
+        let owned: BTreeSet<IpvsKey> = state.ipvs_services.iter().map(|k| (*k).into()).collect();
         debug!(
             ms = started.elapsed().as_millis(),
             memory = %crate::memory::summary(),
@@ -294,13 +374,34 @@ impl Dataplane {
             }
         }
 
+        // Every service this pass will create is recorded as owned, in one
+        // durable write, before the first is created.
+        let intents: Vec<IpvsKey> = plan.ipvs.keys().filter(|k| !exists(k)).copied().collect();
+        let mut plan_ipvs = std::borrow::Cow::Borrowed(&plan.ipvs);
+        if !intents.is_empty() {
+            state
+                .ipvs_services
+                .extend(intents.iter().map(|k| OwnedService::from(*k)));
+            if let Err(e) = journal.record(state) {
+                let msg = format!("cannot record ownership before creating IPVS services: {e}");
+                let mut kept = plan.ipvs.clone();
+                for k in &intents {
+                    state.ipvs_services.remove(&(*k).into());
+                    if let Some(want) = kept.remove(k) {
+                        report.object_error(&want.owner, msg.clone());
+                    }
+                }
+                plan_ipvs = std::borrow::Cow::Owned(kept);
+            }
+        }
+
         // The diff is pure per service, so it runs on slices of the desired
         // services (in key order), then on the owned ones no longer wanted:
         // the same ops in the same order as one diff of everything, while
         // destination dumps and pending ops stay bounded by the slice size.
         let mut refused: BTreeSet<IpvsKey> = BTreeSet::new();
         let mut stats = ChunkStats::default();
-        let desired: Vec<(&IpvsKey, &IpvsService)> = plan.ipvs.iter().collect();
+        let desired: Vec<(&IpvsKey, &IpvsService)> = plan_ipvs.iter().collect();
         for slice in desired.chunks(IPVS_CHUNK) {
             let chunk: BTreeMap<IpvsKey, IpvsService> =
                 slice.iter().map(|(k, v)| (**k, (*v).clone())).collect();
@@ -347,6 +448,65 @@ impl Dataplane {
             ops = stats.ops,
             "IPVS synced"
         );
+        true
+    }
+
+    /// Takes ownership of the services in the kernel that are exactly what
+    /// this node's plan asks for (see [`ipvs_diff::adoptable`]); anything
+    /// else stays foreign.
+    async fn adopt_services(
+        &self,
+        client: &tunlb_ipvs::Client,
+        plan: &NodePlan,
+        state: &mut OwnedState,
+        services: &[Service],
+        report: &mut SyncReport,
+    ) {
+        let candidates: Vec<&Service> = services
+            .iter()
+            .filter(|s| {
+                ipvs_key(&s.key).is_some_and(|k| {
+                    plan.ipvs.contains_key(&k) && !state.ipvs_services.contains(&k.into())
+                })
+            })
+            .collect();
+        let mut adopted = 0;
+        for slice in candidates.chunks(IPVS_CHUNK) {
+            let keys: Vec<ServiceKey> = slice.iter().map(|s| s.key).collect();
+            let dests = client.destinations_many(&keys).await;
+            for (service, res) in slice.iter().zip(dests) {
+                let Some(key) = ipvs_key(&service.key) else {
+                    continue;
+                };
+                let Some(want) = plan.ipvs.get(&key) else {
+                    continue;
+                };
+                let destinations = match res {
+                    Ok(d) => d,
+                    Err(e) => {
+                        report
+                            .node_errors
+                            .push(format!("list destinations of {key}: {e}"));
+                        continue;
+                    }
+                };
+                let have = Current {
+                    service: (*service).clone(),
+                    destinations,
+                };
+                if ipvs_diff::adoptable(want, &have) {
+                    info!(service = %key, object = %want.owner, "adopted IPVS service: it matches this node's plan");
+                    state.ipvs_services.insert(key.into());
+                    adopted += 1;
+                }
+            }
+        }
+        if adopted > 0 {
+            warn!(
+                services = adopted,
+                "ownership rebuilt: adopted IPVS services that exactly match this node's plan"
+            );
+        }
     }
 
     /// Dumps the destinations of the owned services among `desired` and
@@ -432,14 +592,15 @@ impl Dataplane {
                 refused.insert(key);
             }
             match (op, res) {
-                (Op::NewService(_), Ok(())) => {
-                    state.ipvs_services.insert(key.into());
-                }
                 (Op::DelService(_), Ok(())) => {
                     state.ipvs_services.remove(&key.into());
                 }
                 (_, Ok(())) => {}
                 (op, Err(e)) => {
+                    if matches!(op, Op::NewService(_)) {
+                        // Recorded as an intent; the kernel did not create it.
+                        state.ipvs_services.remove(&key.into());
+                    }
                     let msg = explain(op, &e, plan.ipvs.get(&key).map(|s| s.scheduler.as_str()));
                     match &owner {
                         Some(owner) => report.object_error(owner, msg),
@@ -458,6 +619,19 @@ const IPVS_CHUNK: usize = 256;
 struct ChunkStats {
     dumps: usize,
     ops: usize,
+}
+
+/// Addresses that carry tunlb's label: only tunlb adds them, so they are
+/// tunlb's even when no record says so.
+pub fn adoptable_addresses(addrs: &[crate::link::Address]) -> Vec<OwnedAddress> {
+    addrs
+        .iter()
+        .filter(|a| a.is_tunlb_labelled())
+        .map(|a| OwnedAddress {
+            interface: a.interface.clone(),
+            address: a.address,
+        })
+        .collect()
 }
 
 /// Turns a kernel refusal into a message that says what to do about it.

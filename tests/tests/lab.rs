@@ -62,3 +62,13 @@ fn pinned_kernel_and_the_agent_image() {
         assert!(run.passed >= 6, "image checks ran: {} passed", run.passed);
     }
 }
+
+#[test]
+#[ignore = "boots the QEMU lab: run tests/run.sh"]
+fn sigkill_and_damaged_state_leave_nothing_foreign() {
+    // A thousand VirtualServices applied, edited and deleted several times
+    // under TCG: more than the usual five minutes.
+    let run = tunlb_tests::run_scenario("crash", &[], 900);
+    println!("{}", run.output);
+    assert!(run.passed > 0 && run.failed == 0 && run.exit_code == Some(0));
+}
