@@ -76,10 +76,10 @@ cache="${TUNLB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tunlb}"
 bah=(buildah --root "$cache/buildah/storage" --runroot "$cache/buildah/run" --storage-driver vfs)
 
 work="$(mktemp -d)"
-containers=()
+# The working container of the image being built, removed if the build stops midway.
+container=""
 cleanup() {
-	local c
-	for c in "${containers[@]}"; do "${bah[@]}" rm "$c" >/dev/null 2>&1 || true; done
+	[ -z "$container" ] || "${bah[@]}" rm "$container" >/dev/null 2>&1 || true
 	rm -rf "$work"
 }
 trap cleanup EXIT
@@ -109,7 +109,7 @@ build() {
 	# Every file gets the commit's time, so equal inputs give equal layers.
 	find "$rootfs" -exec touch -h -d "@$epoch" {} +
 	c="$("${bah[@]}" from --quiet scratch)"
-	containers+=("$c")
+	container="$c"
 	"${bah[@]}" copy --quiet "$c" "$rootfs/" / >/dev/null
 	"${bah[@]}" config \
 		--entrypoint "$entrypoint" --cmd "$cmd" --user "$user" --workingdir / \
@@ -123,7 +123,7 @@ build() {
 		--label "org.opencontainers.image.licenses=Apache-2.0" \
 		"$c"
 	"${bah[@]}" commit --quiet --format oci --timestamp "$epoch" --rm "$c" "$ref" >/dev/null
-	containers=("${containers[@]/$c/}")
+	container=""
 	rm -f "$archive"
 	"${bah[@]}" push --quiet --digestfile "$out/$name.digest" "$ref" "oci-archive:$archive:$ref"
 	"${bah[@]}" rmi --quiet "$ref" >/dev/null 2>&1 || true
