@@ -98,6 +98,8 @@ pub struct IpvsService {
     pub netmask: u32,
     pub destinations: BTreeMap<(IpAddr, u16), IpvsDest>,
     pub owner: ObjectKey,
+    /// Seconds a removed destination may keep its connections.
+    pub drain_timeout: u32,
 }
 
 /// A VIP a director holds on one of its interfaces.
@@ -463,6 +465,7 @@ fn plan_claimed(
                     netmask,
                     destinations,
                     owner: input.key.clone(),
+                    drain_timeout: valid.drain_timeout,
                 },
             );
         }

@@ -79,6 +79,14 @@ pub struct VirtualServiceSpec {
     pub directors: Directors,
     /// The real servers: exactly one of `static` or `service`.
     pub backends: Backends,
+    /// How long a removed real server keeps its connections: it stays in
+    /// IPVS at weight 0 (no new connections) until its active and inactive
+    /// connections reach 0 or this many seconds pass, then it is deleted.
+    /// The same holds for the real servers of a deleted VirtualService.
+    /// 0 deletes at once. Defaults to 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub drain_timeout_seconds: Option<i32>,
 }
 
 /// One port of the virtual service.
@@ -510,6 +518,10 @@ pub struct NodeStatus {
     pub programmed: bool,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// Removed real servers still in IPVS at weight 0 while their
+    /// connections end, as address:port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub draining: Vec<String>,
 }
 
 #[derive(

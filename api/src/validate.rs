@@ -52,6 +52,10 @@ pub const MAX_MSS: i32 = 9000;
 /// IPVS persistence timeouts are u32 seconds; a year is already absurd.
 pub const MAX_PERSISTENCE_SECONDS: i64 = 31_536_000;
 const MAX_THRESHOLD: i64 = i32::MAX as i64;
+/// Drain time for removed real servers when the spec gives none.
+pub const DEFAULT_DRAIN_SECONDS: u32 = 30;
+/// A day: longer drains are better done by setting the weight to 0.
+pub const MAX_DRAIN_SECONDS: i32 = 86_400;
 
 /// A validated port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -105,6 +109,8 @@ pub struct ValidService {
     /// `Some` for static backends; `None` when a Service supplies them.
     pub static_backends: Option<Vec<ValidBackend>>,
     pub service_name: Option<String>,
+    /// Seconds a removed real server may keep its connections.
+    pub drain_timeout: u32,
 }
 
 fn port_in_range(v: i32) -> Option<u16> {
@@ -254,6 +260,18 @@ pub fn validate(spec: &VirtualServiceSpec) -> Result<ValidService, FieldErrors> 
 
     let (static_backends, service_name) = validate_backends(spec, vip, &mut errs);
 
+    let drain_timeout = match spec.drain_timeout_seconds {
+        None => DEFAULT_DRAIN_SECONDS,
+        Some(s) if (0..=MAX_DRAIN_SECONDS).contains(&s) => s as u32,
+        Some(s) => {
+            errs.push(FieldError::new(
+                "spec.drainTimeoutSeconds",
+                format!("{s} is out of range 0-{MAX_DRAIN_SECONDS}"),
+            ));
+            0
+        }
+    };
+
     match vip {
         Some(vip) if errs.is_empty() => Ok(ValidService {
             vip,
@@ -267,6 +285,7 @@ pub fn validate(spec: &VirtualServiceSpec) -> Result<ValidService, FieldErrors> 
             director_interface,
             static_backends,
             service_name,
+            drain_timeout,
         }),
         _ => Err(FieldErrors(errs)),
     }

@@ -22,13 +22,16 @@ use serde_json::json;
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 use tunlb_api::plan::{NodeIdentity, ObjectKey, PlanInput, plan_node};
-use tunlb_api::{NodeRole, NodeStatus, RealServer, VirtualService, VirtualServiceSpec};
+use tunlb_api::{NodeStatus, RealServer, VirtualService, VirtualServiceSpec};
 
+use crate::dataplane::Dataplane;
 use crate::metrics::AgentMetrics;
 use crate::standalone::{object_key, store_key};
 use crate::state::{AcceptedObject, Journal, OwnedState, StateLock};
-use crate::sync::Dataplane;
 use crate::wake::Relevant;
+
+/// How often a pass looks at draining real servers.
+const DRAIN_POLL: Duration = Duration::from_secs(2);
 
 /// Status writes in flight at once.
 const STATUS_WRITES_IN_FLIGHT: usize = 8;
@@ -318,20 +321,28 @@ pub async fn run(
     info!("caches synced; programming");
 
     let mut last_pass = Instant::now() - settings.resync;
+    let mut draining = false;
     loop {
+        // While servers drain, passes come often enough to delete each soon
+        // after its connections end.
+        let every = if draining {
+            settings.resync.min(DRAIN_POLL)
+        } else {
+            settings.resync
+        };
         tokio::select! {
             _ = wake.notified() => {
                 // Coalesce a burst of events into one pass.
                 tokio::time::sleep(settings.debounce).await;
             }
-            _ = tokio::time::sleep(settings.resync.saturating_sub(last_pass.elapsed())) => {}
+            _ = tokio::time::sleep(every.saturating_sub(last_pass.elapsed())) => {}
             _ = stop_rx.changed() => {
                 info!("shutting down; kernel state stays as programmed");
                 return Ok(());
             }
         }
         last_pass = Instant::now();
-        pass(
+        draining = pass(
             &client,
             &settings,
             &mut dp,
@@ -355,7 +366,7 @@ async fn pass(
     vs_store: &Store<DeserializeGuard<VirtualService>>,
     node_store: &Store<Node>,
     metrics: &AgentMetrics,
-) {
+) -> bool {
     let started = Instant::now();
     let objects = vs_store.state();
     let invalid = memory.refresh(&objects);
@@ -414,40 +425,10 @@ async fn pass(
     }
     debug!(writes = ?report.writes, objects = plan.objects.len(), "pass done");
 
-    // This node's entries: for every object it has a role in, or cannot read.
-    let mut want: BTreeMap<ObjectKey, NodeStatus> = BTreeMap::new();
-    for (key, op) in &plan.objects {
-        if op.roles.is_empty() {
-            continue;
-        }
-        let mut msgs: Vec<String> = op.error.iter().cloned().collect();
-        msgs.extend(report.errors.get(key).cloned().unwrap_or_default());
-        msgs.extend(report.node_errors.iter().cloned());
-        want.insert(
-            key.clone(),
-            NodeStatus {
-                node_name: settings.node_name.clone(),
-                roles: op.roles.iter().copied().collect::<Vec<NodeRole>>(),
-                observed_generation: op.generation,
-                programmed: msgs.is_empty(),
-                message: msgs.join("; "),
-            },
-        );
-    }
-    for (key, (generation, msg)) in invalid {
-        want.insert(
-            key,
-            NodeStatus {
-                node_name: settings.node_name.clone(),
-                roles: Vec::new(),
-                observed_generation: generation,
-                programmed: false,
-                message: msg,
-            },
-        );
-    }
+    let want = crate::status::entries(&settings.node_name, &plan, &report, invalid);
     report_status(client, &settings.node_name, memory, want, &objects).await;
     metrics.refresh_ipvs(dp, &plan).await;
+    report.drains_pending
 }
 
 /// Writes changed entries, and withdraws entries for objects this node no

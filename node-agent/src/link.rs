@@ -61,6 +61,23 @@ pub struct Address {
 }
 
 impl Address {
+    /// An address as a diff sees it, without a kernel message behind it.
+    #[cfg(test)]
+    pub fn for_test(index: u32, interface: &str, address: IpAddr) -> Address {
+        let prefix_len = if address.is_ipv4() { 32 } else { 128 };
+        let mut message = AddressMessage::default();
+        message.header.index = index;
+        message.header.prefix_len = prefix_len;
+        Address {
+            interface: interface.into(),
+            index,
+            address,
+            prefix_len,
+            label: None,
+            message,
+        }
+    }
+
     pub fn is_tunlb_labelled(&self) -> bool {
         self.label
             .as_deref()
@@ -153,35 +170,21 @@ impl Links {
         Ok(out)
     }
 
-    /// Makes sure tunl0 exists and is up. Creating an ipip link named tunl0
-    /// makes the kernel load ipip, whose per-namespace fallback device is tunl0.
-    pub async fn ensure_tunl0(&self) -> Result<bool, LinkError> {
-        let mut changed = false;
-        let mut link = self.find(TUNL0).await?;
-        if link.is_none() {
-            self.count_write();
-            let res = self
-                .handle
-                .link()
-                .add(LinkIpIp::new(TUNL0).build())
-                .execute()
-                .await;
-            match res {
-                Ok(()) => {}
-                Err(e) if errno(&e) == Some(libc::EEXIST) => {}
-                Err(e) => return Err(LinkError::IpipMissing(e.to_string())),
-            }
-            changed = true;
-            link = self.find(TUNL0).await?;
+    /// Creates an ipip link. Creating one named tunl0 makes the kernel load
+    /// ipip, whose per-namespace fallback device is tunl0 (so EEXIST is fine).
+    pub async fn add_ipip(&self, name: &str) -> Result<(), LinkError> {
+        self.count_write();
+        let res = self
+            .handle
+            .link()
+            .add(LinkIpIp::new(name).build())
+            .execute()
+            .await;
+        match res {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(LinkError::IpipMissing(e.to_string())),
         }
-        let Some(link) = link else {
-            return Err(LinkError::IpipMissing("tunl0 did not appear".into()));
-        };
-        if !link.up {
-            self.set_up(link.index, TUNL0).await?;
-            changed = true;
-        }
-        Ok(changed)
     }
 
     /// Brings an interface up.

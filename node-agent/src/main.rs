@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use tunlb_agent::dataplane::Dataplane;
 use tunlb_agent::standalone::{self, NodeArgs, Outcome};
-use tunlb_agent::sync::Dataplane;
 use tunlb_api::DEFAULT_DIRECTOR_LABEL;
 
 /// tunlb node agent: IPVS tunnel services on directors; tunl0 VIPs, ARP/rp_filter
@@ -86,6 +86,10 @@ struct NodeFlags {
     /// Where the agent records what it owns.
     #[arg(long, env = "TUNLB_STATE_DIR", default_value = "/var/lib/tunlb")]
     state_dir: PathBuf,
+    /// Do not wait for removed real servers to drain (spec.drainTimeoutSeconds):
+    /// leave them at weight 0; the next apply or delete removes them once idle.
+    #[arg(long)]
+    no_wait: bool,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -109,6 +113,7 @@ impl NodeFlags {
             name,
             addresses: self.addresses.clone(),
             labels,
+            no_wait: self.no_wait,
         }
     }
 }

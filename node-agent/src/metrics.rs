@@ -21,8 +21,8 @@ use prometheus_client::registry::Registry;
 use tokio::sync::Mutex;
 use tunlb_api::plan::NodePlan;
 
-use crate::ipvs_diff::service_key;
-use crate::sync::Dataplane;
+use crate::dataplane::Dataplane;
+use crate::dataplane::ipvs_diff::service_key;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DestLabels {

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 
 use tunlb_ipvs::{Client, ForwardMethod, ServiceKey};
 
+use crate::dataplane::{nft, sysctl};
 use crate::link::{Links, TUNL0};
-use crate::{nat, sysctl};
 
 fn addr_port(a: &IpAddr, port: u16) -> String {
     match a {
@@ -132,7 +132,7 @@ pub async fn render(links: &Links) -> String {
         let _ = writeln!(out, "  {name} = {v}");
     }
     out.push_str("\nnftables (tunlb tables):\n");
-    match nat::list().await {
+    match nft::list().await {
         Ok(t) if t.is_empty() => out.push_str("  (none)\n"),
         Ok(t) => out.push_str(&t),
         Err(e) => {

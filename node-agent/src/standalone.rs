@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::value::RawValue;
-use tracing::debug;
+use tracing::{debug, warn};
 use tunlb_api::manifest::object_keys;
 use tunlb_api::plan::{NodeIdentity, NodePlan, ObjectKey, PlanInput, Planner};
 use tunlb_api::{NodeRole, VirtualService, VirtualServiceSpec};
 
+use crate::dataplane::{Dataplane, SyncReport, Writes};
 use crate::load::{expand, visit};
 use crate::state::{Journal, OwnedState, Pending, StateError, StateLock, StoredMeta, StoredObject};
-use crate::sync::{Dataplane, SyncReport, Writes};
 
 /// How this host identifies itself without a Node object.
 #[derive(Debug, Clone, Default)]
@@ -25,6 +25,47 @@ pub struct NodeArgs {
     pub name: String,
     pub addresses: Vec<IpAddr>,
     pub labels: BTreeMap<String, String>,
+    /// Leave draining real servers at weight 0 instead of waiting for them;
+    /// the next apply or delete carries on with them.
+    pub no_wait: bool,
+}
+
+/// How often a waiting command looks at draining real servers.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Repeats passes while removed real servers drain, so that the command
+/// ends with the kernel as planned.
+async fn finish_drains(
+    dp: &mut Dataplane,
+    plan: &NodePlan,
+    state: &mut OwnedState,
+    journal: &Journal<'_>,
+    args: &NodeArgs,
+    report: &mut SyncReport,
+) {
+    if args.no_wait || !report.drains_pending {
+        return;
+    }
+    let longest = state.draining.iter().map(|d| d.timeout).max().unwrap_or(0);
+    warn!(
+        servers = state.draining.len(),
+        "waiting up to {longest} s for removed real servers to drain (until their connections end); --no-wait leaves them at weight 0"
+    );
+    while report.drains_pending {
+        tokio::time::sleep(DRAIN_POLL).await;
+        let again = dp.sync(plan, state, journal).await;
+        report.merge(again);
+    }
+}
+
+/// Lines for the servers a command leaves draining.
+fn drain_lines(report: &SyncReport, out: &mut Outcome) {
+    for (k, servers) in &report.draining {
+        out.lines.push(format!(
+            "virtualservice {k}: {} draining at weight 0; the next apply or delete removes them once idle",
+            servers.join(", ")
+        ));
+    }
 }
 
 /// What a command did, for printing.
@@ -254,14 +295,11 @@ pub async fn apply(
         drop(plan);
         plan = plan_store(objects.iter(), &node);
         let again = dp.sync(&plan, &mut state, &journal).await;
-        report.writes.ipvs += again.writes.ipvs;
-        report.writes.links += again.writes.links;
-        report.writes.sysctls += again.writes.sysctls;
-        report.writes.nft += again.writes.nft;
-        report.node_errors.extend(again.node_errors);
-        report.errors = again.errors;
+        report.merge(again);
         candidate = Some(objects);
     }
+    finish_drains(dp, &plan, &mut state, &journal, args, &mut report).await;
+    drain_lines(&report, &mut out);
 
     for (k, _) in named_in_run(&named).filter(|(k, _)| !rejected.contains_key(k)) {
         let roles = plan
@@ -423,7 +461,16 @@ pub async fn delete(
         }
     }
     let plan = plan_store(state.objects.iter(), &node);
-    let report = dp.sync(&plan, &mut state, &Journal::new(state_dir)).await;
+    let journal = Journal::new(state_dir);
+    let mut report = dp.sync(&plan, &mut state, &journal).await;
+    finish_drains(dp, &plan, &mut state, &journal, args, &mut report).await;
+    drain_lines(&report, &mut out);
+    if report.drains_pending && report.draining.is_empty() {
+        out.lines.push(format!(
+            "{} real servers of deleted VirtualServices draining at weight 0; the next apply or delete removes them once idle",
+            state.draining.len()
+        ));
+    }
     report_remaining(&plan, &report, |_| false, &mut out);
     out.writes = report.writes;
     state.save(state_dir)?;

@@ -81,6 +81,24 @@ impl From<OwnedService> for IpvsKey {
     }
 }
 
+/// A destination being drained.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DrainRecord {
+    pub service: OwnedService,
+    pub address: IpAddr,
+    pub port: u16,
+    /// Unix seconds.
+    pub since: u64,
+    pub timeout: u32,
+}
+
+/// An owned service's drain time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ServiceDrain {
+    pub service: OwnedService,
+    pub timeout: u32,
+}
+
 /// An address tunlb added.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct OwnedAddress {
@@ -98,6 +116,14 @@ pub struct OwnedState {
     /// Values sysctls had before tunlb changed them.
     #[serde(default)]
     pub sysctl_originals: BTreeMap<String, String>,
+    /// Removed destinations kept at weight 0 while their connections end,
+    /// so a restart neither deletes them early nor restarts their clock.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub draining: Vec<DrainRecord>,
+    /// Drain times of owned services that differ from the default, so the
+    /// servers of a deleted VirtualService drain for its own time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drain_timeouts: Vec<ServiceDrain>,
     /// Standalone mode: the VirtualServices applied so far, by namespace/name.
     #[serde(default)]
     pub objects: BTreeMap<String, StoredObject>,

@@ -166,6 +166,7 @@ mod tests {
             observed_generation: Some(1),
             programmed,
             message: String::new(),
+            draining: vec![],
         }
     }
 

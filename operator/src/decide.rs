@@ -327,6 +327,7 @@ spec:
             observed_generation: Some(3),
             programmed: true,
             message: String::new(),
+            draining: vec![],
         };
         obj.status = Some(tunlb_api::VirtualServiceStatus {
             nodes: vec![report("ds"), report("rs1")],

@@ -265,6 +265,7 @@ mod tests {
             observed_generation: Some(g),
             programmed: ok,
             message: m.into(),
+            draining: vec![],
         };
         assert_eq!(
             readiness(&expected, &[rep("d", 2, true, "")], 2),

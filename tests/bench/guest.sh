@@ -86,7 +86,7 @@ dumps() { sed -n 's/.*IPVS synced.*dest_dumps=\([0-9]*\).*/\1/p' /tmp/err | tail
 # phases ROUND PHASE: tunlb's own phase timings (debug log), first round only.
 phases() {
 	[ "$1" = 1 ] || return 0
-	sed -n 's/^[^ ]* *DEBUG tunlb_agent::[a-z]*: \(.*ms=.*\)/LOG tunlb \1/p' /tmp/err | sed "s/^LOG tunlb /LOG tunlb $2: /"
+	sed -n 's/^[^ ]* *DEBUG tunlb_agent::[a-z_:]*: \(.*ms=.*\)/LOG tunlb \1/p' /tmp/err | sed "s/^LOG tunlb /LOG tunlb $2: /"
 }
 
 run_tunlb() {

@@ -2,9 +2,9 @@
 //! netlink operations. Pure, so it is unit-tested without a kernel.
 //!
 //! Rules: an unchanged service costs nothing; a weight change is one SET_DEST;
-//! a removed real server is first set to weight 0 (no new connections) and then
-//! deleted (established connections keep their entry until they end); a
-//! service tunlb does not own is never edited or deleted.
+//! a removed real server is set to weight 0 (no new connections) and deleted
+//! once its connections end or its drain time is up; a service tunlb does not
+//! own is never edited or deleted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -39,6 +39,8 @@ pub struct Diff {
     pub ops: Vec<PlannedOp>,
     /// Desired services that already exist in the kernel and are not tunlb's.
     pub foreign: Vec<(IpvsKey, ObjectKey)>,
+    /// Removed destinations left at weight 0 for now.
+    pub draining: Vec<Draining>,
 }
 
 pub fn protocol_to_ipvs(p: Protocol) -> tunlb_ipvs::Protocol {
@@ -156,12 +158,78 @@ pub fn adoptable(want: &IpvsService, have: &Current) -> bool {
         })
 }
 
+/// A destination, by its service and address.
+pub type DestKey = (IpvsKey, IpAddr, u16);
+
+/// When a destination's drain began and how long it may last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainStart {
+    /// Unix seconds.
+    pub since: u64,
+    pub timeout: u32,
+}
+
+/// What the diff needs to know about draining.
+pub struct DrainClock<'a> {
+    /// Unix seconds.
+    pub now: u64,
+    /// Drains under way.
+    pub started: &'a BTreeMap<DestKey, DrainStart>,
+    /// Drain time for the destinations of an owned service that is no
+    /// longer wanted (its VirtualService is gone, so the plan cannot say).
+    pub stale_timeout: &'a dyn Fn(&IpvsKey) -> u32,
+}
+
+/// A destination kept at weight 0 while its connections end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Draining {
+    pub dest: DestKey,
+    pub start: DrainStart,
+    pub active: u32,
+    pub inactive: u32,
+    /// The VirtualService that still wants the service, if any.
+    pub owner: Option<ObjectKey>,
+}
+
+enum Fate {
+    /// Goes now (set to weight 0 first when it is not).
+    Delete,
+    /// Stays at weight 0 for now.
+    Drain(DrainStart),
+}
+
+/// A removed destination goes once it has no connections left or its drain
+/// time is up; until then it stays at weight 0, so its connections keep
+/// their server whatever `expire_nodest_conn` says.
+fn fate(key: &DestKey, have: &DestinationEntry, timeout: u32, clock: &DrainClock<'_>) -> Fate {
+    let start = clock.started.get(key).copied().unwrap_or(DrainStart {
+        since: clock.now,
+        timeout,
+    });
+    let conns = u64::from(have.active_conns) + u64::from(have.inactive_conns);
+    if start.timeout == 0
+        || conns == 0
+        || clock.now >= start.since.saturating_add(u64::from(start.timeout))
+    {
+        Fate::Delete
+    } else {
+        Fate::Drain(start)
+    }
+}
+
+fn zeroed(d: &Destination) -> Destination {
+    let mut z = *d;
+    z.weight = 0;
+    z
+}
+
 /// Computes the operations that turn `current` into `desired`, touching only
 /// services in `owned` (plus new ones).
 pub fn diff(
     desired: &BTreeMap<IpvsKey, IpvsService>,
     current: &BTreeMap<IpvsKey, Current>,
     owned: &BTreeSet<IpvsKey>,
+    clock: &DrainClock<'_>,
 ) -> Diff {
     let mut out = Diff::default();
     for (key, want) in desired {
@@ -191,58 +259,92 @@ pub fn diff(
         if service_differs(&want_svc, &have.service) {
             push(&mut out, Op::SetService(want_svc));
         }
-        let have_dests: BTreeMap<(IpAddr, u16), &Destination> = have
+        let have_dests: BTreeMap<(IpAddr, u16), &DestinationEntry> = have
             .destinations
             .iter()
-            .map(|d| ((d.dest.addr, d.dest.port), &d.dest))
+            .map(|d| ((d.dest.addr, d.dest.port), d))
             .collect();
         for ((addr, port), d) in &want.destinations {
             let want_dest = desired_dest(*addr, *port, d);
             match have_dests.get(&(*addr, *port)) {
                 None => push(&mut out, Op::NewDest(service_key(key), want_dest)),
-                Some(h) if dest_differs(&want_dest, h) => {
+                Some(h) if dest_differs(&want_dest, &h.dest) => {
                     push(&mut out, Op::SetDest(service_key(key), want_dest))
                 }
                 Some(_) => {}
             }
         }
-        for (addr_port, h) in &have_dests {
-            if want.destinations.contains_key(addr_port) {
+        for ((addr, port), h) in &have_dests {
+            if want.destinations.contains_key(&(*addr, *port)) {
                 continue;
             }
-            if h.weight != 0 {
-                let mut drained = **h;
-                drained.weight = 0;
-                push(&mut out, Op::SetDest(service_key(key), drained));
+            let dest_key = (*key, *addr, *port);
+            let fate = fate(&dest_key, h, want.drain_timeout, clock);
+            if h.dest.weight != 0 {
+                push(&mut out, Op::SetDest(service_key(key), zeroed(&h.dest)));
             }
-            push(
-                &mut out,
-                Op::DelDest(service_key(key), addr_port.0, addr_port.1),
-            );
+            match fate {
+                Fate::Delete => push(&mut out, Op::DelDest(service_key(key), *addr, *port)),
+                Fate::Drain(start) => out.draining.push(Draining {
+                    dest: dest_key,
+                    start,
+                    active: h.active_conns,
+                    inactive: h.inactive_conns,
+                    owner: owner.clone(),
+                }),
+            }
         }
     }
     for key in owned {
         if desired.contains_key(key) {
             continue;
         }
-        if let Some(have) = current.get(key) {
-            // Drain first so nothing new is scheduled while the delete is in flight.
-            for d in &have.destinations {
-                if d.dest.weight != 0 {
-                    let mut drained = d.dest;
-                    drained.weight = 0;
-                    out.ops.push(PlannedOp {
-                        op: Op::SetDest(service_key(key), drained),
-                        owner: None,
-                        key: *key,
-                    });
-                }
-            }
+        let Some(have) = current.get(key) else {
+            continue;
+        };
+        let timeout = (clock.stale_timeout)(key);
+        let push = |out: &mut Diff, op: Op| {
             out.ops.push(PlannedOp {
-                op: Op::DelService(service_key(key)),
+                op,
                 owner: None,
                 key: *key,
-            });
+            })
+        };
+        let fates: Vec<(&DestinationEntry, Fate)> = have
+            .destinations
+            .iter()
+            .map(|h| {
+                (
+                    h,
+                    fate(&(*key, h.dest.addr, h.dest.port), h, timeout, clock),
+                )
+            })
+            .collect();
+        let all_done = fates.iter().all(|(_, f)| matches!(f, Fate::Delete));
+        // Zeroed first so nothing new is scheduled while the rest is in flight.
+        for (h, _) in &fates {
+            if h.dest.weight != 0 {
+                push(&mut out, Op::SetDest(service_key(key), zeroed(&h.dest)));
+            }
+        }
+        if all_done {
+            push(&mut out, Op::DelService(service_key(key)));
+            continue;
+        }
+        for (h, fate) in fates {
+            match fate {
+                Fate::Delete => push(
+                    &mut out,
+                    Op::DelDest(service_key(key), h.dest.addr, h.dest.port),
+                ),
+                Fate::Drain(start) => out.draining.push(Draining {
+                    dest: (*key, h.dest.addr, h.dest.port),
+                    start,
+                    active: h.active_conns,
+                    inactive: h.inactive_conns,
+                    owner: None,
+                }),
+            }
         }
     }
     out
@@ -296,7 +398,45 @@ mod tests {
                 })
                 .collect(),
             owner: ObjectKey::new("default", "web"),
+            drain_timeout: 30,
         }
+    }
+
+    const NOW: u64 = 1_000_000;
+
+    /// The diff with no drain under way and 30 s drains everywhere.
+    fn run(
+        desired: &BTreeMap<IpvsKey, IpvsService>,
+        current: &BTreeMap<IpvsKey, Current>,
+        owned: &BTreeSet<IpvsKey>,
+    ) -> Diff {
+        run_at(desired, current, owned, NOW, &BTreeMap::new())
+    }
+
+    fn run_at(
+        desired: &BTreeMap<IpvsKey, IpvsService>,
+        current: &BTreeMap<IpvsKey, Current>,
+        owned: &BTreeSet<IpvsKey>,
+        now: u64,
+        started: &BTreeMap<DestKey, DrainStart>,
+    ) -> Diff {
+        let clock = DrainClock {
+            now,
+            started,
+            stale_timeout: &|_| 30,
+        };
+        diff(desired, current, owned, &clock)
+    }
+
+    /// `c` with `active`/`inactive` connections on the destination at `addr`.
+    fn with_conns(mut c: Current, addr: &str, active: u32, inactive: u32) -> Current {
+        for d in &mut c.destinations {
+            if d.dest.addr == ip(addr) {
+                d.active_conns = active;
+                d.inactive_conns = inactive;
+            }
+        }
+        c
     }
 
     /// What the kernel would report after applying `w` (HASHED flag set, as it does).
@@ -340,7 +480,7 @@ mod tests {
             &[("192.168.56.183", 1), ("192.168.56.184", 1)],
         );
         let desired = BTreeMap::from([(w.key, w)]);
-        let d = diff(&desired, &BTreeMap::new(), &BTreeSet::new());
+        let d = run(&desired, &BTreeMap::new(), &BTreeSet::new());
         assert_eq!(
             names(&d),
             vec![
@@ -357,7 +497,7 @@ mod tests {
         let current = BTreeMap::from([(w.key, as_current(&w))]);
         let owned = BTreeSet::from([w.key]);
         let desired = BTreeMap::from([(w.key, w)]);
-        assert!(diff(&desired, &current, &owned).ops.is_empty());
+        assert!(run(&desired, &current, &owned).ops.is_empty());
     }
 
     #[test]
@@ -374,7 +514,7 @@ mod tests {
         let owned = BTreeSet::from([before.key]);
         let desired = BTreeMap::from([(after.key, after)]);
         assert_eq!(
-            names(&diff(&desired, &current, &owned)),
+            names(&run(&desired, &current, &owned)),
             vec!["set-dest 192.168.56.183:80 w2"]
         );
     }
@@ -390,7 +530,7 @@ mod tests {
         let owned = BTreeSet::from([before.key]);
         let desired = BTreeMap::from([(after.key, after)]);
         assert_eq!(
-            names(&diff(&desired, &current, &owned)),
+            names(&run(&desired, &current, &owned)),
             vec![
                 "set-dest 192.168.56.184:80 w0",
                 "del-dest 192.168.56.184:80"
@@ -412,12 +552,12 @@ mod tests {
             d.weight = 3;
         }
         let desired = BTreeMap::from([(mine.key, mine)]);
-        let d = diff(&desired, &current, &BTreeSet::new());
+        let d = run(&desired, &current, &BTreeSet::new());
         assert!(d.ops.is_empty());
         assert_eq!(d.foreign.len(), 1);
         // And nothing we do not own is deleted when we want nothing.
         assert!(
-            diff(&BTreeMap::new(), &current, &BTreeSet::new())
+            run(&BTreeMap::new(), &current, &BTreeSet::new())
                 .ops
                 .is_empty()
         );
@@ -429,7 +569,7 @@ mod tests {
         let current = BTreeMap::from([(w.key, as_current(&w))]);
         let owned = BTreeSet::from([w.key, key("192.168.56.199", 80)]);
         assert_eq!(
-            names(&diff(&BTreeMap::new(), &current, &owned)),
+            names(&run(&BTreeMap::new(), &current, &owned)),
             vec!["set-dest 192.168.56.183:80 w0", "del-service"]
         );
     }
@@ -488,8 +628,135 @@ mod tests {
         let owned = BTreeSet::from([before.key]);
         let desired = BTreeMap::from([(after.key, after)]);
         assert_eq!(
-            names(&diff(&desired, &current, &owned)),
+            names(&run(&desired, &current, &owned)),
             vec!["set-service", "set-dest 192.168.56.183:80 w1"]
+        );
+    }
+
+    #[test]
+    fn removed_server_with_connections_stays_at_weight_zero() {
+        let before = want(
+            "192.168.56.185",
+            &[("192.168.56.183", 1), ("192.168.56.184", 1)],
+        );
+        let after = want("192.168.56.185", &[("192.168.56.183", 1)]);
+        let busy = with_conns(as_current(&before), "192.168.56.184", 1, 3);
+        let current = BTreeMap::from([(before.key, busy.clone())]);
+        let owned = BTreeSet::from([before.key]);
+        let desired = BTreeMap::from([(after.key, after.clone())]);
+        let d = run(&desired, &current, &owned);
+        assert_eq!(names(&d), vec!["set-dest 192.168.56.184:80 w0"]);
+        let dest = (before.key, ip("192.168.56.184"), 80);
+        assert_eq!(
+            d.draining,
+            vec![Draining {
+                dest,
+                start: DrainStart {
+                    since: NOW,
+                    timeout: 30
+                },
+                active: 1,
+                inactive: 3,
+                owner: Some(after.owner.clone()),
+            }]
+        );
+
+        // Next pass, already at weight 0 and still busy: nothing to do.
+        let mut zero = busy;
+        for e in &mut zero.destinations {
+            if e.dest.addr == ip("192.168.56.184") {
+                e.dest.weight = 0;
+            }
+        }
+        let current = BTreeMap::from([(before.key, zero.clone())]);
+        let started = BTreeMap::from([(dest, d.draining[0].start)]);
+        let d = run_at(&desired, &current, &owned, NOW + 29, &started);
+        assert!(d.ops.is_empty(), "{:?}", names(&d));
+        assert_eq!(d.draining.len(), 1);
+
+        // Its time is up: deleted, connections or not.
+        let d = run_at(&desired, &current, &owned, NOW + 30, &started);
+        assert_eq!(names(&d), vec!["del-dest 192.168.56.184:80"]);
+        assert!(d.draining.is_empty());
+
+        // Or its connections ended first.
+        let idle = with_conns(zero, "192.168.56.184", 0, 0);
+        let current = BTreeMap::from([(before.key, idle)]);
+        let d = run_at(&desired, &current, &owned, NOW + 5, &started);
+        assert_eq!(names(&d), vec!["del-dest 192.168.56.184:80"]);
+    }
+
+    #[test]
+    fn zero_drain_time_deletes_at_once() {
+        let before = want(
+            "192.168.56.185",
+            &[("192.168.56.183", 1), ("192.168.56.184", 1)],
+        );
+        let mut after = want("192.168.56.185", &[("192.168.56.183", 1)]);
+        after.drain_timeout = 0;
+        let busy = with_conns(as_current(&before), "192.168.56.184", 4, 0);
+        let current = BTreeMap::from([(before.key, busy)]);
+        let owned = BTreeSet::from([before.key]);
+        let desired = BTreeMap::from([(after.key, after)]);
+        assert_eq!(
+            names(&run(&desired, &current, &owned)),
+            vec![
+                "set-dest 192.168.56.184:80 w0",
+                "del-dest 192.168.56.184:80"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_drain_ends_when_the_server_is_wanted_again() {
+        let w = want("192.168.56.185", &[("192.168.56.183", 1)]);
+        let mut zero = as_current(&w);
+        zero.destinations[0].dest.weight = 0;
+        let current = BTreeMap::from([(w.key, with_conns(zero, "192.168.56.183", 2, 0))]);
+        let owned = BTreeSet::from([w.key]);
+        let started = BTreeMap::from([(
+            (w.key, ip("192.168.56.183"), 80),
+            DrainStart {
+                since: NOW - 10,
+                timeout: 30,
+            },
+        )]);
+        let desired = BTreeMap::from([(w.key, w)]);
+        let d = run_at(&desired, &current, &owned, NOW, &started);
+        assert_eq!(names(&d), vec!["set-dest 192.168.56.183:80 w1"]);
+        assert!(d.draining.is_empty());
+    }
+
+    #[test]
+    fn deleted_service_waits_for_its_busy_servers() {
+        let w = want(
+            "192.168.56.185",
+            &[("192.168.56.183", 1), ("192.168.56.184", 1)],
+        );
+        let busy = with_conns(as_current(&w), "192.168.56.183", 1, 0);
+        let current = BTreeMap::from([(w.key, busy.clone())]);
+        let owned = BTreeSet::from([w.key]);
+        let d = run(&BTreeMap::new(), &current, &owned);
+        assert_eq!(
+            names(&d),
+            vec![
+                "set-dest 192.168.56.183:80 w0",
+                "set-dest 192.168.56.184:80 w0",
+                "del-dest 192.168.56.184:80"
+            ]
+        );
+        assert_eq!(d.draining.len(), 1);
+        assert_eq!(d.draining[0].owner, None);
+        // Once the last one is idle the service goes in one operation.
+        let idle = with_conns(busy, "192.168.56.183", 0, 0);
+        let current = BTreeMap::from([(w.key, idle)]);
+        assert_eq!(
+            names(&run(&BTreeMap::new(), &current, &owned)),
+            vec![
+                "set-dest 192.168.56.183:80 w0",
+                "set-dest 192.168.56.184:80 w0",
+                "del-service"
+            ]
         );
     }
 }

@@ -187,28 +187,33 @@ async fn run_script(script: &str) -> Result<(), NatError> {
     }
 }
 
+/// The `nft -f` script that turns our table of `family`, whose comment is
+/// `current` (`None` when absent), into `desired`; `None` when it already is.
+pub fn diff(family: Family, desired: Option<&str>, current: Option<&str>) -> Option<String> {
+    let fam = family.name();
+    match (desired, current) {
+        (None, None) => None,
+        (Some(body), Some(c)) if c == comment_for(body) => None,
+        (None, Some(_)) => Some(format!("delete table {fam} {TABLE}\n")),
+        // Declaring the table first makes the delete valid whether or not it
+        // exists; the whole script is one transaction.
+        (Some(body), _) => Some(format!(
+            "table {fam} {TABLE}\ndelete table {fam} {TABLE}\ntable {fam} {TABLE} {{\n  comment \"{}\"\n{body}}}\n",
+            comment_for(body)
+        )),
+    }
+}
+
 /// Makes our tables match `dnat`/`mss`. Returns the number of nft transactions run.
 pub async fn apply(dnat: &[DnatRule], mss: &[MssRule]) -> Result<usize, NatError> {
     let mut writes = 0;
     for family in [Family::Ip, Family::Ip6] {
-        let fam = family.name();
         let desired = render_table(family, dnat, mss);
         let current = current_comment(family).await?;
-        let script = match (&desired, &current) {
-            (None, None) => continue,
-            (Some(body), Some(c)) if *c == comment_for(body) => continue,
-            (None, Some(_)) => format!("delete table {fam} {TABLE}\n"),
-            (Some(body), _) => {
-                // Declaring the table first makes the delete valid whether or not it
-                // exists; the whole script is one transaction.
-                format!(
-                    "table {fam} {TABLE}\ndelete table {fam} {TABLE}\ntable {fam} {TABLE} {{\n  comment \"{}\"\n{body}}}\n",
-                    comment_for(body)
-                )
-            }
-        };
-        run_script(&script).await?;
-        writes += 1;
+        if let Some(script) = diff(family, desired.as_deref(), current.as_deref()) {
+            run_script(&script).await?;
+            writes += 1;
+        }
     }
     Ok(writes)
 }
@@ -271,5 +276,24 @@ mod tests {
         assert_eq!(content_hash("a"), content_hash("a"));
         assert_ne!(content_hash("a"), content_hash("b"));
         assert_eq!(content_hash(""), "cbf29ce484222325");
+    }
+
+    #[test]
+    fn diff_replaces_deletes_or_leaves_the_table() {
+        let body = "  chain c {\n  }\n";
+        let comment = comment_for(body);
+        assert_eq!(diff(Family::Ip, Some(body), Some(&comment)), None);
+        assert_eq!(diff(Family::Ip, None, None), None);
+        assert_eq!(
+            diff(Family::Ip6, None, Some("tunlb 0")).as_deref(),
+            Some("delete table ip6 tunlb\n")
+        );
+        let script = diff(Family::Ip, Some(body), Some("tunlb 0")).unwrap_or_default();
+        assert!(
+            script.starts_with("table ip tunlb\ndelete table ip tunlb\n"),
+            "{script}"
+        );
+        assert!(script.contains(&comment), "{script}");
+        assert!(diff(Family::Ip, Some(body), None).is_some());
     }
 }

@@ -1,0 +1,214 @@
+//! Brings the kernel in line with a `NodePlan`. One module owns each kind of
+//! kernel object, with a pure diff and the step that applies it:
+//!
+//! - [`tunnel`]: the tunl0 link backends decapsulate on;
+//! - [`sysctl`]: the ARP and rp_filter sysctls of backends;
+//! - [`nft`]: the DNAT and MSS table for port mapping;
+//! - [`ipvs`] (diff in [`ipvs_diff`]): IPVS services and destinations;
+//! - [`address`]: VIP addresses on tunl0 and on directors' interfaces.
+//!
+//! [`Dataplane::sync`] runs them in that order. Backends get their sysctls
+//! and DNAT before their VIP, and a director's VIP follows its IPVS services,
+//! so no node answers for a VIP it cannot serve. Failures are attributed to
+//! the VirtualServices they concern so the others still get programmed.
+
+pub mod address;
+pub mod ipvs;
+pub mod ipvs_diff;
+pub mod nft;
+pub mod sysctl;
+pub mod tunnel;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use tracing::debug;
+use tunlb_api::NodeRole;
+use tunlb_api::plan::{NodePlan, ObjectKey, ObjectPlan};
+
+use crate::link::{LinkError, Links, TUNL0};
+use crate::state::{Journal, OwnedAddress, OwnedState};
+
+/// Kernel writes made by one sync, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Writes {
+    pub ipvs: u64,
+    pub links: u64,
+    pub sysctls: u64,
+    pub nft: u64,
+}
+
+impl Writes {
+    pub fn total(&self) -> u64 {
+        self.ipvs + self.links + self.sysctls + self.nft
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    pub writes: Writes,
+    /// Problems per VirtualService.
+    pub errors: BTreeMap<ObjectKey, Vec<String>>,
+    /// Problems not tied to one object.
+    pub node_errors: Vec<String>,
+    /// Removed real servers kept at weight 0, as address:port, by the
+    /// VirtualService whose service they are still in.
+    pub draining: BTreeMap<ObjectKey, Vec<String>>,
+    /// Some destination drains (of a wanted or a deleted service): a later
+    /// pass sees whether it is done.
+    pub drains_pending: bool,
+}
+
+impl SyncReport {
+    pub fn object_error(&mut self, key: &ObjectKey, msg: impl Into<String>) {
+        self.errors.entry(key.clone()).or_default().push(msg.into());
+    }
+
+    /// Attributes an error to every object of `plan` for which `pred` holds.
+    pub fn error_for(&mut self, plan: &NodePlan, pred: impl Fn(&ObjectPlan) -> bool, msg: &str) {
+        let keys: Vec<ObjectKey> = plan
+            .objects
+            .iter()
+            .filter(|(_, o)| o.error.is_none() && pred(o))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if keys.is_empty() {
+            self.node_errors.push(msg.to_string());
+        }
+        for k in keys {
+            self.object_error(&k, msg);
+        }
+    }
+
+    fn drain(&mut self, d: &ipvs_diff::Draining) {
+        self.drains_pending = true;
+        if let Some(owner) = &d.owner {
+            let (_, addr, port) = d.dest;
+            let text = match addr {
+                IpAddr::V4(a) => format!("{a}:{port}"),
+                IpAddr::V6(a) => format!("[{a}]:{port}"),
+            };
+            self.draining.entry(owner.clone()).or_default().push(text);
+        }
+    }
+
+    /// Adds a later pass's findings to this one's.
+    pub fn merge(&mut self, later: SyncReport) {
+        self.writes.ipvs += later.writes.ipvs;
+        self.writes.links += later.writes.links;
+        self.writes.sysctls += later.writes.sysctls;
+        self.writes.nft += later.writes.nft;
+        self.node_errors.extend(later.node_errors);
+        self.errors = later.errors;
+        self.draining = later.draining;
+        self.drains_pending = later.drains_pending;
+    }
+}
+
+/// The kernel side of one node.
+pub struct Dataplane {
+    links: Links,
+    ipvs: Option<tunlb_ipvs::Client>,
+}
+
+impl Dataplane {
+    pub fn new() -> Result<Dataplane, LinkError> {
+        Ok(Dataplane {
+            links: Links::connect()?,
+            ipvs: None,
+        })
+    }
+
+    pub fn links(&self) -> &Links {
+        &self.links
+    }
+
+    /// Connects to IPVS on first use (resolving the family loads ip_vs).
+    pub async fn ipvs(&mut self) -> Result<tunlb_ipvs::Client, tunlb_ipvs::Error> {
+        if let Some(c) = &self.ipvs {
+            return Ok(c.clone());
+        }
+        let c = tunlb_ipvs::Client::connect().await?;
+        self.ipvs = Some(c.clone());
+        Ok(c)
+    }
+
+    /// The node's own addresses: everything except VIPs on tunl0 and
+    /// addresses tunlb added (recorded, or labelled as tunlb's while
+    /// ownership is being rebuilt).
+    pub async fn node_addresses(&self, state: &OwnedState) -> Result<BTreeSet<IpAddr>, LinkError> {
+        let ifaces = self.links.interfaces().await?;
+        let addrs = self.links.addresses(&ifaces).await?;
+        Ok(addrs
+            .into_iter()
+            .filter(|a| a.interface != TUNL0)
+            .filter(|a| !a.is_tunlb_labelled())
+            .filter(|a| {
+                !state.addresses.contains(&OwnedAddress {
+                    interface: a.interface.clone(),
+                    address: a.address,
+                })
+            })
+            .map(|a| a.address)
+            .collect())
+    }
+
+    /// Applies `plan`, updating `state` with what tunlb now owns. What a
+    /// step is about to create is made durable through `journal` first.
+    pub async fn sync(
+        &mut self,
+        plan: &NodePlan,
+        state: &mut OwnedState,
+        journal: &Journal<'_>,
+    ) -> SyncReport {
+        let mut report = SyncReport::default();
+        let links_before = self.links.writes();
+        let ipvs_before = self.ipvs.as_ref().map(|c| c.writes()).unwrap_or(0);
+        let is_backend = |o: &ObjectPlan| o.roles.contains(&NodeRole::Backend);
+
+        tunnel::sync(&self.links, plan, &mut report).await;
+        if plan.needs_backend_sysctls() {
+            match sysctl::apply(&sysctl::backend_settings(), &mut state.sysctl_originals) {
+                Ok(n) => report.writes.sysctls += n as u64,
+                Err(e) => report.error_for(plan, is_backend, &e.to_string()),
+            }
+        }
+        match nft::apply(&plan.dnat, &plan.mss).await {
+            Ok(n) => report.writes.nft = n as u64,
+            Err(e) => report.error_for(plan, is_backend, &format!("port mapping: {e}")),
+        }
+        let outcome = ipvs::sync(self.ipvs(), plan, state, journal, &mut report, unix_now()).await;
+        let addresses_read = address::sync(
+            &self.links,
+            plan,
+            outcome.served.as_ref(),
+            state,
+            journal,
+            &mut report,
+        )
+        .await;
+        if addresses_read && outcome.served.is_some() {
+            // Only a completed look at the kernel ends a rebuild: until then
+            // each pass tries again.
+            state.rebuild = false;
+        }
+        if !plan.needs_backend_sysctls() && !state.sysctl_originals.is_empty() {
+            match sysctl::restore(&sysctl::backend_settings(), &mut state.sysctl_originals) {
+                Ok(n) => report.writes.sysctls += n as u64,
+                Err(e) => report.node_errors.push(e.to_string()),
+            }
+        }
+
+        report.writes.links = self.links.writes() - links_before;
+        report.writes.ipvs = self.ipvs.as_ref().map(|c| c.writes()).unwrap_or(0) - ipvs_before;
+        debug!(writes = ?report.writes, "sync done");
+        report
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

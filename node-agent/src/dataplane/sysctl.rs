@@ -1,0 +1,193 @@
+//! The ARP and reverse-path sysctls a real server needs for LVS-TUN.
+//!
+//! arp_ignore=1 / arp_announce=2 keep the node from answering or announcing ARP
+//! for the VIP it holds on tunl0 (the director owns the VIP on the wire).
+//! rp_filter must be off on tunl0: decapsulated packets arrive there with the
+//! client's source address. The kernel uses max(conf.all, conf.<dev>), so both
+//! are set. Values are per network namespace (/proc/sys/net is namespaced).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::link::TUNL0;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SysctlError {
+    #[error("read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("write {value} to {path}: {source}")]
+    Write {
+        path: String,
+        value: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A sysctl by its dotted name, e.g. `net.ipv4.conf.all.rp_filter`.
+pub fn path_of(name: &str) -> PathBuf {
+    // In a container the host's /proc/sys/net is mounted elsewhere (TUNLB_PROC_SYS).
+    let root = std::env::var_os("TUNLB_PROC_SYS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/proc/sys"));
+    root.join(name.replace('.', "/"))
+}
+
+/// The settings a backend needs, as (name, value).
+pub fn backend_settings() -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    for dev in ["all", TUNL0] {
+        v.push((format!("net.ipv4.conf.{dev}.arp_ignore"), "1".to_string()));
+        v.push((format!("net.ipv4.conf.{dev}.arp_announce"), "2".to_string()));
+        v.push((format!("net.ipv4.conf.{dev}.rp_filter"), "0".to_string()));
+    }
+    v
+}
+
+pub fn read(name: &str) -> Result<String, SysctlError> {
+    let path = path_of(name);
+    std::fs::read_to_string(&path)
+        .map(|s| s.trim().to_string())
+        .map_err(|source| SysctlError::Read {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+pub fn write(name: &str, value: &str) -> Result<(), SysctlError> {
+    let path = path_of(name);
+    std::fs::write(&path, value).map_err(|source| SysctlError::Write {
+        path: path.display().to_string(),
+        value: value.to_string(),
+        source,
+    })
+}
+
+/// The writes that bring `current` to `wanted`, recording in `originals`
+/// the value each sysctl had before tunlb first changed it (so delete can
+/// restore it).
+pub fn diff(
+    wanted: &[(String, String)],
+    current: &BTreeMap<String, String>,
+    originals: &mut BTreeMap<String, String>,
+) -> Vec<(String, String)> {
+    let mut writes = Vec::new();
+    for (name, value) in wanted {
+        let Some(now) = current.get(name) else {
+            continue;
+        };
+        if now == value {
+            continue;
+        }
+        originals.entry(name.clone()).or_insert_with(|| now.clone());
+        writes.push((name.clone(), value.clone()));
+    }
+    writes
+}
+
+/// The writes that put back what tunlb changed, unless someone changed it
+/// since (then the newer value is theirs and stays). Every restored or
+/// abandoned record leaves `originals`.
+pub fn restore_diff(
+    wanted: &[(String, String)],
+    current: &BTreeMap<String, String>,
+    originals: &mut BTreeMap<String, String>,
+) -> Vec<(String, String)> {
+    let mut writes = Vec::new();
+    for (name, value) in wanted {
+        let Some(original) = originals.remove(name) else {
+            continue;
+        };
+        // tunl0's entry disappears with the ipip module; nothing to restore then.
+        let Some(now) = current.get(name) else {
+            continue;
+        };
+        if now == value && *now != original {
+            writes.push((name.clone(), original));
+        }
+    }
+    writes
+}
+
+fn read_all(wanted: &[(String, String)]) -> Result<BTreeMap<String, String>, SysctlError> {
+    wanted
+        .iter()
+        .map(|(name, _)| Ok((name.clone(), read(name)?)))
+        .collect()
+}
+
+/// Applies `wanted`; see [`diff`]. Returns writes made.
+pub fn apply(
+    wanted: &[(String, String)],
+    originals: &mut BTreeMap<String, String>,
+) -> Result<usize, SysctlError> {
+    let current = read_all(wanted)?;
+    let writes = diff(wanted, &current, originals);
+    for (name, value) in &writes {
+        write(name, value)?;
+    }
+    Ok(writes.len())
+}
+
+/// Restores what tunlb changed; see [`restore_diff`]. Returns writes made.
+pub fn restore(
+    wanted: &[(String, String)],
+    originals: &mut BTreeMap<String, String>,
+) -> Result<usize, SysctlError> {
+    // Readable ones only: a missing entry has nothing to restore.
+    let current: BTreeMap<String, String> = wanted
+        .iter()
+        .filter_map(|(name, _)| read(name).ok().map(|v| (name.clone(), v)))
+        .collect();
+    let writes = restore_diff(wanted, &current, originals);
+    for (name, value) in &writes {
+        write(name, value)?;
+    }
+    Ok(writes.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+        items
+            .iter()
+            .map(|(a, b)| ((*a).to_string(), (*b).to_string()))
+            .collect()
+    }
+
+    fn map(items: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs(items).into_iter().collect()
+    }
+
+    #[test]
+    fn writes_only_differences_and_remembers_the_first_value() {
+        let wanted = pairs(&[("a", "1"), ("b", "2")]);
+        let mut originals = map(&[("a", "5")]);
+        let writes = diff(&wanted, &map(&[("a", "0"), ("b", "2")]), &mut originals);
+        assert_eq!(writes, pairs(&[("a", "1")]));
+        // "a" was first changed from 5 by an earlier run: that value is kept.
+        assert_eq!(originals, map(&[("a", "5")]));
+        let mut none = BTreeMap::new();
+        assert_eq!(
+            diff(&wanted, &map(&[("a", "0"), ("b", "0")]), &mut none),
+            pairs(&[("a", "1"), ("b", "2")])
+        );
+        assert_eq!(none, map(&[("a", "0"), ("b", "0")]));
+    }
+
+    #[test]
+    fn restore_leaves_values_someone_changed_since() {
+        let wanted = pairs(&[("a", "1"), ("b", "2"), ("c", "3")]);
+        let mut originals = map(&[("a", "0"), ("b", "0"), ("c", "0")]);
+        // "b" was changed by someone else after tunlb; "c" is gone.
+        let writes = restore_diff(&wanted, &map(&[("a", "1"), ("b", "9")]), &mut originals);
+        assert_eq!(writes, pairs(&[("a", "0")]));
+        assert!(originals.is_empty());
+    }
+}

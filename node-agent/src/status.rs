@@ -1,0 +1,138 @@
+//! What this node reports in each VirtualService's `status.nodes`: pure, so
+//! the rules are unit-tested. An entry says `programmed` only when the
+//! kernel holds everything the observed generation asks of this node.
+
+use std::collections::BTreeMap;
+
+use tunlb_api::plan::{NodePlan, ObjectKey};
+use tunlb_api::{NodeRole, NodeStatus};
+
+use crate::dataplane::SyncReport;
+
+/// This node's entries: one for every object it has a role in, and one for
+/// every object it cannot read (`invalid`: generation and reason).
+pub fn entries(
+    node: &str,
+    plan: &NodePlan,
+    report: &SyncReport,
+    invalid: BTreeMap<ObjectKey, (Option<i64>, String)>,
+) -> BTreeMap<ObjectKey, NodeStatus> {
+    let mut want = BTreeMap::new();
+    for (key, op) in &plan.objects {
+        if op.roles.is_empty() {
+            continue;
+        }
+        let mut msgs: Vec<String> = op.error.iter().cloned().collect();
+        msgs.extend(report.errors.get(key).cloned().unwrap_or_default());
+        // A node-level failure may concern any object: none is claimed.
+        msgs.extend(report.node_errors.iter().cloned());
+        want.insert(
+            key.clone(),
+            NodeStatus {
+                node_name: node.to_string(),
+                roles: op.roles.iter().copied().collect::<Vec<NodeRole>>(),
+                observed_generation: op.generation,
+                programmed: msgs.is_empty(),
+                message: msgs.join("; "),
+                draining: report.draining.get(key).cloned().unwrap_or_default(),
+            },
+        );
+    }
+    for (key, (generation, msg)) in invalid {
+        want.insert(
+            key,
+            NodeStatus {
+                node_name: node.to_string(),
+                roles: Vec::new(),
+                observed_generation: generation,
+                programmed: false,
+                message: msg,
+                draining: Vec::new(),
+            },
+        );
+    }
+    want
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+    use tunlb_api::plan::ObjectPlan;
+
+    fn plan() -> NodePlan {
+        let obj = |roles: &[NodeRole], error: Option<&str>| ObjectPlan {
+            generation: Some(4),
+            roles: roles.iter().copied().collect::<BTreeSet<_>>(),
+            vip: None,
+            error: error.map(String::from),
+        };
+        NodePlan {
+            objects: BTreeMap::from([
+                (ObjectKey::new("a", "ok"), obj(&[NodeRole::Director], None)),
+                (
+                    ObjectKey::new("a", "bad"),
+                    obj(&[NodeRole::Backend], Some("no route")),
+                ),
+                (ObjectKey::new("a", "elsewhere"), obj(&[], None)),
+            ]),
+            ..NodePlan::default()
+        }
+    }
+
+    #[test]
+    fn programmed_only_without_any_problem() {
+        let report = SyncReport::default();
+        let e = entries("n1", &plan(), &report, BTreeMap::new());
+        assert_eq!(e.len(), 2, "no entry where the node has no role");
+        let ok = &e[&ObjectKey::new("a", "ok")];
+        assert!(ok.programmed && ok.message.is_empty());
+        assert_eq!(ok.observed_generation, Some(4));
+        assert_eq!(ok.roles, vec![NodeRole::Director]);
+        let bad = &e[&ObjectKey::new("a", "bad")];
+        assert!(!bad.programmed);
+        assert_eq!(bad.message, "no route");
+    }
+
+    #[test]
+    fn kernel_and_node_errors_and_drains_are_reported() {
+        let mut report = SyncReport::default();
+        report.object_error(&ObjectKey::new("a", "ok"), "scheduler missing");
+        report.node_errors.push("nft timed out".into());
+        report
+            .draining
+            .insert(ObjectKey::new("a", "ok"), vec!["10.0.0.3:80".into()]);
+        let e = entries("n1", &plan(), &report, BTreeMap::new());
+        let ok = &e[&ObjectKey::new("a", "ok")];
+        assert!(!ok.programmed);
+        assert_eq!(ok.message, "scheduler missing; nft timed out");
+        assert_eq!(ok.draining, vec!["10.0.0.3:80".to_string()]);
+        assert_eq!(
+            e[&ObjectKey::new("a", "bad")].message,
+            "no route; nft timed out"
+        );
+    }
+
+    #[test]
+    fn a_draining_server_alone_does_not_unprogram() {
+        let mut report = SyncReport::default();
+        report
+            .draining
+            .insert(ObjectKey::new("a", "ok"), vec!["[2001:db8::3]:80".into()]);
+        let e = entries("n1", &plan(), &report, BTreeMap::new());
+        assert!(e[&ObjectKey::new("a", "ok")].programmed);
+    }
+
+    #[test]
+    fn unreadable_objects_get_an_entry_that_says_why() {
+        let invalid = BTreeMap::from([(
+            ObjectKey::new("a", "broken"),
+            (Some(2), "spec.vip: must be an IP".to_string()),
+        )]);
+        let e = entries("n1", &plan(), &SyncReport::default(), invalid);
+        let b = &e[&ObjectKey::new("a", "broken")];
+        assert!(!b.programmed && b.roles.is_empty());
+        assert_eq!(b.observed_generation, Some(2));
+        assert_eq!(b.message, "spec.vip: must be an IP");
+    }
+}
