@@ -72,3 +72,12 @@ fn sigkill_and_damaged_state_leave_nothing_foreign() {
     println!("{}", run.output);
     assert!(run.passed > 0 && run.failed == 0 && run.exit_code == Some(0));
 }
+
+#[test]
+#[ignore = "boots the QEMU lab: run tests/run.sh"]
+fn removed_servers_drain_and_vips_follow_their_services() {
+    // Two 30-second drains run to their end under TCG.
+    let run = tunlb_tests::run_scenario("drain", &[], 600);
+    println!("{}", run.output);
+    assert!(run.passed > 0 && run.failed == 0 && run.exit_code == Some(0));
+}

@@ -79,22 +79,35 @@ pub fn adoptable(addrs: &[Address]) -> Vec<OwnedAddress> {
 
 /// The addresses this node holds after this pass. Backends hold their VIPs
 /// on tunl0. A director holds a VIP only while a service tunlb owns serves
-/// it (`served`), so it never answers ARP for a VIP it cannot balance; when
-/// the IPVS services could not be read (`served` is `None`) the director
-/// VIPs stay as they are. Returns the bindings and, for each VIP the plan
-/// asks for but that is not held, why.
+/// it (`served`), so it never answers ARP for a VIP it cannot balance; an
+/// owned address of a deleted VirtualService stays while its service
+/// drains. When the IPVS services could not be read (`served` is `None`),
+/// the addresses of VIPs tunlb has services for (`service_vips`) stay as
+/// they are and none is added. While the port-mapping table cannot be
+/// written (`mapped` false) no backend VIP is added either: a VIP without
+/// its DNAT would refuse the mapped ports. Returns the bindings and, for
+/// each VIP the plan asks for but that is not held, why.
 pub fn wanted(
     plan: &NodePlan,
     owned: &BTreeSet<OwnedAddress>,
     in_kernel: &[Address],
     served: Option<&BTreeSet<IpAddr>>,
+    service_vips: &BTreeSet<IpAddr>,
+    mapped: bool,
 ) -> (BTreeSet<Binding>, Vec<(IpAddr, String)>) {
+    let held = |iface: &str, address: IpAddr| {
+        in_kernel
+            .iter()
+            .any(|a| a.interface == iface && a.address == address)
+    };
     let mut want: BTreeSet<Binding> = plan
         .backend_vips
         .iter()
+        .filter(|a| mapped || held(TUNL0, **a))
         .map(|a| (TUNL0.to_string(), *a))
         .collect();
     let mut withheld = Vec::new();
+    let planned: BTreeSet<IpAddr> = plan.director_vips.iter().map(|b| b.address).collect();
     match served {
         Some(served) => {
             for b in &plan.director_vips {
@@ -110,23 +123,18 @@ pub fn wanted(
                     ));
                 }
             }
-            // A deleted VirtualService's VIP stays while its service drains.
             want.extend(
                 owned
                     .iter()
-                    .filter(|o| o.interface != TUNL0 && served.contains(&o.address))
+                    .filter(|o| !planned.contains(&o.address) && served.contains(&o.address))
                     .map(|o| (o.interface.clone(), o.address)),
             );
         }
         None => want.extend(
             owned
                 .iter()
-                .filter(|o| o.interface != TUNL0)
-                .filter(|o| {
-                    in_kernel
-                        .iter()
-                        .any(|a| a.interface == o.interface && a.address == o.address)
-                })
+                .filter(|o| service_vips.contains(&o.address))
+                .filter(|o| held(&o.interface, o.address))
                 .map(|o| (o.interface.clone(), o.address)),
         ),
     }
@@ -140,6 +148,7 @@ pub async fn sync(
     links: &Links,
     plan: &NodePlan,
     served: Option<&BTreeSet<IpAddr>>,
+    mapped: bool,
     state: &mut OwnedState,
     journal: &Journal<'_>,
     report: &mut SyncReport,
@@ -171,7 +180,15 @@ pub async fn sync(
             );
         }
     }
-    let (want, withheld) = wanted(plan, &state.addresses, &addrs, served);
+    let service_vips: BTreeSet<IpAddr> = state.ipvs_services.iter().map(|k| k.vip).collect();
+    let (want, withheld) = wanted(
+        plan,
+        &state.addresses,
+        &addrs,
+        served,
+        &service_vips,
+        mapped,
+    );
     for (vip, why) in withheld {
         report.error_for(plan, owns(vip), &why);
     }
@@ -344,7 +361,7 @@ mod tests {
     fn a_director_holds_only_served_vips() {
         let plan = director_plan(&["10.0.0.1", "10.0.0.2"]);
         let served = BTreeSet::from([ip("10.0.0.1")]);
-        let (want, withheld) = wanted(&plan, &BTreeSet::new(), &[], Some(&served));
+        let (want, withheld) = wanted(&plan, &BTreeSet::new(), &[], Some(&served), &served, true);
         assert_eq!(
             want,
             BTreeSet::from([binding("eth0", "10.0.0.1"), binding(TUNL0, "10.9.9.9")])
@@ -360,20 +377,37 @@ mod tests {
 
     #[test]
     fn a_draining_deleted_service_keeps_its_vip() {
-        let plan = director_plan(&[]);
-        let mine = owned(&[("eth0", "10.0.0.5"), ("eth0", "10.0.0.6")]);
-        let served = BTreeSet::from([ip("10.0.0.5")]);
-        let (want, _) = wanted(&plan, &mine, &[], Some(&served));
-        assert!(want.contains(&binding("eth0", "10.0.0.5")));
+        let plan = director_plan(&["10.0.0.7"]);
+        let mine = owned(&[
+            (TUNL0, "10.0.0.5"),
+            ("eth0", "10.0.0.6"),
+            ("eth1", "10.0.0.7"),
+        ]);
+        let served = BTreeSet::from([ip("10.0.0.5"), ip("10.0.0.7")]);
+        let (want, _) = wanted(&plan, &mine, &[], Some(&served), &served, true);
+        assert!(want.contains(&binding(TUNL0, "10.0.0.5")));
         assert!(!want.contains(&binding("eth0", "10.0.0.6")));
+        // A planned VIP that moved interface is held only where planned.
+        assert!(want.contains(&binding("eth0", "10.0.0.7")));
+        assert!(!want.contains(&binding("eth1", "10.0.0.7")));
     }
 
     #[test]
     fn unknown_services_freeze_director_vips() {
         let plan = director_plan(&["10.0.0.1", "10.0.0.2"]);
-        let mine = owned(&[("eth0", "10.0.0.1"), ("eth0", "10.0.0.3")]);
-        let kernel = in_kernel(&[("eth0", "10.0.0.1"), ("eth0", "10.0.0.3")]);
-        let (want, withheld) = wanted(&plan, &mine, &kernel, None);
+        let mine = owned(&[
+            ("eth0", "10.0.0.1"),
+            ("eth0", "10.0.0.3"),
+            ("eth0", "10.0.0.4"),
+        ]);
+        let kernel = in_kernel(&[
+            ("eth0", "10.0.0.1"),
+            ("eth0", "10.0.0.3"),
+            ("eth0", "10.0.0.4"),
+        ]);
+        // 10.0.0.4 has no service of ours: it is not a director VIP of ours.
+        let service_vips = BTreeSet::from([ip("10.0.0.1"), ip("10.0.0.2"), ip("10.0.0.3")]);
+        let (want, withheld) = wanted(&plan, &mine, &kernel, None, &service_vips, true);
         // Held ones stay, nothing new is added, nothing is reported withheld.
         assert_eq!(
             want,
@@ -384,5 +418,19 @@ mod tests {
             ])
         );
         assert!(withheld.is_empty());
+    }
+
+    #[test]
+    fn no_new_backend_vip_without_its_port_mapping() {
+        let mut plan = director_plan(&[]);
+        plan.backend_vips.insert(ip("10.9.9.8"));
+        let kernel = in_kernel(&[(TUNL0, "10.9.9.9")]);
+        let mine = owned(&[(TUNL0, "10.9.9.9")]);
+        let none = BTreeSet::new();
+        let (want, _) = wanted(&plan, &mine, &kernel, Some(&none), &none, false);
+        // The one already held stays; the new one waits for its DNAT.
+        assert_eq!(want, BTreeSet::from([binding(TUNL0, "10.9.9.9")]));
+        let (want, _) = wanted(&plan, &mine, &kernel, Some(&none), &none, true);
+        assert_eq!(want.len(), 2);
     }
 }

@@ -173,15 +173,22 @@ impl Dataplane {
                 Err(e) => report.error_for(plan, is_backend, &e.to_string()),
             }
         }
-        match nft::apply(&plan.dnat, &plan.mss).await {
-            Ok(n) => report.writes.nft = n as u64,
-            Err(e) => report.error_for(plan, is_backend, &format!("port mapping: {e}")),
-        }
+        let mapped = match nft::apply(&plan.dnat, &plan.mss).await {
+            Ok(n) => {
+                report.writes.nft = n as u64;
+                true
+            }
+            Err(e) => {
+                report.error_for(plan, is_backend, &format!("port mapping: {e}"));
+                false
+            }
+        };
         let outcome = ipvs::sync(self.ipvs(), plan, state, journal, &mut report, unix_now()).await;
         let addresses_read = address::sync(
             &self.links,
             plan,
             outcome.served.as_ref(),
+            mapped,
             state,
             journal,
             &mut report,

@@ -32,12 +32,18 @@ cp -a /image/agent/. /tmp/no-nft/
 rm -f /tmp/no-nft/rootfs/usr/sbin/nft
 # The guest itself still has /usr/sbin/nft: failing here shows the agent runs
 # only what its image holds.
+before="$(ns_exec rs1 "$IP" -o addr show; sysctls rs1)"
+watch_start rs1
 out="$(ns_exec rs1 env TUNLB_IMAGE_DIR=/tmp/no-nft "$AGENT" apply --node rs1 --state-dir /tmp/state-nonft -f $EX/02-mapped.yaml 2>&1)"
 rc=$?
+events="$(watch_stop)"
 echo "$out"
 lab_assert_eq "an image without nft fails the port mapping" 1 "$rc"
 lab_assert_contains "naming the missing program" "cannot run nft" "$out"
 lab_assert_eq "and leaves no DNAT behind" "" "$(ns_exec rs1 nft list table ip tunlb 2>/dev/null | grep dnat)"
+lab_assert_same "the object is taken back whole: rs1's addresses and sysctls as before" \
+	"$before" "$(ns_exec rs1 "$IP" -o addr show; sysctls rs1)"
+lab_assert_eq "its VIP never appeared without its port mapping (ip monitor)" "" "$(echo "$events" | grep "$VIP2")"
 
 topo_cleanup
 lab_summary
