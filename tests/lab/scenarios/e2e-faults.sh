@@ -95,7 +95,8 @@ lab_assert_eq "watch still works: a new VirtualService becomes Ready" 0 \
 lab_assert_eq "and answers" yes "$(alternates "$(requests 4 "http://192.168.56.186:8099/")")"
 
 k delete tvs --all --timeout=60s
-lab_assert_eq "director IPVS table empty" "" "$(ipvs_rows director)"
+ipvs_empty() { [ -z "$(ipvs_rows director)" ]; }
+lab_assert_eq "director IPVS table empty once drained" 0 "$(wait_for 60 "IPVS table empty" ipvs_empty; echo $?)"
 for n in director rs1 rs2; do echo "--- agent $n log (tail)"; tail -5 "/tmp/agent-$n.log"; done
 topo_cleanup
 lab_summary

@@ -175,10 +175,27 @@ observer_entry ""
 lab_assert_eq "the director's own entry is still reported" 0 \
 	"$(k get tvs web -o jsonpath='{.status.nodes[*].nodeName}' | grep -qw director; echo $?)"
 
-# 8. Delete cleans every node, then the finalizer lets the object go.
+# 7c. A removed real server drains: IPVS keeps it at weight 0 and the
+# director's status entry lists it, until IPVS counts no connection on it or
+# drainTimeoutSeconds (default 30) passes; then both let it go.
+draining_is() {
+	[ "$(k get tvs web -o jsonpath='{.status.nodes[?(@.nodeName=="director")].draining[*]}')" = "$1" ]
+}
+requests 4 "http://$VIP/" >/dev/null
+k patch tvs web --type=json -p '[{"op":"remove","path":"/spec/backends/static/1"}]' >/dev/null
+lab_assert_eq "status.nodes lists the removed server as draining" 0 \
+	"$(wait_for 30 "draining reported" draining_is "$RS2:80"; echo $?)"
+lab_assert_contains "IPVS keeps it at weight 0 meanwhile" "TCP $VIP:80 wrr $RS2:80 Tunnel 0" "$(ipvs_rows director)"
+lab_assert_eq "new connections go to the remaining server" "rs1 rs1" "$(requests 2 "http://$VIP/")"
+lab_assert_eq "once drained the status no longer lists it" 0 "$(wait_for 60 "drain done" draining_is ""; echo $?)"
+lab_assert_eq "and IPVS no longer has it" "" "$(ipvs_rows director | grep "$VIP:80 wrr $RS2:80")"
+
+# 8. Delete cleans every node, then the finalizer lets the object go. The
+# deleted services drain first (their recent connections are inactive).
 k delete tvs --all --timeout=60s
 lab_assert_eq "no VirtualService left" "" "$(k get tvs -o name)"
-lab_assert_eq "director IPVS table empty" "" "$(ipvs_rows director)"
+ipvs_empty() { [ -z "$(ipvs_rows director)" ]; }
+lab_assert_eq "director IPVS table empty once drained" 0 "$(wait_for 60 "IPVS table empty" ipvs_empty; echo $?)"
 lab_assert_eq "no VIP left on rs1 tunl0" "" "$(ns_exec rs1 "$IP" -o addr show dev tunl0 | grep 192.168.56)"
 lab_assert_eq "no tunlb nft table left on rs1" "" "$(ns_exec rs1 nft list tables | grep tunlb)"
 
