@@ -3,11 +3,12 @@
 # tunlb-agent vs `ipvsadm -R` vs github.com/moby/ipvs, 10,000 services x 10
 # tunnel real servers, in one guest boot; prints a results table.
 # usage: scripts/bench.sh [--rounds N] [--services N] [--reals N] [--mem MB] [--log FILE]
-#          [--tools "tunlb ipvsadm moby"]
+#          [--tools "tunlb ipvsadm moby"] [--baseline GIT-REV]
+# --baseline also runs tunlb-agent built from GIT-REV ("base"), side by side.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-rounds=3 services=10000 reals=10 mem=2048 log="" tools="tunlb ipvsadm moby"
+rounds=3 services=10000 reals=10 mem=2048 log="" tools="tunlb ipvsadm moby" baseline=""
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--rounds) rounds="$2"; shift 2 ;;
@@ -16,7 +17,8 @@ while [ $# -gt 0 ]; do
 	--mem) mem="$2"; shift 2 ;;
 	--log) log="$2"; shift 2 ;;
 	--tools) tools="$2"; shift 2 ;;
-	*) sed -n '2,6s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
+	--baseline) baseline="$2"; shift 2 ;;
+	*) sed -n '2,7s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
 	esac
 done
 
@@ -27,6 +29,24 @@ trap 'rm -rf "$work"' EXIT
 
 command -v /usr/bin/time >/dev/null || { echo "GNU time missing: run scripts/install-deps.sh" >&2; exit 1; }
 command -v go >/dev/null || { echo "go is required (moby/ipvs comparison)" >&2; exit 1; }
+
+bins=()
+if [ -n "$baseline" ]; then
+	rev="$(git -C "$root" rev-parse --short=12 "$baseline^{commit}")"
+	base="$cache/tunlb-base-$rev/tunlb-agent-base"
+	if [ ! -x "$base" ]; then
+		echo "bench: building the baseline tunlb-agent at $rev (release)"
+		mkdir -p "$work/base-src" "$(dirname "$base")"
+		git -C "$root" archive "$rev" | tar -x -C "$work/base-src"
+		# The workspace's target dir: dependencies are shared, only the
+		# workspace crates build twice.
+		(cd "$work/base-src" && CARGO_TARGET_DIR="$root/target" cargo build --release --quiet -p tunlb-agent)
+		cp "$root/target/release/tunlb-agent" "$base.tmp"
+		mv "$base.tmp" "$base"
+	fi
+	bins+=(--bin "$base")
+	tools="$tools base"
+fi
 
 echo "bench: building tunlb-agent (release)"
 (cd "$root" && cargo build --release --quiet -p tunlb-agent)
@@ -51,7 +71,7 @@ load() { cut -d' ' -f1-3 /proc/loadavg; }
 echo "bench: host load average before: $(load) ($(nproc) CPUs)"
 set +e
 "$root/tests/lab/run.sh" --timeout $((300 + rounds * 420)) --mem "$mem" \
-	--bin "$root/target/release/tunlb-agent" --bin "$moby" --bin /usr/bin/time \
+	--bin "$root/target/release/tunlb-agent" --bin "$moby" --bin /usr/bin/time "${bins[@]}" \
 	--dir "$work/in:/bench" -- sh /bench/guest.sh "$rounds" "$tools" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
@@ -101,6 +121,13 @@ END {
 		if (byround["ipvsadm cold", r] && byround["moby cold", r])
 			printf " %.2f/%.2f", byround["tunlb cold", r] / byround["ipvsadm cold", r], byround["tunlb cold", r] / byround["moby cold", r]
 	printf "\n"
+	if (m["base cold"]) {
+		printf "  tunlb/base (this build / %s):", "baseline"
+		printf " cold %.2f, no-op %.2f, weight %.2f, delete %.2f; max RSS %.2f\n", c / m["base cold"], m["tunlb noop"] / m["base noop"], m["tunlb weight"] / m["base weight"], m["tunlb delete"] / m["base delete"], rss["tunlb cold"] / rss["base cold"]
+		printf "  per round, tunlb/base cold:"
+		for (r = 1; r <= nr; r++) if (byround["base cold", r]) printf " %.2f", byround["tunlb cold", r] / byround["base cold", r]
+		printf "\n"
+	}
 	printf "  tunlb max RSS       %.1f MB  (target <= 30 MB)\n", (rss["tunlb cold"] > rss["tunlb noop"] ? (rss["tunlb cold"] > rss["tunlb weight"] ? rss["tunlb cold"] : rss["tunlb weight"]) : (rss["tunlb noop"] > rss["tunlb weight"] ? rss["tunlb noop"] : rss["tunlb weight"])) / 1024
 }' "$log"
 exit "$rc"

@@ -440,11 +440,16 @@ impl<'a> Journal<'a> {
 
     /// Makes `state`, already holding the intents, durable.
     pub fn record(&self, state: &OwnedState) -> Result<(), StateError> {
+        let started = std::time::Instant::now();
         match self.parked {
             Some(p) => state.save_parked(self.dir, p)?,
             None => state.save(self.dir)?,
         }
         self.recorded.set(true);
+        tracing::debug!(
+            took_ms = started.elapsed().as_millis(),
+            "ownership intent recorded durably"
+        );
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 # shellcheck shell=sh
 # IPVS programming benchmark, run inside the lab guest by scripts/bench.sh:
-#   sh /bench/guest.sh [ROUNDS] [TOOLS]   (TOOLS: "tunlb ipvsadm moby" by default)
+#   sh /bench/guest.sh [ROUNDS] [TOOLS]   (TOOLS: "tunlb ipvsadm moby" by default;
+#   "base" adds /usr/local/bin/tunlb-agent-base, an earlier build)
 # Inputs in /bench (from tests/bench/gen.sh): vs.yaml, vs-weight.yaml,
 # rules.ipvsadm; binaries in /usr/local/bin: tunlb-agent, mobyipvs, time (GNU).
 #
@@ -89,38 +90,43 @@ phases() {
 	sed -n 's/^[^ ]* *DEBUG tunlb_agent::[a-z_:]*: \(.*ms=.*\)/LOG tunlb \1/p' /tmp/err | sed "s/^LOG tunlb /LOG tunlb $2: /"
 }
 
+# run_tunlb ROUND [TOOL AGENT]: TOOL "base" is an earlier tunlb-agent build
+# (scripts/bench.sh --baseline), run the same way for a before/after ratio.
 run_tunlb() {
-	_r="$1" ns="t$1" st="/tmp/state-$1"
+	_r="$1" _tool="${2:-tunlb}" _agent="${3:-$AGENT}"
+	ns="t$_tool$1" st="/tmp/state-$_tool-$1"
 	fresh "$ns"
 	export TUNLB_LOG=tunlb_agent=debug NO_COLOR=1
-	ag() { timed "$_r" tunlb "$1" "$ns" "$AGENT" "$2" -f "$3" --node bench --state-dir "$st" --director; }
+	ag() { timed "$_r" "$_tool" "$1" "$ns" "$_agent" "$2" -f "$3" --node bench --state-dir "$st" --director; }
 
 	ag cold apply "$B/vs.yaml"
 	echo " writes=\"$(writes)\""
-	phases "$_r" cold
-	check "tunlb cold writes" "ipvs=110000 links=2 sysctls=0 nft=0" "$(writes)"
-	check "tunlb cold table" "10000 100000 100000" "$(table "$ns")"
+	[ "$_tool" = tunlb ] && phases "$_r" cold
+	check "$_tool cold writes" "ipvs=110000 links=2 sysctls=0 nft=0" "$(writes)"
+	check "$_tool cold table" "10000 100000 100000" "$(table "$ns")"
 
 	ag noop apply "$B/vs.yaml"
 	echo " writes=\"$(writes)\" dest_dumps=$(dumps) service_dumps=1"
-	phases "$_r" noop
-	check "tunlb no-op writes" "ipvs=0 links=0 sysctls=0 nft=0" "$(writes)"
+	[ "$_tool" = tunlb ] && phases "$_r" noop
+	check "$_tool no-op writes" "ipvs=0 links=0 sysctls=0 nft=0" "$(writes)"
 
 	ag weight apply "$B/vs-weight.yaml"
 	echo " writes=\"$(writes)\" dest_dumps=$(dumps)"
-	phases "$_r" weight
-	check "tunlb weight writes" "ipvs=1 links=0 sysctls=0 nft=0" "$(writes)"
-	check "tunlb weight table" "10000 100000 99999" "$(table "$ns")"
-	check "tunlb weight 2 on 10.1.0.1:15000" "2" \
+	[ "$_tool" = tunlb ] && phases "$_r" weight
+	check "$_tool weight writes" "ipvs=1 links=0 sysctls=0 nft=0" "$(writes)"
+	check "$_tool weight table" "10000 100000 99999" "$(table "$ns")"
+	check "$_tool weight 2 on 10.1.0.1:15000" "2" \
 		"$("$IP" netns exec "$ns" ipvsadm -Ln -t "$VIP:15000" | awk '$2 == "10.1.0.1:15000" {print $4}')"
 
 	ag delete delete "$B/vs-weight.yaml"
 	echo " writes=\"$(writes)\" dest_dumps=$(dumps)"
-	phases "$_r" delete
-	check "tunlb delete table" "0 0 0" "$(table "$ns")"
+	[ "$_tool" = tunlb ] && phases "$_r" delete
+	check "$_tool delete table" "0 0 0" "$(table "$ns")"
 	unset TUNLB_LOG NO_COLOR
 	gone "$ns"
 }
+
+run_base() { run_tunlb "$1" base /usr/local/bin/tunlb-agent-base; }
 
 run_ipvsadm() {
 	ns="i$1"
@@ -148,9 +154,9 @@ echo "$(wc -l <"$B/rules.ipvsadm") ipvsadm rules"
 _round=1
 while [ "$_round" -le "$ROUNDS" ]; do
 	case $((_round % 3)) in
-	1) order="tunlb ipvsadm moby" ;;
-	2) order="moby ipvsadm tunlb" ;;
-	0) order="ipvsadm tunlb moby" ;;
+	1) order="tunlb base ipvsadm moby" ;;
+	2) order="moby ipvsadm base tunlb" ;;
+	0) order="ipvsadm tunlb moby base" ;;
 	esac
 	echo "round $_round: $order"
 	for tool in $order; do
