@@ -25,6 +25,8 @@ pub struct Outcome {
     /// VIPs that at least one service tunlb owns serves, as the kernel holds
     /// them after this step; `None` when the kernel could not be read.
     pub served: Option<BTreeSet<IpAddr>>,
+    /// The kernel's services were read (so a rebuild of ownership is done).
+    pub read: bool,
 }
 
 /// Brings the kernel's IPVS services in line with `plan`.
@@ -42,6 +44,7 @@ pub async fn sync(
         state.drain_timeouts.clear();
         return Outcome {
             served: Some(BTreeSet::new()),
+            read: true,
         };
     }
     let is_director = |o: &tunlb_api::plan::ObjectPlan| o.roles.contains(&NodeRole::Director);
@@ -53,6 +56,7 @@ pub async fn sync(
             // Without IPVS nothing is served: no VIP may be held for it.
             return Outcome {
                 served: Some(BTreeSet::new()),
+                read: false,
             };
         }
     };
@@ -230,6 +234,7 @@ pub async fn sync(
         .retain(|d| state.ipvs_services.contains(&d.service));
     Outcome {
         served: Some(state.ipvs_services.iter().map(|k| k.vip).collect()),
+        read: true,
     }
 }
 

@@ -194,7 +194,7 @@ impl Dataplane {
             &mut report,
         )
         .await;
-        if addresses_read && outcome.served.is_some() {
+        if addresses_read && outcome.read {
             // Only a completed look at the kernel ends a rebuild: until then
             // each pass tries again.
             state.rebuild = false;
