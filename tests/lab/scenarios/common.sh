@@ -215,3 +215,30 @@ watch_stop() {
 		done
 	done
 }
+
+# ipvs_calls_start: from now on, counts calls of the kernel functions that
+# add, edit and remove IPVS services and destinations (kprobes on the ip_vs
+# module: an observer outside tunlb, which sees a delete + re-add that
+# leaves the table and its counters looking the same).
+TRACING=/sys/kernel/tracing
+IPVS_FNS="ip_vs_add_service ip_vs_edit_service ip_vs_unlink_service ip_vs_add_dest ip_vs_edit_dest ip_vs_del_dest"
+ipvs_calls_start() {
+	[ -d "$TRACING/events" ] || mount -t tracefs nodev "$TRACING" || return 1
+	echo 0 >"$TRACING/tracing_on"
+	if ! grep -q '^p:tlb/' "$TRACING/kprobe_events" 2>/dev/null; then
+		for _f in $IPVS_FNS; do
+			echo "p:tlb/$_f ip_vs:$_f" >>"$TRACING/kprobe_events" || return 1
+		done
+	fi
+	echo >"$TRACING/trace"
+	echo 1 >"$TRACING/events/tlb/enable"
+	echo 1 >"$TRACING/tracing_on"
+}
+
+# ipvs_calls_stop: stops counting; prints "FUNCTION COUNT" for each function
+# called since ipvs_calls_start, sorted; nothing when none was.
+ipvs_calls_stop() {
+	echo 0 >"$TRACING/tracing_on"
+	echo 0 >"$TRACING/events/tlb/enable"
+	grep -v '^#' "$TRACING/trace" | grep -o ' ip_vs_[a-z_]*:' | tr -d ' :' | sort | uniq -c | awk '{print $2, $1}'
+}

@@ -51,9 +51,13 @@ conns_before="$(ipvs_conns_settled director)"
 lab_assert_eq "every IPVS counter has connections to lose" "" "$(echo "$conns_before" | awk '$NF == 0')"
 state_before="$(kernel_state director)"
 watch_start director
+ipvs_calls_start
 out="$(agent director apply -f /tmp/web-2-1.yaml 2>&1)"
+calls="$(ipvs_calls_stop)"
 events="$(watch_stop)"
 echo "$out"
+lab_assert_eq "weight edit: the kernel edited one destination and added or removed nothing (kprobes)" \
+	"ip_vs_edit_dest 1" "$calls"
 lab_assert_contains "weight edit is one IPVS write" "kernel writes: ipvs=1 links=0 sysctls=0 nft=0" "$out"
 lab_assert_contains "ipvsadm shows weight 2" "TCP $VIP:80 wrr $RS1:80 Tunnel 2" "$(ipvs_rows director)"
 lab_assert_eq "weight edit: no address, link, route, netconf or nft event" "" "$events"
@@ -79,8 +83,11 @@ lab_assert_eq "weights 2:1: rs2 twice of 6" 2 "$(count rs2 "$got")"
 # agents' own count, the monitors and before/after snapshots agree.
 for n in director rs1 rs2; do eval "state_$n=\"\$(kernel_state $n)\""; done
 watch_start director rs1 rs2
+ipvs_calls_start
 out="$(agent director apply -f /tmp/web-2-1.yaml 2>&1; agent rs1 apply -f $EX/01-web.yaml 2>&1; agent rs2 apply -f $EX/01-web.yaml 2>&1)"
+calls="$(ipvs_calls_stop)"
 events="$(watch_stop)"
+lab_assert_eq "no-op re-apply: no IPVS add, edit or remove in the kernel (kprobes)" "" "$calls"
 echo "$out"
 lab_assert_eq "no-op re-apply: zero kernel writes on all three nodes" 3 "$(echo "$out" | grep -c 'kernel writes: ipvs=0 links=0 sysctls=0 nft=0')"
 lab_assert_eq "no-op re-apply: no kernel event on any node" "" "$events"
@@ -89,6 +96,14 @@ for n in director rs1 rs2; do
 	lab_assert_same "no-op re-apply: $n's kernel unchanged (IPVS with counters, addresses, links, nft, sysctls)" \
 		"$before" "$(kernel_state $n)"
 done
+
+# Control for the kprobe checks above: a destination deleted and re-added
+# by hand leaves the same table, and the observer still sees both calls.
+ipvs_calls_start
+ns_exec director ipvsadm -d -t "$VIP:80" -r "$RS2:80"
+ns_exec director ipvsadm -a -t "$VIP:80" -r "$RS2:80" -i -w 1
+lab_assert_eq "control: kprobes see a destination deleted and re-added by hand" "ip_vs_add_dest 1
+ip_vs_del_dest 1" "$(ipvs_calls_stop)"
 
 # Delete removes exactly what apply added.
 out="$(delete_all /tmp/web-2-1.yaml)"
