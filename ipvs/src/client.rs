@@ -4,7 +4,7 @@ use std::fmt;
 use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -13,14 +13,13 @@ use netlink_packet_generic::GenlMessage;
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::destination::{Destination, DestinationEntry};
-use crate::dump_socket::DumpTransport;
 use crate::error::Error;
 use crate::info::{Info, Timeouts};
 use crate::message::{CmdAttr, IpvsCmd, IpvsMessage};
 use crate::op::Op;
 use crate::pipeline::{match_acks, starts_new_batch};
 use crate::service::{Service, ServiceEntry, ServiceKey};
-use crate::transport::{self, IpvsPacket, ProtoTransport, SocketOptions, Transport};
+use crate::transport::{self, Connector, IpvsPacket, KernelConnector, Sockets, Transport};
 
 const EBUSY: i32 = nix::errno::Errno::EBUSY as i32;
 const ESRCH: i32 = nix::errno::Errno::ESRCH as i32;
@@ -43,7 +42,12 @@ pub struct Config {
     pub dump_sockets: usize,
     /// Receive buffer of the write socket, see `SO_RCVBUFFORCE`.
     pub recv_buffer: usize,
-    /// How long to wait for the complete answer to one request or batch.
+    /// How long to wait for the complete answer to one request, one write
+    /// batch (up to `window` requests) or one whole dump, and for resolving
+    /// the family when (re)connecting. The default of 30 s is several times
+    /// what the largest of them takes in the lab's emulated (TCG) guest: a
+    /// dump of 10,000 services there takes about 3.5 s, a batch of 256
+    /// writes well under one.
     pub timeout: Duration,
 }
 
@@ -61,19 +65,36 @@ impl Default for Config {
 
 /// Handle to the kernel's IPVS table. Cheap to clone; all clones share the
 /// sockets, which close when the last clone is dropped.
+///
+/// A transport failure (see [`Error::is_transport`]) closes the sockets it
+/// happened on; the next call opens new ones, so one broken socket costs the
+/// calls that were using it and nothing after. Kernel refusals (EEXIST,
+/// ESRCH, ...) leave the sockets alone.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    family_id: u16,
-    /// Writes and single-message queries (never dumps, so never EBUSY).
-    control: Box<dyn Transport>,
-    dumpers: Vec<DumpSlot>,
+    connector: Box<dyn Connector>,
+    /// The sockets in use; `None` after a transport failure, until the next
+    /// call opens new ones.
+    current: std::sync::Mutex<Option<Arc<Conn>>>,
+    /// One open at a time: concurrent calls after a failure share it.
+    opening: Mutex<()>,
+    /// The family id of the last open, for `family_id()`.
+    family_id: AtomicU16,
     next_dumper: AtomicUsize,
     writes: AtomicU64,
+    reopens: AtomicU64,
     config: Config,
+}
+
+/// One open connection: what [`Sockets`] holds, ready for concurrent use.
+struct Conn {
+    family_id: u16,
+    control: Box<dyn Transport>,
+    dumpers: Vec<DumpSlot>,
 }
 
 struct DumpSlot {
@@ -81,11 +102,39 @@ struct DumpSlot {
     busy: Mutex<()>,
 }
 
+impl From<Sockets> for Conn {
+    fn from(s: Sockets) -> Conn {
+        Conn {
+            family_id: s.family_id,
+            control: s.control,
+            dumpers: s
+                .dumpers
+                .into_iter()
+                .map(|transport| DumpSlot {
+                    transport,
+                    busy: Mutex::new(()),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// How the reply stream of one exchange ended.
+enum Ending {
+    /// Every request was answered.
+    Complete,
+    /// The timeout hit first.
+    TimedOut,
+    /// The socket failed after the requests left.
+    Broken(Error),
+}
+
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("family_id", &self.inner.family_id)
+            .field("family_id", &self.family_id())
             .field("writes", &self.writes())
+            .field("reopens", &self.reopens())
             .field("config", &self.inner.config)
             .finish()
     }
@@ -99,53 +148,101 @@ impl Client {
 
     /// Resolve the "IPVS" family and open the write and dump sockets.
     pub async fn connect_with(config: Config) -> Result<Client, Error> {
-        let family_id = transport::resolve_family(config.timeout).await?;
-        let control = ProtoTransport::open(SocketOptions {
-            forward_ack: true,
-            forward_done: true,
+        let connector = KernelConnector {
+            timeout: config.timeout,
             recv_buffer: config.recv_buffer,
-        })?;
-        let mut dumpers: Vec<Box<dyn Transport>> = Vec::new();
-        for _ in 0..config.dump_sockets.max(1) {
-            // Read only as fast as entries are decoded (see dump_socket).
-            dumpers.push(Box::new(DumpTransport::open()?));
-        }
-        tracing::debug!(family_id, dump_sockets = dumpers.len(), "connected to IPVS");
-        Ok(Client::from_transports(
-            family_id,
-            Box::new(control),
-            dumpers,
-            config,
-        ))
+            dump_sockets: config.dump_sockets,
+        };
+        Client::with_connector(Box::new(connector), config).await
     }
 
-    pub(crate) fn from_transports(
-        family_id: u16,
-        control: Box<dyn Transport>,
-        dumpers: Vec<Box<dyn Transport>>,
+    /// Opens the first sockets now, so that a kernel without IPVS is
+    /// reported by `connect` rather than by the first call.
+    pub(crate) async fn with_connector(
+        connector: Box<dyn Connector>,
         config: Config,
-    ) -> Client {
-        Client {
+    ) -> Result<Client, Error> {
+        let sockets = connector.open().await?;
+        let family_id = sockets.family_id;
+        tracing::debug!(
+            family_id,
+            dump_sockets = sockets.dumpers.len(),
+            "connected to IPVS"
+        );
+        Ok(Client {
             inner: Arc::new(Inner {
-                family_id,
-                control,
-                dumpers: dumpers
-                    .into_iter()
-                    .map(|transport| DumpSlot {
-                        transport,
-                        busy: Mutex::new(()),
-                    })
-                    .collect(),
+                connector,
+                current: std::sync::Mutex::new(Some(Arc::new(Conn::from(sockets)))),
+                opening: Mutex::new(()),
+                family_id: AtomicU16::new(family_id),
                 next_dumper: AtomicUsize::new(0),
                 writes: AtomicU64::new(0),
+                reopens: AtomicU64::new(0),
                 config,
             }),
-        }
+        })
     }
 
     /// The generic netlink family id the kernel assigned to IPVS.
     pub fn family_id(&self) -> u16 {
-        self.inner.family_id
+        self.inner.family_id.load(Ordering::Relaxed)
+    }
+
+    /// How many times the sockets were opened again after a transport failure.
+    pub fn reopens(&self) -> u64 {
+        self.inner.reopens.load(Ordering::Relaxed)
+    }
+
+    /// The sockets to use, opening new ones if a transport failure closed
+    /// the last.
+    async fn conn(&self) -> Result<Arc<Conn>, Error> {
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        let _opening = self.inner.opening.lock().await;
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        let conn = Arc::new(Conn::from(self.inner.connector.open().await?));
+        self.inner
+            .family_id
+            .store(conn.family_id, Ordering::Relaxed);
+        let reopens = self.inner.reopens.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::info!(reopens, "IPVS netlink sockets reopened");
+        *self.slot() = Some(conn.clone());
+        Ok(conn)
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<Conn>>> {
+        // Nothing can be left half-done under this lock: a poisoned one is usable.
+        self.inner
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn current(&self) -> Option<Arc<Conn>> {
+        self.slot().clone()
+    }
+
+    /// Closes `conn` after a transport failure on it; the next call opens
+    /// new sockets. Sockets opened since by another call are kept.
+    fn drop_conn(&self, conn: &Arc<Conn>, error: &Error) {
+        let mut slot = self.slot();
+        if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            *slot = None;
+            tracing::warn!(%error, "IPVS netlink transport failed; reopening on the next call");
+        }
+    }
+
+    /// Closes `conn` if `result` is a transport failure.
+    fn check<T>(&self, conn: &Arc<Conn>, result: Result<T, Error>) -> Result<T, Error> {
+        if let Err(e) = &result
+            && e.is_transport()
+        {
+            self.drop_conn(conn, e);
+        }
+        result
     }
 
     /// Write requests (NEW/SET/DEL of anything, set timeouts) sent since
@@ -235,7 +332,7 @@ impl Client {
     ) -> Vec<Result<Vec<DestinationEntry>, Error>> {
         futures::stream::iter(keys)
             .map(|key| self.destinations(key))
-            .buffered(self.inner.dumpers.len().max(1))
+            .buffered(self.inner.config.dump_sockets.max(1))
             .collect()
             .await
     }
@@ -254,7 +351,7 @@ impl Client {
         let mut start = 0;
         let mut bytes = 0;
         for (i, op) in ops.iter().enumerate() {
-            let packet = self.packet(op.to_message(), NLM_F_REQUEST | NLM_F_ACK);
+            let packet = packet(self.family_id(), op.to_message(), NLM_F_REQUEST | NLM_F_ACK);
             let size = packet.header.length as usize;
             if starts_new_batch(
                 i - start,
@@ -324,7 +421,8 @@ impl Client {
                 "set timeouts",
             )
             .await;
-        // A connection error means the request never left.
+        // A connection error means the request never left (one after it
+        // left is reported as Unacknowledged).
         if !matches!(result, Err(Error::Connection(_))) {
             self.inner.writes.fetch_add(1, Ordering::Relaxed);
         }
@@ -344,28 +442,27 @@ impl Client {
             })
     }
 
-    async fn apply_batch(&self, ops: &[Op], batch: Vec<IpvsPacket>) -> Vec<Result<(), Error>> {
+    async fn apply_batch(&self, ops: &[Op], mut batch: Vec<IpvsPacket>) -> Vec<Result<(), Error>> {
         tracing::debug!(requests = ops.len(), "sending IPVS write batch");
-        let (replies, complete) = match self.exchange(&*self.inner.control, batch).await {
-            Ok(r) => {
-                self.inner
-                    .writes
-                    .fetch_add(ops.len() as u64, Ordering::Relaxed);
-                r
-            }
+        let conn = match self.conn().await {
+            Ok(c) => c,
+            Err(e) => return not_sent(ops, &e),
+        };
+        for packet in &mut batch {
+            retarget(packet, conn.family_id);
+        }
+        let (replies, ending) = match self.exchange(&*conn.control, batch).await {
+            Ok(r) => r,
             Err(e) => {
-                // Nothing was sent: the ops definitely did not happen.
-                let reason = e.to_string();
-                return ops
-                    .iter()
-                    .map(|op| {
-                        Err(Error::Connection(io::Error::other(format!(
-                            "{op}: {reason}"
-                        ))))
-                    })
-                    .collect();
+                if e.is_transport() {
+                    self.drop_conn(&conn, &e);
+                }
+                return not_sent(ops, &e);
             }
         };
+        self.inner
+            .writes
+            .fetch_add(ops.len() as u64, Ordering::Relaxed);
         let mut acks = Vec::with_capacity(ops.len());
         for reply in replies {
             match reply.payload {
@@ -373,7 +470,10 @@ impl Client {
                 other => tracing::warn!(reply = ?other, "unexpected reply to an IPVS write"),
             }
         }
-        match match_acks(ops.len(), &acks, complete) {
+        let complete = !matches!(ending, Ending::TimedOut);
+        let results: Vec<Result<(), Error>> = match match_acks(ops.len(), &acks, complete) {
+            // Every ack arrived: the outcome is known even if the socket
+            // failed afterwards.
             Ok(codes) => ops
                 .iter()
                 .zip(codes)
@@ -383,16 +483,20 @@ impl Client {
                 })
                 .collect(),
             Err(reason) => {
+                let reason = match &ending {
+                    Ending::Broken(e) => format!("{reason}: {e}"),
+                    _ => reason,
+                };
                 tracing::warn!(%reason, requests = ops.len(), "IPVS write batch not fully acknowledged");
                 let after = self.inner.config.timeout;
                 ops.iter()
                     .map(|op| {
-                        Err(match complete {
-                            false => Error::Timeout {
+                        Err(match ending {
+                            Ending::TimedOut => Error::Timeout {
                                 op: op.to_string(),
                                 after,
                             },
-                            true => Error::Unacknowledged {
+                            _ => Error::Unacknowledged {
                                 op: op.to_string(),
                                 reason: reason.clone(),
                             },
@@ -400,7 +504,17 @@ impl Client {
                     })
                     .collect()
             }
+        };
+        // Missing acks (a timeout, a closed connection, an overrun) leave the
+        // socket in doubt; so does a failure after the last ack.
+        let failure = results
+            .iter()
+            .find_map(|r| r.as_ref().err().filter(|e| e.is_transport()));
+        match (failure, &ending) {
+            (Some(e), _) | (None, Ending::Broken(e)) => self.drop_conn(&conn, e),
+            (None, _) => {}
         }
+        results
     }
 
     /// One non-dump request on the control socket.
@@ -410,9 +524,13 @@ impl Client {
         flags: u16,
         op: &str,
     ) -> Result<Vec<IpvsMessage>, Error> {
-        let packet = self.packet(msg, flags);
-        let (replies, complete) = self.exchange(&*self.inner.control, vec![packet]).await?;
-        self.finish(op, replies, complete)
+        let conn = self.conn().await?;
+        let packet = packet(conn.family_id, msg, flags);
+        let result = match self.exchange(&*conn.control, vec![packet]).await {
+            Ok((replies, ending)) => self.finish(op, replies, ending),
+            Err(e) => Err(e),
+        };
+        self.check(&conn, result)
     }
 
     /// One dump on a free dump socket, retried on EBUSY.
@@ -427,9 +545,13 @@ impl Client {
         let mut attempt = 0;
         loop {
             let result = {
-                let (slot, _busy) = self.acquire_dumper().await;
-                let packet = self.packet(msg.clone(), NLM_F_REQUEST | NLM_F_DUMP);
-                self.dump_on(&*slot.transport, packet, op, &decode).await
+                let conn = self.conn().await?;
+                let result = {
+                    let (slot, _busy) = self.acquire_dumper(&conn).await;
+                    let packet = packet(conn.family_id, msg.clone(), NLM_F_REQUEST | NLM_F_DUMP);
+                    self.dump_on(&*slot.transport, packet, op, &decode).await
+                };
+                self.check(&conn, result)
             };
             match result {
                 Err(e) if e.errno() == Some(EBUSY) && attempt < DUMP_BUSY_RETRIES => {
@@ -455,6 +577,14 @@ impl Client {
         let collect = async {
             // Read to the end even after an error, as the socket is reused.
             while let Some(reply) = stream.next().await {
+                let reply = match reply {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // The socket failed: its error wins over the kernel's.
+                        failed = Some(e);
+                        break;
+                    }
+                };
                 if failed.is_some() {
                     continue;
                 }
@@ -481,8 +611,8 @@ impl Client {
     }
 
     /// Prefer an idle dump socket; otherwise queue on one round-robin.
-    async fn acquire_dumper(&self) -> (&DumpSlot, MutexGuard<'_, ()>) {
-        let slots = &self.inner.dumpers;
+    async fn acquire_dumper<'c>(&self, conn: &'c Conn) -> (&'c DumpSlot, MutexGuard<'c, ()>) {
+        let slots = &conn.dumpers;
         let start = self.inner.next_dumper.fetch_add(1, Ordering::Relaxed) % slots.len();
         for i in 0..slots.len() {
             let slot = &slots[(start + i) % slots.len()];
@@ -494,30 +624,28 @@ impl Client {
         (slot, slot.busy.lock().await)
     }
 
-    fn packet(&self, msg: IpvsMessage, flags: u16) -> IpvsPacket {
-        let mut genl = GenlMessage::from_payload(msg);
-        genl.set_resolved_family_id(self.inner.family_id);
-        transport::packet(genl, flags)
-    }
-
-    /// Send and collect every reply; `complete` is false if the timeout hit
-    /// before netlink-proto closed the reply stream.
+    /// Send and collect every reply, and how the stream ended. `Err` means
+    /// nothing was sent.
     async fn exchange(
         &self,
         transport: &dyn Transport,
         packets: Vec<IpvsPacket>,
-    ) -> Result<(Vec<IpvsPacket>, bool), Error> {
+    ) -> Result<(Vec<IpvsPacket>, Ending), Error> {
         let mut stream = transport.send(packets)?;
         let mut replies = Vec::new();
         let collect = async {
             while let Some(reply) = stream.next().await {
-                replies.push(reply);
+                match reply {
+                    Ok(r) => replies.push(r),
+                    Err(e) => return Ending::Broken(e),
+                }
             }
+            Ending::Complete
         };
-        let complete = tokio::time::timeout(self.inner.config.timeout, collect)
+        let ending = tokio::time::timeout(self.inner.config.timeout, collect)
             .await
-            .is_ok();
-        Ok((replies, complete))
+            .unwrap_or(Ending::TimedOut);
+        Ok((replies, ending))
     }
 
     /// Turn the replies to one request into payloads or the first error.
@@ -525,7 +653,7 @@ impl Client {
         &self,
         op: &str,
         replies: Vec<IpvsPacket>,
-        complete: bool,
+        ending: Ending,
     ) -> Result<Vec<IpvsMessage>, Error> {
         let mut out = Vec::new();
         for reply in replies {
@@ -533,13 +661,45 @@ impl Client {
                 out.push(m);
             }
         }
-        if !complete {
-            return Err(Error::Timeout {
+        match ending {
+            Ending::Complete => Ok(out),
+            Ending::TimedOut => Err(Error::Timeout {
                 op: op.to_string(),
                 after: self.inner.config.timeout,
-            });
+            }),
+            Ending::Broken(e) => Err(Error::Unacknowledged {
+                op: op.to_string(),
+                reason: e.to_string(),
+            }),
         }
-        Ok(out)
+    }
+}
+
+/// The results of a batch that was never sent: the ops definitely did not happen.
+fn not_sent(ops: &[Op], e: &Error) -> Vec<Result<(), Error>> {
+    let reason = e.to_string();
+    ops.iter()
+        .map(|op| {
+            Err(Error::Connection(io::Error::other(format!(
+                "{op}: {reason}"
+            ))))
+        })
+        .collect()
+}
+
+fn packet(family_id: u16, msg: IpvsMessage, flags: u16) -> IpvsPacket {
+    let mut genl = GenlMessage::from_payload(msg);
+    genl.set_resolved_family_id(family_id);
+    transport::packet(genl, flags)
+}
+
+/// Addresses `packet` to `family_id` (encoded before a reopen changed it).
+fn retarget(packet: &mut IpvsPacket, family_id: u16) {
+    if let NetlinkPayload::InnerMessage(genl) = &mut packet.payload
+        && genl.family_id() != family_id
+    {
+        genl.set_resolved_family_id(family_id);
+        packet.finalize();
     }
 }
 

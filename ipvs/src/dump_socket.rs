@@ -6,20 +6,16 @@
 
 use std::collections::BTreeSet;
 use std::io;
-use std::num::NonZeroI32;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use futures::stream::BoxStream;
-use netlink_packet_core::{
-    ErrorMessage, NLM_F_MULTIPART, NetlinkBuffer, NetlinkMessage, NetlinkPayload,
-};
+use netlink_packet_core::{NLM_F_MULTIPART, NetlinkBuffer, NetlinkPayload};
 use netlink_proto::sys::protocols::NETLINK_GENERIC;
 use netlink_proto::sys::{AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket};
 use tokio::sync::Mutex;
 
 use crate::error::Error;
-use crate::transport::{IpvsPacket, Transport};
+use crate::transport::{IpvsPacket, Replies, Transport};
 
 struct Shared {
     socket: TokioSocket,
@@ -60,20 +56,13 @@ fn ends_request(msg: &IpvsPacket) -> bool {
     }
 }
 
-/// A transport failure as a reply, so the client reports it like the kernel's.
-fn failure(e: &io::Error) -> IpvsPacket {
-    let payload = if e.raw_os_error() == Some(nix::errno::Errno::ENOBUFS as i32) {
-        NetlinkPayload::Overrun(Vec::new())
-    } else {
-        let mut err = ErrorMessage::default();
-        err.code = NonZeroI32::new(
-            -e.raw_os_error()
-                .unwrap_or(nix::errno::Errno::EIO as i32)
-                .abs(),
-        );
-        NetlinkPayload::Error(err)
-    };
-    NetlinkMessage::new(Default::default(), payload)
+/// A failure of the socket itself, never an answer of the kernel's IPVS
+/// code: the client reopens its sockets after one.
+fn failure(what: &str, e: io::Error) -> Error {
+    Error::Connection(io::Error::new(
+        e.kind(),
+        format!("dump socket: {what}: {e}"),
+    ))
 }
 
 struct Reading {
@@ -85,7 +74,7 @@ struct Reading {
 
 impl Reading {
     /// The next reply to one of `pending`, reading a datagram when needed.
-    async fn next(&mut self) -> Option<IpvsPacket> {
+    async fn next(&mut self) -> Option<Result<IpvsPacket, Error>> {
         while !self.pending.is_empty() {
             if self.offset >= self.datagram.len() {
                 match self.guard.socket.recv_from_full().await {
@@ -97,7 +86,8 @@ impl Reading {
                     Err(e) => {
                         self.pending.clear();
                         self.guard.unfinished = true;
-                        return Some(failure(&e));
+                        // ENOBUFS included: the dump lost replies.
+                        return Some(Err(failure("receive", e)));
                     }
                 }
             }
@@ -123,14 +113,14 @@ impl Reading {
             if self.pending.is_empty() {
                 self.guard.unfinished = false;
             }
-            return Some(msg);
+            return Some(Ok(msg));
         }
         None
     }
 }
 
 impl Transport for DumpTransport {
-    fn send(&self, msgs: Vec<IpvsPacket>) -> Result<BoxStream<'static, IpvsPacket>, Error> {
+    fn send(&self, msgs: Vec<IpvsPacket>) -> Result<Replies, Error> {
         let shared = self.shared.clone();
         let start = async move {
             let mut guard = shared.lock_owned().await;
@@ -142,7 +132,7 @@ impl Transport for DumpTransport {
                         guard.socket = s;
                         guard.unfinished = false;
                     }
-                    Err(e) => return Err(failure(&e)),
+                    Err(e) => return Err(failure("reopen", e)),
                 }
             }
             let mut pending = BTreeSet::new();
@@ -158,7 +148,7 @@ impl Transport for DumpTransport {
             }
             guard.unfinished = true;
             if let Err(e) = guard.socket.send_to(&buf, &SocketAddr::new(0, 0)).await {
-                return Err(failure(&e));
+                return Err(failure("send", e));
             }
             Ok(Reading {
                 guard,
@@ -173,7 +163,7 @@ impl Transport for DumpTransport {
                     r.next().await.map(|m| (m, r))
                 })
                 .boxed(),
-                Err(reply) => futures::stream::iter([reply]).boxed(),
+                Err(e) => futures::stream::iter([Err(e)]).boxed(),
             });
         Ok(stream.boxed())
     }

@@ -63,6 +63,19 @@ impl Error {
         }
     }
 
+    /// The socket failed rather than the kernel answering: it could not be
+    /// opened or used, closed, lost replies, or gave no complete answer in
+    /// time. The request may be fine; the [`Client`](crate::Client) opens
+    /// new sockets for the next call. Every errno the kernel answers with
+    /// (EEXIST, ESRCH, ...) is a refusal instead, as are replies that do not
+    /// decode and a missing IPVS family: new sockets would get the same.
+    pub fn is_transport(&self) -> bool {
+        match self {
+            Error::Connection(_) | Error::Timeout { .. } | Error::Unacknowledged { .. } => true,
+            Error::FamilyNotFound | Error::Kernel { .. } | Error::Decode(_) => false,
+        }
+    }
+
     /// The object already exists (EEXIST), e.g. NEW_SERVICE on an existing service.
     pub fn is_exists(&self) -> bool {
         self.errno() == Some(EEXIST)

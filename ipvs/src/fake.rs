@@ -4,11 +4,13 @@
 //! (STATS + STATS64 nests, HASHED flag, unknown attributes).
 #![allow(clippy::expect_used)]
 
+use std::io;
 use std::num::NonZeroI32;
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
-use futures::stream::{self, BoxStream};
+use futures::future::BoxFuture;
+use futures::stream;
+use futures::{FutureExt, StreamExt};
 use netlink_packet_core::{
     DefaultNla, DoneMessage, ErrorMessage, NLM_F_ACK, NLM_F_DUMP, NLM_F_MULTIPART as NLM_F_MULTI,
     NetlinkHeader, NetlinkMessage, NetlinkPayload,
@@ -22,7 +24,7 @@ use crate::info::Timeouts;
 use crate::message::{CmdAttr, IpvsCmd, IpvsMessage};
 use crate::service::{AddressFamily, Service, ServiceAttr, ServiceEntry, ServiceKey};
 use crate::stats::Stats;
-use crate::transport::{IpvsPacket, Transport};
+use crate::transport::{Connector, IpvsPacket, Replies, Sockets, Transport};
 
 pub(crate) const FAMILY_ID: u16 = 0x23;
 const EEXIST: i32 = 17;
@@ -45,6 +47,19 @@ pub(crate) struct State {
     pub lose_ack_of_seq: Option<u32>,
     /// Answer this many dumps with EBUSY first.
     pub busy_dumps: usize,
+    /// Connections opened (the client's first connect included).
+    pub opens: usize,
+    /// Sockets of the connections opened before this many opens are
+    /// closed, as after a socket error: nothing can be sent on them.
+    pub closed_below: usize,
+    /// The next this many sends take effect, but their reply streams fail
+    /// before the first reply, as when the socket breaks after sending.
+    pub break_after_send: usize,
+    /// Refuse this many opens, as when sockets cannot be created.
+    pub refuse_opens: usize,
+    /// Give each open its own family id, as when ip_vs is unloaded and
+    /// loaded again in between.
+    pub new_family_per_open: bool,
 }
 
 #[derive(Clone, Default)]
@@ -55,6 +70,69 @@ impl FakeKernel {
         let mut state = self.0.lock().expect("fake kernel lock");
         f(&mut state)
     }
+
+    /// Closes every socket opened so far.
+    pub fn close_sockets(&self) {
+        self.with(|s| s.closed_below = s.opens);
+    }
+
+    /// Opens sockets like `KernelConnector`: a control socket and
+    /// `dump_sockets` dump sockets, all answered by this kernel.
+    pub fn connector(&self, dump_sockets: usize) -> FakeConnector {
+        FakeConnector {
+            kernel: self.clone(),
+            dump_sockets,
+        }
+    }
+}
+
+pub(crate) struct FakeConnector {
+    kernel: FakeKernel,
+    dump_sockets: usize,
+}
+
+impl Connector for FakeConnector {
+    fn open(&self) -> BoxFuture<'static, Result<Sockets, Error>> {
+        let opened = self.kernel.with(|s| {
+            if s.refuse_opens > 0 {
+                s.refuse_opens -= 1;
+                return Err(Error::Connection(io::Error::from(
+                    io::ErrorKind::PermissionDenied,
+                )));
+            }
+            s.opens += 1;
+            let generation = s.opens - 1;
+            let family_id = if s.new_family_per_open {
+                FAMILY_ID + u16::try_from(generation).expect("few opens")
+            } else {
+                FAMILY_ID
+            };
+            Ok((generation, family_id))
+        });
+        let socket = |generation, family_id| -> Box<dyn Transport> {
+            Box::new(FakeSocket {
+                kernel: self.kernel.clone(),
+                generation,
+                family_id,
+            })
+        };
+        let sockets = opened.map(|(generation, family_id)| Sockets {
+            family_id,
+            control: socket(generation, family_id),
+            dumpers: (0..self.dump_sockets.max(1))
+                .map(|_| socket(generation, family_id))
+                .collect(),
+        });
+        futures::future::ready(sockets).boxed()
+    }
+}
+
+/// One socket of one connection to the fake kernel.
+struct FakeSocket {
+    kernel: FakeKernel,
+    /// Which open made it (see `State::closed_below`).
+    generation: usize,
+    family_id: u16,
 }
 
 fn stats_for(seed: u64) -> Stats {
@@ -322,9 +400,14 @@ fn inner(msg: IpvsMessage) -> NetlinkPayload<GenlMessage<IpvsMessage>> {
     NetlinkPayload::InnerMessage(genl)
 }
 
-impl Transport for FakeKernel {
-    fn send(&self, msgs: Vec<IpvsPacket>) -> Result<BoxStream<'static, IpvsPacket>, Error> {
-        let mut state = self.0.lock().expect("fake kernel lock");
+impl Transport for FakeSocket {
+    fn send(&self, msgs: Vec<IpvsPacket>) -> Result<Replies, Error> {
+        let mut state = self.kernel.0.lock().expect("fake kernel lock");
+        if self.generation < state.closed_below {
+            return Err(Error::Connection(io::Error::from(
+                io::ErrorKind::ConnectionAborted,
+            )));
+        }
         state.batches.push(msgs.len());
         let mut acks = Vec::new();
         let mut others = Vec::new();
@@ -335,7 +418,7 @@ impl Transport for FakeKernel {
             let seq = state.next_seq;
             msg.header.sequence_number = seq;
             let msg = wire_roundtrip(&msg);
-            assert_eq!(msg.header.message_type, FAMILY_ID);
+            assert_eq!(msg.header.message_type, self.family_id, "wrong family id");
             let NetlinkPayload::InnerMessage(genl) = msg.payload else {
                 panic!("fake kernel: not a genl message");
             };
@@ -370,7 +453,12 @@ impl Transport for FakeKernel {
             acks.reverse();
         }
         others.extend(acks);
-        let replies = stream::iter(others);
+        if state.break_after_send > 0 {
+            state.break_after_send -= 1;
+            let broken = Error::Connection(io::Error::from(io::ErrorKind::ConnectionReset));
+            return Ok(stream::iter([Err(broken)]).boxed());
+        }
+        let replies = stream::iter(others.into_iter().map(Ok));
         Ok(if stall {
             replies.chain(stream::pending()).boxed()
         } else {

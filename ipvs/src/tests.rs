@@ -434,13 +434,12 @@ fn hashed_flag_is_never_sent() {
 mod client {
     use super::*;
     use crate::fake::FakeKernel;
-    use crate::transport::Transport;
 
-    fn client(kernel: &FakeKernel, config: Config) -> Client {
-        let dumpers: Vec<Box<dyn Transport>> = (0..config.dump_sockets)
-            .map(|_| Box::new(kernel.clone()) as Box<dyn Transport>)
-            .collect();
-        Client::from_transports(FAMILY_ID, Box::new(kernel.clone()), dumpers, config)
+    async fn client(kernel: &FakeKernel, config: Config) -> Client {
+        let connector = kernel.connector(config.dump_sockets);
+        Client::with_connector(Box::new(connector), config)
+            .await
+            .unwrap()
     }
 
     fn small_window() -> Config {
@@ -462,7 +461,7 @@ mod client {
     async fn apply_results_follow_input_order_whatever_the_ack_order() {
         let kernel = FakeKernel::default();
         kernel.with(|s| s.reverse_acks = true);
-        let c = client(&kernel, small_window());
+        let c = client(&kernel, small_window()).await;
         let d1 = Destination::tunnel(ip("192.168.56.183"), 80, 1);
         let d2 = Destination::tunnel(ip("192.168.56.184"), 80, 1);
         let ops = [
@@ -499,7 +498,7 @@ mod client {
     #[tokio::test]
     async fn default_window_sends_one_datagram_for_many_ops() {
         let kernel = FakeKernel::default();
-        let c = client(&kernel, Config::default());
+        let c = client(&kernel, Config::default()).await;
         let mut ops = vec![Op::NewService(Service::new(vip(), "wrr"))];
         for i in 0..300u16 {
             let addr = IpAddr::from([10, 0, (i >> 8) as u8, i as u8]);
@@ -514,7 +513,7 @@ mod client {
     #[tokio::test]
     async fn dumps_decode_kernel_style_replies() {
         let kernel = FakeKernel::default();
-        let c = client(&kernel, Config::default());
+        let c = client(&kernel, Config::default()).await;
         let svc = Service {
             timeout: 9,
             ..Service::new(vip(), "wrr")
@@ -569,7 +568,7 @@ mod client {
     #[tokio::test]
     async fn info_and_timeouts() {
         let kernel = FakeKernel::default();
-        let c = client(&kernel, Config::default());
+        let c = client(&kernel, Config::default()).await;
         let info = c.info().await.unwrap();
         assert_eq!(info.version, (1, 2, 1));
         assert_eq!(info.conn_tab_size, 4096);
@@ -589,7 +588,7 @@ mod client {
     async fn busy_dump_socket_is_retried() {
         let kernel = FakeKernel::default();
         kernel.with(|s| s.busy_dumps = 2);
-        let c = client(&kernel, Config::default());
+        let c = client(&kernel, Config::default()).await;
         assert!(c.services().await.unwrap().is_empty());
         kernel.with(|s| s.busy_dumps = 100);
         let err = c.services().await.unwrap_err();
@@ -601,7 +600,7 @@ mod client {
         let kernel = FakeKernel::default();
         // Sequence numbers start at 1: the 4th op (2nd batch) loses its ack.
         kernel.with(|s| s.lose_ack_of_seq = Some(4));
-        let c = client(&kernel, small_window());
+        let c = client(&kernel, small_window()).await;
         let ops: Vec<Op> = (0..6u8)
             .map(|i| {
                 Op::NewService(Service::new(
@@ -621,12 +620,142 @@ mod client {
         assert!(results[4].is_ok() && results[5].is_ok());
         // The op itself did reach the kernel: only its outcome was unknown.
         assert_eq!(c.services().await.unwrap().len(), 6);
+        // The timed-out batch's socket was replaced before the next batch.
+        assert_eq!(c.reopens(), 1);
+        kernel.with(|s| assert_eq!(s.opens, 2));
+    }
+
+    #[test]
+    fn transport_failures_are_told_from_kernel_refusals() {
+        let io = || std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let transport = [
+            Error::Connection(io()),
+            Error::Timeout {
+                op: "list services".into(),
+                after: std::time::Duration::from_secs(30),
+            },
+            Error::Unacknowledged {
+                op: "add service".into(),
+                reason: "the netlink connection closed".into(),
+            },
+        ];
+        for e in &transport {
+            assert!(e.is_transport(), "{e}");
+        }
+        let refusals = [
+            Error::kernel("add service", -17),       // EEXIST
+            Error::kernel("delete service", -3),     // ESRCH
+            Error::kernel("delete destination", -2), // ENOENT
+            Error::kernel("add service", -16),       // EBUSY
+            Error::Decode("reply without a service".into()),
+            Error::FamilyNotFound,
+        ];
+        for e in &refusals {
+            assert!(!e.is_transport(), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn kernel_refusals_keep_the_sockets() {
+        let kernel = FakeKernel::default();
+        let c = client(&kernel, Config::default()).await;
+        c.new_service(&Service::new(vip(), "wrr")).await.unwrap();
+        let exists = c
+            .new_service(&Service::new(vip(), "wrr"))
+            .await
+            .unwrap_err();
+        assert!(exists.is_exists());
+        assert!(
+            c.del_service(&other_vip())
+                .await
+                .unwrap_err()
+                .is_not_found()
+        );
+        let d = Destination::tunnel(ip("192.168.56.183"), 80, 1);
+        assert!(
+            c.del_dest(&vip(), d.addr, 80)
+                .await
+                .unwrap_err()
+                .is_not_found()
+        );
+        assert!(c.service(&other_vip()).await.unwrap().is_none());
+        assert_eq!(c.services().await.unwrap().len(), 1);
+        assert_eq!(c.reopens(), 0);
+        kernel.with(|s| assert_eq!(s.opens, 1));
+    }
+
+    #[tokio::test]
+    async fn closed_sockets_are_reopened_for_the_next_call() {
+        let kernel = FakeKernel::default();
+        let c = client(&kernel, Config::default()).await;
+        c.new_service(&Service::new(vip(), "wrr")).await.unwrap();
+
+        // A dump on a closed socket fails as a transport error; the next works.
+        kernel.close_sockets();
+        let err = c.services().await.unwrap_err();
+        assert!(err.is_transport(), "{err}");
+        assert_eq!(c.services().await.unwrap().len(), 1);
+        assert_eq!(c.reopens(), 1);
+
+        // The same for writes and single queries, through every clone; the
+        // family is resolved again (a reloaded ip_vs has a new id).
+        kernel.close_sockets();
+        kernel.with(|s| s.new_family_per_open = true);
+        let clone = c.clone();
+        let results = clone
+            .apply(&[Op::NewService(Service::new(other_vip(), "rr"))])
+            .await;
+        let err = results[0].as_ref().unwrap_err();
+        assert!(matches!(err, Error::Connection(_)), "{err}");
+        // Encoded for the old family id, sent to the new one.
+        c.new_service(&Service::new(other_vip(), "rr"))
+            .await
+            .unwrap();
+        kernel.close_sockets();
+        assert!(c.info().await.unwrap_err().is_transport());
+        assert_eq!(c.info().await.unwrap().version, (1, 2, 1));
+        assert_eq!(c.services().await.unwrap().len(), 2);
+        assert_eq!(c.family_id(), FAMILY_ID + 3);
+        assert_eq!(c.reopens(), 3);
+        kernel.with(|s| assert_eq!(s.opens, 4));
+    }
+
+    #[tokio::test]
+    async fn socket_failing_after_a_send_makes_the_outcome_unknown() {
+        let kernel = FakeKernel::default();
+        let c = client(&kernel, Config::default()).await;
+        kernel.with(|s| s.break_after_send = 1);
+        let err = c
+            .new_service(&Service::new(vip(), "wrr"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Unacknowledged { .. }), "{err}");
+        assert!(err.to_string().contains("outcome unknown"), "{err}");
+        // It did happen; new sockets show it.
+        assert_eq!(c.services().await.unwrap().len(), 1);
+        assert_eq!(c.reopens(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_reopen_is_reported_and_tried_again() {
+        let kernel = FakeKernel::default();
+        let c = client(&kernel, Config::default()).await;
+        kernel.close_sockets();
+        kernel.with(|s| s.refuse_opens = 1);
+        assert!(c.services().await.unwrap_err().is_transport());
+        let err = c.services().await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Connection(e) if e.kind() == std::io::ErrorKind::PermissionDenied),
+            "{err}"
+        );
+        assert!(c.services().await.unwrap().is_empty());
+        assert_eq!(c.reopens(), 1);
     }
 
     #[tokio::test]
     async fn single_op_conveniences() {
         let kernel = FakeKernel::default();
-        let c = client(&kernel, Config::default());
+        let c = client(&kernel, Config::default()).await;
         let d = Destination::tunnel(ip("192.168.56.183"), 80, 1);
         c.new_service(&Service::new(vip(), "wrr")).await.unwrap();
         c.new_dest(&vip(), &d).await.unwrap();
