@@ -10,4 +10,5 @@ pub mod show;
 pub mod standalone;
 pub mod state;
 pub mod status;
+pub mod timeouts;
 pub mod wake;

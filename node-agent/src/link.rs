@@ -2,12 +2,17 @@
 //! and the /32 (or /128) VIP addresses tunlb adds to it or to another interface.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::{Handle, LinkIpIp, LinkUnspec};
+use tokio::task::JoinHandle;
 
 /// The IPIP fallback device, created per network namespace by the ipip module.
 pub const TUNL0: &str = "tunl0";
@@ -30,6 +35,10 @@ pub enum LinkError {
     },
     #[error("rtnetlink socket: {0}")]
     Socket(#[from] std::io::Error),
+    #[error("{op}: no answer from the kernel within {after:?}; outcome unknown")]
+    Timeout { op: String, after: Duration },
+    #[error("{op}: the rtnetlink connection closed; outcome unknown")]
+    Closed { op: String },
 }
 
 impl LinkError {
@@ -37,6 +46,16 @@ impl LinkError {
         LinkError::Netlink {
             op: op.into(),
             source,
+        }
+    }
+
+    /// The connection failed rather than the kernel answering (see
+    /// [`is_transport`]); the next call uses a new one.
+    pub fn is_transport(&self) -> bool {
+        match self {
+            LinkError::Socket(_) | LinkError::Timeout { .. } | LinkError::Closed { .. } => true,
+            LinkError::Netlink { source, .. } => is_transport(source),
+            LinkError::MissingInterface(_) | LinkError::IpipMissing(_) => false,
         }
     }
 }
@@ -47,6 +66,14 @@ pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
         rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
         _ => None,
     }
+}
+
+/// Whether `e` is the connection failing (rtnetlink's `RequestFailed`: the
+/// request could not reach the connection task) rather than an answer: an
+/// errno from the kernel (EEXIST, ENODEV, ...) or a reply that does not
+/// parse, which a new connection would get the same.
+pub fn is_transport(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::RequestFailed)
 }
 
 /// One address as the kernel holds it.
@@ -85,47 +112,148 @@ impl Address {
     }
 }
 
-/// A thin handle around one rtnetlink connection.
+/// A handle around one rtnetlink connection, replaced by a new one after
+/// a transport failure (a closed connection, a timeout) so the next call
+/// works again. Clones share the connection.
 #[derive(Clone)]
 pub struct Links {
+    conn: Arc<Mutex<Option<Conn>>>,
+    writes: Arc<AtomicU64>,
+    reopens: Arc<AtomicU64>,
+    /// How long each call may take, a dump included.
+    timeout: Duration,
+}
+
+#[derive(Clone)]
+struct Conn {
     handle: Handle,
-    writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The connection task. It ends only when its socket fails (handles
+    /// keep it alive otherwise), and pending requests then end without an
+    /// answer, which rtnetlink reports as success or an empty list.
+    task: Arc<JoinHandle<()>>,
+}
+
+impl Conn {
+    fn open() -> Result<Conn, LinkError> {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        Ok(Conn {
+            handle,
+            task: Arc::new(tokio::spawn(conn)),
+        })
+    }
 }
 
 impl Links {
-    /// Opens an rtnetlink connection in the current network namespace.
+    /// Opens an rtnetlink connection in the current network namespace, with
+    /// the agent's kernel timeout (see [`crate::timeouts`]).
     pub fn connect() -> Result<Links, LinkError> {
-        let (conn, handle, _) = rtnetlink::new_connection()?;
-        tokio::spawn(conn);
+        Links::connect_with(crate::timeouts::kernel())
+    }
+
+    /// Opens an rtnetlink connection whose calls each get `timeout`.
+    pub fn connect_with(timeout: Duration) -> Result<Links, LinkError> {
         Ok(Links {
-            handle,
+            conn: Arc::new(Mutex::new(Some(Conn::open()?))),
             writes: Default::default(),
+            reopens: Default::default(),
+            timeout,
         })
     }
 
     /// Number of write requests sent so far.
     pub fn writes(&self) -> u64 {
-        self.writes.load(std::sync::atomic::Ordering::Relaxed)
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    /// How many times the connection was opened again after a transport failure.
+    pub fn reopens(&self) -> u64 {
+        self.reopens.load(Ordering::Relaxed)
     }
 
     fn count_write(&self) {
-        self.writes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn slot(&self) -> MutexGuard<'_, Option<Conn>> {
+        // Nothing is left half-done under this lock: a poisoned one is usable.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The connection to use: the current one unless its task ended.
+    fn current(&self) -> Result<Conn, LinkError> {
+        let mut slot = self.slot();
+        if let Some(c) = slot.as_ref().filter(|c| !c.task.is_finished()) {
+            return Ok(c.clone());
+        }
+        let conn = Conn::open()?;
+        let reopens = self.reopens.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::info!(reopens, "rtnetlink connection reopened");
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Forgets `conn` after a transport failure on it, unless another call
+    /// already replaced it.
+    fn drop_conn(&self, conn: &Conn, error: &LinkError) {
+        let mut slot = self.slot();
+        if slot
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(&c.task, &conn.task))
+        {
+            *slot = None;
+            tracing::warn!(%error, "rtnetlink connection failed; reopening on the next call");
+        }
+    }
+
+    /// Runs one call (a request or a whole dump) on the current connection
+    /// within the timeout. The outer error is the connection failing, after
+    /// which the next call gets a new one; the inner result is the kernel's
+    /// answer, errno refusals included, for the caller to judge.
+    async fn call<T, F>(
+        &self,
+        op: &str,
+        f: impl FnOnce(Handle) -> F,
+    ) -> Result<Result<T, rtnetlink::Error>, LinkError>
+    where
+        F: Future<Output = Result<T, rtnetlink::Error>>,
+    {
+        let conn = self.current()?;
+        let answer = tokio::time::timeout(self.timeout, f(conn.handle.clone())).await;
+        let failure = match answer {
+            Err(_) => LinkError::Timeout {
+                op: op.to_string(),
+                after: self.timeout,
+            },
+            Ok(Err(e)) if is_transport(&e) => LinkError::netlink(op, e),
+            // An answer that arrives as the task ends may be cut short.
+            Ok(_) if conn.task.is_finished() => LinkError::Closed { op: op.to_string() },
+            Ok(answer) => return Ok(answer),
+        };
+        self.drop_conn(&conn, &failure);
+        Err(failure)
+    }
+
+    /// Stops the connection task, as a failed socket does.
+    #[cfg(test)]
+    fn break_connection(&self) {
+        if let Some(c) = self.slot().as_ref() {
+            c.task.abort();
+        }
     }
 
     /// Interface names by index.
     pub async fn interfaces(&self) -> Result<BTreeMap<u32, LinkInfo>, LinkError> {
-        let mut out = BTreeMap::new();
-        let mut links = self.handle.link().get().execute();
-        while let Some(msg) = links
-            .try_next()
-            .await
-            .map_err(|e| LinkError::netlink("list interfaces", e))?
-        {
-            let info = LinkInfo::from_message(&msg);
-            out.insert(msg.header.index, info);
-        }
-        Ok(out)
+        const OP: &str = "list interfaces";
+        let msgs = self
+            .call(OP, |h| async move {
+                h.link().get().execute().try_collect::<Vec<_>>().await
+            })
+            .await?
+            .map_err(|e| LinkError::netlink(OP, e))?;
+        Ok(msgs
+            .iter()
+            .map(|msg| (msg.header.index, LinkInfo::from_message(msg)))
+            .collect())
     }
 
     /// Every address on every interface.
@@ -133,13 +261,15 @@ impl Links {
         &self,
         interfaces: &BTreeMap<u32, LinkInfo>,
     ) -> Result<Vec<Address>, LinkError> {
+        const OP: &str = "list addresses";
+        let msgs = self
+            .call(OP, |h| async move {
+                h.address().get().execute().try_collect::<Vec<_>>().await
+            })
+            .await?
+            .map_err(|e| LinkError::netlink(OP, e))?;
         let mut out = Vec::new();
-        let mut addrs = self.handle.address().get().execute();
-        while let Some(msg) = addrs
-            .try_next()
-            .await
-            .map_err(|e| LinkError::netlink("list addresses", e))?
-        {
+        for msg in msgs {
             let mut address = None;
             let mut local = None;
             let mut label = None;
@@ -173,13 +303,14 @@ impl Links {
     /// Creates an ipip link. Creating one named tunl0 makes the kernel load
     /// ipip, whose per-namespace fallback device is tunl0 (so EEXIST is fine).
     pub async fn add_ipip(&self, name: &str) -> Result<(), LinkError> {
+        let op = format!("create {name}");
+        let owned = name.to_string();
         self.count_write();
         let res = self
-            .handle
-            .link()
-            .add(LinkIpIp::new(name).build())
-            .execute()
-            .await;
+            .call(&op, |h| async move {
+                h.link().add(LinkIpIp::new(&owned).build()).execute().await
+            })
+            .await?;
         match res {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
@@ -189,22 +320,31 @@ impl Links {
 
     /// Brings an interface up.
     pub async fn set_up(&self, index: u32, name: &str) -> Result<(), LinkError> {
+        let op = format!("set {name} up");
         self.count_write();
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).up().build())
-            .execute()
-            .await
-            .map_err(|e| LinkError::netlink(format!("set {name} up"), e))
+        self.call(&op, |h| async move {
+            h.link()
+                .set(LinkUnspec::new_with_index(index).up().build())
+                .execute()
+                .await
+        })
+        .await?
+        .map_err(|e| LinkError::netlink(op, e))
     }
 
     pub async fn find(&self, name: &str) -> Result<Option<LinkInfo>, LinkError> {
-        let mut req = self.handle.link().get().match_name(name).execute();
-        match req.try_next().await {
+        let op = format!("look up {name}");
+        let owned = name.to_string();
+        let found = self
+            .call(&op, |h| async move {
+                h.link().get().match_name(owned).execute().try_next().await
+            })
+            .await?;
+        match found {
             Ok(Some(msg)) => Ok(Some(LinkInfo::from_message(&msg))),
             Ok(None) => Ok(None),
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-            Err(e) => Err(LinkError::netlink(format!("look up {name}"), e)),
+            Err(e) => Err(LinkError::netlink(op, e)),
         }
     }
 
@@ -215,43 +355,47 @@ impl Links {
         address: IpAddr,
     ) -> Result<(), LinkError> {
         let prefix = if address.is_ipv4() { 32 } else { 128 };
-        let mut req = self.handle.address().add(link.index, address, prefix);
+        let op = format!("add {address}/{prefix} to {}", link.name);
         let label = format!("{}{LABEL_SUFFIX}", link.name);
         // Labels exist for IPv4 only and must fit IFNAMSIZ.
-        if address.is_ipv4() && label.len() < 16 {
-            req.message_mut()
-                .attributes
-                .push(AddressAttribute::Label(label));
-        }
+        let label = (address.is_ipv4() && label.len() < 16).then_some(label);
+        let index = link.index;
         self.count_write();
-        match req.execute().await {
+        let added = self
+            .call(&op, |h| async move {
+                let mut req = h.address().add(index, address, prefix);
+                if let Some(label) = label {
+                    req.message_mut()
+                        .attributes
+                        .push(AddressAttribute::Label(label));
+                }
+                req.execute().await
+            })
+            .await?;
+        match added {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
-            Err(e) => Err(LinkError::netlink(
-                format!("add {address}/{prefix} to {}", link.name),
-                e,
-            )),
+            Err(e) => Err(LinkError::netlink(op, e)),
         }
     }
 
     pub async fn delete_address(&self, addr: &Address) -> Result<(), LinkError> {
+        let op = format!(
+            "delete {}/{} from {}",
+            addr.address, addr.prefix_len, addr.interface
+        );
+        let message = addr.message.clone();
         self.count_write();
-        match self
-            .handle
-            .address()
-            .del(addr.message.clone())
-            .execute()
-            .await
-        {
+        let deleted = self
+            .call(
+                &op,
+                |h| async move { h.address().del(message).execute().await },
+            )
+            .await?;
+        match deleted {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::EADDRNOTAVAIL) => Ok(()),
-            Err(e) => Err(LinkError::netlink(
-                format!(
-                    "delete {}/{} from {}",
-                    addr.address, addr.prefix_len, addr.interface
-                ),
-                e,
-            )),
+            Err(e) => Err(LinkError::netlink(op, e)),
         }
     }
 }
@@ -282,5 +426,114 @@ impl LinkInfo {
             up: msg.header.flags.contains(LinkFlags::Up),
             mtu,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_core::ErrorMessage;
+
+    #[test]
+    fn only_a_failed_connection_is_a_transport_error() {
+        assert!(is_transport(&rtnetlink::Error::RequestFailed));
+        let mut refusal = ErrorMessage::default();
+        refusal.code = std::num::NonZeroI32::new(-libc::EEXIST);
+        let refusal = rtnetlink::Error::NetlinkError(refusal);
+        assert_eq!(errno(&refusal), Some(libc::EEXIST));
+        assert!(!is_transport(&refusal));
+        assert!(!is_transport(&rtnetlink::Error::InvalidNla("x".into())));
+        let timeout = LinkError::Timeout {
+            op: "list addresses".into(),
+            after: Duration::from_secs(3),
+        };
+        assert!(timeout.is_transport());
+        assert_eq!(
+            timeout.to_string(),
+            "list addresses: no answer from the kernel within 3s; outcome unknown"
+        );
+        assert!(!LinkError::netlink("add", refusal).is_transport());
+        assert!(!LinkError::MissingInterface("eth9".into()).is_transport());
+    }
+
+    // The tests below use a real rtnetlink socket in the test's own network
+    // namespace and only read (lo always exists), so they need no privileges.
+
+    fn links(timeout: Duration) -> Links {
+        Links::connect_with(timeout).unwrap_or_else(|e| panic!("rtnetlink: {e}"))
+    }
+
+    async fn has_lo(links: &Links) -> Result<bool, LinkError> {
+        Ok(links.interfaces().await?.values().any(|l| l.name == "lo"))
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_is_reopened_for_the_next_call() {
+        let links = links(Duration::from_secs(10));
+        assert!(has_lo(&links).await.unwrap_or_else(|e| panic!("{e}")));
+        links.break_connection();
+        // The task ends on its next poll; the call after that must not fail.
+        tokio::task::yield_now().await;
+        let clone = links.clone();
+        assert!(has_lo(&clone).await.unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(links.reopens(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_timeout_names_the_call_and_replaces_the_connection() {
+        let links = links(Duration::from_millis(200));
+        let stuck = links
+            .call("list addresses", |_| {
+                std::future::pending::<Result<(), rtnetlink::Error>>()
+            })
+            .await;
+        let Err(e) = stuck else {
+            panic!("a call that never answers returned");
+        };
+        assert_eq!(
+            e.to_string(),
+            "list addresses: no answer from the kernel within 200ms; outcome unknown"
+        );
+        assert!(has_lo(&links).await.unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(links.reopens(), 1);
+    }
+
+    /// rtnetlink ends a dump cut short by a closing connection as if it were
+    /// complete: such an answer must not be taken for the kernel's.
+    #[tokio::test]
+    async fn an_answer_cut_short_by_a_closing_connection_is_not_trusted() {
+        let links = links(Duration::from_secs(10));
+        let breaker = links.clone();
+        let cut = links
+            .call("list addresses", |_| async move {
+                breaker.break_connection();
+                tokio::task::yield_now().await;
+                Ok::<Vec<u32>, rtnetlink::Error>(Vec::new())
+            })
+            .await;
+        match cut {
+            Err(e @ LinkError::Closed { .. }) => assert_eq!(
+                e.to_string(),
+                "list addresses: the rtnetlink connection closed; outcome unknown"
+            ),
+            other => panic!("expected Closed, got {other:?}"),
+        }
+        assert!(has_lo(&links).await.unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(links.reopens(), 1);
+    }
+
+    #[tokio::test]
+    async fn kernel_refusals_keep_the_connection() {
+        let links = links(Duration::from_secs(10));
+        assert_eq!(links.find("tlb-none0").await.ok(), Some(None));
+        // No such interface index: refused (ENODEV, or EPERM unprivileged).
+        let e = links
+            .set_up(u32::MAX - 7, "tlb-none0")
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("set up a missing interface"));
+        assert!(!e.is_transport(), "{e}");
+        assert!(has_lo(&links).await.unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(links.reopens(), 0);
     }
 }

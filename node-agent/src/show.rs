@@ -86,7 +86,7 @@ pub async fn ipvs_table(client: &Client) -> Result<String, tunlb_ipvs::Error> {
 /// Everything `show` prints.
 pub async fn render(links: &Links) -> String {
     let mut out = String::new();
-    match Client::connect().await {
+    match Client::connect_with(crate::timeouts::ipvs_config()).await {
         Ok(client) => match ipvs_table(&client).await {
             Ok(t) => out.push_str(&t),
             Err(e) => {

@@ -128,7 +128,7 @@ impl Dataplane {
         if let Some(c) = &self.ipvs {
             return Ok(c.clone());
         }
-        let c = tunlb_ipvs::Client::connect().await?;
+        let c = tunlb_ipvs::Client::connect_with(crate::timeouts::ipvs_config()).await?;
         self.ipvs = Some(c.clone());
         Ok(c)
     }
