@@ -6,9 +6,10 @@
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tunlb_api::Protocol;
 use tunlb_api::plan::{DnatRule, MssRule};
@@ -21,6 +22,15 @@ pub enum NatError {
     Spawn(#[source] std::io::Error),
     #[error("nft -f failed: {0}")]
     Apply(String),
+    /// The program neither finished nor failed in time; it was killed.
+    #[error("`{command}` did not finish within {after:?}; killed it")]
+    Timeout { command: String, after: Duration },
+    #[error("`{command}`: {source}")]
+    Io {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,14 +146,96 @@ fn comment_for(body: &str) -> String {
     format!("tunlb {}", content_hash(body))
 }
 
+/// What a finished program left behind.
+struct Finished {
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+/// Runs `program args` with `input` on its stdin, within `timeout`. On
+/// timeout the program is killed (and reaped), so a hung `nft` costs one
+/// pass its port mappings, not every later pass.
+async fn run(
+    program: &str,
+    args: &[&str],
+    input: &[u8],
+    timeout: Duration,
+) -> Result<Finished, NatError> {
+    let command = std::iter::once(program)
+        .chain(args.iter().copied())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Also when this future is dropped mid-way (the agent shutting down).
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(NatError::Spawn)?;
+    let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    let io = |source| NatError::Io {
+        command: command.clone(),
+        source,
+    };
+    let finished = tokio::time::timeout(timeout, async {
+        // Writing, reading and waiting together: a program that does not
+        // read its input, or fills a pipe, cannot block the others.
+        let feed = async {
+            if let Some(mut stdin) = stdin {
+                stdin.write_all(input).await?;
+            }
+            // Closing stdin (the drop) ends `nft -f -`'s input.
+            Ok::<(), std::io::Error>(())
+        };
+        let (fed, stdout, stderr, status) =
+            tokio::join!(feed, read_all(stdout), read_all(stderr), child.wait());
+        let status = status.map_err(io)?;
+        // A program that exits without reading all of its input breaks
+        // the pipe; its status and stderr say more than EPIPE.
+        if status.success() {
+            fed.map_err(io)?;
+        }
+        Ok(Finished {
+            status,
+            stdout: stdout.map_err(io)?,
+            stderr: stderr.map_err(io)?,
+        })
+    })
+    .await;
+    match finished {
+        Ok(result) => result,
+        Err(_) => {
+            if let Err(e) = child.kill().await {
+                tracing::warn!(%command, error = %e, "cannot kill a timed-out program");
+            }
+            Err(NatError::Timeout {
+                command,
+                after: timeout,
+            })
+        }
+    }
+}
+
+async fn read_all(pipe: Option<impl AsyncRead + Unpin>) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    if let Some(mut pipe) = pipe {
+        pipe.read_to_end(&mut out).await?;
+    }
+    Ok(out)
+}
+
 /// Our table of `family` as `nft list` prints it; `None` when it does not exist.
 async fn list_table(family: Family) -> Result<Option<String>, NatError> {
-    let out = Command::new("nft")
-        .args(["list", "table", family.name(), TABLE])
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(NatError::Spawn)?;
+    let out = run(
+        "nft",
+        &["list", "table", family.name(), TABLE],
+        &[],
+        crate::timeouts::kernel(),
+    )
+    .await?;
     // A failure here means no such table (or nothing to read): treat as absent.
     Ok(out
         .status
@@ -164,20 +256,13 @@ async fn current_comment(family: Family) -> Result<Option<String>, NatError> {
 }
 
 async fn run_script(script: &str) -> Result<(), NatError> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(NatError::Spawn)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .await
-            .map_err(NatError::Spawn)?;
-    }
-    let out = child.wait_with_output().await.map_err(NatError::Spawn)?;
+    let out = run(
+        "nft",
+        &["-f", "-"],
+        script.as_bytes(),
+        crate::timeouts::kernel(),
+    )
+    .await?;
     if out.status.success() {
         Ok(())
     } else {
@@ -269,6 +354,51 @@ mod tests {
         assert!(body.contains("ip daddr 192.168.56.190 udp dport 53 dnat ip addr . port to numgen inc mod 2 map { 0 : 10.244.1.5 . 5353, 1 : 10.244.1.6 . 5353 }"), "{body}");
         assert!(body.contains("ct original ip daddr 192.168.56.186 tcp flags & (syn | ack) == syn | ack tcp option maxseg size > 1440 tcp option maxseg size set 1440"), "{body}");
         assert_eq!(render_table(Family::Ip6, &dnat, &mss), None);
+    }
+
+    #[tokio::test]
+    async fn a_program_gets_its_input_and_reports_its_output() {
+        let out = run(
+            "sh",
+            &["-c", "cat; echo oops >&2; exit 3"],
+            b"table ip tunlb {}\n",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(out.stdout, b"table ip tunlb {}\n");
+        assert_eq!(out.stderr, b"oops\n");
+    }
+
+    /// A program that hangs is killed and reaped at the timeout, and the
+    /// error names it and the time waited.
+    #[tokio::test]
+    async fn a_hung_program_is_killed_at_the_timeout() {
+        let dir = std::env::temp_dir().join(format!("tunlb-nat-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let pidfile = dir.join("pid");
+        let script = format!("echo $$ > {}; exec sleep 60", pidfile.display());
+        let started = std::time::Instant::now();
+        let result = run("sh", &["-c", &script], b"", Duration::from_millis(500)).await;
+        let waited = started.elapsed();
+        match result {
+            Err(e @ NatError::Timeout { .. }) => assert_eq!(
+                e.to_string(),
+                format!("`sh -c {script}` did not finish within 500ms; killed it")
+            ),
+            Err(e) => panic!("expected a timeout, got {e}"),
+            Ok(_) => panic!("expected a timeout, the program finished"),
+        }
+        assert!(waited < Duration::from_secs(5), "took {waited:?}");
+        let pid = std::fs::read_to_string(&pidfile).unwrap_or_else(|e| panic!("{e}"));
+        let proc = std::path::Path::new("/proc").join(pid.trim());
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            !proc.exists(),
+            "{} still exists: not killed and reaped",
+            proc.display()
+        );
     }
 
     #[test]
