@@ -12,7 +12,13 @@ use tunlb_api::DEFAULT_DIRECTOR_LABEL;
 /// tunlb node agent: IPVS tunnel services on directors; tunl0 VIPs, ARP/rp_filter
 /// sysctls and port-mapping DNAT on backends.
 #[derive(Parser)]
-#[command(name = "tunlb-agent", version)]
+#[command(
+    name = "tunlb-agent",
+    version,
+    after_help = "Environment: TUNLB_KERNEL_TIMEOUT_SECONDS (default 30) bounds each rtnetlink call, \
+                  IPVS request, write batch or dump, and nft run; a call that takes longer fails \
+                  with an error naming it, and its socket is replaced (nft is killed)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -66,6 +72,16 @@ struct RunFlags {
         default_value = "2000"
     )]
     ipvs_stats_max_destinations: usize,
+    /// /healthz answers 503 once this many sync passes in a row reported
+    /// errors, and 200 again after one without; /livez looks only at
+    /// whether passes still finish.
+    #[arg(
+        long,
+        env = "TUNLB_UNHEALTHY_AFTER_FAILED_PASSES",
+        default_value = "3",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    unhealthy_after_failed_passes: u32,
 }
 
 #[derive(Args)]
@@ -159,6 +175,7 @@ async fn run_cluster(flags: RunFlags) -> anyhow::Result<()> {
         debounce_ms,
         metrics_addr,
         ipvs_stats_max_destinations,
+        unhealthy_after_failed_passes,
     } = flags;
     use std::sync::Arc;
     use std::time::Duration;
@@ -182,7 +199,10 @@ async fn run_cluster(flags: RunFlags) -> anyhow::Result<()> {
         metrics_addr,
         Arc::new(registry),
         metrics.clone(),
-        resync * 3,
+        tunlb_agent::metrics::HealthPolicy {
+            stale_after: resync * 3,
+            failed_passes: unhealthy_after_failed_passes,
+        },
         stopped(),
     ));
     let settings = tunlb_agent::cluster::Settings {
@@ -222,6 +242,11 @@ fn init_tracing() {
 fn main() -> anyhow::Result<ExitCode> {
     init_tracing();
     let cli = Cli::parse();
+    // Checked here so that a typo stops the agent instead of silently
+    // meaning the default.
+    if let Ok(value) = std::env::var(tunlb_agent::timeouts::ENV) {
+        tunlb_agent::timeouts::parse(&value).map_err(anyhow::Error::msg)?;
+    }
     // A one-shot command is one sequence of kernel round trips: one thread
     // does it as fast, and one malloc arena keeps its peak memory lower.
     let mut runtime = match cli.command {

@@ -1,9 +1,10 @@
-//! The agent's /metrics and /healthz: sync durations, errors and writes, and
-//! IPVS statistics per VirtualService and real server.
+//! The agent's /metrics, /healthz and /livez: sync durations, errors and
+//! writes, IPVS statistics per VirtualService and real server, and whether
+//! sync passes run and succeed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -54,6 +55,9 @@ pub struct AgentMetrics {
     /// 100,000 destinations x 7 series took the agent to ~470 MB.
     max_destinations: usize,
     last_pass_unix: AtomicU64,
+    /// Passes that failed in a row, up to the last one (0 after a good one).
+    consecutive_failed: AtomicU32,
+    consecutive_failed_gauge: Gauge,
     last_stats: Mutex<Option<Instant>>,
 }
 
@@ -77,6 +81,8 @@ impl AgentMetrics {
             stats_omitted: Gauge::default(),
             max_destinations,
             last_pass_unix: AtomicU64::new(0),
+            consecutive_failed: AtomicU32::new(0),
+            consecutive_failed_gauge: Gauge::default(),
             last_stats: Mutex::new(None),
         };
         let r = registry.sub_registry_with_prefix("tunlb_agent");
@@ -89,6 +95,11 @@ impl AgentMetrics {
             "sync_errors",
             "Sync passes that reported an error",
             m.sync_errors.clone(),
+        );
+        r.register(
+            "consecutive_failed_passes",
+            "Sync passes that reported an error in a row, up to the last one (0 after a pass without errors)",
+            m.consecutive_failed_gauge.clone(),
         );
         r.register(
             "kernel_writes",
@@ -141,9 +152,14 @@ impl AgentMetrics {
     pub fn record_sync(&self, took: Duration, writes: u64, failed: bool) {
         self.sync_duration.observe(took.as_secs_f64());
         self.writes.inc_by(writes);
-        if failed {
+        let in_a_row = if failed {
             self.sync_errors.inc();
-        }
+            self.consecutive_failed.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.consecutive_failed.store(0, Ordering::Relaxed);
+            0
+        };
+        self.consecutive_failed_gauge.set(i64::from(in_a_row));
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -159,6 +175,11 @@ impl AgentMetrics {
             .map(|d| d.as_secs())
             .ok()?;
         (last != 0).then(|| now.saturating_sub(last))
+    }
+
+    /// Sync passes that failed in a row, up to the last one.
+    pub fn consecutive_failed_passes(&self) -> u32 {
+        self.consecutive_failed.load(Ordering::Relaxed)
     }
 
     /// Re-reads IPVS statistics for the services this node directs.
@@ -236,12 +257,48 @@ impl AgentMetrics {
     }
 }
 
+/// When the agent reports itself unhealthy.
+#[derive(Debug, Clone, Copy)]
+pub struct HealthPolicy {
+    /// No sync pass finished for this long: the loop is stuck. /livez and
+    /// /healthz both fail.
+    pub stale_after: Duration,
+    /// This many sync passes in a row reported errors: /healthz fails until
+    /// a pass succeeds.
+    pub failed_passes: u32,
+}
+
+/// Why the agent is unhealthy, or `None` when it is healthy. `age` is the
+/// seconds since the last pass finished (`None` before the first: starting
+/// up is not stuck); `failed` the passes that failed in a row. With
+/// `failed_passes` unset (`None`, as for /livez) only the age counts.
+pub fn unhealthy(
+    age: Option<u64>,
+    failed: u32,
+    stale_after: Duration,
+    failed_passes: Option<u32>,
+) -> Option<String> {
+    if let Some(age) = age
+        && age > stale_after.as_secs()
+    {
+        return Some(format!(
+            "last sync {age}s ago (more than {}s)",
+            stale_after.as_secs()
+        ));
+    }
+    match failed_passes {
+        Some(limit) if failed >= limit.max(1) => Some(format!(
+            "the last {failed} sync passes failed (unhealthy after {limit}); their errors are in the agent's log and in status.nodes"
+        )),
+        _ => None,
+    }
+}
+
 #[derive(Clone)]
 struct AppState {
     registry: Arc<Registry>,
     metrics: Arc<AgentMetrics>,
-    /// Unhealthy when no pass finished for this long.
-    stale_after: u64,
+    policy: HealthPolicy,
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> Response {
@@ -263,34 +320,205 @@ async fn metrics_handler(State(s): State<AppState>) -> Response {
     }
 }
 
-async fn healthz(State(s): State<AppState>) -> (StatusCode, String) {
-    match s.metrics.since_last_pass() {
-        Some(age) if age > s.stale_after => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("last sync {age}s ago\n"),
-        ),
-        _ => (StatusCode::OK, "ok\n".into()),
+fn answer(reason: Option<String>) -> (StatusCode, String) {
+    match reason {
+        Some(r) => (StatusCode::SERVICE_UNAVAILABLE, format!("{r}\n")),
+        None => (StatusCode::OK, "ok\n".into()),
     }
 }
 
-/// Serves /metrics and /healthz until `shutdown` resolves.
+/// Passes run and succeed: the readiness check.
+async fn healthz(State(s): State<AppState>) -> (StatusCode, String) {
+    answer(unhealthy(
+        s.metrics.since_last_pass(),
+        s.metrics.consecutive_failed_passes(),
+        s.policy.stale_after,
+        Some(s.policy.failed_passes),
+    ))
+}
+
+/// Passes run, whatever their outcome: the liveness check. A restart does
+/// not fix what failing passes report (an object the kernel refuses, a
+/// missing interface, a broken `nft`), and sockets are reopened without one.
+async fn livez(State(s): State<AppState>) -> (StatusCode, String) {
+    answer(unhealthy(
+        s.metrics.since_last_pass(),
+        0,
+        s.policy.stale_after,
+        None,
+    ))
+}
+
+/// The /metrics, /healthz and /livez routes.
+pub fn router(registry: Arc<Registry>, metrics: Arc<AgentMetrics>, policy: HealthPolicy) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
+        .with_state(AppState {
+            registry,
+            metrics,
+            policy,
+        })
+}
+
+/// Serves /metrics, /healthz and /livez until `shutdown` resolves.
 pub async fn serve(
     addr: SocketAddr,
     registry: Arc<Registry>,
     metrics: Arc<AgentMetrics>,
-    stale_after: Duration,
+    policy: HealthPolicy,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(healthz))
-        .with_state(AppState {
-            registry,
-            metrics,
-            stale_after: stale_after.as_secs(),
-        });
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, app)
+    serve_on(listener, registry, metrics, policy, shutdown).await
+}
+
+/// [`serve`] on a listener that is already bound.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    metrics: Arc<AgentMetrics>,
+    policy: HealthPolicy,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(registry, metrics, policy))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const STALE: Duration = Duration::from_secs(90);
+
+    #[test]
+    fn health_follows_failed_passes_in_a_row_and_the_last_pass_age() {
+        // Starting up (no pass yet) and good passes.
+        assert_eq!(unhealthy(None, 0, STALE, Some(3)), None);
+        assert_eq!(unhealthy(Some(5), 0, STALE, Some(3)), None);
+        // Failures below the limit are tolerated; at the limit they are not.
+        assert_eq!(unhealthy(Some(5), 2, STALE, Some(3)), None);
+        let r = unhealthy(Some(5), 3, STALE, Some(3)).unwrap_or_default();
+        assert!(
+            r.starts_with("the last 3 sync passes failed (unhealthy after 3)"),
+            "{r}"
+        );
+        assert!(unhealthy(Some(5), 7, STALE, Some(3)).is_some());
+        assert!(unhealthy(Some(5), 1, STALE, Some(1)).is_some());
+        // A limit of 0 means the first failure, like 1.
+        assert!(unhealthy(Some(5), 1, STALE, Some(0)).is_some());
+        assert_eq!(unhealthy(Some(5), 0, STALE, Some(0)), None);
+        // A stuck loop is unhealthy whatever the passes said, also for liveness.
+        assert_eq!(
+            unhealthy(Some(91), 0, STALE, Some(3)).as_deref(),
+            Some("last sync 91s ago (more than 90s)")
+        );
+        assert!(unhealthy(Some(91), 0, STALE, None).is_some());
+        assert_eq!(unhealthy(Some(90), 0, STALE, None), None);
+        // Liveness ignores failed passes.
+        assert_eq!(unhealthy(Some(5), 100, STALE, None), None);
+    }
+
+    #[test]
+    fn failed_passes_are_counted_until_a_good_one() {
+        let mut registry = Registry::default();
+        let m = AgentMetrics::new(&mut registry, 10);
+        let gauge = |registry: &Registry| {
+            let mut text = String::new();
+            encode(&mut text, registry).unwrap_or_else(|e| panic!("{e}"));
+            text.lines()
+                .find_map(|l| l.strip_prefix("tunlb_agent_consecutive_failed_passes "))
+                .map(str::to_string)
+        };
+        assert_eq!(gauge(&registry).as_deref(), Some("0"));
+        for _ in 0..2 {
+            m.record_sync(Duration::from_millis(1), 0, true);
+        }
+        assert_eq!(m.consecutive_failed_passes(), 2);
+        assert_eq!(gauge(&registry).as_deref(), Some("2"));
+        m.record_sync(Duration::from_millis(1), 1, false);
+        assert_eq!(m.consecutive_failed_passes(), 0);
+        assert_eq!(gauge(&registry).as_deref(), Some("0"));
+    }
+
+    /// Minimal HTTP/1.1 GET; returns (status, response text).
+    async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect: {e}"));
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("write: {e}"));
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .await
+            .unwrap_or_else(|e| panic!("read: {e}"));
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, response)
+    }
+
+    #[tokio::test]
+    async fn healthz_fails_after_failed_passes_and_recovers_after_a_good_one() {
+        let mut registry = Registry::default();
+        let metrics = Arc::new(AgentMetrics::new(&mut registry, 10));
+        let policy = HealthPolicy {
+            stale_after: STALE,
+            failed_passes: 3,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_on(
+            listener,
+            Arc::new(registry),
+            metrics.clone(),
+            policy,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+
+        let (status, body) = get(addr, "/healthz").await;
+        assert_eq!(status, 200, "before the first pass: {body}");
+        for _ in 0..2 {
+            metrics.record_sync(Duration::from_millis(1), 0, true);
+        }
+        let (status, body) = get(addr, "/healthz").await;
+        assert_eq!(status, 200, "two failed passes: {body}");
+        metrics.record_sync(Duration::from_millis(1), 0, true);
+        let (status, body) = get(addr, "/healthz").await;
+        assert_eq!(status, 503, "three failed passes: {body}");
+        assert!(body.contains("the last 3 sync passes failed"), "{body}");
+        let (status, body) = get(addr, "/livez").await;
+        assert_eq!(status, 200, "liveness ignores failed passes: {body}");
+        let (_, body) = get(addr, "/metrics").await;
+        assert!(
+            body.contains("\ntunlb_agent_consecutive_failed_passes 3\n"),
+            "{body}"
+        );
+
+        metrics.record_sync(Duration::from_millis(1), 0, false);
+        let (status, body) = get(addr, "/healthz").await;
+        assert_eq!(status, 200, "after a good pass: {body}");
+        assert!(body.ends_with("ok\n"), "{body}");
+
+        let _ = stop.send(());
+        match tokio::time::timeout(Duration::from_secs(5), server).await {
+            Ok(Ok(Ok(()))) => {}
+            other => panic!("server did not stop cleanly: {other:?}"),
+        }
+    }
 }

@@ -362,7 +362,12 @@ fn renders_defaults() {
         env_value(agent, "TUNLB_METRICS_ADDR").unwrap()["value"],
         "0.0.0.0:9090"
     );
-    assert_eq!(agent["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(agent["livenessProbe"]["httpGet"]["path"], "/livez");
+    assert_eq!(agent["readinessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(
+        env_value(agent, "TUNLB_UNHEALTHY_AFTER_FAILED_PASSES").unwrap()["value"],
+        "3"
+    );
     assert_eq!(agent["ports"][0]["containerPort"], 9090);
     // The state dir and /proc/sys/net are hostPaths, mounted read-write.
     let volumes = pod["volumes"].as_array().unwrap();
