@@ -81,3 +81,19 @@ fn removed_servers_drain_and_vips_follow_their_services() {
     println!("{}", run.output);
     assert!(run.passed > 0 && run.failed == 0 && run.exit_code == Some(0));
 }
+
+#[test]
+#[ignore = "boots the QEMU lab: run tests/run.sh"]
+fn hung_nft_times_out_is_killed_and_the_next_run_repairs() {
+    // From the agent image when TUNLB_AGENT_IMAGE is set (a copy of it with
+    // a hanging nft), else from the bare binary (a hanging nft first in PATH).
+    let run = tunlb_tests::run_scenario("self-repair", &[], 300);
+    println!("{}", run.output);
+    assert!(
+        run.failed == 0 && run.exit_code == Some(0),
+        "{} failed, exit {:?}",
+        run.failed,
+        run.exit_code
+    );
+    assert!(run.passed >= 13, "every check ran: {} passed", run.passed);
+}
