@@ -54,7 +54,7 @@ left=""
 for p in $pids; do [ -d "/proc/$p" ] && left="$left $p"; done
 lab_assert_eq "every hung nft was killed and reaped" "" "$left"
 lab_assert_eq "no half-made DNAT table on rs1" "" "$(ns_exec rs1 nft list ruleset | grep 'table ip tunlb')"
-lab_assert_eq "the refused object's VIP was taken back out of rs1's tunl0" "" \
+lab_assert_eq "rs1's tunl0 holds no VIP of the refused object" "" \
 	"$(ns_exec rs1 "$IP" -o addr show dev tunl0 2>/dev/null | grep "$VIP2/32")"
 
 # The real nft again, the same state directory: the next run programs it.
