@@ -418,8 +418,11 @@ async fn pass(
             Err(e) => warn!(error = %e, "cannot save ownership state"),
         }
     }
-    let failed = !report.errors.is_empty() || !report.node_errors.is_empty();
-    metrics.record_sync(started.elapsed(), report.writes.total(), failed);
+    metrics.record_sync(
+        started.elapsed(),
+        report.writes.total(),
+        report.node_failed(),
+    );
     for e in &report.node_errors {
         warn!(error = %e, "node-level problem");
     }

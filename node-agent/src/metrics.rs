@@ -93,7 +93,7 @@ impl AgentMetrics {
         );
         r.register(
             "sync_errors",
-            "Sync passes that reported an error",
+            "Sync passes that failed on the node itself (not an object's refusal)",
             m.sync_errors.clone(),
         );
         r.register(

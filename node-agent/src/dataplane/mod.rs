@@ -57,6 +57,9 @@ pub struct SyncReport {
     /// Some destination drains (of a wanted or a deleted service): a later
     /// pass sees whether it is done.
     pub drains_pending: bool,
+    /// A step failed as a whole (the kernel or a tool could not be reached
+    /// or read), as opposed to the kernel refusing one object.
+    pub fault: bool,
 }
 
 impl SyncReport {
@@ -92,6 +95,13 @@ impl SyncReport {
         }
     }
 
+    /// Whether the node itself failed this pass: what /healthz counts. An
+    /// object the kernel refuses is reported in its status instead, since
+    /// no restart or reschedule of the agent would fix it.
+    pub fn node_failed(&self) -> bool {
+        self.fault || !self.node_errors.is_empty()
+    }
+
     /// Adds a later pass's findings to this one's.
     pub fn merge(&mut self, later: SyncReport) {
         self.writes.ipvs += later.writes.ipvs;
@@ -102,6 +112,7 @@ impl SyncReport {
         self.errors = later.errors;
         self.draining = later.draining;
         self.drains_pending = later.drains_pending;
+        self.fault |= later.fault;
     }
 }
 
@@ -166,11 +177,16 @@ impl Dataplane {
         let ipvs_before = self.ipvs.as_ref().map(|c| c.writes()).unwrap_or(0);
         let is_backend = |o: &ObjectPlan| o.roles.contains(&NodeRole::Backend);
 
-        tunnel::sync(&self.links, plan, &mut report).await;
+        if !tunnel::sync(&self.links, plan, &mut report).await {
+            report.fault = true;
+        }
         if plan.needs_backend_sysctls() {
             match sysctl::apply(&sysctl::backend_settings(), &mut state.sysctl_originals) {
                 Ok(n) => report.writes.sysctls += n as u64,
-                Err(e) => report.error_for(plan, is_backend, &e.to_string()),
+                Err(e) => {
+                    report.fault = true;
+                    report.error_for(plan, is_backend, &e.to_string());
+                }
             }
         }
         let mapped = match nft::apply(&plan.dnat, &plan.mss).await {
@@ -179,6 +195,7 @@ impl Dataplane {
                 true
             }
             Err(e) => {
+                report.fault = true;
                 report.error_for(plan, is_backend, &format!("port mapping: {e}"));
                 false
             }
@@ -194,6 +211,10 @@ impl Dataplane {
             &mut report,
         )
         .await;
+        let ipvs_needed = !plan.ipvs.is_empty() || !state.ipvs_services.is_empty();
+        if !addresses_read || (ipvs_needed && !outcome.read) {
+            report.fault = true;
+        }
         if addresses_read && outcome.read {
             // Only a completed look at the kernel ends a rebuild: until then
             // each pass tries again.
@@ -218,4 +239,25 @@ fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_node_faults_fail_the_node() {
+        let mut r = SyncReport::default();
+        r.object_error(&ObjectKey::new("a", "b"), "scheduler missing");
+        assert!(!r.node_failed(), "an object's refusal is its own status");
+        r.node_errors.push("list destinations: timed out".into());
+        assert!(r.node_failed());
+        let mut r = SyncReport {
+            fault: true,
+            ..SyncReport::default()
+        };
+        assert!(r.node_failed());
+        r.merge(SyncReport::default());
+        assert!(r.node_failed(), "a later pass does not hide an earlier fault");
+    }
 }
