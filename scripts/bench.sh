@@ -38,10 +38,10 @@ if [ -n "$baseline" ]; then
 		echo "bench: building the baseline tunlb-agent at $rev (release)"
 		mkdir -p "$work/base-src" "$(dirname "$base")"
 		git -C "$root" archive "$rev" | tar -x -C "$work/base-src"
-		# The workspace's target dir: dependencies are shared, only the
-		# workspace crates build twice.
-		(cd "$work/base-src" && CARGO_TARGET_DIR="$root/target" cargo build --release --quiet -p tunlb-agent)
-		cp "$root/target/release/tunlb-agent" "$base.tmp"
+		# A target dir of its own: sharing the workspace's mixes the two
+		# trees' crates (same names and versions, only the path differs).
+		(cd "$work/base-src" && CARGO_TARGET_DIR="$(dirname "$base")/target" cargo build --release --quiet -p tunlb-agent)
+		cp "$(dirname "$base")/target/release/tunlb-agent" "$base.tmp"
 		mv "$base.tmp" "$base"
 	fi
 	bins+=(--bin "$base")
