@@ -258,6 +258,9 @@ mod tests {
         };
         assert!(r.node_failed());
         r.merge(SyncReport::default());
-        assert!(r.node_failed(), "a later pass does not hide an earlier fault");
+        assert!(
+            r.node_failed(),
+            "a later pass does not hide an earlier fault"
+        );
     }
 }
