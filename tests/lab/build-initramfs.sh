@@ -41,6 +41,7 @@ modules=(
 	ipip fou ip_gre ip6_tunnel fou6 ip6_gre
 	veth bridge dummy
 	nf_tables nf_nat nft_nat nft_chain_nat nft_ct nft_masq nft_exthdr
+	nft_numgen
 	virtio_pci virtio_net
 )
 host_bins=(/usr/sbin/ip /usr/sbin/nft /usr/sbin/ipvsadm /usr/bin/curl)

@@ -3,10 +3,12 @@
 //! ServiceAccount and RBAC. The guest scenarios (tests/lab/scenarios/e2e*.sh)
 //! drive kubectl and check traffic.
 
-use tunlb_tests::cluster_lab::run_in_cluster_lab;
+use std::path::PathBuf;
 
-fn assert_cluster_scenario(name: &str) {
-    let (run, operator_log) = match run_in_cluster_lab(name, 600) {
+use tunlb_tests::cluster_lab::{ClusterLabOptions, run_in_cluster_lab_with};
+
+fn assert_cluster_scenario_with(name: &str, opts: &ClusterLabOptions) {
+    let (run, operator_log) = match run_in_cluster_lab_with(name, opts) {
         Ok(r) => r,
         Err(e) => panic!("cluster lab did not start: {e:#}"),
     };
@@ -19,6 +21,16 @@ fn assert_cluster_scenario(name: &str) {
     assert_eq!(run.exit_code, Some(0));
 }
 
+fn assert_cluster_scenario(name: &str) {
+    assert_cluster_scenario_with(
+        name,
+        &ClusterLabOptions {
+            timeout_s: 600,
+            ..Default::default()
+        },
+    );
+}
+
 #[test]
 #[ignore = "needs the QEMU lab and the test control plane: run tests/run.sh"]
 fn seed_scenario_through_kubectl() {
@@ -29,4 +41,49 @@ fn seed_scenario_through_kubectl() {
 #[ignore = "needs the QEMU lab and the test control plane: run tests/run.sh"]
 fn faults_unprogrammable_object_api_outage_and_legacy_object() {
     assert_cluster_scenario("e2e-faults");
+}
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The seed of the chaos schedule: `TUNLB_CHAOS_SEED`, else one from the clock.
+fn chaos_seed() -> u32 {
+    if let Some(seed) = std::env::var("TUNLB_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+    {
+        return seed;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    // Nanoseconds and the pid: two runs started together still differ.
+    now.subsec_nanos() ^ now.as_secs() as u32 ^ std::process::id().rotate_left(16)
+}
+
+#[test]
+#[ignore = "needs the QEMU lab and the test control plane: run tests/run.sh"]
+fn chaos_churn_and_agent_kills_converge_to_the_plan() {
+    let seed = chaos_seed();
+    println!("chaos seed {seed}: TUNLB_CHAOS_SEED={seed} replays this schedule");
+    let dir = TempDir(std::env::temp_dir().join(format!("tunlb-chaos-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap_or_else(|e| panic!("{}: {e}", dir.0.display()));
+    std::fs::write(dir.0.join("seed"), format!("{seed}\n"))
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.0.display()));
+    assert_cluster_scenario_with(
+        "e2e-chaos",
+        &ClusterLabOptions {
+            timeout_s: 600,
+            // The churned VirtualServices take their VIPs from here.
+            vip_cidrs: vec!["10.77.0.0/16".into()],
+            extra_dirs: vec![(dir.0.clone(), "/chaos".into())],
+            ..Default::default()
+        },
+    );
 }

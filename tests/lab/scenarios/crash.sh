@@ -5,7 +5,9 @@
 #     everything, a weight edit reaches every service, and delete leaves nothing;
 # (b) an empty, truncated or garbled state.json: apply succeeds, warns, moves
 #     the file aside, the kernel matches the plan and foreign state survives;
-# (c) two agents on one state dir: the second is refused and names the first.
+# (c) two agents on one state dir: the second is refused and names the first;
+# (d) records of a service and an address someone removed by hand: apply and
+#     delete succeed, drop the stale records and touch nothing foreign.
 . /scenarios/common.sh
 OTHER=10.9.9.9
 STATE=/tmp/state-director
@@ -181,6 +183,57 @@ lab_assert_eq "the first programmed everything" "$N $N" "$(services 10.77) $(vip
 out="$(agent director delete -f /tmp/crash/big.yaml 2>&1)"
 lab_assert_eq "final delete leaves nothing of ours" "0 0 0" "$? $(services 10.77) $(vips 10.77)"
 lab_assert_eq "and foreign state as it was" "$theirs" "$(ipvs_rows director)"
+
+# --- (d) records of kernel objects removed by hand -------------------------------
+# The state file records an IPVS service and a VIP address that someone then
+# deleted by hand; others reuse the VIP: their own service on another port,
+# the address on their own interface. The object moves to a new VIP, so the
+# records are stale: apply succeeds, drops them and touches nothing else. A
+# delete whose objects were all removed by hand succeeds too.
+svc_rec='"vip":"10.78.0.1","port":80'
+addr_rec='"interface":"tunl0","address":"10.78.0.1"'
+records() { echo "$(grep -cF "$svc_rec" "$STATE/state.json") $(grep -cF "$addr_rec" "$STATE/state.json")"; }
+at_old_vip() { echo "$(ns_exec director ipvsadm -Ln | grep -c '^TCP  10\.78\.0\.1:80 ') $(ns_exec director "$IP" -o addr show dev tunl0 | grep -c ' inet 10\.78\.0\.1/')"; }
+out="$(agent director apply -f /tmp/crash/small.yaml 2>&1)"
+lab_assert_eq "removed by hand: setup apply exits 0" 0 "$?"
+lab_assert_eq "removed by hand: the state file records the service and the address" "1 1" "$(records)"
+ns_exec director ipvsadm -D -t 10.78.0.1:80
+ns_exec director "$IP" addr del 10.78.0.1/32 dev tunl0
+lab_assert_eq "removed by hand: neither is in the kernel" "0 0" "$(at_old_vip)"
+ns_exec director ipvsadm -A -t 10.78.0.1:8080 -s rr
+ns_exec director ipvsadm -a -t 10.78.0.1:8080 -r "$RS2:8080" -i -w 2
+ns_exec director "$IP" addr add 10.78.0.1/32 dev dummy0
+foreign_now() {
+	ns_exec director ipvsadm -Ln -t 10.78.0.1:8080
+	ns_exec director ipvsadm -Ln -t "$OTHER:80"
+	ns_exec director "$IP" -o addr show dev dummy0
+}
+foreign_before="$(foreign_now)"
+sed 's/^  vip: 10\.78\.0\.1$/  vip: 10.78.9.1/' /tmp/crash/small.yaml >/tmp/crash/small-moved.yaml
+out="$(agent director apply -f /tmp/crash/small-moved.yaml 2>&1)"
+rc=$?
+echo "$out" | tail -3
+lab_assert_eq "removed by hand: apply of the moved object exits 0" 0 "$rc"
+lab_assert_eq "removed by hand: it reports no error" "" "$(echo "$out" | grep -i error)"
+lab_assert_eq "removed by hand: the stale records are dropped" "0 0" "$(records)"
+lab_assert_eq "removed by hand: nothing of tunlb's returns at the old VIP" "0 0" "$(at_old_vip)"
+lab_assert_eq "removed by hand: the moved object is programmed at its new VIP" "1 1" \
+	"$(ns_exec director ipvsadm -Ln | grep -c '^TCP  10\.78\.9\.1:80 ') $(vips 10.78.9)"
+lab_assert_eq "removed by hand: the other objects are untouched" "19 $((19 * DESTS)) 19" \
+	"$(ns_exec director ipvsadm -Ln | grep -c '^TCP  10\.78\.0\.[0-9]*:80 ') $(dest_rows 10.78.0 1) $(vips 10.78.0)"
+lab_assert_same "removed by hand: the foreign service and addresses are untouched" "$foreign_before" "$(foreign_now)"
+ns_exec director ipvsadm -D -t 10.78.0.2:80
+ns_exec director "$IP" addr del 10.78.0.2/32 dev tunl0
+out="$(agent director delete -f /tmp/crash/small-moved.yaml 2>&1)"
+rc=$?
+echo "$out" | tail -3
+lab_assert_eq "removed by hand: delete exits 0" 0 "$rc"
+lab_assert_eq "removed by hand: no record of the deleted objects is left" 0 "$(grep -c '10\.78\.' "$STATE/state.json")"
+lab_assert_eq "removed by hand: nothing of tunlb's is left" "0 0" \
+	"$(ns_exec director ipvsadm -Ln | grep -c '^TCP  10\.78\..*:80 ') $(vips 10.78)"
+lab_assert_same "removed by hand: the foreign service and addresses are still untouched" "$foreign_before" "$(foreign_now)"
+ns_exec director ipvsadm -D -t 10.78.0.1:8080
+ns_exec director "$IP" addr del 10.78.0.1/32 dev dummy0
 
 topo_cleanup
 lab_summary
