@@ -181,7 +181,15 @@ impl Dataplane {
             report.fault = true;
         }
         if plan.needs_backend_sysctls() {
-            match sysctl::apply(&sysctl::backend_settings(), &mut state.sysctl_originals) {
+            // The values to restore are made durable before they are
+            // overwritten: a kill between the two would lose them.
+            let mut originals = std::mem::take(&mut state.sysctl_originals);
+            let res = sysctl::apply(&sysctl::backend_settings(), &mut originals, |o| {
+                state.sysctl_originals = o.clone();
+                journal.record(state)
+            });
+            state.sysctl_originals = originals;
+            match res {
                 Ok(n) => report.writes.sysctls += n as u64,
                 Err(e) => {
                     report.fault = true;

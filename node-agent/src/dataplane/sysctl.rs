@@ -30,10 +30,18 @@ pub enum SysctlError {
 
 /// A sysctl by its dotted name, e.g. `net.ipv4.conf.all.rp_filter`.
 pub fn path_of(name: &str) -> PathBuf {
-    // In a container the host's /proc/sys/net is mounted elsewhere (TUNLB_PROC_SYS).
-    let root = std::env::var_os("TUNLB_PROC_SYS")
+    in_root(&root(), name)
+}
+
+/// Where sysctls live: in a container the host's /proc/sys/net is mounted
+/// elsewhere (TUNLB_PROC_SYS).
+fn root() -> PathBuf {
+    std::env::var_os("TUNLB_PROC_SYS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/proc/sys"));
+        .unwrap_or_else(|| PathBuf::from("/proc/sys"))
+}
+
+fn in_root(root: &std::path::Path, name: &str) -> PathBuf {
     root.join(name.replace('.', "/"))
 }
 
@@ -49,7 +57,11 @@ pub fn backend_settings() -> Vec<(String, String)> {
 }
 
 pub fn read(name: &str) -> Result<String, SysctlError> {
-    let path = path_of(name);
+    read_in(&root(), name)
+}
+
+fn read_in(root: &std::path::Path, name: &str) -> Result<String, SysctlError> {
+    let path = in_root(root, name);
     std::fs::read_to_string(&path)
         .map(|s| s.trim().to_string())
         .map_err(|source| SysctlError::Read {
@@ -59,7 +71,11 @@ pub fn read(name: &str) -> Result<String, SysctlError> {
 }
 
 pub fn write(name: &str, value: &str) -> Result<(), SysctlError> {
-    let path = path_of(name);
+    write_in(&root(), name, value)
+}
+
+fn write_in(root: &std::path::Path, name: &str, value: &str) -> Result<(), SysctlError> {
+    let path = in_root(root, name);
     std::fs::write(&path, value).map_err(|source| SysctlError::Write {
         path: path.display().to_string(),
         value: value.to_string(),
@@ -113,24 +129,52 @@ pub fn restore_diff(
     writes
 }
 
-fn read_all(wanted: &[(String, String)]) -> Result<BTreeMap<String, String>, SysctlError> {
+fn read_all(
+    root: &std::path::Path,
+    wanted: &[(String, String)],
+) -> Result<BTreeMap<String, String>, SysctlError> {
     wanted
         .iter()
-        .map(|(name, _)| Ok((name.clone(), read(name)?)))
+        .map(|(name, _)| Ok((name.clone(), read_in(root, name)?)))
         .collect()
 }
 
-/// Applies `wanted`; see [`diff`]. Returns writes made.
-pub fn apply(
+/// Applies `wanted`; see [`diff`]. `record` runs before the first write
+/// whenever `originals` gained an entry, so the values to restore are
+/// durable before they are overwritten. Returns writes made.
+pub fn apply<E: std::error::Error + 'static>(
     wanted: &[(String, String)],
     originals: &mut BTreeMap<String, String>,
-) -> Result<usize, SysctlError> {
-    let current = read_all(wanted)?;
+    record: impl FnOnce(&BTreeMap<String, String>) -> Result<(), E>,
+) -> Result<usize, ApplyError<E>> {
+    apply_in(&root(), wanted, originals, record)
+}
+
+fn apply_in<E: std::error::Error + 'static>(
+    root: &std::path::Path,
+    wanted: &[(String, String)],
+    originals: &mut BTreeMap<String, String>,
+    record: impl FnOnce(&BTreeMap<String, String>) -> Result<(), E>,
+) -> Result<usize, ApplyError<E>> {
+    let current = read_all(root, wanted).map_err(ApplyError::Sysctl)?;
+    let known = originals.len();
     let writes = diff(wanted, &current, originals);
+    if originals.len() != known {
+        record(originals).map_err(ApplyError::Record)?;
+    }
     for (name, value) in &writes {
-        write(name, value)?;
+        write_in(root, name, value).map_err(ApplyError::Sysctl)?;
     }
     Ok(writes.len())
+}
+
+/// Why [`apply`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError<E: std::error::Error + 'static> {
+    #[error(transparent)]
+    Sysctl(SysctlError),
+    #[error("cannot record the sysctls' original values before changing them: {0}")]
+    Record(#[source] E),
 }
 
 /// Restores what tunlb changed; see [`restore_diff`]. Returns writes made.
@@ -189,5 +233,37 @@ mod tests {
         let writes = restore_diff(&wanted, &map(&[("a", "1"), ("b", "9")]), &mut originals);
         assert_eq!(writes, pairs(&[("a", "0")]));
         assert!(originals.is_empty());
+    }
+
+    #[test]
+    fn originals_are_recorded_before_the_first_write() {
+        let root = std::env::temp_dir().join(format!("tunlb-sysctl-{}", std::process::id()));
+        let file = root.join("net/ipv4/conf/all/rp_filter");
+        std::fs::create_dir_all(file.parent().unwrap_or(&root)).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&file, "1\n").unwrap_or_else(|e| panic!("{e}"));
+        let wanted = pairs(&[("net.ipv4.conf.all.rp_filter", "0")]);
+        let read_file = || std::fs::read_to_string(&file).unwrap_or_default();
+
+        let mut originals = BTreeMap::new();
+        let mut seen = None;
+        let n = apply_in(&root, &wanted, &mut originals, |o| {
+            seen = Some((read_file(), o.clone()));
+            Ok::<(), std::io::Error>(())
+        });
+        assert_eq!(n.ok(), Some(1));
+        let (before, recorded) = seen.unwrap_or_default();
+        assert_eq!(before.trim(), "1", "recorded before the write");
+        assert_eq!(recorded, map(&[("net.ipv4.conf.all.rp_filter", "1")]));
+        assert_eq!(read_file().trim(), "0");
+
+        // A record that fails leaves the sysctl as it was.
+        std::fs::write(&file, "1\n").unwrap_or_else(|e| panic!("{e}"));
+        let mut originals = BTreeMap::new();
+        let res = apply_in(&root, &wanted, &mut originals, |_| {
+            Err(std::io::Error::other("disk full"))
+        });
+        assert!(matches!(res, Err(ApplyError::Record(_))));
+        assert_eq!(read_file().trim(), "1");
+        let _ = std::fs::remove_dir_all(&root);
     }
 }
