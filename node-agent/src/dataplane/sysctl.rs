@@ -28,11 +28,6 @@ pub enum SysctlError {
     },
 }
 
-/// A sysctl by its dotted name, e.g. `net.ipv4.conf.all.rp_filter`.
-pub fn path_of(name: &str) -> PathBuf {
-    in_root(&root(), name)
-}
-
 /// Where sysctls live: in a container the host's /proc/sys/net is mounted
 /// elsewhere (TUNLB_PROC_SYS).
 fn root() -> PathBuf {
@@ -41,6 +36,7 @@ fn root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/proc/sys"))
 }
 
+/// A sysctl by its dotted name, e.g. `net.ipv4.conf.all.rp_filter`.
 fn in_root(root: &std::path::Path, name: &str) -> PathBuf {
     root.join(name.replace('.', "/"))
 }
