@@ -10,8 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::selector::selector_matches;
 use crate::types::{
-    DEFAULT_DIRECTOR_LABEL, DEFAULT_VIP_INTERFACE, NodeRole, Protocol, RealServer,
-    VirtualServiceSpec,
+    DEFAULT_DIRECTOR_LABEL, NodeRole, Protocol, RealServer, TunnelKind, VirtualServiceSpec,
 };
 use crate::validate::{ValidService, ValidTunnel, validate};
 
@@ -59,6 +58,27 @@ pub struct NodeIdentity {
     /// a VIP equal to one of them is refused.
     pub addresses: BTreeSet<IpAddr>,
     pub labels: BTreeMap<String, String>,
+    /// The running kernel's (major, minor), when known: directors refuse
+    /// encapsulations their IPVS cannot do instead of degrading them.
+    pub kernel: Option<(u32, u32)>,
+}
+
+/// (major, minor) of a kernel release string such as `6.1.0-57-amd64`.
+pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.trim().split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// The first kernel whose IPVS can encapsulate with `kind`: older ones
+/// ignore the tunnel type and send IPIP, which a GUE or GRE backend drops.
+pub fn ipvs_tunnel_min_kernel(kind: TunnelKind) -> (u32, u32) {
+    match kind {
+        TunnelKind::Ipip => (0, 0),
+        TunnelKind::Gue => (5, 2),
+        TunnelKind::Gre => (5, 3),
+    }
 }
 
 /// Identifies one IPVS virtual service.
@@ -127,6 +147,124 @@ pub struct MssRule {
     pub mss: u16,
 }
 
+/// A kernel tunnel device tunlb relies on. Each is the per-namespace
+/// fallback device its module creates on load: it receives every packet of
+/// its encapsulation that no more specific tunnel claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TunnelDevice {
+    /// ipip: receives IPv4-in-IPv4 (also what a GUE port decapsulates to),
+    /// and holds IPv4 VIPs.
+    Tunl0,
+    /// ip_gre: receives GRE over IPv4.
+    Gre0,
+    /// ip6_tunnel: receives IPv6-in-IPv6 (also what an IPv6 GUE port
+    /// decapsulates to), and holds IPv6 VIPs.
+    Ip6tnl0,
+    /// ip6_gre: receives GRE over IPv6.
+    Ip6gre0,
+}
+
+impl TunnelDevice {
+    pub const ALL: [TunnelDevice; 4] = [
+        TunnelDevice::Tunl0,
+        TunnelDevice::Gre0,
+        TunnelDevice::Ip6tnl0,
+        TunnelDevice::Ip6gre0,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TunnelDevice::Tunl0 => "tunl0",
+            TunnelDevice::Gre0 => "gre0",
+            TunnelDevice::Ip6tnl0 => "ip6tnl0",
+            TunnelDevice::Ip6gre0 => "ip6gre0",
+        }
+    }
+
+    /// The rtnetlink link kind; creating a link of this kind loads the module.
+    pub fn kind(self) -> &'static str {
+        match self {
+            TunnelDevice::Tunl0 => "ipip",
+            TunnelDevice::Gre0 => "gre",
+            TunnelDevice::Ip6tnl0 => "ip6tnl",
+            TunnelDevice::Ip6gre0 => "ip6gre",
+        }
+    }
+
+    /// The kernel module that provides it.
+    pub fn module(self) -> &'static str {
+        match self {
+            TunnelDevice::Tunl0 => "ipip",
+            TunnelDevice::Gre0 => "ip_gre",
+            TunnelDevice::Ip6tnl0 => "ip6_tunnel",
+            TunnelDevice::Ip6gre0 => "ip6_gre",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<TunnelDevice> {
+        TunnelDevice::ALL.into_iter().find(|d| d.name() == name)
+    }
+
+    /// The device that holds VIPs of this family on backends.
+    pub fn vip_holder(vip: IpAddr) -> TunnelDevice {
+        match vip {
+            IpAddr::V4(_) => TunnelDevice::Tunl0,
+            IpAddr::V6(_) => TunnelDevice::Ip6tnl0,
+        }
+    }
+}
+
+/// A FOU receive port in GUE mode: UDP on `port` over IPv4 or IPv6 is
+/// decapsulated and handed to the protocol the GUE header names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FouPort {
+    pub port: u16,
+    pub ipv6: bool,
+}
+
+impl FouPort {
+    /// The kernel module that provides it (for both families: receiving
+    /// needs only fou, fou6 adds IPv6 tunnels' transmit side).
+    pub fn module(self) -> &'static str {
+        "fou"
+    }
+}
+
+impl fmt::Display for FouPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let family = if self.ipv6 { "IPv6" } else { "IPv4" };
+        write!(f, "GUE port {} ({family})", self.port)
+    }
+}
+
+/// What a backend needs to receive `tunnel` for `vip`: the devices that
+/// decapsulate and hold the VIP, and the GUE port if there is one.
+pub fn backend_receivers(
+    vip: IpAddr,
+    tunnel: &ValidTunnel,
+) -> (Vec<TunnelDevice>, Option<FouPort>) {
+    let holder = TunnelDevice::vip_holder(vip);
+    let ipv6 = vip.is_ipv6();
+    match tunnel.kind {
+        TunnelKind::Ipip => (vec![holder], None),
+        TunnelKind::Gue => (
+            vec![holder],
+            Some(FouPort {
+                port: tunnel.port,
+                ipv6,
+            }),
+        ),
+        TunnelKind::Gre => {
+            let gre = if ipv6 {
+                TunnelDevice::Ip6gre0
+            } else {
+                TunnelDevice::Gre0
+            };
+            (vec![holder, gre], None)
+        }
+    }
+}
+
 /// What planning concluded for one object on this node.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ObjectPlan {
@@ -134,6 +272,8 @@ pub struct ObjectPlan {
     pub roles: BTreeSet<NodeRole>,
     /// The VIP, once the object validated.
     pub vip: Option<IpAddr>,
+    /// The encapsulation, once the object validated.
+    pub tunnel: Option<ValidTunnel>,
     /// Why this object is not (fully) programmed here.
     pub error: Option<String>,
 }
@@ -143,8 +283,14 @@ pub struct ObjectPlan {
 pub struct NodePlan {
     pub ipvs: BTreeMap<IpvsKey, IpvsService>,
     pub director_vips: BTreeSet<VipBinding>,
-    /// VIPs on tunl0 for decapsulated traffic.
+    /// VIPs backends hold for decapsulated traffic, on their family's
+    /// [`TunnelDevice::vip_holder`].
     pub backend_vips: BTreeSet<IpAddr>,
+    /// Tunnel devices that must be up: backends' receivers and VIP holders,
+    /// and directors' VIP interfaces when they are tunnel devices.
+    pub tunnel_devices: BTreeSet<TunnelDevice>,
+    /// GUE ports backends receive on.
+    pub fou_ports: BTreeSet<FouPort>,
     pub dnat: Vec<DnatRule>,
     pub mss: Vec<MssRule>,
     pub objects: BTreeMap<ObjectKey, ObjectPlan>,
@@ -152,19 +298,11 @@ pub struct NodePlan {
 
 impl NodePlan {
     /// Backend sysctls (arp_ignore/arp_announce/rp_filter) are needed while any
-    /// VIP sits on tunl0.
-    /// A director's VIP on tunl0 must stay ARP-visible, so only backends need them.
+    /// IPv4 VIP sits on tunl0. A director's VIP on tunl0 must stay
+    /// ARP-visible, so only backends need them. IPv6 has no counterpart:
+    /// neighbour discovery answers only for addresses on the interface asked.
     pub fn needs_backend_sysctls(&self) -> bool {
-        !self.backend_vips.is_empty()
-    }
-
-    /// tunl0 must exist when a backend or a director holds a VIP on it.
-    pub fn needs_tunl0(&self) -> bool {
-        self.needs_backend_sysctls()
-            || self
-                .director_vips
-                .iter()
-                .any(|v| v.interface == DEFAULT_VIP_INTERFACE)
+        self.backend_vips.iter().any(IpAddr::is_ipv4)
     }
 
     /// Kernel modules this plan relies on (schedulers, tunnel drivers).
@@ -176,8 +314,11 @@ impl NodePlan {
         for s in self.ipvs.values() {
             m.insert(format!("ip_vs_{}", s.scheduler));
         }
-        if self.needs_tunl0() {
-            m.insert("ipip".to_string());
+        for d in &self.tunnel_devices {
+            m.insert(d.module().to_string());
+        }
+        for p in &self.fou_ports {
+            m.insert(p.module().to_string());
         }
         m
     }
@@ -373,6 +514,7 @@ fn plan_object(
 ) -> Result<(), String> {
     let valid = validate(input.spec).map_err(|e| e.to_string())?;
     report.vip = Some(valid.vip);
+    report.tunnel = Some(valid.tunnel);
 
     // Conflicts are judged on every node identically, so all agree on the winner.
     let keys = ipvs_keys(&valid);
@@ -444,6 +586,20 @@ fn plan_claimed(
     }
 
     if is_director {
+        let need = ipvs_tunnel_min_kernel(valid.tunnel.kind);
+        if let Some(have) = node.kernel
+            && have < need
+        {
+            return Err(format!(
+                "spec.tunnel.type: {} encapsulation needs IPVS from Linux {}.{} or later; director {} runs {}.{}",
+                crate::validate::tunnel_name(valid.tunnel.kind),
+                need.0,
+                need.1,
+                node.name,
+                have.0,
+                have.1
+            ));
+        }
         let netmask = match valid.vip {
             IpAddr::V4(_) => ipv4_mask(valid.prefix_length),
             IpAddr::V6(_) => u32::from(valid.prefix_length),
@@ -469,6 +625,9 @@ fn plan_claimed(
                 },
             );
         }
+        if let Some(d) = TunnelDevice::from_name(&valid.director_interface) {
+            plan.tunnel_devices.insert(d);
+        }
         plan.director_vips.insert(VipBinding {
             address: valid.vip,
             interface: valid.director_interface.clone(),
@@ -477,6 +636,9 @@ fn plan_claimed(
 
     if is_backend {
         plan.backend_vips.insert(valid.vip);
+        let (devices, fou) = backend_receivers(valid.vip, &valid.tunnel);
+        plan.tunnel_devices.extend(devices);
+        plan.fou_ports.extend(fou);
         let me: Vec<&Resolved> = resolved.iter().filter(|r| r.is_self).collect();
         for (idx, port) in valid.ports.iter().enumerate() {
             let endpoint_targets: Vec<(Option<IpAddr>, u16)> = me
@@ -537,6 +699,7 @@ backends:
             name: "ds".into(),
             addresses: ["192.168.56.181".parse().unwrap_or_else(|_| unreachable!())].into(),
             labels: [("tunlb.io/director".to_string(), "true".to_string())].into(),
+            kernel: None,
         }
     }
 
@@ -545,6 +708,7 @@ backends:
             name: "rs1".into(),
             addresses: ["192.168.56.183".parse().unwrap_or_else(|_| unreachable!())].into(),
             labels: BTreeMap::new(),
+            kernel: None,
         }
     }
 
@@ -633,6 +797,7 @@ backends: {static: [{address: 192.168.56.183}, {address: 192.168.56.184}]}
             name: "x".into(),
             addresses: [ip("10.0.0.9")].into(),
             labels: BTreeMap::new(),
+            kernel: None,
         };
         let p = plan_node(&[input("web", &s)], &other);
         assert_eq!(p.ipvs.len() + p.backend_vips.len() + p.dnat.len(), 0);
@@ -799,6 +964,149 @@ backends: {service: {name: web}}
         assert_eq!(
             p.required_modules().into_iter().collect::<Vec<_>>(),
             vec!["ip_vs", "ip_vs_wrr", "ipip"]
+        );
+    }
+
+    const V6: &str = r#"
+vip: "fd00:56::185"
+ports: [{port: 80}]
+tunnel: {type: gre}
+backends:
+  static:
+  - {address: "fd00:56::3"}
+  - {address: "fd00:56::4"}
+"#;
+
+    fn rs1_v6() -> NodeIdentity {
+        NodeIdentity {
+            name: "rs1".into(),
+            addresses: [ip("fd00:56::3")].into(),
+            ..NodeIdentity::default()
+        }
+    }
+
+    #[test]
+    fn receivers_follow_tunnel_type_and_family() {
+        let gue = SEED.replace(
+            "scheduler: wrr",
+            "scheduler: wrr\ntunnel: {type: gue, port: 6080}",
+        );
+        let s = spec(&gue);
+        let p = plan_node(&[input("web", &s)], &rs1());
+        assert_eq!(
+            p.tunnel_devices,
+            BTreeSet::from([TunnelDevice::Tunl0]),
+            "GUE decapsulates to tunl0"
+        );
+        assert_eq!(
+            p.fou_ports,
+            BTreeSet::from([FouPort {
+                port: 6080,
+                ipv6: false
+            }])
+        );
+        assert!(p.needs_backend_sysctls());
+        assert_eq!(
+            p.required_modules().into_iter().collect::<Vec<_>>(),
+            vec!["fou", "ipip"]
+        );
+
+        let s = spec(V6);
+        let p = plan_node(&[input("web6", &s)], &rs1_v6());
+        assert_eq!(p.backend_vips, BTreeSet::from([ip("fd00:56::185")]));
+        assert_eq!(
+            p.tunnel_devices,
+            BTreeSet::from([TunnelDevice::Ip6tnl0, TunnelDevice::Ip6gre0])
+        );
+        assert!(p.fou_ports.is_empty());
+        assert!(
+            !p.needs_backend_sysctls(),
+            "IPv6 has no arp_ignore or rp_filter to set"
+        );
+
+        // A director holds an IPv6 VIP on ip6tnl0 unless told otherwise.
+        let mut d = director();
+        d.addresses = [ip("fd00:56::2")].into();
+        let p = plan_node(&[input("web6", &s)], &d);
+        assert!(p.director_vips.contains(&VipBinding {
+            address: ip("fd00:56::185"),
+            interface: "ip6tnl0".into()
+        }));
+        assert_eq!(p.tunnel_devices, BTreeSet::from([TunnelDevice::Ip6tnl0]));
+    }
+
+    #[test]
+    fn director_refuses_an_encapsulation_its_kernel_lacks() {
+        assert_eq!(kernel_version("6.1.0-57-amd64"), Some((6, 1)));
+        assert_eq!(kernel_version("5.10.0"), Some((5, 10)));
+        assert_eq!(kernel_version("garbage"), None);
+        let gre = SEED.replace("scheduler: wrr", "scheduler: wrr\ntunnel: {type: gre}");
+        let s = spec(&gre);
+        let mut d = director();
+        d.kernel = Some((5, 2));
+        let p = plan_node(&[input("web", &s)], &d);
+        assert!(p.ipvs.is_empty(), "nothing programmed");
+        let err = p.objects[&ObjectKey::new("default", "web")]
+            .error
+            .clone()
+            .unwrap_or_default();
+        assert_eq!(
+            err,
+            "spec.tunnel.type: gre encapsulation needs IPVS from Linux 5.3 or later; director ds runs 5.2"
+        );
+        d.kernel = Some((5, 3));
+        assert_eq!(plan_node(&[input("web", &s)], &d).ipvs.len(), 1);
+    }
+
+    #[test]
+    fn mss_arithmetic_per_encapsulation() {
+        use crate::validate::{TUNNEL_FLAG_CSUM, TUNNEL_FLAG_REMCSUM};
+        let t = |kind, flags| ValidTunnel {
+            kind,
+            port: 6080,
+            flags,
+        };
+        let cases = [
+            (t(TunnelKind::Ipip, 0), false, 1440),
+            (t(TunnelKind::Gue, 0), false, 1428),
+            (t(TunnelKind::Gue, TUNNEL_FLAG_CSUM), false, 1428),
+            (t(TunnelKind::Gue, TUNNEL_FLAG_REMCSUM), false, 1420),
+            (t(TunnelKind::Gre, 0), false, 1436),
+            (t(TunnelKind::Ipip, 0), true, 1400),
+            (t(TunnelKind::Gue, 0), true, 1388),
+            (t(TunnelKind::Gre, 0), true, 1396),
+        ];
+        for (tunnel, ipv6, mss) in cases {
+            assert_eq!(
+                tunnel.mss_for_mtu(ipv6, 1500),
+                mss,
+                "{tunnel:?} ipv6={ipv6}"
+            );
+        }
+    }
+
+    #[test]
+    fn tunnel_device_of_the_wrong_family_is_refused() {
+        let bad = V6.replace("tunnel: {type: gre}", "directors: {interface: tunl0}");
+        let e = validate(&spec(&bad))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("spec.directors.interface: tunl0 cannot hold fd00:56::185"),
+            "{e}"
+        );
+        let bad = SEED.replace(
+            "scheduler: wrr",
+            "scheduler: wrr\ntunnel: {type: gre, checksum: csum}",
+        );
+        let e = validate(&spec(&bad))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("spec.tunnel.checksum: gre with checksums is not supported"),
+            "{e}"
         );
     }
 }

@@ -9,8 +9,11 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// The interface a director puts the VIP on unless told otherwise.
+/// The interface a director puts an IPv4 VIP on unless told otherwise.
 pub const DEFAULT_VIP_INTERFACE: &str = "tunl0";
+/// The interface a director puts an IPv6 VIP on unless told otherwise: the
+/// ip6_tunnel module's fallback device, the IPv6 counterpart of tunl0.
+pub const DEFAULT_VIP_INTERFACE_V6: &str = "ip6tnl0";
 /// Node label that selects directors when `spec.directors.nodeSelector` is absent.
 pub const DEFAULT_DIRECTOR_LABEL: &str = "tunlb.io/director";
 
@@ -38,6 +41,7 @@ pub const DEFAULT_DIRECTOR_LABEL: &str = "tunlb.io/director";
     validation = Rule::new("!has(self.onePacket) || !self.onePacket || self.ports.exists(p, p.protocol == 'UDP')").message("one-packet scheduling applies to UDP and this service has no UDP port").field_path(".onePacket"),
     validation = Rule::new("!has(self.backends.static) || !isIP(self.vip) || self.backends.static.all(b, !isIP(b.address) || ip(b.address).family() == ip(self.vip).family())").message("real server addresses must be of the VIP's address family").field_path(".backends.static"),
     validation = Rule::new("!has(self.backends.static) || self.backends.static.all(b, b.address != self.vip)").message("a real server cannot be the VIP itself").field_path(".backends.static"),
+    validation = Rule::new("!has(self.directors) || !has(self.directors.interface) || !isIP(self.vip) || (ip(self.vip).family() == 4 ? self.directors.interface != 'ip6tnl0' : self.directors.interface != 'tunl0')").message("tunl0 holds IPv4 VIPs and ip6tnl0 IPv6 VIPs: choose the one of the VIP's family, or an ordinary interface").field_path(".directors.interface"),
     validation = Rule::new("!has(self.persistence) || !has(self.persistence.prefixLength) || !isIP(self.vip) || ip(self.vip).family() == 6 || self.persistence.prefixLength <= 32").message("prefixLength must be 0-32 for an IPv4 VIP").field_path(".persistence.prefixLength")
 )]
 #[serde(rename_all = "camelCase")]
@@ -305,22 +309,30 @@ pub struct Persistence {
     validation = Rule::new("self.type != 'gue' || has(self.port)").message("gue encapsulation needs a UDP port").field_path(".port"),
     validation = Rule::new("!has(self.port) || self.type == 'gue'").message("only gue uses a port").field_path(".port"),
     validation = Rule::new("!has(self.checksum) || self.checksum == 'none' || self.type != 'ipip'").message("ipip has no checksum option (csum and remcsum need gue or gre)").field_path(".checksum"),
-    validation = Rule::new("!has(self.checksum) || self.checksum != 'remcsum' || self.type == 'gue'").message("remcsum is only available with gue").field_path(".checksum")
+    validation = Rule::new("!has(self.checksum) || self.checksum != 'remcsum' || self.type == 'gue'").message("remcsum is only available with gue").field_path(".checksum"),
+    validation = Rule::new("!has(self.checksum) || self.checksum != 'csum' || self.type != 'gre'").message("gre with checksums is not supported: backends receive GRE on the kernel's fallback device gre0, which drops checksummed GRE packets; use gue with csum").field_path(".checksum")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct Tunnel {
-    /// ipip (default), gue (needs `port`, kernel >= 5.2) or gre (kernel >= 5.3).
+    /// ipip (default; ip6ip6 for an IPv6 VIP), gue (needs `port`; directors
+    /// need Linux 5.2+, backends the fou module and the UDP port open) or gre
+    /// (directors need Linux 5.3+, backends ip_gre or ip6_gre).
     #[serde(default, rename = "type")]
     pub kind: TunnelKind,
     /// UDP destination port for GUE encapsulation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i32>,
-    /// Checksum option for gue/gre: none (default), csum or remcsum (gue only).
+    /// Checksum option for gue: none (default), csum or remcsum. gre takes
+    /// none only: backends receive GRE on the kernel's fallback device,
+    /// which drops checksummed GRE packets.
     #[serde(default)]
     pub checksum: TunnelChecksum,
-    /// Clamp the TCP MSS that backends announce on connections to the VIP, so that
-    /// encapsulated packets fit the path MTU (1500 - 20 bytes of IPIP - 40 = 1440).
+    /// Clamp the TCP MSS that backends announce on connections to the VIP, so
+    /// that encapsulated packets fit the path MTU. Unset: no clamp. For a
+    /// 1500-byte path: IPv4 ipip 1440 (20 bytes of outer header), gue 1428
+    /// (20 + 8 UDP + 4 GUE; remcsum 1420), gre 1436 (20 + 4); IPv6 ip6ip6
+    /// 1400 (40 + 60 of inner headers), gue 1388, gre 1396.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 536, max = 9000))]
     pub mss_clamp: Option<i32>,
@@ -378,16 +390,25 @@ pub struct Directors {
     /// `tunlb.io/director: "true"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<LabelSelector>,
-    /// Interface that holds the VIP on directors: tunl0 (default) or an ordinary
-    /// interface such as eth0, whose neighbours then learn the VIP by ARP.
+    /// Interface that holds the VIP on directors: by default tunl0 for an IPv4
+    /// VIP (the director answers ARP for it on every interface) and ip6tnl0
+    /// for an IPv6 VIP. Linux answers IPv6 neighbour solicitations only for
+    /// addresses on the interface they arrive on, so an IPv6 VIP on ip6tnl0
+    /// must be routed to the directors; for clients on the directors' own
+    /// link, name that interface (e.g. eth0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[^/:\s]{1,15}$"))]
     pub interface: Option<String>,
 }
 
 impl Directors {
-    pub fn vip_interface(&self) -> &str {
-        self.interface.as_deref().unwrap_or(DEFAULT_VIP_INTERFACE)
+    /// The interface that holds a VIP of this family (`ipv6`) on directors.
+    pub fn vip_interface(&self, ipv6: bool) -> &str {
+        match (&self.interface, ipv6) {
+            (Some(i), _) => i,
+            (None, false) => DEFAULT_VIP_INTERFACE,
+            (None, true) => DEFAULT_VIP_INTERFACE_V6,
+        }
     }
 }
 

@@ -9,7 +9,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::types::{
-    Protocol, Scheduler, SchedulerFlag, TunnelChecksum, TunnelKind, VirtualServiceSpec,
+    DEFAULT_VIP_INTERFACE, DEFAULT_VIP_INTERFACE_V6, Protocol, Scheduler, SchedulerFlag,
+    TunnelChecksum, TunnelKind, VirtualServiceSpec,
 };
 
 /// One problem with one field.
@@ -84,8 +85,37 @@ pub struct ValidTunnel {
     pub flags: u16,
 }
 
+/// Why gre with checksums is refused.
+pub const GRE_CSUM_REFUSED: &str = "gre with checksums is not supported: backends receive GRE on the kernel's fallback device gre0, which drops checksummed GRE packets; use gue with csum";
+
 pub const TUNNEL_FLAG_CSUM: u16 = 1;
 pub const TUNNEL_FLAG_REMCSUM: u16 = 2;
+
+impl ValidTunnel {
+    /// Bytes the encapsulation adds to each packet for a VIP of this family:
+    /// the outer IP header (20 or 40), plus UDP (8) and the GUE header (4,
+    /// and 8 more for remcsum's private flags and option) for gue, or the
+    /// GRE header (4, and 4 more with a checksum) for gre.
+    pub fn overhead(&self, ipv6: bool) -> u16 {
+        let outer = if ipv6 { 40 } else { 20 };
+        outer
+            + match self.kind {
+                TunnelKind::Ipip => 0,
+                TunnelKind::Gue if self.flags & TUNNEL_FLAG_REMCSUM != 0 => 8 + 4 + 8,
+                TunnelKind::Gue => 8 + 4,
+                TunnelKind::Gre if self.flags & TUNNEL_FLAG_CSUM != 0 => 4 + 4,
+                TunnelKind::Gre => 4,
+            }
+    }
+
+    /// The largest TCP MSS whose segments still fit a path MTU of `mtu`
+    /// once encapsulated: the MTU less the tunnel's overhead and the inner
+    /// IP and TCP headers (40 for IPv4, 60 for IPv6).
+    pub fn mss_for_mtu(&self, ipv6: bool, mtu: u16) -> u16 {
+        let inner = if ipv6 { 60 } else { 40 };
+        mtu.saturating_sub(self.overhead(ipv6) + inner)
+    }
+}
 
 /// Kernel IP_VS_SVC_F_* bits.
 pub const SVC_F_PERSISTENT: u32 = 0x01;
@@ -250,12 +280,25 @@ pub fn validate(spec: &VirtualServiceSpec) -> Result<ValidService, FieldErrors> 
         }
     });
 
-    let director_interface = spec.directors.vip_interface().to_string();
+    let ipv6 = vip.is_some_and(|v| v.is_ipv6());
+    let director_interface = spec.directors.vip_interface(ipv6).to_string();
     if !valid_interface_name(&director_interface) {
         errs.push(FieldError::new(
             "spec.directors.interface",
             format!("{director_interface:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)"),
         ));
+    } else if let Some(vip) = vip {
+        let other = if ipv6 {
+            DEFAULT_VIP_INTERFACE
+        } else {
+            DEFAULT_VIP_INTERFACE_V6
+        };
+        if director_interface == other {
+            errs.push(FieldError::new(
+                "spec.directors.interface",
+                format!("{other} cannot hold {vip}: tunl0 holds IPv4 VIPs and ip6tnl0 IPv6 VIPs; choose the one of the VIP's family, or an ordinary interface"),
+            ));
+        }
     }
 
     let (static_backends, service_name) = validate_backends(spec, vip, &mut errs);
@@ -389,6 +432,10 @@ fn validate_tunnel(spec: &VirtualServiceSpec, errs: &mut Vec<FieldError>) -> Val
                 "spec.tunnel.checksum",
                 "remcsum is only available with gue",
             ));
+            0
+        }
+        (TunnelKind::Gre, TunnelChecksum::Csum) => {
+            errs.push(FieldError::new("spec.tunnel.checksum", GRE_CSUM_REFUSED));
             0
         }
         (_, TunnelChecksum::Csum) => TUNNEL_FLAG_CSUM,

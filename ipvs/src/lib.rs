@@ -31,6 +31,7 @@ mod ctrl;
 mod destination;
 mod dump_socket;
 mod error;
+pub mod fou;
 mod info;
 pub mod message;
 mod nla;

@@ -69,7 +69,7 @@ impl Connector for KernelConnector {
             (self.timeout, self.recv_buffer, self.dump_sockets);
         async move {
             // Resolved on every open: a reloaded ip_vs module gets a new id.
-            let family_id = resolve_family(timeout).await?;
+            let family_id = resolve_family(IPVS_GENL_NAME, timeout).await?;
             let control = ProtoTransport::open(SocketOptions {
                 forward_ack: true,
                 forward_done: true,
@@ -215,14 +215,16 @@ async fn drain_unsolicited<T: Debug>(
 }
 
 /// Resolve the IPVS family id over a short-lived nlctrl connection.
-pub(crate) async fn resolve_family(timeout: Duration) -> Result<u16, Error> {
-    const OP: &str = "resolve generic netlink family IPVS";
+/// The id of generic netlink family `name`; `FamilyNotFound` when the
+/// kernel has none (its module is not loaded and could not be).
+pub(crate) async fn resolve_family(name: &str, timeout: Duration) -> Result<u16, Error> {
+    let op = format!("resolve generic netlink family {name}");
     let (conn, handle, _unsolicited) =
         netlink_proto::new_connection::<GenlMessage<CtrlMessage>>(NETLINK_GENERIC)
             .map_err(Error::Connection)?;
     tokio::spawn(conn);
     let req = packet(
-        GenlMessage::from_payload(CtrlMessage::get_family(IPVS_GENL_NAME)),
+        GenlMessage::from_payload(CtrlMessage::get_family(name)),
         NLM_F_REQUEST | NLM_F_ACK,
     );
     let mut replies = handle
@@ -240,18 +242,18 @@ pub(crate) async fn resolve_family(timeout: Duration) -> Result<u16, Error> {
                     Some(code) if code.get().abs() == nix::errno::Errno::ENOENT as i32 => {
                         return Err(Error::FamilyNotFound);
                     }
-                    Some(code) => return Err(Error::kernel(OP, code.get())),
+                    Some(code) => return Err(Error::kernel(&op, code.get())),
                     None => {}
                 },
                 _ => {}
             }
         }
-        Err(Error::Decode(format!("{OP}: reply carried no family id")))
+        Err(Error::Decode(format!("{op}: reply carried no family id")))
     };
     tokio::time::timeout(timeout, read)
         .await
         .map_err(|_| Error::Timeout {
-            op: OP.to_string(),
+            op: op.clone(),
             after: timeout,
         })?
 }

@@ -377,6 +377,7 @@ async fn pass(
         .find(|n| n.name_any() == settings.node_name);
     let mut identity = NodeIdentity {
         name: settings.node_name.clone(),
+        kernel: crate::dataplane::kernel_version(),
         ..Default::default()
     };
     if let Some(n) = &node {

@@ -1,5 +1,6 @@
-//! Interfaces and addresses over rtnetlink: tunl0 (the IPIP fallback device)
-//! and the /32 (or /128) VIP addresses tunlb adds to it or to another interface.
+//! Interfaces and addresses over rtnetlink: the tunnel modules' fallback
+//! devices (tunl0, gre0, ip6tnl0, ip6gre0) and the /32 (or /128) VIP
+//! addresses tunlb adds to them or to another interface.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -9,10 +10,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use rtnetlink::{Handle, LinkIpIp, LinkUnspec};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, CacheInfo};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec};
 use tokio::task::JoinHandle;
+use tunlb_api::plan::TunnelDevice;
 
 /// The IPIP fallback device, created per network namespace by the ipip module.
 pub const TUNL0: &str = "tunl0";
@@ -24,9 +26,13 @@ pub enum LinkError {
     #[error("interface {0} does not exist on this node")]
     MissingInterface(String),
     #[error(
-        "tunl0 is missing and could not be created ({0}): load the ipip kernel module (modprobe ipip)"
+        "{device} is missing and could not be created ({reason}): kernel module {module} is not available (modprobe {module})"
     )]
-    IpipMissing(String),
+    ModuleMissing {
+        device: &'static str,
+        module: &'static str,
+        reason: String,
+    },
     #[error("{op}: {source}")]
     Netlink {
         op: String,
@@ -35,6 +41,8 @@ pub enum LinkError {
     },
     #[error("rtnetlink socket: {0}")]
     Socket(#[from] std::io::Error),
+    #[error("cannot record the change before making it: {0}")]
+    Record(String),
     #[error("{op}: no answer from the kernel within {after:?}; outcome unknown")]
     Timeout { op: String, after: Duration },
     #[error("{op}: the rtnetlink connection closed; outcome unknown")]
@@ -55,7 +63,9 @@ impl LinkError {
         match self {
             LinkError::Socket(_) | LinkError::Timeout { .. } | LinkError::Closed { .. } => true,
             LinkError::Netlink { source, .. } => is_transport(source),
-            LinkError::MissingInterface(_) | LinkError::IpipMissing(_) => false,
+            LinkError::MissingInterface(_)
+            | LinkError::ModuleMissing { .. }
+            | LinkError::Record(_) => false,
         }
     }
 }
@@ -300,21 +310,35 @@ impl Links {
         Ok(out)
     }
 
-    /// Creates an ipip link. Creating one named tunl0 makes the kernel load
-    /// ipip, whose per-namespace fallback device is tunl0 (so EEXIST is fine).
-    pub async fn add_ipip(&self, name: &str) -> Result<(), LinkError> {
+    /// Makes a tunnel module's fallback device appear. Creating a link of its
+    /// kind and name makes the kernel load the module, whose per-namespace
+    /// fallback device has that name (so EEXIST is fine).
+    pub async fn add_tunnel_device(&self, device: TunnelDevice) -> Result<(), LinkError> {
+        let name = device.name();
         let op = format!("create {name}");
-        let owned = name.to_string();
+        let kind = match device {
+            TunnelDevice::Tunl0 => InfoKind::IpIp,
+            TunnelDevice::Gre0 => InfoKind::GreTun,
+            TunnelDevice::Ip6tnl0 => InfoKind::Ip6Tnl,
+            TunnelDevice::Ip6gre0 => InfoKind::GreTun6,
+        };
         self.count_write();
         let res = self
             .call(&op, |h| async move {
-                h.link().add(LinkIpIp::new(&owned).build()).execute().await
+                let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(kind)
+                    .name(name)
+                    .build();
+                h.link().add(msg).execute().await
             })
             .await?;
         match res {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
-            Err(e) => Err(LinkError::IpipMissing(e.to_string())),
+            Err(e) => Err(LinkError::ModuleMissing {
+                device: name,
+                module: device.module(),
+                reason: e.to_string(),
+            }),
         }
     }
 
@@ -325,6 +349,20 @@ impl Links {
         self.call(&op, |h| async move {
             h.link()
                 .set(LinkUnspec::new_with_index(index).up().build())
+                .execute()
+                .await
+        })
+        .await?
+        .map_err(|e| LinkError::netlink(op, e))
+    }
+
+    /// Takes an interface down.
+    pub async fn set_down(&self, index: u32, name: &str) -> Result<(), LinkError> {
+        let op = format!("set {name} down");
+        self.count_write();
+        self.call(&op, |h| async move {
+            h.link()
+                .set(LinkUnspec::new_with_index(index).down().build())
                 .execute()
                 .await
         })
@@ -348,7 +386,14 @@ impl Links {
         }
     }
 
-    /// Adds a host address (/32 or /128) labelled as tunlb's when the label fits.
+    /// Adds a host address (/32 or /128) labelled as tunlb's when the label
+    /// fits. An IPv6 VIP skips duplicate address detection (it is shared by
+    /// design: directors and backends all hold it) and is deprecated
+    /// (preferred lifetime 0): it still receives, but source address
+    /// selection, which prefers the longest matching prefix, would otherwise
+    /// pick the /128 VIP as the source of the node's own packets - among
+    /// them the director's tunnel packets, which a backend holding the same
+    /// VIP drops as coming from itself.
     pub async fn add_host_address(
         &self,
         link: &LinkInfo,
@@ -364,10 +409,16 @@ impl Links {
         let added = self
             .call(&op, |h| async move {
                 let mut req = h.address().add(index, address, prefix);
+                let attrs = &mut req.message_mut().attributes;
                 if let Some(label) = label {
-                    req.message_mut()
-                        .attributes
-                        .push(AddressAttribute::Label(label));
+                    attrs.push(AddressAttribute::Label(label));
+                }
+                if address.is_ipv6() {
+                    attrs.push(AddressAttribute::Flags(AddressFlags::Nodad));
+                    let mut lifetimes = CacheInfo::default();
+                    lifetimes.ifa_preferred = 0;
+                    lifetimes.ifa_valid = u32::MAX;
+                    attrs.push(AddressAttribute::CacheInfo(lifetimes));
                 }
                 req.execute().await
             })

@@ -41,7 +41,7 @@ enum Command {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
     },
-    /// Print this host's IPVS table (ipvsadm -Ln layout), tunl0 addresses, sysctls and DNAT table.
+    /// Print this host's IPVS table (ipvsadm -Ln layout, plus each tunnel's encapsulation), VIP addresses, GUE ports, sysctls and DNAT table.
     Show,
     /// Kubernetes mode: watch VirtualServices and this Node, program the kernel, report status.
     Run(RunFlags),

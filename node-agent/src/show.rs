@@ -1,13 +1,34 @@
 //! `tunlb-agent show`: the node's IPVS table in the familiar `ipvsadm -Ln`
-//! layout, then tunl0 addresses, the LVS-TUN sysctls and tunlb's nft tables.
+//! layout (a tunnel destination also shows its encapsulation, which older
+//! ipvsadm versions do not), then the VIP addresses, GUE ports, the LVS-TUN
+//! sysctls and tunlb's nft tables.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use tunlb_ipvs::{Client, ForwardMethod, ServiceKey};
+use tunlb_api::plan::TunnelDevice;
+use tunlb_ipvs::{
+    Client, ForwardMethod, IP_VS_TUNNEL_ENCAP_FLAG_CSUM, IP_VS_TUNNEL_ENCAP_FLAG_REMCSUM,
+    ServiceKey, TunnelType,
+};
 
 use crate::dataplane::{nft, sysctl};
-use crate::link::{Links, TUNL0};
+use crate::link::Links;
+
+/// The encapsulation of a tunnel destination, e.g. `ipip`, `gue:6080 csum`.
+fn tunnel_text(d: &tunlb_ipvs::Destination) -> String {
+    let mut t = match d.tunnel_type {
+        TunnelType::Ipip => "ipip".to_string(),
+        TunnelType::Gue => format!("gue:{}", d.tunnel_port),
+        TunnelType::Gre => "gre".to_string(),
+    };
+    if d.tunnel_flags & IP_VS_TUNNEL_ENCAP_FLAG_REMCSUM != 0 {
+        t.push_str(" remcsum");
+    } else if d.tunnel_flags & IP_VS_TUNNEL_ENCAP_FLAG_CSUM != 0 {
+        t.push_str(" csum");
+    }
+    t
+}
 
 fn addr_port(a: &IpAddr, port: u16) -> String {
     match a {
@@ -69,9 +90,14 @@ pub async fn ipvs_table(client: &Client) -> Result<String, tunlb_ipvs::Error> {
         let mut dests = client.destinations(&s.key).await?;
         dests.sort_by_key(|d| (d.dest.addr, d.dest.port));
         for d in dests {
+            let tunnel = if d.dest.forward == ForwardMethod::Tunnel {
+                tunnel_text(&d.dest)
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 out,
-                "  -> {:<28} {:<7} {:<6} {:<10} {:<10}",
+                "  -> {:<28} {:<7} {:<6} {:<10} {:<10} {tunnel}",
                 addr_port(&d.dest.addr, d.dest.port),
                 forward_name(d.dest.forward),
                 d.dest.weight,
@@ -97,13 +123,16 @@ pub async fn render(links: &Links) -> String {
             let _ = writeln!(out, "IPVS: {e}");
         }
     }
-    out.push_str("\ntunl0 addresses:\n");
+    out.push_str("\nVIP addresses (tunnel devices, and tunlb's elsewhere):\n");
     match links.interfaces().await {
         Ok(ifaces) => match links.addresses(&ifaces).await {
             Ok(addrs) => {
                 for a in addrs
                     .iter()
-                    .filter(|a| a.interface == TUNL0 || a.is_tunlb_labelled())
+                    .filter(|a| {
+                        TunnelDevice::from_name(&a.interface).is_some() || a.is_tunlb_labelled()
+                    })
+                    .filter(|a| !matches!(a.address, IpAddr::V6(v6) if v6.is_unicast_link_local()))
                 {
                     let _ = writeln!(
                         out,
@@ -126,8 +155,32 @@ pub async fn render(links: &Links) -> String {
             let _ = writeln!(out, "  {e}");
         }
     }
+    out.push_str("\nGUE ports:\n");
+    match tunlb_ipvs::fou::FouClient::connect(crate::timeouts::kernel()).await {
+        Ok(fou) => match fou.list().await {
+            Ok(ports) if ports.is_empty() => out.push_str("  (none)\n"),
+            Ok(ports) => {
+                for p in ports {
+                    let _ = writeln!(
+                        out,
+                        "  port {} {}{}",
+                        p.port,
+                        if p.ipv6 { "ipv6" } else { "ipv4" },
+                        if p.gue { " gue" } else { " direct" }
+                    );
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(out, "  {e}");
+            }
+        },
+        Err(tunlb_ipvs::Error::FamilyNotFound) => out.push_str("  (fou not loaded)\n"),
+        Err(e) => {
+            let _ = writeln!(out, "  {e}");
+        }
+    }
     out.push_str("\nsysctls:\n");
-    for (name, _) in sysctl::backend_settings() {
+    for (name, _) in sysctl::every_backend_setting() {
         let v = sysctl::read(&name).unwrap_or_else(|_| "-".into());
         let _ = writeln!(out, "  {name} = {v}");
     }

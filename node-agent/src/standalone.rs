@@ -146,6 +146,7 @@ async fn identity(
         name: args.name.clone(),
         addresses,
         labels: args.labels.clone(),
+        kernel: crate::dataplane::kernel_version(),
     })
 }
 

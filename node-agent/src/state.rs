@@ -116,6 +116,13 @@ pub struct OwnedState {
     /// Values sysctls had before tunlb changed them.
     #[serde(default)]
     pub sysctl_originals: BTreeMap<String, String>,
+    /// Tunnel devices tunlb brought up (they were down or absent), so it
+    /// takes them down again once nothing needs them.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub links_up: BTreeSet<String>,
+    /// GUE receive ports tunlb added.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub fou_ports: BTreeSet<OwnedFouPort>,
     /// Removed destinations kept at weight 0 while their connections end,
     /// so a restart neither deletes them early nor restarts their clock.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -136,6 +143,14 @@ pub struct OwnedState {
     /// of what is provably tunlb's (see `sync`). Never stored.
     #[serde(skip)]
     pub rebuild: bool,
+}
+
+/// A GUE receive port tunlb added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct OwnedFouPort {
+    pub port: u16,
+    #[serde(default)]
+    pub ipv6: bool,
 }
 
 /// A generation the operator accepted, as Kubernetes mode programs it. The

@@ -65,6 +65,7 @@ mod tests {
             generation: Some(4),
             roles: roles.iter().copied().collect::<BTreeSet<_>>(),
             vip: None,
+            tunnel: None,
             error: error.map(String::from),
         };
         NodePlan {

@@ -97,3 +97,11 @@ fn hung_nft_times_out_is_killed_and_the_next_run_repairs() {
     );
     assert!(run.passed >= 13, "every check ran: {} passed", run.passed);
 }
+
+#[test]
+#[ignore = "boots the QEMU lab: run tests/run.sh"]
+fn every_tunnel_type_and_family_carries_traffic() {
+    let run = tunlb_tests::run_scenario("tunnels", &[], 600);
+    println!("{}", run.output);
+    assert!(run.passed > 0 && run.failed == 0 && run.exit_code == Some(0));
+}

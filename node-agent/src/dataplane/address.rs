@@ -1,14 +1,16 @@
-//! VIP addresses: on tunl0 for backends, on the VIP interface for
-//! directors. Only addresses tunlb added are ever removed.
+//! VIP addresses: on tunl0 (IPv4) or ip6tnl0 (IPv6) for backends, on the
+//! VIP interface for directors. Only addresses tunlb added are ever removed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use tracing::{info, warn};
-use tunlb_api::plan::{NodePlan, ObjectPlan};
+use tunlb_api::plan::{NodePlan, ObjectPlan, TunnelDevice};
 
 use super::SyncReport;
-use crate::link::{Address, LinkError, LinkInfo, Links, TUNL0};
+#[cfg(test)]
+use crate::link::TUNL0;
+use crate::link::{Address, LinkError, LinkInfo, Links};
 use crate::state::{Journal, OwnedAddress, OwnedState};
 
 /// An address on an interface, by interface name.
@@ -78,7 +80,7 @@ pub fn adoptable(addrs: &[Address]) -> Vec<OwnedAddress> {
 }
 
 /// The addresses this node holds after this pass. Backends hold their VIPs
-/// on tunl0. A director holds a VIP only while a service tunlb owns serves
+/// on their family's tunnel device. A director holds a VIP only while a service tunlb owns serves
 /// it (`served`), so it never answers ARP for a VIP it cannot balance; an
 /// owned address of a deleted VirtualService stays while its service
 /// drains. When the IPVS services could not be read (`served` is `None`),
@@ -103,8 +105,8 @@ pub fn wanted(
     let mut want: BTreeSet<Binding> = plan
         .backend_vips
         .iter()
-        .filter(|a| mapped || held(TUNL0, **a))
-        .map(|a| (TUNL0.to_string(), *a))
+        .filter(|a| mapped || held(TunnelDevice::vip_holder(**a).name(), **a))
+        .map(|a| (TunnelDevice::vip_holder(*a).name().to_string(), *a))
         .collect();
     let mut withheld = Vec::new();
     let planned: BTreeSet<IpAddr> = plan.director_vips.iter().map(|b| b.address).collect();

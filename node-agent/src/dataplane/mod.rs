@@ -1,7 +1,9 @@
 //! Brings the kernel in line with a `NodePlan`. One module owns each kind of
 //! kernel object, with a pure diff and the step that applies it:
 //!
-//! - [`tunnel`]: the tunl0 link backends decapsulate on;
+//! - [`tunnel`]: the tunnel devices backends decapsulate on (tunl0, gre0,
+//!   ip6tnl0, ip6gre0) and VIPs sit on;
+//! - [`fou`]: GUE receive ports;
 //! - [`sysctl`]: the ARP and rp_filter sysctls of backends;
 //! - [`nft`]: the DNAT and MSS table for port mapping;
 //! - [`ipvs`] (diff in [`ipvs_diff`]): IPVS services and destinations;
@@ -13,6 +15,7 @@
 //! the VirtualServices they concern so the others still get programmed.
 
 pub mod address;
+pub mod fou;
 pub mod ipvs;
 pub mod ipvs_diff;
 pub mod nft;
@@ -24,9 +27,9 @@ use std::net::IpAddr;
 
 use tracing::debug;
 use tunlb_api::NodeRole;
-use tunlb_api::plan::{NodePlan, ObjectKey, ObjectPlan};
+use tunlb_api::plan::{NodePlan, ObjectKey, ObjectPlan, TunnelDevice};
 
-use crate::link::{LinkError, Links, TUNL0};
+use crate::link::{LinkError, Links};
 use crate::state::{Journal, OwnedAddress, OwnedState};
 
 /// Kernel writes made by one sync, by kind.
@@ -120,6 +123,7 @@ impl SyncReport {
 pub struct Dataplane {
     links: Links,
     ipvs: Option<tunlb_ipvs::Client>,
+    fou: Option<tunlb_ipvs::fou::FouClient>,
 }
 
 impl Dataplane {
@@ -127,6 +131,7 @@ impl Dataplane {
         Ok(Dataplane {
             links: Links::connect()?,
             ipvs: None,
+            fou: None,
         })
     }
 
@@ -144,7 +149,17 @@ impl Dataplane {
         Ok(c)
     }
 
-    /// The node's own addresses: everything except VIPs on tunl0 and
+    /// Connects to the `fou` family on first use (resolving it loads fou).
+    async fn fou(&mut self) -> Result<tunlb_ipvs::fou::FouClient, tunlb_ipvs::Error> {
+        if let Some(c) = &self.fou {
+            return Ok(c.clone());
+        }
+        let c = tunlb_ipvs::fou::FouClient::connect(crate::timeouts::kernel()).await?;
+        self.fou = Some(c.clone());
+        Ok(c)
+    }
+
+    /// The node's own addresses: everything except VIPs on tunnel devices and
     /// addresses tunlb added (recorded, or labelled as tunlb's while
     /// ownership is being rebuilt).
     pub async fn node_addresses(&self, state: &OwnedState) -> Result<BTreeSet<IpAddr>, LinkError> {
@@ -152,7 +167,7 @@ impl Dataplane {
         let addrs = self.links.addresses(&ifaces).await?;
         Ok(addrs
             .into_iter()
-            .filter(|a| a.interface != TUNL0)
+            .filter(|a| TunnelDevice::from_name(&a.interface).is_none())
             .filter(|a| !a.is_tunlb_labelled())
             .filter(|a| {
                 !state.addresses.contains(&OwnedAddress {
@@ -177,14 +192,23 @@ impl Dataplane {
         let ipvs_before = self.ipvs.as_ref().map(|c| c.writes()).unwrap_or(0);
         let is_backend = |o: &ObjectPlan| o.roles.contains(&NodeRole::Backend);
 
-        if !tunnel::sync(&self.links, plan, &mut report).await {
+        if !tunnel::sync(&self.links, plan, state, journal, &mut report).await {
             report.fault = true;
         }
-        if plan.needs_backend_sysctls() {
+        let fou = self.fou();
+        if !fou::sync(fou, plan, state, journal, &mut report).await {
+            report.fault = true;
+        }
+        let settings = if plan.needs_backend_sysctls() {
+            sysctl::backend_settings(&plan.tunnel_devices)
+        } else {
+            Vec::new()
+        };
+        if !settings.is_empty() {
             // The values to restore are made durable before they are
             // overwritten: a kill between the two would lose them.
             let mut originals = std::mem::take(&mut state.sysctl_originals);
-            let res = sysctl::apply(&sysctl::backend_settings(), &mut originals, |o| {
+            let res = sysctl::apply(&settings, &mut originals, |o| {
                 state.sysctl_originals = o.clone();
                 journal.record(state)
             });
@@ -228,18 +252,32 @@ impl Dataplane {
             // each pass tries again.
             state.rebuild = false;
         }
-        if !plan.needs_backend_sysctls() && !state.sysctl_originals.is_empty() {
-            match sysctl::restore(&sysctl::backend_settings(), &mut state.sysctl_originals) {
+        let stale: Vec<(String, String)> = sysctl::every_backend_setting()
+            .into_iter()
+            .filter(|(name, _)| !settings.iter().any(|(n, _)| n == name))
+            .collect();
+        if stale
+            .iter()
+            .any(|(name, _)| state.sysctl_originals.contains_key(name))
+        {
+            match sysctl::restore(&stale, &mut state.sysctl_originals) {
                 Ok(n) => report.writes.sysctls += n as u64,
                 Err(e) => report.node_errors.push(e.to_string()),
             }
         }
+        tunnel::release(&self.links, plan, state, &mut report).await;
 
-        report.writes.links = self.links.writes() - links_before;
+        report.writes.links += self.links.writes() - links_before;
         report.writes.ipvs = self.ipvs.as_ref().map(|c| c.writes()).unwrap_or(0) - ipvs_before;
         debug!(writes = ?report.writes, "sync done");
         report
     }
+}
+
+/// The running kernel's (major, minor), from /proc/sys/kernel/osrelease.
+pub fn kernel_version() -> Option<(u32, u32)> {
+    let release = sysctl::read("kernel.osrelease").ok()?;
+    tunlb_api::plan::kernel_version(&release)
 }
 
 fn unix_now() -> u64 {

@@ -2,14 +2,17 @@
 //!
 //! arp_ignore=1 / arp_announce=2 keep the node from answering or announcing ARP
 //! for the VIP it holds on tunl0 (the director owns the VIP on the wire).
-//! rp_filter must be off on tunl0: decapsulated packets arrive there with the
-//! client's source address. The kernel uses max(conf.all, conf.<dev>), so both
-//! are set. Values are per network namespace (/proc/sys/net is namespaced).
+//! rp_filter must be off on tunl0 (and gre0 for GRE): decapsulated packets
+//! arrive there with the client's source address. The kernel uses
+//! max(conf.all, conf.<dev>), so both are set. IPv6 has neither an
+//! arp_ignore counterpart (neighbour discovery answers only for addresses
+//! on the interface asked, and the VIP sits on ip6tnl0) nor rp_filter.
+//! Values are per network namespace (/proc/sys/net is namespaced).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use crate::link::TUNL0;
+use tunlb_api::plan::TunnelDevice;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SysctlError {
@@ -41,15 +44,25 @@ fn in_root(root: &std::path::Path, name: &str) -> PathBuf {
     root.join(name.replace('.', "/"))
 }
 
-/// The settings a backend needs, as (name, value).
-pub fn backend_settings() -> Vec<(String, String)> {
+/// The settings a backend with IPv4 VIPs needs, as (name, value), given
+/// the tunnel devices it receives on.
+pub fn backend_settings(devices: &BTreeSet<TunnelDevice>) -> Vec<(String, String)> {
     let mut v = Vec::new();
-    for dev in ["all", TUNL0] {
+    for dev in ["all", TunnelDevice::Tunl0.name()] {
         v.push((format!("net.ipv4.conf.{dev}.arp_ignore"), "1".to_string()));
         v.push((format!("net.ipv4.conf.{dev}.arp_announce"), "2".to_string()));
         v.push((format!("net.ipv4.conf.{dev}.rp_filter"), "0".to_string()));
     }
+    if devices.contains(&TunnelDevice::Gre0) {
+        let dev = TunnelDevice::Gre0.name();
+        v.push((format!("net.ipv4.conf.{dev}.rp_filter"), "0".to_string()));
+    }
     v
+}
+
+/// Every setting [`backend_settings`] may ask for: what a restore covers.
+pub fn every_backend_setting() -> Vec<(String, String)> {
+    backend_settings(&TunnelDevice::ALL.into_iter().collect())
 }
 
 pub fn read(name: &str) -> Result<String, SysctlError> {

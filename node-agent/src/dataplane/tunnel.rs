@@ -1,12 +1,21 @@
-//! The tunnel link backends decapsulate on: tunl0, the ipip module's
-//! fallback device. tunlb creates it when missing and brings it up; it never
-//! deletes it (other software may use it, and it goes only with the module).
+//! The tunnel devices backends decapsulate on and VIPs sit on: the fallback
+//! devices of the ipip, ip_gre, ip6_tunnel and ip6_gre modules (tunl0, gre0,
+//! ip6tnl0, ip6gre0). A fallback device receives only while it is up. tunlb
+//! makes a needed one appear (creating a link of its kind loads the module)
+//! and brings it up, recording that it did; it never deletes one (it goes
+//! only with its module), and takes one it brought up down again once
+//! nothing needs it and no one else's address sits on it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tunlb_api::NodeRole;
+use tunlb_api::plan::{NodePlan, ObjectPlan, TunnelDevice, VipBinding, backend_receivers};
 
 use super::SyncReport;
-use crate::link::{LinkError, LinkInfo, Links, TUNL0};
-use tunlb_api::plan::NodePlan;
+use crate::link::{Address, LinkError, LinkInfo, Links};
+use crate::state::{Journal, OwnedState};
 
-/// What tunl0 needs.
+/// What one needed device needs.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Change {
     None,
@@ -14,67 +23,222 @@ pub enum Change {
     SetUp(u32),
 }
 
-pub fn diff(needed: bool, found: Option<&LinkInfo>) -> Change {
-    match (needed, found) {
-        (false, _) => Change::None,
-        (true, None) => Change::Create,
-        (true, Some(l)) if !l.up => Change::SetUp(l.index),
-        (true, Some(_)) => Change::None,
+pub fn diff(found: Option<&LinkInfo>) -> Change {
+    match found {
+        None => Change::Create,
+        Some(l) if !l.up => Change::SetUp(l.index),
+        Some(_) => Change::None,
     }
 }
 
-async fn apply(links: &Links, needed: bool) -> Result<(), LinkError> {
-    match diff(needed, links.find(TUNL0).await?.as_ref()) {
-        Change::None => Ok(()),
-        Change::SetUp(index) => links.set_up(index, TUNL0).await,
-        Change::Create => {
-            links.add_ipip(TUNL0).await?;
-            let Some(link) = links.find(TUNL0).await? else {
-                return Err(LinkError::IpipMissing("tunl0 did not appear".into()));
-            };
-            match diff(needed, Some(&link)) {
-                Change::SetUp(index) => links.set_up(index, TUNL0).await,
-                _ => Ok(()),
+/// What to do with a device tunlb brought up that nothing needs any more.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Release {
+    /// Take it down: it is up and carries no address but link-local ones.
+    SetDown(u32),
+    /// Only forget the record: it is gone or down already, or someone
+    /// else's address sits on it (they use it now).
+    Forget,
+}
+
+pub fn release_diff(found: Option<&LinkInfo>, addresses: &[Address]) -> Release {
+    match found {
+        Some(l) if l.up => {
+            let used = addresses.iter().any(|a| {
+                a.index == l.index
+                    && !matches!(a.address, std::net::IpAddr::V6(v6) if v6.is_unicast_link_local())
+            });
+            if used {
+                Release::Forget
+            } else {
+                Release::SetDown(l.index)
             }
         }
+        _ => Release::Forget,
     }
 }
 
-/// Makes sure tunl0 exists and is up when the plan puts a VIP on it. Returns
-/// false when it could not (every object is told why).
-pub async fn sync(links: &Links, plan: &NodePlan, report: &mut SyncReport) -> bool {
-    if !plan.needs_tunl0() {
-        return true;
+/// Whether `o` relies on `device`: it receives or holds its VIP there.
+pub fn needs(plan: &NodePlan, o: &ObjectPlan, device: TunnelDevice) -> bool {
+    let (Some(vip), Some(tunnel)) = (o.vip, o.tunnel) else {
+        return false;
+    };
+    (o.roles.contains(&NodeRole::Backend) && backend_receivers(vip, &tunnel).0.contains(&device))
+        || (o.roles.contains(&NodeRole::Director)
+            && plan.director_vips.contains(&VipBinding {
+                address: vip,
+                interface: device.name().to_string(),
+            }))
+}
+
+async fn bring_up(
+    links: &Links,
+    device: TunnelDevice,
+    state: &mut OwnedState,
+    journal: &Journal<'_>,
+) -> Result<(), LinkError> {
+    let name = device.name();
+    let mut found = links.find(name).await?;
+    if diff(found.as_ref()) == Change::None {
+        return Ok(());
     }
-    match apply(links, true).await {
-        Ok(()) => true,
-        Err(e) => {
-            report.error_for(plan, |_| true, &e.to_string());
-            false
+    // Recorded before the change: a kill in between leaves a record of a
+    // device that may still be down, which release only forgets.
+    if state.links_up.insert(name.to_string())
+        && let Err(e) = journal.record(state)
+    {
+        state.links_up.remove(name);
+        return Err(LinkError::Record(e.to_string()));
+    }
+    if diff(found.as_ref()) == Change::Create {
+        links.add_tunnel_device(device).await?;
+        found = links.find(name).await?;
+    }
+    match diff(found.as_ref()) {
+        Change::SetUp(index) => links.set_up(index, name).await,
+        Change::None => Ok(()),
+        Change::Create => Err(LinkError::ModuleMissing {
+            device: name,
+            module: device.module(),
+            reason: "it did not appear".into(),
+        }),
+    }
+}
+
+/// Makes every tunnel device the plan needs exist and be up. Objects that
+/// need a device that could not be are told why. Returns false when one
+/// could not.
+pub async fn sync(
+    links: &Links,
+    plan: &NodePlan,
+    state: &mut OwnedState,
+    journal: &Journal<'_>,
+    report: &mut SyncReport,
+) -> bool {
+    let mut ok = true;
+    for &device in &plan.tunnel_devices {
+        if let Err(e) = bring_up(links, device, state, journal).await {
+            ok = false;
+            report.error_for(plan, |o| needs(plan, o, device), &e.to_string());
         }
+    }
+    ok
+}
+
+/// Takes down the devices tunlb brought up that the plan no longer needs.
+/// Runs after the addresses step, so tunlb's own VIPs are gone by then.
+pub async fn release(
+    links: &Links,
+    plan: &NodePlan,
+    state: &mut OwnedState,
+    report: &mut SyncReport,
+) {
+    let unneeded: BTreeSet<String> = state
+        .links_up
+        .iter()
+        .filter(|n| !TunnelDevice::from_name(n).is_some_and(|d| plan.tunnel_devices.contains(&d)))
+        .cloned()
+        .collect();
+    if unneeded.is_empty() {
+        return;
+    }
+    let read = async {
+        let ifaces = links.interfaces().await?;
+        let addrs = links.addresses(&ifaces).await?;
+        Ok::<_, LinkError>((ifaces, addrs))
+    };
+    let (ifaces, addrs) = match read.await {
+        Ok(r) => r,
+        Err(e) => {
+            report.node_errors.push(e.to_string());
+            return;
+        }
+    };
+    let by_name: BTreeMap<&str, &LinkInfo> =
+        ifaces.values().map(|l| (l.name.as_str(), l)).collect();
+    for name in unneeded {
+        match release_diff(by_name.get(name.as_str()).copied(), &addrs) {
+            Release::SetDown(index) => {
+                if let Err(e) = links.set_down(index, &name).await {
+                    report.node_errors.push(e.to_string());
+                    continue;
+                }
+            }
+            Release::Forget => {}
+        }
+        state.links_up.remove(&name);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
+    use tunlb_api::plan::TunnelDevice;
 
-    fn tunl0(up: bool) -> LinkInfo {
+    fn dev(up: bool) -> LinkInfo {
         LinkInfo {
             index: 7,
-            name: TUNL0.into(),
+            name: "gre0".into(),
             up,
-            mtu: Some(1480),
+            mtu: Some(1476),
         }
+    }
+
+    fn addr(index: u32, a: &str) -> Address {
+        let ip: IpAddr = a.parse().unwrap_or_else(|e| panic!("{a}: {e}"));
+        Address::for_test(index, "gre0", ip)
     }
 
     #[test]
     fn creates_brings_up_or_leaves_alone() {
-        assert_eq!(diff(true, None), Change::Create);
-        assert_eq!(diff(true, Some(&tunl0(false))), Change::SetUp(7));
-        assert_eq!(diff(true, Some(&tunl0(true))), Change::None);
-        // Not needed: never created, never taken down.
-        assert_eq!(diff(false, None), Change::None);
-        assert_eq!(diff(false, Some(&tunl0(true))), Change::None);
+        assert_eq!(diff(None), Change::Create);
+        assert_eq!(diff(Some(&dev(false))), Change::SetUp(7));
+        assert_eq!(diff(Some(&dev(true))), Change::None);
+    }
+
+    #[test]
+    fn releases_only_an_unused_device() {
+        assert_eq!(release_diff(Some(&dev(true)), &[]), Release::SetDown(7));
+        assert_eq!(
+            release_diff(Some(&dev(true)), &[addr(7, "fe80::1")]),
+            Release::SetDown(7),
+            "a link-local address is the kernel's own"
+        );
+        assert_eq!(
+            release_diff(Some(&dev(true)), &[addr(7, "10.7.7.7")]),
+            Release::Forget,
+            "someone else's address: they use it now"
+        );
+        assert_eq!(
+            release_diff(Some(&dev(true)), &[addr(8, "10.7.7.7")]),
+            Release::SetDown(7)
+        );
+        assert_eq!(release_diff(Some(&dev(false)), &[]), Release::Forget);
+        assert_eq!(release_diff(None, &[]), Release::Forget);
+    }
+
+    #[test]
+    fn devices_by_tunnel_type_and_family() {
+        use tunlb_api::TunnelKind;
+        use tunlb_api::validate::ValidTunnel;
+        let t = |kind, port| ValidTunnel {
+            kind,
+            port,
+            flags: 0,
+        };
+        let v4: IpAddr = "10.0.0.1".parse().unwrap_or_else(|e| panic!("{e}"));
+        let v6: IpAddr = "fd00::1".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            backend_receivers(v4, &t(TunnelKind::Gre, 0)).0,
+            vec![TunnelDevice::Tunl0, TunnelDevice::Gre0]
+        );
+        assert_eq!(
+            backend_receivers(v6, &t(TunnelKind::Gre, 0)).0,
+            vec![TunnelDevice::Ip6tnl0, TunnelDevice::Ip6gre0]
+        );
+        let (d, fou) = backend_receivers(v6, &t(TunnelKind::Gue, 6080));
+        assert_eq!(d, vec![TunnelDevice::Ip6tnl0]);
+        assert_eq!(fou.map(|f| (f.port, f.ipv6)), Some((6080, true)));
     }
 }
