@@ -254,6 +254,9 @@ pub fn backend_receivers(
                 ipv6,
             }),
         ),
+        TunnelKind::Gre if tunnel.flags & crate::validate::TUNNEL_FLAG_CSUM != 0 => {
+            (vec![holder], None)
+        }
         TunnelKind::Gre => {
             let gre = if ipv6 {
                 TunnelDevice::Ip6gre0
@@ -291,6 +294,14 @@ pub struct NodePlan {
     pub tunnel_devices: BTreeSet<TunnelDevice>,
     /// GUE ports backends receive on.
     pub fou_ports: BTreeSet<FouPort>,
+    /// This node's addresses that receive checksummed GRE. The fallback
+    /// devices drop checksummed packets, so each needs a GRE device of its
+    /// own (local address, checksums expected), which then takes all GRE to
+    /// that address: one address receives GRE with checksums or without.
+    pub gre_csum: BTreeSet<IpAddr>,
+    /// This node's addresses that receive GRE without checksums (on the
+    /// fallback device); kept to refuse a checksummed claim on the same one.
+    pub gre_plain: BTreeSet<IpAddr>,
     pub dnat: Vec<DnatRule>,
     pub mss: Vec<MssRule>,
     pub objects: BTreeMap<ObjectKey, ObjectPlan>,
@@ -584,6 +595,35 @@ fn plan_claimed(
             valid.vip, node.name
         ));
     }
+    let gre_csum = valid.tunnel.kind == TunnelKind::Gre
+        && valid.tunnel.flags & crate::validate::TUNNEL_FLAG_CSUM != 0;
+    let gre_locals: Vec<IpAddr> = if is_backend && valid.tunnel.kind == TunnelKind::Gre {
+        resolved
+            .iter()
+            .filter(|r| r.is_self)
+            .map(|r| r.address)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for a in &gre_locals {
+        let taken = if gre_csum {
+            plan.gre_plain.contains(a)
+        } else {
+            plan.gre_csum.contains(a)
+        };
+        if taken {
+            let (this, other) = if gre_csum {
+                ("with", "without")
+            } else {
+                ("without", "with")
+            };
+            return Err(format!(
+                "spec.tunnel.checksum: backend {} ({a}) already receives GRE {other} checksums for an older VirtualService; one address receives GRE {this} or {other} checksums, not both",
+                node.name
+            ));
+        }
+    }
 
     if is_director {
         let need = ipvs_tunnel_min_kernel(valid.tunnel.kind);
@@ -639,6 +679,11 @@ fn plan_claimed(
         let (devices, fou) = backend_receivers(valid.vip, &valid.tunnel);
         plan.tunnel_devices.extend(devices);
         plan.fou_ports.extend(fou);
+        if gre_csum {
+            plan.gre_csum.extend(gre_locals.iter().copied());
+        } else {
+            plan.gre_plain.extend(gre_locals.iter().copied());
+        }
         let me: Vec<&Resolved> = resolved.iter().filter(|r| r.is_self).collect();
         for (idx, port) in valid.ports.iter().enumerate() {
             let endpoint_targets: Vec<(Option<IpAddr>, u16)> = me
@@ -1096,17 +1141,36 @@ backends:
             e.contains("spec.directors.interface: tunl0 cannot hold fd00:56::185"),
             "{e}"
         );
-        let bad = SEED.replace(
-            "scheduler: wrr",
-            "scheduler: wrr\ntunnel: {type: gre, checksum: csum}",
+    }
+
+    #[test]
+    fn an_address_receives_gre_with_checksums_or_without() {
+        let plain = SEED.replace("scheduler: wrr", "scheduler: wrr\ntunnel: {type: gre}");
+        let csum = SEED
+            .replace(
+                "scheduler: wrr",
+                "scheduler: wrr\ntunnel: {type: gre, checksum: csum}",
+            )
+            .replace("192.168.56.185", "192.168.56.199");
+        let (plain, csum) = (spec(&plain), spec(&csum));
+        let p = plan_node(&[input("csum", &csum)], &rs1());
+        assert_eq!(p.gre_csum, BTreeSet::from([ip("192.168.56.183")]));
+        assert_eq!(
+            p.tunnel_devices,
+            BTreeSet::from([TunnelDevice::Tunl0]),
+            "checksummed GRE needs no fallback device"
         );
-        let e = validate(&spec(&bad))
-            .err()
-            .map(|e| e.to_string())
+        let p = plan_node(&[input("plain", &plain), input("csum", &csum)], &rs1());
+        assert_eq!(p.gre_plain, BTreeSet::from([ip("192.168.56.183")]));
+        assert!(p.gre_csum.is_empty());
+        let err = p.objects[&ObjectKey::new("default", "csum")]
+            .error
+            .clone()
             .unwrap_or_default();
         assert!(
-            e.contains("spec.tunnel.checksum: gre with checksums is not supported"),
-            "{e}"
+            err.starts_with("spec.tunnel.checksum: backend rs1 (192.168.56.183) already receives GRE without checksums"),
+            "{err}"
         );
+        assert_eq!(p.backend_vips, BTreeSet::from([ip("192.168.56.185")]));
     }
 }

@@ -309,8 +309,7 @@ pub struct Persistence {
     validation = Rule::new("self.type != 'gue' || has(self.port)").message("gue encapsulation needs a UDP port").field_path(".port"),
     validation = Rule::new("!has(self.port) || self.type == 'gue'").message("only gue uses a port").field_path(".port"),
     validation = Rule::new("!has(self.checksum) || self.checksum == 'none' || self.type != 'ipip'").message("ipip has no checksum option (csum and remcsum need gue or gre)").field_path(".checksum"),
-    validation = Rule::new("!has(self.checksum) || self.checksum != 'remcsum' || self.type == 'gue'").message("remcsum is only available with gue").field_path(".checksum"),
-    validation = Rule::new("!has(self.checksum) || self.checksum != 'csum' || self.type != 'gre'").message("gre with checksums is not supported: backends receive GRE on the kernel's fallback device gre0, which drops checksummed GRE packets; use gue with csum").field_path(".checksum")
+    validation = Rule::new("!has(self.checksum) || self.checksum != 'remcsum' || self.type == 'gue'").message("remcsum is only available with gue").field_path(".checksum")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct Tunnel {
@@ -323,9 +322,9 @@ pub struct Tunnel {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i32>,
-    /// Checksum option for gue: none (default), csum or remcsum. gre takes
-    /// none only: backends receive GRE on the kernel's fallback device,
-    /// which drops checksummed GRE packets.
+    /// Checksum option: none (default), csum (gue or gre) or remcsum (gue).
+    /// A backend address receives GRE either with checksums or without, for
+    /// all VirtualServices: the older one's choice wins.
     #[serde(default)]
     pub checksum: TunnelChecksum,
     /// Clamp the TCP MSS that backends announce on connections to the VIP, so

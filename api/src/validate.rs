@@ -85,9 +85,6 @@ pub struct ValidTunnel {
     pub flags: u16,
 }
 
-/// Why gre with checksums is refused.
-pub const GRE_CSUM_REFUSED: &str = "gre with checksums is not supported: backends receive GRE on the kernel's fallback device gre0, which drops checksummed GRE packets; use gue with csum";
-
 pub const TUNNEL_FLAG_CSUM: u16 = 1;
 pub const TUNNEL_FLAG_REMCSUM: u16 = 2;
 
@@ -432,10 +429,6 @@ fn validate_tunnel(spec: &VirtualServiceSpec, errs: &mut Vec<FieldError>) -> Val
                 "spec.tunnel.checksum",
                 "remcsum is only available with gue",
             ));
-            0
-        }
-        (TunnelKind::Gre, TunnelChecksum::Csum) => {
-            errs.push(FieldError::new("spec.tunnel.checksum", GRE_CSUM_REFUSED));
             0
         }
         (_, TunnelChecksum::Csum) => TUNNEL_FLAG_CSUM,

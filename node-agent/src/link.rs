@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, CacheInfo};
+use netlink_packet_route::link::GreIOFlags;
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkMessage};
-use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec};
+use rtnetlink::{Handle, LinkGre, LinkGre6, LinkMessageBuilder, LinkUnspec};
 use tokio::task::JoinHandle;
 use tunlb_api::plan::TunnelDevice;
 
@@ -354,6 +355,56 @@ impl Links {
         })
         .await?
         .map_err(|e| LinkError::netlink(op, e))
+    }
+
+    /// Creates a GRE device that receives checksummed GRE addressed to
+    /// `local` (GRE over IPv4 or IPv6, by the address's family).
+    pub async fn add_gre_csum(&self, name: &str, local: IpAddr) -> Result<(), LinkError> {
+        let op = format!("create {name} (GRE with checksums to {local})");
+        let owned = name.to_string();
+        self.count_write();
+        let res = self
+            .call(&op, |h| async move {
+                let msg = match local {
+                    IpAddr::V4(a) => LinkGre::new(&owned)
+                        .local(a)
+                        .iflags(GreIOFlags::Checksum)
+                        .build(),
+                    IpAddr::V6(a) => LinkGre6::new(&owned)
+                        .local(a)
+                        .iflags(GreIOFlags::Checksum)
+                        .build(),
+                };
+                h.link().add(msg).execute().await
+            })
+            .await?;
+        let (device, module) = match local {
+            IpAddr::V4(_) => ("gre", "ip_gre"),
+            IpAddr::V6(_) => ("ip6gre", "ip6_gre"),
+        };
+        match res {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::EOPNOTSUPP) => Err(LinkError::ModuleMissing {
+                device,
+                module,
+                reason: e.to_string(),
+            }),
+            Err(e) => Err(LinkError::netlink(op, e)),
+        }
+    }
+
+    /// Deletes an interface.
+    pub async fn delete_link(&self, index: u32, name: &str) -> Result<(), LinkError> {
+        let op = format!("delete {name}");
+        self.count_write();
+        let res = self
+            .call(&op, |h| async move { h.link().del(index).execute().await })
+            .await?;
+        match res {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
+            Err(e) => Err(LinkError::netlink(op, e)),
+        }
     }
 
     /// Takes an interface down.

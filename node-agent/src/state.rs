@@ -120,6 +120,10 @@ pub struct OwnedState {
     /// takes them down again once nothing needs them.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub links_up: BTreeSet<String>,
+    /// Devices tunlb created (checksummed GRE receivers), deleted once
+    /// nothing needs them.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub links_created: BTreeSet<String>,
     /// GUE receive ports tunlb added.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub fou_ports: BTreeSet<OwnedFouPort>,

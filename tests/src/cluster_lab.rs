@@ -21,11 +21,11 @@ impl Drop for Operator {
     }
 }
 
-/// The lab's Nodes: name, InternalIP, director label.
-pub const NODES: &[(&str, &str, bool)] = &[
-    ("director", "192.168.56.181", true),
-    ("rs1", "192.168.56.183", false),
-    ("rs2", "192.168.56.184", false),
+/// The lab's Nodes: name, InternalIPs (IPv4, IPv6: dual stack), director label.
+pub const NODES: &[(&str, &str, &str, bool)] = &[
+    ("director", "192.168.56.181", "fd00:56::2", true),
+    ("rs1", "192.168.56.183", "fd00:56::3", false),
+    ("rs2", "192.168.56.184", "fd00:56::4", false),
 ];
 
 fn binary(env: &str, default: &str) -> PathBuf {
@@ -56,7 +56,7 @@ pub struct ClusterLabOptions {
     /// A manifest created (in `default`) before the guest boots; the guest
     /// starts once the operator has judged every object in it.
     pub populate: Option<PathBuf>,
-    /// VIP CIDRs for the operator besides the lab's 192.168.56.0/24.
+    /// VIP CIDRs for the operator besides the lab's 192.168.56.0/24 and fd00:56::/64.
     pub vip_cidrs: Vec<String>,
     /// (host directory, guest path)
     pub extra_dirs: Vec<(PathBuf, String)>,
@@ -158,7 +158,7 @@ pub fn run_in_cluster_lab_with(
     let rbac = run(&mut helm)?;
     cp.kubectl_stdin(["apply", "-f", "-"], &rbac)?;
 
-    for (name, ip, director) in NODES {
+    for (name, ip, ip6, director) in NODES {
         let labels = if *director {
             "{\"tunlb.io/director\": \"true\"}"
         } else {
@@ -168,7 +168,7 @@ pub fn run_in_cluster_lab_with(
             format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {labels}}}\n");
         cp.kubectl_stdin(["apply", "-f", "-"], &node)?;
         let patch = format!(
-            "{{\"status\":{{\"addresses\":[{{\"type\":\"InternalIP\",\"address\":\"{ip}\"}}]}}}}"
+            "{{\"status\":{{\"addresses\":[{{\"type\":\"InternalIP\",\"address\":\"{ip}\"}},{{\"type\":\"InternalIP\",\"address\":\"{ip6}\"}}]}}}}"
         );
         cp.kubectl_ok([
             "patch",
@@ -203,7 +203,7 @@ pub fn run_in_cluster_lab_with(
 
     let log_path = dir.join("operator.log");
     let log = std::fs::File::create(&log_path)?;
-    let mut vip_cidrs = vec!["192.168.56.0/24".to_string()];
+    let mut vip_cidrs = vec!["192.168.56.0/24".to_string(), "fd00:56::/64".to_string()];
     vip_cidrs.extend(opts.vip_cidrs.iter().cloned());
     let child = Command::new(binary(
         "TUNLB_OPERATOR_BIN",

@@ -101,7 +101,8 @@ fn hung_nft_times_out_is_killed_and_the_next_run_repairs() {
 #[test]
 #[ignore = "boots the QEMU lab: run tests/run.sh"]
 fn every_tunnel_type_and_family_carries_traffic() {
-    let run = tunlb_tests::run_scenario("tunnels", &[], 600);
+    let udp_echo = std::path::PathBuf::from(env!("CARGO_BIN_EXE_udp-echo"));
+    let run = tunlb_tests::run_scenario("tunnels", &[udp_echo], 600);
     println!("{}", run.output);
     assert!(run.passed > 0 && run.failed == 0 && run.exit_code == Some(0));
 }

@@ -5,11 +5,18 @@
 //! and brings it up, recording that it did; it never deletes one (it goes
 //! only with its module), and takes one it brought up down again once
 //! nothing needs it and no one else's address sits on it.
+//!
+//! Checksummed GRE is the exception: fallback devices drop it, so each local
+//! address that receives it gets a GRE device of tunlb's own (named from
+//! the address, created and deleted by tunlb only).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use tunlb_api::NodeRole;
+use tunlb_api::TunnelKind;
 use tunlb_api::plan::{NodePlan, ObjectPlan, TunnelDevice, VipBinding, backend_receivers};
+use tunlb_api::validate::TUNNEL_FLAG_CSUM;
 
 use super::SyncReport;
 use crate::link::{Address, LinkError, LinkInfo, Links};
@@ -71,6 +78,65 @@ pub fn needs(plan: &NodePlan, o: &ObjectPlan, device: TunnelDevice) -> bool {
             }))
 }
 
+/// The name of tunlb's checksummed-GRE device for `local`: derived from
+/// the address, so a restart finds it again, and within IFNAMSIZ.
+pub fn gre_csum_name(local: IpAddr) -> String {
+    match local {
+        IpAddr::V4(a) => format!("tlbgre{:08x}", u32::from(a)),
+        IpAddr::V6(a) => {
+            // FNV-1a over the 16 bytes: 8 hex digits fit "tlbgre6" + 8 = 15.
+            let h = a.octets().iter().fold(0x811c_9dc5u32, |h, b| {
+                (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+            });
+            format!("tlbgre6{h:08x}")
+        }
+    }
+}
+
+fn needs_gre_csum(o: &ObjectPlan) -> bool {
+    o.roles.contains(&NodeRole::Backend)
+        && o.tunnel
+            .is_some_and(|t| t.kind == TunnelKind::Gre && t.flags & TUNNEL_FLAG_CSUM != 0)
+}
+
+async fn make_gre_csum(
+    links: &Links,
+    local: IpAddr,
+    state: &mut OwnedState,
+    journal: &Journal<'_>,
+) -> Result<u64, LinkError> {
+    let name = gre_csum_name(local);
+    let mut found = links.find(&name).await?;
+    let mut writes = 0;
+    if found.is_none() {
+        if state.links_created.insert(name.clone())
+            && let Err(e) = journal.record(state)
+        {
+            state.links_created.remove(&name);
+            return Err(LinkError::Record(e.to_string()));
+        }
+        links.add_gre_csum(&name, local).await?;
+        found = links.find(&name).await?;
+    }
+    let Some(link) = found else {
+        return Err(LinkError::MissingInterface(name));
+    };
+    if local.is_ipv4() {
+        // Decapsulated packets carry the client's source: reverse-path
+        // filtering must be off on the device they arrive on. The device is
+        // tunlb's own, so its value needs no record.
+        let key = format!("net.ipv4.conf.{name}.rp_filter");
+        if super::sysctl::read(&key).ok().as_deref() != Some("0") {
+            super::sysctl::write(&key, "0").map_err(|e| LinkError::Record(e.to_string()))?;
+            writes += 1;
+        }
+    }
+    if !link.up {
+        links.set_up(link.index, &name).await?;
+    }
+    Ok(writes)
+}
+
 async fn bring_up(
     links: &Links,
     device: TunnelDevice,
@@ -122,6 +188,15 @@ pub async fn sync(
             report.error_for(plan, |o| needs(plan, o, device), &e.to_string());
         }
     }
+    for &local in &plan.gre_csum {
+        match make_gre_csum(links, local, state, journal).await {
+            Ok(n) => report.writes.sysctls += n,
+            Err(e) => {
+                ok = false;
+                report.error_for(plan, needs_gre_csum, &e.to_string());
+            }
+        }
+    }
     ok
 }
 
@@ -139,7 +214,14 @@ pub async fn release(
         .filter(|n| !TunnelDevice::from_name(n).is_some_and(|d| plan.tunnel_devices.contains(&d)))
         .cloned()
         .collect();
-    if unneeded.is_empty() {
+    let wanted_created: BTreeSet<String> =
+        plan.gre_csum.iter().map(|a| gre_csum_name(*a)).collect();
+    let uncreate: Vec<String> = state
+        .links_created
+        .difference(&wanted_created)
+        .cloned()
+        .collect();
+    if unneeded.is_empty() && uncreate.is_empty() {
         return;
     }
     let read = async {
@@ -188,6 +270,16 @@ mod tests {
     fn addr(index: u32, a: &str) -> Address {
         let ip: IpAddr = a.parse().unwrap_or_else(|e| panic!("{a}: {e}"));
         Address::for_test(index, "gre0", ip)
+    }
+
+    #[test]
+    fn gre_csum_device_names_fit_and_differ() {
+        let a = gre_csum_name("192.168.56.183".parse().unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(a, "tlbgre c0a838b7".replace(' ', ""));
+        let b = gre_csum_name("fd00:56::3".parse().unwrap_or_else(|e| panic!("{e}")));
+        let c = gre_csum_name("fd00:56::4".parse().unwrap_or_else(|e| panic!("{e}")));
+        assert!(b.len() <= 15 && b.starts_with("tlbgre6"), "{b}");
+        assert_ne!(b, c);
     }
 
     #[test]

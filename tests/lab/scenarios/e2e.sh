@@ -190,6 +190,40 @@ lab_assert_eq "new connections go to the remaining server" "rs1 rs1" "$(requests
 lab_assert_eq "once drained the status no longer lists it" 0 "$(wait_for 60 "drain done" draining_is ""; echo $?)"
 lab_assert_eq "and IPVS no longer has it" "" "$(ipvs_rows director | grep "$VIP:80 wrr $RS2:80")"
 
+# 7d. Other encapsulations and IPv6 through Kubernetes: GUE (the backends
+# get a GUE port) and an IPv6 VIP over ip6ip6 with a mapped port (the Nodes
+# are dual stack). READY only once every node programmed them; delete takes
+# the GUE port and the IPv6 VIPs back.
+i=1
+for n in client director rs1 rs2; do
+	ns_exec "$n" "$IP" -6 addr add "fd00:56::$i/64" dev eth0 nodad
+	i=$((i + 1))
+done
+k apply -f /examples/tunnels/
+lab_assert_eq "gue and IPv6 VirtualServices Ready" 0 \
+	"$(k wait --for=condition=Ready tvs/web-gue tvs/web6 --timeout=90s >/dev/null 2>&1; echo $?)"
+k get tvs web-gue web6
+lab_assert_eq "web6 programmed on the director and both backends" "director=true rs1=true rs2=true" \
+	"$(k get tvs web6 -o jsonpath='{range .status.nodes[*]}{.nodeName}={.programmed}{" "}{end}' | tr ' ' '\n' | sort | tr '\n' ' ' | sed 's/ $//')"
+lab_assert_eq "web6's real servers are the Nodes' IPv6 InternalIPs" "fd00:56::3=rs1 fd00:56::4=rs2" \
+	"$(k get tvs web6 -o jsonpath='{range .status.realServers[*]}{.address}={.nodeName}{" "}{end}' | sed 's/ $//')"
+got="$(requests 4 "http://192.168.56.188/")"
+echo "gue -> $got"
+lab_assert_eq "gue VIP alternates rs1/rs2" yes "$(alternates "$got")"
+lab_assert_contains "rs1 receives GUE on 6080" "port 6080 gue" "$(ns_exec rs1 "$IP" fou show)"
+lab_assert_contains "the director's show names the encapsulation" "gue:6080 csum" "$(ns_exec director "$AGENT" show)"
+got="$(requests 4 "http://[fd00:56::185]/")"
+echo "ip6ip6 -> $got"
+lab_assert_eq "IPv6 VIP alternates rs1/rs2" yes "$(alternates "$got")"
+got="$(requests 4 "http://[fd00:56::185]:8099/")"
+echo "ip6ip6 8099 -> $got"
+lab_assert_eq "IPv6 mapped port alternates rs1/rs2" yes "$(alternates "$got")"
+k delete tvs web-gue web6 --timeout=90s >/dev/null
+no_fou() { [ -z "$(ns_exec rs1 "$IP" fou show)" ]; }
+no_vip6() { [ -z "$(ns_exec rs1 "$IP" -o -6 addr show dev ip6tnl0 scope global)" ]; }
+lab_assert_eq "GUE port gone from rs1" 0 "$(wait_for 30 "GUE port gone" no_fou; echo $?)"
+lab_assert_eq "IPv6 VIP gone from rs1" 0 "$(wait_for 30 "IPv6 VIP gone" no_vip6; echo $?)"
+
 # 8. Delete cleans every node, then the finalizer lets the object go. The
 # deleted services drain first (their recent connections are inactive).
 k delete tvs --all --timeout=60s

@@ -41,8 +41,8 @@ url() {
 rs_state() {
 	for ns in rs1 rs2; do
 		echo "== $ns"
-		ns_exec "$ns" "$IP" -br link show | awk '$1 ~ /^(tunl0|gre0|ip6tnl0|ip6gre0)@/ {print $1, $2}'
-		ns_exec "$ns" "$IP" -o addr show | awk '$2 ~ /^(tunl0|gre0|ip6tnl0|ip6gre0)$/ && $4 !~ /^fe80/ {print $2, $4}'
+		ns_exec "$ns" "$IP" -br link show | awk '$1 ~ /^(tunl0|gre0|ip6tnl0|ip6gre0|tlbgre.*)@/ {print $1, $2}'
+		ns_exec "$ns" "$IP" -o addr show | awk '$2 ~ /^(tunl0|gre0|ip6tnl0|ip6gre0|tlbgre.*)$/ && $4 !~ /^fe80/ {print $2, $4}'
 		ns_exec "$ns" "$IP" fou show
 		ns_exec "$ns" nft list ruleset | grep -c 'dnat' || true
 	done
@@ -86,6 +86,14 @@ check gre "$VIP" "{type: gre}" "$RS1" "$RS2" "gre"
 lab_assert_eq "gre: no GUE port left" "" "$(ns_exec rs1 "$IP" fou show)"
 lab_assert_contains "gre: rs1's gre0 is up" "UNKNOWN" "$(ns_exec rs1 "$IP" -br link show gre0)"
 lab_assert_eq "gre: rs1's gre0 rp_filter off" 0 "$(ns_exec rs1 cat /proc/sys/net/ipv4/conf/gre0/rp_filter)"
+# The fallback gre0 drops checksummed GRE: each backend address gets a GRE
+# device of tunlb's own that expects checksums.
+check "gre csum" "$VIP" "{type: gre, checksum: csum}" "$RS1" "$RS2" "gre csum"
+lab_assert_eq "gre csum: rs1 receives on tlbgrec0a838b7 (local $RS1, checksums in)" "tlbgrec0a838b7 $RS1 icsum" \
+	"$(ns_exec rs1 "$IP" -d link show tlbgrec0a838b7 | awk '/gre remote/ {for (i = 1; i <= NF; i++) if ($i == "local") l = $(i + 1); c = /icsum/ ? "icsum" : "-"; print "tlbgrec0a838b7", l, c}')"
+lab_assert_eq "gre csum: its rp_filter off" 0 "$(ns_exec rs1 cat /proc/sys/net/ipv4/conf/tlbgrec0a838b7/rp_filter)"
+check "gre again without checksums" "$VIP" "{type: gre}" "$RS1" "$RS2" "gre"
+lab_assert_eq "gre without checksums: tunlb's device is gone" "" "$(ns_exec rs1 "$IP" -br link show | grep tlbgre)"
 delete_all /tmp/tun.yaml >/dev/null
 
 # IPv6. On-link clients need the director's VIP on eth0: Linux answers
@@ -107,22 +115,72 @@ check "ip6 gue csum" "$VIP6" "{type: gue, port: 6080, checksum: csum}" "$RS1_6" 
 check "ip6 gre" "$VIP6" "{type: gre}" "$RS1_6" "$RS2_6" "gre" "$DIR6"
 lab_assert_contains "ip6 gre: rs1's ip6gre0 is up" "UNKNOWN" "$(ns_exec rs1 "$IP" -br link show ip6gre0)"
 lab_assert_contains "ip6 gre: DNAT in ip6 tunlb" "dnat to :80" "$(ns_exec rs1 nft list table ip6 tunlb)"
+check "ip6 gre csum" "$VIP6" "{type: gre, checksum: csum}" "$RS1_6" "$RS2_6" "gre csum" "$DIR6"
+lab_assert_contains "ip6 gre csum: rs1 receives on a device of tunlb's" "tlbgre6" "$(ns_exec rs1 "$IP" -br link show)"
 out="$(delete_all /tmp/tun.yaml)"
 echo "$out"
 lab_assert_same "delete takes back what each type added on the backends" "$baseline" "$(rs_state)"
 lab_assert_eq "delete leaves no IPVS service" "" "$(ipvs_rows director)"
 
-# Refused at once, naming the field: gre with checksums, and tunl0 for an
-# IPv6 VIP.
-manifest /tmp/bad.yaml "$VIP" "{type: gre, checksum: csum}" "$RS1" "$RS2"
-out="$(agent director apply -f /tmp/bad.yaml 2>&1)"
-echo "$out"
-lab_assert_contains "gre csum refused with the reason" "spec.tunnel.checksum: gre with checksums is not supported" "$out"
+# UDP through the VIP: a server bound to the VIP answers from it; one bound
+# to the wildcard answers from rs1's own address, and the client, whose
+# socket is connected to the VIP, never sees that answer.
+UDP_ECHO=/usr/local/bin/udp-echo
+cat >/tmp/udp.yaml <<Y
+apiVersion: tunlb.io/v1alpha1
+kind: VirtualService
+metadata: {name: dns, namespace: default}
+spec:
+  vip: "$VIP"
+  ports: [{port: 5353, protocol: UDP}]
+  scheduler: rr
+  backends:
+    static: [{address: "$RS1"}]
+Y
+apply_all /tmp/udp.yaml
+# stop_udp: the server runs under a subshell, so $! is not its pid.
+stop_udp() {
+	kill $(pidof udp-echo) 2>/dev/null
+	wait_for 10 "UDP server stopped" sh -c '! pidof udp-echo'
+}
+ns_exec rs1 "$UDP_ECHO" serve "$VIP:5353" rs1-bound &
+wait_for 10 "UDP server bound" ns_exec client "$UDP_ECHO" ask "$VIP:5353" 1
+lab_assert_eq "UDP: a server bound to the VIP answers through it" rs1-bound \
+	"$(ns_exec client "$UDP_ECHO" ask "$VIP:5353")"
+stop_udp
+ns_exec rs1 "$UDP_ECHO" serve "0.0.0.0:5353" rs1-wildcard &
+wait_for 10 "wildcard UDP server listening" sh -c "$IP netns exec rs1 cat /proc/net/udp | grep -q ':14E9 '"
+# Udp NoPorts counts datagrams no socket accepted: the answer did arrive,
+# from rs1's own address, which the client's socket is not connected to.
+noports() { ns_exec client awk '/^Udp: [0-9]/ {print $3}' /proc/net/snmp; }
+before="$(noports)"
+lab_assert_eq "UDP: a wildcard-bound server's answer never reaches the client" NO-ANSWER \
+	"$(ns_exec client "$UDP_ECHO" ask "$VIP:5353")"
+lab_assert_eq "UDP: that answer arrived from another address and was dropped" yes \
+	"$([ "$(noports)" -gt "$before" ] && echo yes || echo no)"
+stop_udp
+delete_all /tmp/udp.yaml >/dev/null
+
+# Refused at once, naming the field: tunl0 for an IPv6 VIP; and a backend
+# address receives GRE either with checksums or without: the younger object
+# is refused there, the older one keeps working.
 manifest /tmp/bad.yaml "$VIP6" "{type: ipip}" "$RS1_6" "$RS2_6" "  directors: {interface: tunl0}"
 out="$(agent director apply -f /tmp/bad.yaml 2>&1)"
 echo "$out"
 lab_assert_contains "tunl0 for an IPv6 VIP refused" "spec.directors.interface: tunl0 cannot hold $VIP6" "$out"
 lab_assert_eq "refusals leave no IPVS service" "" "$(ipvs_rows director)"
+manifest /tmp/plain.yaml "$VIP" "{type: gre}" "$RS1" "$RS2"
+manifest /tmp/csum.yaml 192.168.56.199 "{type: gre, checksum: csum}" "$RS1" "$RS2"
+sed -i 's/name: tun,/name: tun-csum,/' /tmp/csum.yaml
+apply_all /tmp/plain.yaml >/dev/null
+out="$(agent rs1 apply -f /tmp/csum.yaml 2>&1)"
+echo "$out"
+lab_assert_contains "gre with and without checksums on one backend address: the younger refused" \
+	"spec.tunnel.checksum: backend rs1 ($RS1) already receives GRE without checksums" "$out"
+got="$(requests 4 "$(url "$VIP" 80)")"
+lab_assert_eq "the older gre service still alternates" yes "$(alternates "$got")"
+delete_all /tmp/plain.yaml >/dev/null
+agent rs1 delete -f /tmp/csum.yaml >/dev/null 2>&1
 
 topo_cleanup
 lab_summary
