@@ -1117,6 +1117,8 @@ backends:
             (t(TunnelKind::Gue, TUNNEL_FLAG_CSUM), false, 1428),
             (t(TunnelKind::Gue, TUNNEL_FLAG_REMCSUM), false, 1420),
             (t(TunnelKind::Gre, 0), false, 1436),
+            (t(TunnelKind::Gre, TUNNEL_FLAG_CSUM), false, 1432),
+            (t(TunnelKind::Gre, TUNNEL_FLAG_CSUM), true, 1392),
             (t(TunnelKind::Ipip, 0), true, 1400),
             (t(TunnelKind::Gue, 0), true, 1388),
             (t(TunnelKind::Gre, 0), true, 1396),

@@ -330,8 +330,9 @@ pub struct Tunnel {
     /// Clamp the TCP MSS that backends announce on connections to the VIP, so
     /// that encapsulated packets fit the path MTU. Unset: no clamp. For a
     /// 1500-byte path: IPv4 ipip 1440 (20 bytes of outer header), gue 1428
-    /// (20 + 8 UDP + 4 GUE; remcsum 1420), gre 1436 (20 + 4); IPv6 ip6ip6
-    /// 1400 (40 + 60 of inner headers), gue 1388, gre 1396.
+    /// (20 + 8 UDP + 4 GUE; remcsum 1420), gre 1436 (20 + 4; with
+    /// checksums 1432); IPv6 ip6ip6 1400 (40 + 60 of inner headers), gue
+    /// 1388, gre 1396 (with checksums 1392).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 536, max = 9000))]
     pub mss_clamp: Option<i32>,
