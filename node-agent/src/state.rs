@@ -284,6 +284,11 @@ impl OwnedState {
                 ipvs_services: &self.ipvs_services,
                 addresses: &self.addresses,
                 sysctl_originals: &self.sysctl_originals,
+                links_up: &self.links_up,
+                links_created: &self.links_created,
+                fou_ports: &self.fou_ports,
+                draining: &self.draining,
+                drain_timeouts: &self.drain_timeouts,
                 accepted: &self.accepted,
             })
             .map_err(std::io::Error::other)?;
@@ -318,13 +323,25 @@ impl OwnedState {
     }
 }
 
-/// Everything in state.json but the standalone objects.
+/// Everything in state.json but the standalone objects: every other field
+/// of [`OwnedState`] (`journal_with_parked_objects_keeps_them` checks that
+/// none is lost).
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Head<'a> {
     ipvs_services: &'a BTreeSet<OwnedService>,
     addresses: &'a BTreeSet<OwnedAddress>,
     sysctl_originals: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    links_up: &'a BTreeSet<String>,
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    links_created: &'a BTreeSet<String>,
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    fou_ports: &'a BTreeSet<OwnedFouPort>,
+    #[serde(skip_serializing_if = "<[DrainRecord]>::is_empty")]
+    draining: &'a [DrainRecord],
+    #[serde(skip_serializing_if = "<[ServiceDrain]>::is_empty")]
+    drain_timeouts: &'a [ServiceDrain],
     accepted: &'a BTreeMap<String, AcceptedObject>,
 }
 
@@ -686,15 +703,23 @@ mod tests {
             interface: "tunl0".into(),
             address: "192.168.56.185".parse().unwrap_or_else(|_| unreachable!()),
         });
+        s.sysctl_originals
+            .insert("net.ipv4.conf.all.rp_filter".into(), "1".into());
+        s.links_up.insert("gre0".into());
+        s.links_created.insert("tlbgrec0a838b7".into());
+        s.fou_ports.insert(OwnedFouPort {
+            port: 6080,
+            ipv6: true,
+        });
+        let mut full = s.clone();
+        full.objects = objects.clone();
         let journal = Journal::parked(&dir, &pending);
         assert!(!journal.recorded());
         journal.record(&s).unwrap_or_else(|e| panic!("{e}"));
         assert!(journal.recorded());
         let back = OwnedState::load(&dir).unwrap_or_else(|e| panic!("{e}"));
         assert!(!back.rebuild);
-        assert_eq!(back.ipvs_services, s.ipvs_services);
-        assert_eq!(back.addresses, s.addresses);
-        assert_eq!(back.objects, objects);
+        assert_eq!(back, full, "every field survives a journal entry");
         // Nothing is left behind but the record and the parked objects.
         let mut names: Vec<String> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{e}"))
