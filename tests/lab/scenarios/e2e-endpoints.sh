@@ -128,7 +128,7 @@ settled() {
 	lab_assert_eq "$1: rs2's DNAT" 0 "$(wait_for 40 "rs2 rule $4" rule_is rs2 "$4"; echo $?)"
 	lab_assert_eq "$1: status.nodes programmed" 0 \
 		"$(wait_for 40 "status $5" programmed_is "$5"; echo $?)"
-	echo "$1: $(dests) | rs1: $(rule rs1) | rs2: $(rule rs2) | $(programmed)"
+	echo "[$(($(date +%s) - t0)) s] $1: $(dests) | rs1: $(rule rs1) | rs2: $(rule rs2) | $(programmed)"
 }
 
 t0=$(date +%s)
