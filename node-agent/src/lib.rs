@@ -6,6 +6,7 @@ pub mod link;
 pub mod load;
 pub mod memory;
 pub mod metrics;
+pub mod modules;
 pub mod show;
 pub mod standalone;
 pub mod state;

@@ -43,6 +43,12 @@ fn faults_unprogrammable_object_api_outage_and_legacy_object() {
     assert_cluster_scenario("e2e-faults");
 }
 
+#[test]
+#[ignore = "needs the QEMU lab and the test control plane: run tests/run.sh"]
+fn service_endpoints_several_per_node_churn_and_a_missing_nft_module() {
+    assert_cluster_scenario("e2e-endpoints");
+}
+
 /// A directory removed when dropped.
 struct TempDir(PathBuf);
 

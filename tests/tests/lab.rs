@@ -31,6 +31,12 @@ fn vip_on_ordinary_director_interface() {
 
 #[test]
 #[ignore = "boots the QEMU lab: run tests/run.sh"]
+fn a_missing_nft_module_is_named_and_nothing_is_half_applied() {
+    assert_scenario("missing-module");
+}
+
+#[test]
+#[ignore = "boots the QEMU lab: run tests/run.sh"]
 fn foreign_kernel_state_is_never_touched() {
     assert_scenario("ownership");
 }

@@ -2,7 +2,9 @@
 //! tunlb uses (`ip tunlb`, `ip6 tunlb`). Each change replaces our table in one
 //! atomic `nft -f` transaction; rules in any other table are never touched.
 //! The table comment carries a hash of its content so an unchanged plan costs
-//! one read and no write.
+//! one read and no write. When nft fails and a kernel module the table needs
+//! is not there (and the kernel could not load it on demand), the error names
+//! that module rather than nft's bare errno.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -14,6 +16,8 @@ use tokio::process::Command;
 use tunlb_api::Protocol;
 use tunlb_api::plan::{DnatRule, MssRule};
 
+use crate::modules::{Presence, Roots};
+
 pub const TABLE: &str = "tunlb";
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +26,13 @@ pub enum NatError {
     Spawn(#[source] std::io::Error),
     #[error("nft -f failed: {0}")]
     Apply(String),
+    /// nft failed and modules the table needs are not there; `nft` holds
+    /// what nft said (logged, not shown: the module is the useful part).
+    #[error("{}", missing.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    MissingModules {
+        missing: Vec<NeededModule>,
+        nft: String,
+    },
     /// The program neither finished nor failed in time; it was killed.
     #[error("`{command}` did not finish within {after:?}; killed it")]
     Timeout { command: String, after: Duration },
@@ -70,16 +81,134 @@ fn fmt_target(addr: &IpAddr, port: u16) -> String {
     }
 }
 
+/// The rules of `family`.
+fn of_family<T>(rules: &[T], family: Family, vip: impl Fn(&T) -> &IpAddr) -> Vec<&T> {
+    rules
+        .iter()
+        .filter(|r| Family::of(vip(r)) == family)
+        .collect()
+}
+
+/// Whether a rule spreads its connections over several targets (a numgen
+/// map) rather than DNATing them all to one.
+fn spreads(rule: &DnatRule) -> bool {
+    rule.targets.len() != 1
+}
+
+/// A kernel module a table needs, and what for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeededModule {
+    pub module: &'static str,
+    pub purpose: String,
+}
+
+impl std::fmt::Display for NeededModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "kernel module {} is not available (needed {})",
+            self.module, self.purpose
+        )
+    }
+}
+
+/// "a, b and c", or the first three "and N more".
+fn listing(items: &[String]) -> String {
+    const SHOWN: usize = 3;
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [first @ .., last] if items.len() <= SHOWN => format!("{} and {last}", first.join(", ")),
+        _ => format!(
+            "{} and {} more",
+            items[..SHOWN].join(", "),
+            items.len() - SHOWN
+        ),
+    }
+}
+
+/// The kernel modules the table of `family` uses (kernel 5.1 and later,
+/// where one `nft_chain_nat` serves both families), in the order nft meets
+/// them; empty when the table is. Matches, payloads, sets and maps, the
+/// TCP option extension header and filter chains are in `nf_tables` itself.
+pub fn needed_modules(family: Family, dnat: &[DnatRule], mss: &[MssRule]) -> Vec<NeededModule> {
+    let dnat = of_family(dnat, family, |r| &r.vip);
+    let mss = of_family(mss, family, |r| &r.vip);
+    let mut out = Vec::new();
+    if dnat.is_empty() && mss.is_empty() {
+        return out;
+    }
+    out.push(NeededModule {
+        module: "nf_tables",
+        purpose: format!("for tunlb's nftables table {} {TABLE}", family.name()),
+    });
+    if !dnat.is_empty() {
+        let ports: Vec<String> = dnat.iter().map(|r| fmt_target(&r.vip, r.port)).collect();
+        out.push(NeededModule {
+            module: "nft_chain_nat",
+            purpose: format!("for the NAT chain that maps {}", listing(&ports)),
+        });
+        out.push(NeededModule {
+            module: "nft_nat",
+            purpose: format!("to DNAT {}", listing(&ports)),
+        });
+        let spread: Vec<String> = dnat
+            .iter()
+            .filter(|r| spreads(r))
+            .map(|r| fmt_target(&r.vip, r.port))
+            .collect();
+        if !spread.is_empty() {
+            out.push(NeededModule {
+                module: "nft_numgen",
+                purpose: format!(
+                    "to spread {} over several local endpoints",
+                    listing(&spread)
+                ),
+            });
+        }
+    }
+    if !mss.is_empty() {
+        let mut vips: Vec<String> = mss.iter().map(|r| r.vip.to_string()).collect();
+        vips.dedup();
+        out.push(NeededModule {
+            module: "nft_ct",
+            purpose: format!("to clamp the TCP MSS of {}", listing(&vips)),
+        });
+    }
+    out
+}
+
+/// The error for an nft run that failed with `stderr`: the modules of
+/// `needed` that are not there, judged by `presence` after the run (the
+/// kernel loads what it can on demand, so only what is still absent can
+/// be the cause), or nft's own words when every module is there. Without
+/// `nf_tables` none of its extensions can load: only it is named then.
+fn failure(
+    stderr: String,
+    needed: &[NeededModule],
+    presence: impl Fn(&str) -> Presence,
+) -> NatError {
+    let mut missing: Vec<NeededModule> = needed
+        .iter()
+        .filter(|n| !presence(n.module).is_available())
+        .cloned()
+        .collect();
+    if missing.is_empty() {
+        return NatError::Apply(stderr);
+    }
+    if let Some(core) = missing.iter().position(|n| n.module == "nf_tables") {
+        missing = vec![missing.swap_remove(core)];
+    }
+    NatError::MissingModules {
+        missing,
+        nft: stderr,
+    }
+}
+
 /// Renders the body of one family's table; `None` when it would be empty.
 pub fn render_table(family: Family, dnat: &[DnatRule], mss: &[MssRule]) -> Option<String> {
-    let dnat: Vec<&DnatRule> = dnat
-        .iter()
-        .filter(|r| Family::of(&r.vip) == family)
-        .collect();
-    let mss: Vec<&MssRule> = mss
-        .iter()
-        .filter(|r| Family::of(&r.vip) == family)
-        .collect();
+    let dnat = of_family(dnat, family, |r| &r.vip);
+    let mss = of_family(mss, family, |r| &r.vip);
     if dnat.is_empty() && mss.is_empty() {
         return None;
     }
@@ -255,7 +384,8 @@ async fn current_comment(family: Family) -> Result<Option<String>, NatError> {
     ))
 }
 
-async fn run_script(script: &str) -> Result<(), NatError> {
+/// Runs `script`; when it fails, names the modules of `needed` that are missing.
+async fn run_script(script: &str, needed: &[NeededModule]) -> Result<(), NatError> {
     let out = run(
         "nft",
         &["-f", "-"],
@@ -264,12 +394,16 @@ async fn run_script(script: &str) -> Result<(), NatError> {
     )
     .await?;
     if out.status.success() {
-        Ok(())
-    } else {
-        Err(NatError::Apply(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ))
+        return Ok(());
     }
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let roots = Roots::from_env();
+    let err = failure(stderr, needed, |m| roots.presence(m));
+    if let NatError::MissingModules { missing, nft } = &err {
+        let modules: Vec<&str> = missing.iter().map(|n| n.module).collect();
+        tracing::warn!(?modules, %nft, "nft failed and kernel modules the table needs are not there");
+    }
+    Err(err)
 }
 
 /// The `nft -f` script that turns our table of `family`, whose comment is
@@ -296,7 +430,7 @@ pub async fn apply(dnat: &[DnatRule], mss: &[MssRule]) -> Result<usize, NatError
         let desired = render_table(family, dnat, mss);
         let current = current_comment(family).await?;
         if let Some(script) = diff(family, desired.as_deref(), current.as_deref()) {
-            run_script(&script).await?;
+            run_script(&script, &needed_modules(family, dnat, mss)).await?;
             writes += 1;
         }
     }
@@ -354,6 +488,154 @@ mod tests {
         assert!(body.contains("ip daddr 192.168.56.190 udp dport 53 dnat ip addr . port to numgen inc mod 2 map { 0 : 10.244.1.5 . 5353, 1 : 10.244.1.6 . 5353 }"), "{body}");
         assert!(body.contains("ct original ip daddr 192.168.56.186 tcp flags & (syn | ack) == syn | ack tcp option maxseg size > 1440 tcp option maxseg size set 1440"), "{body}");
         assert_eq!(render_table(Family::Ip6, &dnat, &mss), None);
+    }
+
+    fn rule(vip: &str, port: u16, targets: &[(&str, u16)]) -> DnatRule {
+        DnatRule {
+            vip: ip(vip),
+            protocol: Protocol::Tcp,
+            port,
+            targets: targets
+                .iter()
+                .map(|(a, p)| ((!a.is_empty()).then(|| ip(a)), *p))
+                .collect(),
+        }
+    }
+
+    fn names(needed: &[NeededModule]) -> Vec<&str> {
+        needed.iter().map(|n| n.module).collect()
+    }
+
+    #[test]
+    fn modules_follow_the_rules_that_use_them() {
+        let mapped = rule("192.168.56.186", 8099, &[("", 80)]);
+        let one = rule("192.168.56.190", 80, &[("10.244.1.5", 8080)]);
+        let two = rule(
+            "192.168.56.191",
+            80,
+            &[("10.244.1.5", 8080), ("10.244.1.6", 8080)],
+        );
+        let mss = MssRule {
+            vip: ip("192.168.56.186"),
+            port: 80,
+            mss: 1440,
+        };
+        assert_eq!(needed_modules(Family::Ip, &[], &[]), vec![]);
+        let single = needed_modules(Family::Ip, &[mapped.clone(), one.clone()], &[]);
+        assert_eq!(names(&single), ["nf_tables", "nft_chain_nat", "nft_nat"]);
+        assert_eq!(
+            single[2].purpose,
+            "to DNAT 192.168.56.186:8099 and 192.168.56.190:80"
+        );
+        let spread = needed_modules(Family::Ip, &[one, two.clone()], &[]);
+        assert_eq!(
+            names(&spread),
+            ["nf_tables", "nft_chain_nat", "nft_nat", "nft_numgen"]
+        );
+        assert_eq!(
+            spread[3].to_string(),
+            "kernel module nft_numgen is not available (needed to spread 192.168.56.191:80 over several local endpoints)"
+        );
+        let clamp_only = needed_modules(Family::Ip, &[], &[mss]);
+        assert_eq!(names(&clamp_only), ["nf_tables", "nft_ct"]);
+        assert_eq!(
+            clamp_only[1].purpose,
+            "to clamp the TCP MSS of 192.168.56.186"
+        );
+        assert_eq!(clamp_only[0].purpose, "for tunlb's nftables table ip tunlb");
+        assert_eq!(
+            needed_modules(Family::Ip6, &[two], &[mss]),
+            vec![],
+            "IPv4 rules need nothing of the ip6 table"
+        );
+        let v6 = rule(
+            "2001:db8::5",
+            443,
+            &[("2001:db8:1::5", 8443), ("2001:db8:1::6", 8443)],
+        );
+        let needed = needed_modules(Family::Ip6, &[v6], &[]);
+        assert_eq!(
+            needed[3].purpose,
+            "to spread [2001:db8::5]:443 over several local endpoints"
+        );
+    }
+
+    #[test]
+    fn long_listings_are_cut() {
+        let items: Vec<String> = (1..=5).map(|i| format!("10.0.0.{i}:80")).collect();
+        assert_eq!(listing(&items[..1]), "10.0.0.1:80");
+        assert_eq!(
+            listing(&items[..3]),
+            "10.0.0.1:80, 10.0.0.2:80 and 10.0.0.3:80"
+        );
+        assert_eq!(
+            listing(&items),
+            "10.0.0.1:80, 10.0.0.2:80, 10.0.0.3:80 and 2 more"
+        );
+    }
+
+    #[test]
+    fn a_failure_names_what_is_still_missing() {
+        let two = rule(
+            "192.168.56.190",
+            80,
+            &[("10.244.1.5", 8080), ("10.244.1.6", 8080)],
+        );
+        let needed = needed_modules(Family::Ip, &[two], &[]);
+        let enoent = "Error: Could not process rule: No such file or directory".to_string();
+        let without = |gone: &'static [&'static str]| {
+            move |m: &str| {
+                if gone.contains(&m) {
+                    Presence::Absent
+                } else {
+                    Presence::Loaded
+                }
+            }
+        };
+
+        let err = failure(enoent.clone(), &needed, without(&["nft_numgen"]));
+        assert_eq!(
+            err.to_string(),
+            "kernel module nft_numgen is not available (needed to spread 192.168.56.190:80 over several local endpoints)"
+        );
+        match &err {
+            NatError::MissingModules { nft, .. } => assert_eq!(nft, &enoent),
+            other => panic!("expected MissingModules, got {other:?}"),
+        }
+
+        let err = failure(enoent.clone(), &needed, without(&["nft_nat", "nft_numgen"]));
+        assert_eq!(
+            err.to_string(),
+            "kernel module nft_nat is not available (needed to DNAT 192.168.56.190:80); \
+             kernel module nft_numgen is not available (needed to spread 192.168.56.190:80 over several local endpoints)"
+        );
+
+        let err = failure(
+            enoent.clone(),
+            &needed,
+            without(&["nf_tables", "nft_chain_nat", "nft_nat", "nft_numgen"]),
+        );
+        assert_eq!(
+            err.to_string(),
+            "kernel module nf_tables is not available (needed for tunlb's nftables table ip tunlb)",
+            "its extensions cannot load without it: only it is named"
+        );
+
+        let err = failure(enoent.clone(), &needed, |_| Presence::NotLoaded);
+        assert!(
+            err.to_string()
+                .starts_with("kernel module nf_tables is not available"),
+            "not loaded and not known to be built in counts as missing: {err}"
+        );
+
+        let err = failure(enoent.clone(), &needed, |_| Presence::BuiltIn);
+        assert_eq!(
+            err.to_string(),
+            format!("nft -f failed: {enoent}"),
+            "with every module there, nft's own words"
+        );
+        let err = failure(enoent.clone(), &[], |_| Presence::Absent);
+        assert_eq!(err.to_string(), format!("nft -f failed: {enoent}"));
     }
 
     #[tokio::test]

@@ -1,0 +1,60 @@
+#!/bin/sh
+# A kernel module the backend's DNAT needs is missing: unloaded, and its file
+# moved away so the kernel cannot load it on demand either. The standalone
+# agent's output names the module and what needs it, the object is not
+# applied (and nothing of it stays), the exit code says so. Once the file is
+# back the same apply works, the kernel loading the module by itself.
+. /scenarios/common.sh
+VIP2=192.168.56.186
+
+topo_setup || { echo "topology setup failed"; exit 1; }
+start_backends
+mods="/lib/modules/$(uname -r)"
+
+# hide MODULE...: unloads each module and moves its file away.
+hide() {
+	for _m in "$@"; do
+		_ko="$(find "$mods" -name "$_m.ko")"
+		mv "$_ko" "/tmp/$_m.ko.away" || return 1
+		echo "$_ko" >"/tmp/$_m.ko.path"
+		rmmod "$_m" || return 1
+	done
+}
+restore() {
+	for _m in "$@"; do mv "/tmp/$_m.ko.away" "$(cat "/tmp/$_m.ko.path")"; done
+}
+
+# 1. nft_nat missing: the mapping 8099 -> 80 cannot be written.
+lab_assert_eq "nft_nat unloaded and its file moved away" 0 "$(hide nft_nat >/dev/null 2>&1; echo $?)"
+out="$(agent rs1 apply -f $EX/02-mapped.yaml 2>&1)"
+rc=$?
+echo "$out"
+lab_assert_eq "apply fails" 1 "$rc"
+lab_assert_contains "the output names the module and what needs it" \
+	"error: $EX/02-mapped.yaml: VirtualService default/mapped: port mapping: kernel module nft_nat is not available (needed to DNAT $VIP2:8099)" "$out"
+lab_assert_eq "the error line is not nft's bare errno" "" "$(echo "$out" | grep '^error:' | grep 'No such file or directory')"
+lab_assert_eq "the object is not reported applied" "" "$(echo "$out" | grep 'virtualservice default/mapped applied')"
+lab_assert_eq "no VIP on rs1" "" "$(ns_exec rs1 "$IP" -o addr show dev tunl0 2>/dev/null | grep "$VIP2")"
+lab_assert_eq "no tunlb table on rs1" "" "$(ns_exec rs1 nft list tables | grep tunlb)"
+
+# 2. nft_ct missing as well: the MSS clamp needs it; both are named.
+lab_assert_eq "nft_ct unloaded and its file moved away" 0 "$(hide nft_ct >/dev/null 2>&1; echo $?)"
+awk '{ print } /scheduler: wrr/ { print "  tunnel: {mssClamp: 1440}" }' $EX/02-mapped.yaml >/tmp/mapped-mss.yaml
+out="$(agent rs1 apply -f /tmp/mapped-mss.yaml 2>&1)"
+echo "$out"
+lab_assert_contains "both modules are named" \
+	"port mapping: kernel module nft_nat is not available (needed to DNAT $VIP2:8099); kernel module nft_ct is not available (needed to clamp the TCP MSS of $VIP2)" "$out"
+
+# 3. The files are back: the same apply succeeds, the kernel loads the
+#    modules on demand, and the mapping answers.
+restore nft_nat nft_ct
+out="$(apply_all /tmp/mapped-mss.yaml)"
+echo "$out"
+lab_assert_contains "rs1 applies it now" "[rs1] virtualservice default/mapped applied (backend)" "$out"
+lab_assert_eq "the kernel loaded both on demand" 0 "$([ -d /sys/module/nft_nat ] && [ -d /sys/module/nft_ct ]; echo $?)"
+lab_assert_contains "rs1 DNATs 8099 to 80" "ip daddr $VIP2 tcp dport 8099 dnat to :80" "$(ns_exec rs1 nft list table ip tunlb)"
+lab_assert_eq "VIP2:8099 answers through both backends" yes "$(alternates "$(requests 4 "http://$VIP2:8099/")")"
+
+delete_all /tmp/mapped-mss.yaml >/dev/null
+topo_cleanup
+lab_summary
