@@ -96,7 +96,7 @@ where
         Err(tunlb_ipvs::Error::FamilyNotFound) => {
             fail_all(
                 report,
-                "kernel module fou is not available (modprobe fou): GUE cannot be received",
+                "kernel module fou is not loaded (modprobe fou; the kernel does not load it on demand): GUE cannot be received",
             );
             return false;
         }

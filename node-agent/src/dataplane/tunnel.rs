@@ -200,8 +200,9 @@ pub async fn sync(
     ok
 }
 
-/// Takes down the devices tunlb brought up that the plan no longer needs.
-/// Runs after the addresses step, so tunlb's own VIPs are gone by then.
+/// Deletes the devices tunlb created and takes down the ones it brought up
+/// that the plan no longer needs. Runs after the addresses step, so tunlb's
+/// own VIPs are gone by then.
 pub async fn release(
     links: &Links,
     plan: &NodePlan,
@@ -238,6 +239,15 @@ pub async fn release(
     };
     let by_name: BTreeMap<&str, &LinkInfo> =
         ifaces.values().map(|l| (l.name.as_str(), l)).collect();
+    for name in uncreate {
+        if let Some(l) = by_name.get(name.as_str())
+            && let Err(e) = links.delete_link(l.index, &name).await
+        {
+            report.node_errors.push(e.to_string());
+            continue;
+        }
+        state.links_created.remove(&name);
+    }
     for name in unneeded {
         match release_diff(by_name.get(name.as_str()).copied(), &addrs) {
             Release::SetDown(index) => {

@@ -56,5 +56,45 @@ lab_assert_contains "rs1 DNATs 8099 to 80" "ip daddr $VIP2 tcp dport 8099 dnat t
 lab_assert_eq "VIP2:8099 answers through both backends" yes "$(alternates "$(requests 4 "http://$VIP2:8099/")")"
 
 delete_all /tmp/mapped-mss.yaml >/dev/null
+
+# 4. A tunnel type whose receiving module is missing on a backend: gre needs
+#    ip_gre (for gre0), gue needs fou. The backend names the module and does
+#    not report the object applied.
+tunnel_vs() {
+	cat <<Y
+apiVersion: tunlb.io/v1alpha1
+kind: VirtualService
+metadata: {name: tun, namespace: default}
+spec:
+  vip: 192.168.56.185
+  ports: [{port: 80}]
+  tunnel: $1
+  backends:
+    static: [{address: $RS1}, {address: $RS2}]
+Y
+}
+tunnel_vs "{type: gre}" >/tmp/gre.yaml
+tunnel_vs "{type: gue, port: 6080}" >/tmp/gue.yaml
+lab_assert_eq "ip_gre unloaded and its file moved away" 0 "$(hide ip_gre >/dev/null 2>&1; echo $?)"
+out="$(agent rs1 apply -f /tmp/gre.yaml 2>&1)"
+echo "$out"
+lab_assert_contains "gre: the backend names ip_gre" "gre0 is missing and could not be created" "$out"
+lab_assert_contains "gre: ... and how to get it" "kernel module ip_gre is not available (modprobe ip_gre)" "$out"
+lab_assert_eq "gre: not reported applied" "" "$(echo "$out" | grep 'applied')"
+restore ip_gre
+agent rs1 delete -f /tmp/gre.yaml >/dev/null 2>&1
+# The kernel does not load fou on demand (it declares no generic netlink
+# alias), so an unloaded fou is named even while its file is there.
+lab_assert_eq "fou6 and fou unloaded" 0 "$(rmmod fou6 && rmmod fou; echo $?)"
+out="$(agent rs1 apply -f /tmp/gue.yaml 2>&1)"
+echo "$out"
+lab_assert_contains "gue: the backend names fou" "GUE port 6080 (IPv4): kernel module fou is not loaded (modprobe fou; the kernel does not load it on demand)" "$out"
+lab_assert_eq "gue: not reported applied" "" "$(echo "$out" | grep 'applied')"
+insmod "$(find "$mods" -name fou.ko)"
+out="$(agent rs1 apply -f /tmp/gue.yaml 2>&1)"
+echo "$out"
+lab_assert_contains "gue: applied once fou is loaded" "virtualservice default/tun applied (backend)" "$out"
+lab_assert_contains "gue: the GUE port is there" "port 6080 gue" "$(ns_exec rs1 "$IP" fou show)"
+agent rs1 delete -f /tmp/gue.yaml >/dev/null 2>&1
 topo_cleanup
 lab_summary

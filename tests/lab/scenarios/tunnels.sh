@@ -109,6 +109,13 @@ ns_exec client ping -6 -c1 -W2 "$VIP6" >/dev/null
 lab_assert_eq "ip6ip6: only the director answers neighbour solicitations for the VIP" \
 	"$(ns_exec director cat /sys/class/net/eth0/address)" \
 	"$(ns_exec client "$IP" -6 neigh show "$VIP6" | awk '{print $5}')"
+# The default: the director holds an IPv6 VIP on ip6tnl0, for VIPs routed
+# to the directors (here a host route on the client).
+ns_exec client "$IP" -6 route add "$VIP6/128" via fd00:56::2
+check "ip6ip6 routed, VIP on the director's ip6tnl0" "$VIP6" "{type: ipip}" "$RS1_6" "$RS2_6" "ipip"
+lab_assert_eq "routed: the director holds the VIP on ip6tnl0" "ip6tnl0 $VIP6/128" \
+	"$(ns_exec director "$IP" -o -6 addr show dev ip6tnl0 scope global | awk '{print $2, $4}')"
+ns_exec client "$IP" -6 route del "$VIP6/128" via fd00:56::2
 check "ip6 gue" "$VIP6" "{type: gue, port: 6080}" "$RS1_6" "$RS2_6" "gue:6080" "$DIR6"
 lab_assert_contains "ip6 gue: rs1 receives GUE over IPv6" "port 6080 gue -6" "$(ns_exec rs1 "$IP" fou show)"
 check "ip6 gue csum" "$VIP6" "{type: gue, port: 6080, checksum: csum}" "$RS1_6" "$RS2_6" "gue:6080 csum" "$DIR6"
