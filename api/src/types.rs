@@ -109,7 +109,11 @@ pub struct ServicePort {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub target_port: Option<i32>,
-    /// TCP, UDP or SCTP. Defaults to TCP.
+    /// TCP, UDP or SCTP. Defaults to TCP. Real servers answer clients
+    /// directly, from the VIP: a TCP server needs nothing for that,
+    /// but a UDP server must be bound to the VIP (or reply with IP_PKTINFO /
+    /// IPV6_RECVPKTINFO); one bound to the wildcard address answers from
+    /// the node's own address, and clients drop those answers.
     #[serde(default)]
     pub protocol: Protocol,
 }

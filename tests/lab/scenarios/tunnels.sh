@@ -119,6 +119,7 @@ ns_exec client "$IP" -6 route del "$VIP6/128" via fd00:56::2
 check "ip6 gue" "$VIP6" "{type: gue, port: 6080}" "$RS1_6" "$RS2_6" "gue:6080" "$DIR6"
 lab_assert_contains "ip6 gue: rs1 receives GUE over IPv6" "port 6080 gue -6" "$(ns_exec rs1 "$IP" fou show)"
 check "ip6 gue csum" "$VIP6" "{type: gue, port: 6080, checksum: csum}" "$RS1_6" "$RS2_6" "gue:6080 csum" "$DIR6"
+check "ip6 gue remcsum" "$VIP6" "{type: gue, port: 6080, checksum: remcsum}" "$RS1_6" "$RS2_6" "gue:6080 remcsum" "$DIR6"
 check "ip6 gre" "$VIP6" "{type: gre}" "$RS1_6" "$RS2_6" "gre" "$DIR6"
 lab_assert_contains "ip6 gre: rs1's ip6gre0 is up" "UNKNOWN" "$(ns_exec rs1 "$IP" -br link show ip6gre0)"
 lab_assert_contains "ip6 gre: DNAT in ip6 tunlb" "dnat to :80" "$(ns_exec rs1 nft list table ip6 tunlb)"
