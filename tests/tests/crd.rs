@@ -123,7 +123,9 @@ fn crd_is_established_explained_and_listed_with_columns() {
         "enum: ipip, gue, gre",
         "How the director encapsulates packets for the real servers.",
         "UDP destination port for GUE encapsulation.",
-        "ipip (default), gue (needs `port`, kernel >= 5.2) or gre",
+        "ipip (default; ip6ip6 for an IPv6 VIP), gue (needs `port`; directors",
+        "need Linux 5.2+, backends the fou module and the UDP port open",
+        "1500-byte path: IPv4 ipip 1440 (20 bytes of outer header), gue 1428",
         "mssClamp",
     ] {
         assert!(explain.contains(want), "explain lacks {want:?}");
@@ -473,6 +475,20 @@ fn bad_inputs() -> Vec<Bad> {
             spec_with(json!({"tunnel": {"type": "gre", "checksum": "remcsum"}})),
             "spec.tunnel.checksum",
             &["remcsum is only available with gue"],
+        ),
+        b(
+            "tunl0 for an IPv6 VIP",
+            spec_with(
+                json!({"vip": "2001:db8::10", "backends": {"static": [{"address": "2001:db8::3"}]}, "directors": {"interface": "tunl0"}}),
+            ),
+            "spec.directors.interface",
+            &["tunl0 holds IPv4 VIPs and ip6tnl0 IPv6 VIPs"],
+        ),
+        b(
+            "ip6tnl0 for an IPv4 VIP",
+            spec_with(json!({"directors": {"interface": "ip6tnl0"}})),
+            "spec.directors.interface",
+            &["tunl0 holds IPv4 VIPs and ip6tnl0 IPv6 VIPs"],
         ),
         b(
             "unknown tunnel type",
