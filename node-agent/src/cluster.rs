@@ -43,6 +43,8 @@ pub struct Settings {
     pub state_dir: PathBuf,
     pub resync: Duration,
     pub debounce: Duration,
+    /// The running kernel's (major, minor), read once at start.
+    pub kernel: Option<(u32, u32)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -377,7 +379,7 @@ async fn pass(
         .find(|n| n.name_any() == settings.node_name);
     let mut identity = NodeIdentity {
         name: settings.node_name.clone(),
-        kernel: crate::dataplane::kernel_version(),
+        kernel: settings.kernel,
         ..Default::default()
     };
     if let Some(n) = &node {

@@ -17,8 +17,6 @@ use rtnetlink::{Handle, LinkGre, LinkGre6, LinkMessageBuilder, LinkUnspec};
 use tokio::task::JoinHandle;
 use tunlb_api::plan::TunnelDevice;
 
-/// The IPIP fallback device, created per network namespace by the ipip module.
-pub const TUNL0: &str = "tunl0";
 /// Suffix of the address label tunlb gives its VIPs, so `ip addr` shows who added them.
 const LABEL_SUFFIX: &str = ":tlb";
 
@@ -30,7 +28,7 @@ pub enum LinkError {
         "{device} is missing and could not be created ({reason}): kernel module {module} is not available (modprobe {module})"
     )]
     ModuleMissing {
-        device: &'static str,
+        device: String,
         module: &'static str,
         reason: String,
     },
@@ -42,8 +40,6 @@ pub enum LinkError {
     },
     #[error("rtnetlink socket: {0}")]
     Socket(#[from] std::io::Error),
-    #[error("cannot record the change before making it: {0}")]
-    Record(String),
     #[error("{op}: no answer from the kernel within {after:?}; outcome unknown")]
     Timeout { op: String, after: Duration },
     #[error("{op}: the rtnetlink connection closed; outcome unknown")]
@@ -64,9 +60,7 @@ impl LinkError {
         match self {
             LinkError::Socket(_) | LinkError::Timeout { .. } | LinkError::Closed { .. } => true,
             LinkError::Netlink { source, .. } => is_transport(source),
-            LinkError::MissingInterface(_)
-            | LinkError::ModuleMissing { .. }
-            | LinkError::Record(_) => false,
+            LinkError::MissingInterface(_) | LinkError::ModuleMissing { .. } => false,
         }
     }
 }
@@ -267,6 +261,15 @@ impl Links {
             .collect())
     }
 
+    /// The interfaces and every address on them, read together.
+    pub async fn interfaces_and_addresses(
+        &self,
+    ) -> Result<(BTreeMap<u32, LinkInfo>, Vec<Address>), LinkError> {
+        let ifaces = self.interfaces().await?;
+        let addrs = self.addresses(&ifaces).await?;
+        Ok((ifaces, addrs))
+    }
+
     /// Every address on every interface.
     pub async fn addresses(
         &self,
@@ -335,23 +338,27 @@ impl Links {
         match res {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
-            Err(e) => Err(LinkError::ModuleMissing {
-                device: name,
-                module: device.module(),
-                reason: e.to_string(),
-            }),
+            Err(e) => Err(refused(op, name, device.module(), e)),
         }
     }
 
     /// Brings an interface up.
     pub async fn set_up(&self, index: u32, name: &str) -> Result<(), LinkError> {
-        let op = format!("set {name} up");
+        self.set_state(index, name, true).await
+    }
+
+    /// Takes an interface down.
+    pub async fn set_down(&self, index: u32, name: &str) -> Result<(), LinkError> {
+        self.set_state(index, name, false).await
+    }
+
+    async fn set_state(&self, index: u32, name: &str, up: bool) -> Result<(), LinkError> {
+        let op = format!("set {name} {}", if up { "up" } else { "down" });
         self.count_write();
         self.call(&op, |h| async move {
-            h.link()
-                .set(LinkUnspec::new_with_index(index).up().build())
-                .execute()
-                .await
+            let msg = LinkUnspec::new_with_index(index);
+            let msg = if up { msg.up() } else { msg.down() };
+            h.link().set(msg.build()).execute().await
         })
         .await?
         .map_err(|e| LinkError::netlink(op, e))
@@ -378,19 +385,8 @@ impl Links {
                 h.link().add(msg).execute().await
             })
             .await?;
-        let (device, module) = match local {
-            IpAddr::V4(_) => ("gre", "ip_gre"),
-            IpAddr::V6(_) => ("ip6gre", "ip6_gre"),
-        };
-        match res {
-            Ok(()) => Ok(()),
-            Err(e) if errno(&e) == Some(libc::EOPNOTSUPP) => Err(LinkError::ModuleMissing {
-                device,
-                module,
-                reason: e.to_string(),
-            }),
-            Err(e) => Err(LinkError::netlink(op, e)),
-        }
+        let module = if local.is_ipv4() { "ip_gre" } else { "ip6_gre" };
+        res.map_err(|e| refused(op, name, module, e))
     }
 
     /// Deletes an interface.
@@ -405,20 +401,6 @@ impl Links {
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
             Err(e) => Err(LinkError::netlink(op, e)),
         }
-    }
-
-    /// Takes an interface down.
-    pub async fn set_down(&self, index: u32, name: &str) -> Result<(), LinkError> {
-        let op = format!("set {name} down");
-        self.count_write();
-        self.call(&op, |h| async move {
-            h.link()
-                .set(LinkUnspec::new_with_index(index).down().build())
-                .execute()
-                .await
-        })
-        .await?
-        .map_err(|e| LinkError::netlink(op, e))
     }
 
     pub async fn find(&self, name: &str) -> Result<Option<LinkInfo>, LinkError> {
@@ -498,6 +480,23 @@ impl Links {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::EADDRNOTAVAIL) => Ok(()),
             Err(e) => Err(LinkError::netlink(op, e)),
+        }
+    }
+}
+
+/// A device the kernel refused to create: named as a missing module when
+/// that module is neither loaded nor built in, else the kernel's answer.
+fn refused(op: String, device: &str, module: &'static str, e: rtnetlink::Error) -> LinkError {
+    if crate::modules::Roots::from_env()
+        .presence(module)
+        .is_available()
+    {
+        LinkError::netlink(op, e)
+    } else {
+        LinkError::ModuleMissing {
+            device: device.to_string(),
+            module,
+            reason: e.to_string(),
         }
     }
 }

@@ -210,6 +210,7 @@ async fn run_cluster(flags: RunFlags) -> anyhow::Result<()> {
         state_dir,
         resync,
         debounce: Duration::from_millis(debounce_ms),
+        kernel: tunlb_agent::dataplane::kernel_version(),
     };
     let agent = tunlb_agent::cluster::run(client, settings, metrics, stopped());
     tokio::pin!(agent);

@@ -59,10 +59,7 @@ impl Roots {
         Roots {
             sys: dir("TUNLB_SYS", "/sys"),
             lib_modules: dir("TUNLB_LIB_MODULES", "/lib/modules"),
-            release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .ok()
-                .map(|r| r.trim().to_string())
-                .filter(|r| !r.is_empty()),
+            release: crate::dataplane::kernel_release(),
         }
     }
 

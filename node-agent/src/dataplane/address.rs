@@ -8,8 +8,6 @@ use tracing::{info, warn};
 use tunlb_api::plan::{NodePlan, ObjectPlan, TunnelDevice};
 
 use super::SyncReport;
-#[cfg(test)]
-use crate::link::TUNL0;
 use crate::link::{Address, LinkError, LinkInfo, Links};
 use crate::state::{Journal, OwnedAddress, OwnedState};
 
@@ -155,12 +153,7 @@ pub async fn sync(
     journal: &Journal<'_>,
     report: &mut SyncReport,
 ) -> bool {
-    let read = async {
-        let ifaces = links.interfaces().await?;
-        let addrs = links.addresses(&ifaces).await?;
-        Ok::<_, LinkError>((ifaces, addrs))
-    };
-    let (ifaces, addrs) = match read.await {
+    let (ifaces, addrs) = match links.interfaces_and_addresses().await {
         Ok(r) => r,
         Err(e) => {
             report.node_errors.push(e.to_string());
@@ -268,6 +261,8 @@ fn owns(vip: IpAddr) -> impl Fn(&ObjectPlan) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const TUNL0: &str = "tunl0";
     use tunlb_api::plan::VipBinding;
 
     fn ip(s: &str) -> IpAddr {

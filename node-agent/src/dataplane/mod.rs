@@ -163,8 +163,7 @@ impl Dataplane {
     /// addresses tunlb added (recorded, or labelled as tunlb's while
     /// ownership is being rebuilt).
     pub async fn node_addresses(&self, state: &OwnedState) -> Result<BTreeSet<IpAddr>, LinkError> {
-        let ifaces = self.links.interfaces().await?;
-        let addrs = self.links.addresses(&ifaces).await?;
+        let (_, addrs) = self.links.interfaces_and_addresses().await?;
         Ok(addrs
             .into_iter()
             .filter(|a| TunnelDevice::from_name(&a.interface).is_none())
@@ -274,10 +273,17 @@ impl Dataplane {
     }
 }
 
-/// The running kernel's (major, minor), from /proc/sys/kernel/osrelease.
+/// The running kernel's release (what `uname -r` prints), from
+/// kernel.osrelease.
+pub fn kernel_release() -> Option<String> {
+    sysctl::read("kernel.osrelease")
+        .ok()
+        .filter(|r| !r.is_empty())
+}
+
+/// The running kernel's (major, minor).
 pub fn kernel_version() -> Option<(u32, u32)> {
-    let release = sysctl::read("kernel.osrelease").ok()?;
-    tunlb_api::plan::kernel_version(&release)
+    tunlb_api::plan::kernel_version(&kernel_release()?)
 }
 
 fn unix_now() -> u64 {

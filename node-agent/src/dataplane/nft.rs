@@ -384,8 +384,12 @@ async fn current_comment(family: Family) -> Result<Option<String>, NatError> {
     ))
 }
 
-/// Runs `script`; when it fails, names the modules of `needed` that are missing.
-async fn run_script(script: &str, needed: &[NeededModule]) -> Result<(), NatError> {
+/// Runs `script`; when it fails, names the modules of `needed` that are
+/// missing. `needed` is worked out only then: it formats every rule's VIP:port.
+async fn run_script(
+    script: &str,
+    needed: impl FnOnce() -> Vec<NeededModule>,
+) -> Result<(), NatError> {
     let out = run(
         "nft",
         &["-f", "-"],
@@ -398,7 +402,7 @@ async fn run_script(script: &str, needed: &[NeededModule]) -> Result<(), NatErro
     }
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
     let roots = Roots::from_env();
-    let err = failure(stderr, needed, |m| roots.presence(m));
+    let err = failure(stderr, &needed(), |m| roots.presence(m));
     if let NatError::MissingModules { missing, nft } = &err {
         let modules: Vec<&str> = missing.iter().map(|n| n.module).collect();
         tracing::warn!(?modules, %nft, "nft failed and kernel modules the table needs are not there");
@@ -430,7 +434,7 @@ pub async fn apply(dnat: &[DnatRule], mss: &[MssRule]) -> Result<usize, NatError
         let desired = render_table(family, dnat, mss);
         let current = current_comment(family).await?;
         if let Some(script) = diff(family, desired.as_deref(), current.as_deref()) {
-            run_script(&script, &needed_modules(family, dnat, mss)).await?;
+            run_script(&script, || needed_modules(family, dnat, mss)).await?;
             writes += 1;
         }
     }

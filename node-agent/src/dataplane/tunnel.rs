@@ -19,8 +19,20 @@ use tunlb_api::plan::{NodePlan, ObjectPlan, TunnelDevice, VipBinding, backend_re
 use tunlb_api::validate::TUNNEL_FLAG_CSUM;
 
 use super::SyncReport;
+use super::sysctl::{self, SysctlError};
 use crate::link::{Address, LinkError, LinkInfo, Links};
-use crate::state::{Journal, OwnedState};
+use crate::state::{Journal, OwnedState, StateError};
+
+/// Why a tunnel device could not be made ready.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    Sysctl(#[from] SysctlError),
+    #[error("cannot record the change before making it: {0}")]
+    Record(#[from] StateError),
+}
 
 /// What one needed device needs.
 #[derive(Debug, PartialEq, Eq)]
@@ -104,7 +116,7 @@ async fn make_gre_csum(
     local: IpAddr,
     state: &mut OwnedState,
     journal: &Journal<'_>,
-) -> Result<u64, LinkError> {
+) -> Result<u64, DeviceError> {
     let name = gre_csum_name(local);
     let mut found = links.find(&name).await?;
     let mut writes = 0;
@@ -113,21 +125,21 @@ async fn make_gre_csum(
             && let Err(e) = journal.record(state)
         {
             state.links_created.remove(&name);
-            return Err(LinkError::Record(e.to_string()));
+            return Err(e.into());
         }
         links.add_gre_csum(&name, local).await?;
         found = links.find(&name).await?;
     }
     let Some(link) = found else {
-        return Err(LinkError::MissingInterface(name));
+        return Err(LinkError::MissingInterface(name).into());
     };
     if local.is_ipv4() {
         // Decapsulated packets carry the client's source: reverse-path
         // filtering must be off on the device they arrive on. The device is
         // tunlb's own, so its value needs no record.
         let key = format!("net.ipv4.conf.{name}.rp_filter");
-        if super::sysctl::read(&key).ok().as_deref() != Some("0") {
-            super::sysctl::write(&key, "0").map_err(|e| LinkError::Record(e.to_string()))?;
+        if sysctl::read(&key).ok().as_deref() != Some("0") {
+            sysctl::write(&key, "0")?;
             writes += 1;
         }
     }
@@ -142,7 +154,7 @@ async fn bring_up(
     device: TunnelDevice,
     state: &mut OwnedState,
     journal: &Journal<'_>,
-) -> Result<(), LinkError> {
+) -> Result<(), DeviceError> {
     let name = device.name();
     let mut found = links.find(name).await?;
     if diff(found.as_ref()) == Change::None {
@@ -154,20 +166,21 @@ async fn bring_up(
         && let Err(e) = journal.record(state)
     {
         state.links_up.remove(name);
-        return Err(LinkError::Record(e.to_string()));
+        return Err(e.into());
     }
     if diff(found.as_ref()) == Change::Create {
         links.add_tunnel_device(device).await?;
         found = links.find(name).await?;
     }
     match diff(found.as_ref()) {
-        Change::SetUp(index) => links.set_up(index, name).await,
+        Change::SetUp(index) => Ok(links.set_up(index, name).await?),
         Change::None => Ok(()),
         Change::Create => Err(LinkError::ModuleMissing {
-            device: name,
+            device: name.to_string(),
             module: device.module(),
             reason: "it did not appear".into(),
-        }),
+        }
+        .into()),
     }
 }
 
@@ -225,12 +238,7 @@ pub async fn release(
     if unneeded.is_empty() && uncreate.is_empty() {
         return;
     }
-    let read = async {
-        let ifaces = links.interfaces().await?;
-        let addrs = links.addresses(&ifaces).await?;
-        Ok::<_, LinkError>((ifaces, addrs))
-    };
-    let (ifaces, addrs) = match read.await {
+    let (ifaces, addrs) = match links.interfaces_and_addresses().await {
         Ok(r) => r,
         Err(e) => {
             report.node_errors.push(e.to_string());
@@ -266,7 +274,6 @@ pub async fn release(
 mod tests {
     use super::*;
     use std::net::IpAddr;
-    use tunlb_api::plan::TunnelDevice;
 
     fn dev(up: bool) -> LinkInfo {
         LinkInfo {
@@ -285,7 +292,7 @@ mod tests {
     #[test]
     fn gre_csum_device_names_fit_and_differ() {
         let a = gre_csum_name("192.168.56.183".parse().unwrap_or_else(|e| panic!("{e}")));
-        assert_eq!(a, "tlbgre c0a838b7".replace(' ', ""));
+        assert_eq!(a, "tlbgrec0a838b7");
         let b = gre_csum_name("fd00:56::3".parse().unwrap_or_else(|e| panic!("{e}")));
         let c = gre_csum_name("fd00:56::4".parse().unwrap_or_else(|e| panic!("{e}")));
         assert!(b.len() <= 15 && b.starts_with("tlbgre6"), "{b}");
@@ -318,29 +325,5 @@ mod tests {
         );
         assert_eq!(release_diff(Some(&dev(false)), &[]), Release::Forget);
         assert_eq!(release_diff(None, &[]), Release::Forget);
-    }
-
-    #[test]
-    fn devices_by_tunnel_type_and_family() {
-        use tunlb_api::TunnelKind;
-        use tunlb_api::validate::ValidTunnel;
-        let t = |kind, port| ValidTunnel {
-            kind,
-            port,
-            flags: 0,
-        };
-        let v4: IpAddr = "10.0.0.1".parse().unwrap_or_else(|e| panic!("{e}"));
-        let v6: IpAddr = "fd00::1".parse().unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            backend_receivers(v4, &t(TunnelKind::Gre, 0)).0,
-            vec![TunnelDevice::Tunl0, TunnelDevice::Gre0]
-        );
-        assert_eq!(
-            backend_receivers(v6, &t(TunnelKind::Gre, 0)).0,
-            vec![TunnelDevice::Ip6tnl0, TunnelDevice::Ip6gre0]
-        );
-        let (d, fou) = backend_receivers(v6, &t(TunnelKind::Gue, 6080));
-        assert_eq!(d, vec![TunnelDevice::Ip6tnl0]);
-        assert_eq!(fou.map(|f| (f.port, f.ipv6)), Some((6080, true)));
     }
 }
