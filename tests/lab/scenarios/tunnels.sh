@@ -50,10 +50,21 @@ rs_state() {
 
 baseline="$(rs_state)"
 
-# check NAME VIP TUNNEL-YAML RS1 RS2 SHOW-TEXT [EXTRA]
+# received EVIDENCE: what rs1's kernel counts for the encapsulation that
+# reaches it: a device's received packets (tunl0, gre0, ip6tnl0, ip6gre0,
+# tunlb's own tlbgre*), or UDP datagrams received (udp, udp6) for GUE.
+received() {
+	case "$1" in
+	udp) ns_exec rs1 awk '/^Udp: [0-9]/ {print $2}' /proc/net/snmp ;;
+	udp6) ns_exec rs1 awk '$1 == "Udp6InDatagrams" {print $2}' /proc/net/snmp6 ;;
+	*) ns_exec rs1 sh -c "cat /sys/class/net/$1/statistics/rx_packets" ;;
+	esac
+}
+
+# check NAME VIP TUNNEL-YAML RS1 RS2 SHOW-TEXT EVIDENCE [EXTRA]
 check() {
 	_name="$1"
-	manifest /tmp/tun.yaml "$2" "$3" "$4" "$5" "${7:-}"
+	manifest /tmp/tun.yaml "$2" "$3" "$4" "$5" "${8:-}"
 	out="$(apply_all /tmp/tun.yaml)"
 	echo "$out"
 	lab_assert_eq "$_name: applied on every node" 3 "$(echo "$out" | grep -c 'applied')"
@@ -62,8 +73,13 @@ check() {
 		# once duplicate address detection is skipped (it is).
 		wait_for 10 "$_name: VIP reachable" ns_exec client ping -6 -c1 -W1 "$2"
 	fi
+	_before="$(received "$7")"
 	got="$(requests 4 "$(url "$2" 80)")"
 	echo "$_name VIP:80 -> $got"
+	_after="$(received "$7")"
+	echo "$_name: rs1 $7 received $_before -> $_after"
+	lab_assert_eq "$_name: rs1's kernel counts the traffic as $7" yes \
+		"$([ "${_after:-0}" -gt "${_before:-0}" ] && echo yes || echo no)"
 	lab_assert_eq "$_name: VIP:80 alternates rs1/rs2" yes "$(alternates "$got")"
 	got="$(requests 4 "$(url "$2" 8099)")"
 	echo "$_name VIP:8099 -> $got"
@@ -74,32 +90,32 @@ check() {
 }
 
 # IPv4
-check ipip "$VIP" "{type: ipip}" "$RS1" "$RS2" "ipip"
+check ipip "$VIP" "{type: ipip}" "$RS1" "$RS2" "ipip" "tunl0"
 lab_assert_eq "ipip: rs1 holds the VIP on tunl0" "tunl0 $VIP/32" \
 	"$(ns_exec rs1 "$IP" -o addr show dev tunl0 | awk '{print $2, $4}')"
-check gue "$VIP" "{type: gue, port: 6080}" "$RS1" "$RS2" "gue:6080"
+check gue "$VIP" "{type: gue, port: 6080}" "$RS1" "$RS2" "gue:6080" "udp"
 lab_assert_contains "gue: rs1 receives GUE on UDP 6080" "port 6080 gue" "$(ns_exec rs1 "$IP" fou show)"
-check "gue csum" "$VIP" "{type: gue, port: 6080, checksum: csum}" "$RS1" "$RS2" "gue:6080 csum"
-check "gue remcsum" "$VIP" "{type: gue, port: 6081, checksum: remcsum}" "$RS1" "$RS2" "gue:6081 remcsum"
+check "gue csum" "$VIP" "{type: gue, port: 6080, checksum: csum}" "$RS1" "$RS2" "gue:6080 csum" "udp"
+check "gue remcsum" "$VIP" "{type: gue, port: 6081, checksum: remcsum}" "$RS1" "$RS2" "gue:6081 remcsum" "udp"
 lab_assert_eq "gue port change: only the new port stays" "port 6081 gue" "$(ns_exec rs1 "$IP" fou show)"
-check gre "$VIP" "{type: gre}" "$RS1" "$RS2" "gre"
+check gre "$VIP" "{type: gre}" "$RS1" "$RS2" "gre" "gre0"
 lab_assert_eq "gre: no GUE port left" "" "$(ns_exec rs1 "$IP" fou show)"
 lab_assert_contains "gre: rs1's gre0 is up" "UNKNOWN" "$(ns_exec rs1 "$IP" -br link show gre0)"
 lab_assert_eq "gre: rs1's gre0 rp_filter off" 0 "$(ns_exec rs1 cat /proc/sys/net/ipv4/conf/gre0/rp_filter)"
 # The fallback gre0 drops checksummed GRE: each backend address gets a GRE
 # device of tunlb's own that expects checksums.
-check "gre csum" "$VIP" "{type: gre, checksum: csum}" "$RS1" "$RS2" "gre csum"
+check "gre csum" "$VIP" "{type: gre, checksum: csum}" "$RS1" "$RS2" "gre csum" "tlbgre*"
 lab_assert_eq "gre csum: rs1 receives on tlbgrec0a838b7 (local $RS1, checksums in)" "tlbgrec0a838b7 $RS1 icsum" \
 	"$(ns_exec rs1 "$IP" -d link show tlbgrec0a838b7 | awk '/gre remote/ {for (i = 1; i <= NF; i++) if ($i == "local") l = $(i + 1); c = /icsum/ ? "icsum" : "-"; print "tlbgrec0a838b7", l, c}')"
 lab_assert_eq "gre csum: its rp_filter off" 0 "$(ns_exec rs1 cat /proc/sys/net/ipv4/conf/tlbgrec0a838b7/rp_filter)"
-check "gre again without checksums" "$VIP" "{type: gre}" "$RS1" "$RS2" "gre"
+check "gre again without checksums" "$VIP" "{type: gre}" "$RS1" "$RS2" "gre" "gre0"
 lab_assert_eq "gre without checksums: tunlb's device is gone" "" "$(ns_exec rs1 "$IP" -br link show | grep tlbgre)"
 delete_all /tmp/tun.yaml >/dev/null
 
 # IPv6. On-link clients need the director's VIP on eth0: Linux answers
 # neighbour solicitations only for addresses on the interface asked.
 DIR6="  directors: {interface: eth0}"
-check ip6ip6 "$VIP6" "{type: ipip}" "$RS1_6" "$RS2_6" "ipip" "$DIR6"
+check ip6ip6 "$VIP6" "{type: ipip}" "$RS1_6" "$RS2_6" "ipip" "ip6tnl0" "$DIR6"
 lab_assert_eq "ip6ip6: rs1 holds the VIP on ip6tnl0" "ip6tnl0 $VIP6/128" \
 	"$(ns_exec rs1 "$IP" -o -6 addr show dev ip6tnl0 scope global | awk '{print $2, $4}')"
 lab_assert_contains "ip6ip6: the director's VIP is deprecated (never a source address)" "deprecated" \
@@ -112,18 +128,18 @@ lab_assert_eq "ip6ip6: only the director answers neighbour solicitations for the
 # The default: the director holds an IPv6 VIP on ip6tnl0, for VIPs routed
 # to the directors (here a host route on the client).
 ns_exec client "$IP" -6 route add "$VIP6/128" via fd00:56::2
-check "ip6ip6 routed, VIP on the director's ip6tnl0" "$VIP6" "{type: ipip}" "$RS1_6" "$RS2_6" "ipip"
+check "ip6ip6 routed, VIP on the director's ip6tnl0" "$VIP6" "{type: ipip}" "$RS1_6" "$RS2_6" "ipip" "ip6tnl0"
 lab_assert_eq "routed: the director holds the VIP on ip6tnl0" "ip6tnl0 $VIP6/128" \
 	"$(ns_exec director "$IP" -o -6 addr show dev ip6tnl0 scope global | awk '{print $2, $4}')"
 ns_exec client "$IP" -6 route del "$VIP6/128" via fd00:56::2
-check "ip6 gue" "$VIP6" "{type: gue, port: 6080}" "$RS1_6" "$RS2_6" "gue:6080" "$DIR6"
+check "ip6 gue" "$VIP6" "{type: gue, port: 6080}" "$RS1_6" "$RS2_6" "gue:6080" "udp6" "$DIR6"
 lab_assert_contains "ip6 gue: rs1 receives GUE over IPv6" "port 6080 gue -6" "$(ns_exec rs1 "$IP" fou show)"
-check "ip6 gue csum" "$VIP6" "{type: gue, port: 6080, checksum: csum}" "$RS1_6" "$RS2_6" "gue:6080 csum" "$DIR6"
-check "ip6 gue remcsum" "$VIP6" "{type: gue, port: 6080, checksum: remcsum}" "$RS1_6" "$RS2_6" "gue:6080 remcsum" "$DIR6"
-check "ip6 gre" "$VIP6" "{type: gre}" "$RS1_6" "$RS2_6" "gre" "$DIR6"
+check "ip6 gue csum" "$VIP6" "{type: gue, port: 6080, checksum: csum}" "$RS1_6" "$RS2_6" "gue:6080 csum" "udp6" "$DIR6"
+check "ip6 gue remcsum" "$VIP6" "{type: gue, port: 6080, checksum: remcsum}" "$RS1_6" "$RS2_6" "gue:6080 remcsum" "udp6" "$DIR6"
+check "ip6 gre" "$VIP6" "{type: gre}" "$RS1_6" "$RS2_6" "gre" "ip6gre0" "$DIR6"
 lab_assert_contains "ip6 gre: rs1's ip6gre0 is up" "UNKNOWN" "$(ns_exec rs1 "$IP" -br link show ip6gre0)"
 lab_assert_contains "ip6 gre: DNAT in ip6 tunlb" "dnat to :80" "$(ns_exec rs1 nft list table ip6 tunlb)"
-check "ip6 gre csum" "$VIP6" "{type: gre, checksum: csum}" "$RS1_6" "$RS2_6" "gre csum" "$DIR6"
+check "ip6 gre csum" "$VIP6" "{type: gre, checksum: csum}" "$RS1_6" "$RS2_6" "gre csum" "tlbgre6*" "$DIR6"
 lab_assert_contains "ip6 gre csum: rs1 receives on a device of tunlb's" "tlbgre6" "$(ns_exec rs1 "$IP" -br link show)"
 out="$(delete_all /tmp/tun.yaml)"
 echo "$out"
