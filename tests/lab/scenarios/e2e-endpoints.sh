@@ -155,7 +155,7 @@ spec:
   vip: $SVIP
   ports: [{port: 80}]
   scheduler: wrr
-  drainTimeoutSeconds: 5
+  drainTimeoutSeconds: 30
   backends: {service: {name: shop}}
 YAML
 lab_assert_eq "shop becomes Ready" 0 "$(k wait --for=condition=Ready tvs/shop --timeout=90s >/dev/null 2>&1; echo $?)"
@@ -231,13 +231,18 @@ lab_assert_eq "12 connections on rs1: its 4 ready pods three times each, a3 neve
 
 # 6. rs2 loses its only endpoint: it is no longer a real server. The
 #    director first keeps it at weight 0 while its connections drain
-#    (drainTimeoutSeconds 5), then removes it; rs2 withdraws its VIP, its
-#    table and its status entry. Requests answer from rs1.
+#    (drainTimeoutSeconds 30: the connections of step 5 linger in IPVS as
+#    TIME_WAIT entries, so the drain lasts its whole time), then removes it;
+#    rs2 withdraws its VIP, its table and its status entry. Requests answer
+#    from rs1. Weight 0 and the status are read together, while the drain
+#    lasts.
 slice a1 a2 a3:false a4 a5
 draining_rs2() { [ "$(k get tvs shop -o jsonpath='{.status.nodes[?(@.nodeName=="director")].draining[*]}')" = "$RS2:80" ]; }
-lab_assert_eq "rs2 drains at weight 0 first" 0 \
-	"$(wait_for 40 "rs2 at weight 0" dests_are "$RS1:80 4 $RS2:80 0"; echo $?)"
-lab_assert_eq "the director's status lists rs2 as draining" 0 "$(wait_for 20 "draining" draining_rs2; echo $?)"
+rs2_draining() { dests_are "$RS1:80 4 $RS2:80 0" && draining_rs2; }
+lab_assert_eq "rs2 drains at weight 0 first, and the director's status lists it as draining" 0 \
+	"$(wait_for 25 "rs2 at weight 0 and listed as draining" rs2_draining; echo $?)"
+lab_assert_eq "rs2 is removed once its drain time is up" 0 \
+	"$(wait_for 60 "rs2 removed" dests_are "$RS1:80 4"; echo $?)"
 settled "no endpoint on rs2" "$RS1:80 4" "$(expected_rule a1 a2 a4 a5)" "" "director=true rs1=true"
 lab_assert_eq "rs2 holds no VIP on tunl0" "" "$(ns_exec rs2 "$IP" -o addr show dev tunl0 | grep "$SVIP")"
 lab_assert_eq "rs2 has no tunlb table" "" "$(ns_exec rs2 nft list tables | grep tunlb)"
