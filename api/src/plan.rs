@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
+use crate::health::ValidHealthCheck;
 use crate::selector::selector_matches;
 use crate::types::{
     DEFAULT_DIRECTOR_LABEL, NodeRole, Protocol, RealServer, TunnelKind, VirtualServiceSpec,
@@ -120,6 +121,8 @@ pub struct IpvsService {
     pub owner: ObjectKey,
     /// Seconds a removed destination may keep its connections.
     pub drain_timeout: u32,
+    /// How directors check this service's destinations; `None`: not checked.
+    pub health: Option<ValidHealthCheck>,
 }
 
 /// A VIP a director holds on one of its interfaces.
@@ -377,6 +380,7 @@ pub fn static_real_servers(spec: &VirtualServiceSpec) -> Vec<RealServer> {
             upper_threshold: s.upper_threshold,
             lower_threshold: s.lower_threshold,
             endpoints: Vec::new(),
+            health: None,
         })
         .collect()
 }
@@ -644,7 +648,7 @@ fn plan_claimed(
             IpAddr::V4(_) => ipv4_mask(valid.prefix_length),
             IpAddr::V6(_) => u32::from(valid.prefix_length),
         };
-        for (port, key) in valid.ports.iter().zip(keys) {
+        for ((port, key), health) in valid.ports.iter().zip(keys).zip(&valid.health) {
             // Tunnel mode never rewrites ports, so the destination port is the
             // service port (as ipvsadm records it); backends map it if needed.
             let destinations = resolved
@@ -662,6 +666,7 @@ fn plan_claimed(
                     destinations,
                     owner: input.key.clone(),
                     drain_timeout: valid.drain_timeout,
+                    health: health.clone(),
                 },
             );
         }
@@ -954,6 +959,7 @@ backends: {service: {name: web}}
         );
         let servers = vec![
             RealServer {
+                health: None,
                 address: "192.168.56.183".into(),
                 weight: 2,
                 node_name: Some("rs1".into()),
@@ -972,6 +978,7 @@ backends: {service: {name: web}}
                 ],
             },
             RealServer {
+                health: None,
                 address: "192.168.56.184".into(),
                 weight: 1,
                 node_name: Some("rs2".into()),

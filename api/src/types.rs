@@ -33,6 +33,7 @@ pub const DEFAULT_DIRECTOR_LABEL: &str = "tunlb.io/director";
     printcolumn = r#"{"name":"Ports","type":"string","jsonPath":".spec.ports[*].port"}"#,
     printcolumn = r#"{"name":"Scheduler","type":"string","jsonPath":".spec.scheduler"}"#,
     printcolumn = r#"{"name":"Backends","type":"integer","jsonPath":".status.realServerCount"}"#,
+    printcolumn = r#"{"name":"Healthy","type":"string","jsonPath":".status.healthy"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -42,6 +43,7 @@ pub const DEFAULT_DIRECTOR_LABEL: &str = "tunlb.io/director";
     validation = Rule::new("!has(self.backends.static) || !isIP(self.vip) || self.backends.static.all(b, !isIP(b.address) || ip(b.address).family() == ip(self.vip).family())").message("real server addresses must be of the VIP's address family").field_path(".backends.static"),
     validation = Rule::new("!has(self.backends.static) || self.backends.static.all(b, b.address != self.vip)").message("a real server cannot be the VIP itself").field_path(".backends.static"),
     validation = Rule::new("!has(self.directors) || !has(self.directors.interface) || !isIP(self.vip) || (ip(self.vip).family() == 4 ? self.directors.interface != 'ip6tnl0' : self.directors.interface != 'tunl0')").message("tunl0 holds IPv4 VIPs and ip6tnl0 IPv6 VIPs: choose the one of the VIP's family, or an ordinary interface").field_path(".directors.interface"),
+    validation = Rule::new("!has(self.healthCheck) || (has(self.healthCheck.type) && self.healthCheck.type == 'none') || has(self.healthCheck.port) || self.ports.all(p, has(p.healthCheck) || !has(p.protocol) || p.protocol == 'TCP')").message("a tcp or http check of a UDP or SCTP port needs healthCheck.port, a TCP port on the real servers (or set the port's own healthCheck)").field_path(".healthCheck.port"),
     validation = Rule::new("!has(self.persistence) || !has(self.persistence.prefixLength) || !isIP(self.vip) || ip(self.vip).family() == 6 || self.persistence.prefixLength <= 32").message("prefixLength must be 0-32 for an IPv4 VIP").field_path(".persistence.prefixLength")
 )]
 #[serde(rename_all = "camelCase")]
@@ -91,10 +93,19 @@ pub struct VirtualServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 86400))]
     pub drain_timeout_seconds: Option<i32>,
+    /// How directors check the real servers. Unset: a tcp check of every
+    /// TCP port (UDP and SCTP ports are checked only when told a TCP
+    /// `port`), every 2 s, 1 s timeout, down after 2 failures, up after 2
+    /// successes. Ports may override it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
 }
 
 /// One port of the virtual service.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("!has(self.healthCheck) || (has(self.healthCheck.type) && self.healthCheck.type == 'none') || has(self.healthCheck.port) || !has(self.protocol) || self.protocol == 'TCP'").message("a tcp or http check of a UDP or SCTP port needs healthCheck.port, a TCP port on the real servers").field_path(".healthCheck.port")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicePort {
     /// Optional name, unique within the VirtualService.
@@ -116,6 +127,9 @@ pub struct ServicePort {
     /// the node's own address, and clients drop those answers.
     #[serde(default)]
     pub protocol: Protocol,
+    /// This port's own health check, in place of `spec.healthCheck`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
 }
 
 impl ServicePort {
@@ -386,6 +400,86 @@ pub enum TunnelChecksum {
     Remcsum,
 }
 
+/// Real-server health checking. Every director probes every real server
+/// at VIP:port, and IPVS carries each probe through the tunnel to exactly
+/// that server, the way clients' packets travel: a pass proves the tunnel,
+/// the VIP on the backend, its sysctls, the port mapping and the
+/// application. A server that fails `fall` probes in a row gets weight 0
+/// (its connections continue); after `rise` passes its weight returns.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("!has(self.timeoutSeconds) || self.timeoutSeconds < (has(self.intervalSeconds) ? self.intervalSeconds : 2)").message("timeoutSeconds must be less than intervalSeconds (default 2)").field_path(".timeoutSeconds"),
+    validation = Rule::new("(has(self.type) && self.type == 'http') || (!has(self.path) && !has(self.host) && !has(self.expectedStatuses))").message("path, host and expectedStatuses apply to http checks only").field_path(".type")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    /// tcp (default: a connection that opens passes), http (a GET whose
+    /// status is expected) or none (not checked: always in rotation).
+    #[serde(default, rename = "type")]
+    pub kind: HealthCheckType,
+    /// Seconds between probes of one real server (1-3600). Defaults to 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub interval_seconds: Option<i32>,
+    /// Seconds a probe may take, less than the interval. Defaults to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3599))]
+    pub timeout_seconds: Option<i32>,
+    /// Passes in a row that bring an unhealthy server back (1-100). Defaults to 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub rise: Option<i32>,
+    /// Failures in a row that take a server out (1-100). Defaults to 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub fall: Option<i32>,
+    /// VIP port to probe (TCP); defaults to the service port itself. Probes
+    /// to it travel the tunnel like the service's traffic but are not port-mapped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+    /// http: the request path. Defaults to /.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("must start with '/'"))]
+    pub path: Option<String>,
+    /// http: the Host header. Defaults to the VIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("!self.contains(' ') && !self.contains('/')").message("must be a host name or address, optionally with :port"))]
+    pub host: Option<String>,
+    /// http: status codes that pass. Defaults to any 2xx or 3xx.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(
+        merge_strategy = ListMerge::Set,
+        validation = Rule::new("self.all(c, c >= 100 && c <= 599)").message("status codes are 100-599")
+    )]
+    pub expected_statuses: Vec<i32>,
+}
+
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheckType {
+    #[default]
+    Tcp,
+    Http,
+    None,
+}
+
 /// Director placement.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -489,6 +583,9 @@ pub struct VirtualServiceStatus {
     /// Number of real servers, for the printer column.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub real_server_count: Option<i32>,
+    /// Healthy real servers out of all, e.g. "2/3", for the printer column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<String>,
     /// One entry per node that programs this service, written by that node's agent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["nodeName".into()]))]
@@ -513,6 +610,60 @@ pub struct RealServer {
     /// For Service backends: the node-local endpoints that VIP traffic is DNATed to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<LocalEndpoint>,
+    /// What the directors' probes found, all ports and directors together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<RealServerHealth>,
+}
+
+/// A real server's health as the directors see it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RealServerHealth {
+    /// Healthy when every director finds every port healthy, Unhealthy when
+    /// any finds any port unhealthy, Unknown until probes have a verdict.
+    pub state: HealthState,
+    /// When the state last changed (RFC 3339), as the director that saw it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// The failing probe in words, naming the director when directors disagree.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+pub enum HealthState {
+    Healthy,
+    Unhealthy,
+    Unknown,
+}
+
+impl HealthState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Healthy => "Healthy",
+            HealthState::Unhealthy => "Unhealthy",
+            HealthState::Unknown => "Unknown",
+        }
+    }
+}
+
+/// One director's verdict on one real server port.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbedServer {
+    /// Real server address.
+    pub address: String,
+    /// The VIP port whose service the verdict weighs.
+    pub port: i32,
+    pub state: HealthState,
+    /// When the state last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// The last failed probe in words.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 fn default_true() -> bool {
@@ -547,6 +698,13 @@ pub struct NodeStatus {
     /// connections end, as address:port.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub draining: Vec<String>,
+    /// Directors: each checked real server port and its health.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health: Vec<ProbedServer>,
+    /// Directors: set when every checked server of a service is unhealthy
+    /// and the director keeps sending to them anyway (fail open).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fail_open: bool,
 }
 
 #[derive(

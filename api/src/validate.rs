@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
 
+use crate::health::{self, ValidHealthCheck};
 use crate::types::{
     DEFAULT_VIP_INTERFACE, DEFAULT_VIP_INTERFACE_V6, Protocol, Scheduler, SchedulerFlag,
     TunnelChecksum, TunnelKind, VirtualServiceSpec,
@@ -138,6 +139,9 @@ pub struct ValidService {
     pub service_name: Option<String>,
     /// Seconds a removed real server may keep its connections.
     pub drain_timeout: u32,
+    /// The effective health check of each of `ports` (same order), `None`
+    /// where the port is not checked.
+    pub health: Vec<Option<ValidHealthCheck>>,
 }
 
 fn port_in_range(v: i32) -> Option<u16> {
@@ -205,7 +209,7 @@ pub fn validate(spec: &VirtualServiceSpec) -> Result<ValidService, FieldErrors> 
     let mut errs = Vec::new();
     let vip = parse_unicast("spec.vip", &spec.vip, &mut errs);
 
-    let ports = validate_ports(spec, &mut errs);
+    let (ports, health) = validate_ports(spec, &mut errs);
 
     let mut flags = 0u32;
     for (i, flag) in spec.scheduler_flags.iter().enumerate() {
@@ -326,6 +330,7 @@ pub fn validate(spec: &VirtualServiceSpec) -> Result<ValidService, FieldErrors> 
             static_backends,
             service_name,
             drain_timeout,
+            health,
         }),
         _ => Err(FieldErrors(errs)),
     }
@@ -340,7 +345,9 @@ fn flag_name(flag: SchedulerFlag) -> &'static str {
     }
 }
 
-fn validate_ports(spec: &VirtualServiceSpec, errs: &mut Vec<FieldError>) -> Vec<ValidPort> {
+type PortsAndChecks = (Vec<ValidPort>, Vec<Option<ValidHealthCheck>>);
+
+fn validate_ports(spec: &VirtualServiceSpec, errs: &mut Vec<FieldError>) -> PortsAndChecks {
     if spec.ports.is_empty() {
         errs.push(FieldError::new(
             "spec.ports",
@@ -348,6 +355,8 @@ fn validate_ports(spec: &VirtualServiceSpec, errs: &mut Vec<FieldError>) -> Vec<
         ));
     }
     let mut out = Vec::new();
+    let mut checks = Vec::new();
+    let mut check_errs = Vec::new();
     let mut seen = BTreeSet::new();
     let mut names = BTreeSet::new();
     for (i, p) in spec.ports.iter().enumerate() {
@@ -386,9 +395,17 @@ fn validate_ports(spec: &VirtualServiceSpec, errs: &mut Vec<FieldError>) -> Vec<
                 target_port,
                 protocol: p.protocol,
             });
+            checks.push(health::effective(spec, i, p, &mut check_errs));
         }
     }
-    out
+    // spec.healthCheck is judged once per port it applies to: say each
+    // problem once.
+    for e in check_errs {
+        if !errs.contains(&e) {
+            errs.push(e);
+        }
+    }
+    (out, checks)
 }
 
 fn validate_tunnel(spec: &VirtualServiceSpec, errs: &mut Vec<FieldError>) -> ValidTunnel {
@@ -623,6 +640,7 @@ backends:
         let mut s = seed();
         s.ports[0].port = 0;
         s.ports.push(ServicePort {
+            health_check: None,
             name: None,
             port: 8080,
             target_port: Some(70000),

@@ -35,6 +35,8 @@ pub fn entries(
                 programmed: msgs.is_empty(),
                 message: msgs.join("; "),
                 draining: report.draining.get(key).cloned().unwrap_or_default(),
+                health: Vec::new(),
+                fail_open: false,
             },
         );
     }
@@ -48,6 +50,8 @@ pub fn entries(
                 programmed: false,
                 message: msg,
                 draining: Vec::new(),
+                health: Vec::new(),
+                fail_open: false,
             },
         );
     }

@@ -167,6 +167,8 @@ mod tests {
             programmed,
             message: String::new(),
             draining: vec![],
+            health: vec![],
+            fail_open: false,
         }
     }
 

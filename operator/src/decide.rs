@@ -322,6 +322,8 @@ spec:
         let n = nodes();
         let mut obj = vs(WEB);
         let report = |name: &str| NodeStatus {
+            health: vec![],
+            fail_open: false,
             node_name: name.into(),
             roles: vec![],
             observed_generation: Some(3),
@@ -493,6 +495,7 @@ endpoints:
         let none = Observed::of(None);
         assert_ne!(none.digest, digest(&d.status));
         let written = tunlb_api::VirtualServiceStatus {
+            healthy: None,
             observed_generation: d.status.observed_generation,
             conditions: d.status.conditions.clone(),
             real_servers: d.status.real_servers.clone(),

@@ -260,6 +260,8 @@ mod tests {
     fn readiness_from_reports() {
         let expected: BTreeSet<String> = ["d".to_string(), "r".to_string()].into();
         let rep = |n: &str, g: i64, ok: bool, m: &str| NodeStatus {
+            health: vec![],
+            fail_open: false,
             node_name: n.into(),
             roles: vec![],
             observed_generation: Some(g),

@@ -98,6 +98,7 @@ pub fn stripped(vs: &VirtualService) -> VirtualService {
     let mut copy = VirtualService::new("", vs.spec.clone());
     copy.metadata = vs.metadata.clone();
     copy.status = vs.status.as_ref().map(|s| VirtualServiceStatus {
+        healthy: None,
         observed_generation: s.observed_generation,
         conditions: Vec::new(),
         real_servers: Vec::new(),
@@ -177,6 +178,7 @@ mod tests {
             real_server_count: 0,
         };
         let written = VirtualServiceStatus {
+            healthy: None,
             observed_generation: Some(1),
             // another writer's condition type is not compared
             conditions: vec![

@@ -165,6 +165,7 @@ pub fn resolve_static(valid: &ValidService, nodes: &[NodeInfo]) -> Vec<RealServe
         .iter()
         .flatten()
         .map(|b| RealServer {
+            health: None,
             address: b.address.to_string(),
             weight: b.weight as i32,
             node_name: nodes
@@ -288,6 +289,7 @@ pub fn resolve_service(
             continue;
         };
         out.push(RealServer {
+            health: None,
             address: node_ip.to_string(),
             weight: eps.len().min(65535) as i32,
             node_name: Some(node_name),

@@ -174,10 +174,13 @@ fn crd_is_established_explained_and_listed_with_columns() {
             "PORTS",
             "SCHEDULER",
             "BACKENDS",
+            "HEALTHY",
             "READY",
             "AGE",
         ];
         assert_eq!(header, want_header, "kubectl get {resource}");
+        // HEALTHY is empty until the operator has a verdict, so the row
+        // has one word fewer.
         assert_eq!(
             row[..6],
             ["web", "192.168.56.185", "80", "wrr", "2", "True"],
@@ -592,6 +595,64 @@ fn bad_inputs() -> Vec<Bad> {
             "spec.directors.interface",
             &["should match"],
         ),
+        b(
+            "health check timeout not below the interval",
+            spec_with(json!({"healthCheck": {"intervalSeconds": 3, "timeoutSeconds": 3}})),
+            "spec.healthCheck.timeoutSeconds",
+            &["timeoutSeconds must be less than intervalSeconds"],
+        ),
+        b(
+            "health check timeout not below the default interval",
+            spec_with(json!({"healthCheck": {"timeoutSeconds": 2}})),
+            "spec.healthCheck.timeoutSeconds",
+            &["less than intervalSeconds (default 2)"],
+        ),
+        b(
+            "rise 0",
+            spec_with(json!({"healthCheck": {"rise": 0}})),
+            "spec.healthCheck.rise",
+            &["should be greater than or equal to 1"],
+        ),
+        b(
+            "fall 0",
+            spec_with(json!({"ports": [{"port": 80, "healthCheck": {"fall": 0}}]})),
+            "spec.ports[0].healthCheck.fall",
+            &["should be greater than or equal to 1"],
+        ),
+        b(
+            "http path without a leading slash",
+            spec_with(json!({"healthCheck": {"type": "http", "path": "healthz"}})),
+            "spec.healthCheck.path",
+            &["must start with '/'"],
+        ),
+        b(
+            "http options on a tcp check",
+            spec_with(json!({"healthCheck": {"type": "tcp", "path": "/healthz"}})),
+            "spec.healthCheck.type",
+            &["apply to http checks only"],
+        ),
+        b(
+            "http check of a UDP port",
+            spec_with(json!({"ports": [{"port": 53, "protocol": "UDP",
+                                         "healthCheck": {"type": "http", "path": "/"}}]})),
+            "spec.ports[0].healthCheck.port",
+            &["needs healthCheck.port, a TCP port on the real servers"],
+        ),
+        b(
+            "spec-wide check of a UDP port",
+            spec_with(
+                json!({"ports": [{"port": 80}, {"port": 53, "protocol": "UDP"}],
+                             "healthCheck": {"type": "http"}}),
+            ),
+            "spec.healthCheck.port",
+            &["needs healthCheck.port"],
+        ),
+        b(
+            "status code out of range",
+            spec_with(json!({"healthCheck": {"type": "http", "expectedStatuses": [200, 700]}})),
+            "spec.healthCheck.expectedStatuses",
+            &["status codes are 100-599"],
+        ),
     ]
 }
 
@@ -698,6 +759,18 @@ async fn edge_cases_that_are_valid_are_admitted() {
         spec_with(json!({"backends": {"service": {"name": "web-1"}}})),
         spec_with(json!({"directors": {"interface": "eth0.100",
                                        "nodeSelector": {"matchLabels": {"role": "lb"}}}})),
+        spec_with(
+            json!({"healthCheck": {"type": "http", "path": "/healthz?full=1",
+                                         "host": "web.example:8080", "expectedStatuses": [200, 204],
+                                         "intervalSeconds": 5, "timeoutSeconds": 4, "rise": 1, "fall": 3}}),
+        ),
+        spec_with(json!({"healthCheck": {"type": "none"},
+                         "ports": [{"port": 80}, {"port": 53, "protocol": "UDP"}]})),
+        spec_with(
+            json!({"ports": [{"port": 53, "protocol": "UDP", "healthCheck": {"port": 8080}},
+                                   {"port": 80, "healthCheck": {"type": "none"}}]}),
+        ),
+        spec_with(json!({"ports": [{"port": 53, "protocol": "UDP"}, {"port": 80}]})),
     ];
     for (i, spec) in good.iter().enumerate() {
         let name = format!("good-{i}");

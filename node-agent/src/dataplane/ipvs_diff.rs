@@ -378,6 +378,7 @@ mod tests {
 
     fn want(vip: &str, dests: &[(&str, u32)]) -> IpvsService {
         IpvsService {
+            health: None,
             key: key(vip, 80),
             scheduler: "wrr".into(),
             flags: 0,
