@@ -45,6 +45,10 @@ pub struct Settings {
     pub debounce: Duration,
     /// The running kernel's (major, minor), read once at start.
     pub kernel: Option<(u32, u32)>,
+    /// Health probes in flight at once.
+    pub max_probes_in_flight: usize,
+    /// The first firewall mark of the probe services.
+    pub probe_mark_base: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -258,11 +262,14 @@ pub async fn run(
 ) -> Result<(), ClusterError> {
     let _lock = StateLock::acquire(&settings.state_dir)?;
     let mut dp = Dataplane::new()?;
+    dp.probe_mark_base = settings.probe_mark_base;
+    dp.probing = true;
     let mut state = OwnedState::load(&settings.state_dir)?;
     let mut memory = Memory::restore(&state);
     info!(node = %settings.node_name, owned_services = state.ipvs_services.len(), owned_addresses = state.addresses.len(), "agent starting; kernel state is kept as found");
 
     let wake = Arc::new(Notify::new());
+    let prober = crate::health::Prober::start(wake.clone(), settings.max_probes_in_flight);
     let vs_api: Api<DeserializeGuard<VirtualService>> = Api::all(client.clone());
     let (vs_store, vs_writer) = reflector::store();
     let vs_wake = wake.clone();
@@ -353,6 +360,7 @@ pub async fn run(
             &vs_store,
             &node_store,
             &metrics,
+            &prober,
         )
         .await;
     }
@@ -368,6 +376,7 @@ async fn pass(
     vs_store: &Store<DeserializeGuard<VirtualService>>,
     node_store: &Store<Node>,
     metrics: &AgentMetrics,
+    prober: &crate::health::Prober,
 ) -> bool {
     let started = Instant::now();
     let objects = vs_store.state();
@@ -410,10 +419,12 @@ async fn pass(
             real_servers: Some(&a.real_servers),
         })
         .collect();
-    let plan = plan_node(&inputs, &identity);
+    let mut plan = plan_node(&inputs, &identity);
+    let fail_open = crate::health::gate(&mut plan, &prober.book());
     memory.persist(state);
     let journal = Journal::new(&settings.state_dir);
     let report = dp.sync(&plan, state, &journal).await;
+    prober.update(crate::health::targets(&plan, &report.probe_routes));
     let fingerprint = state.fingerprint();
     if journal.recorded() || memory.saved != Some(fingerprint) {
         match state.save(&settings.state_dir) {
@@ -431,7 +442,13 @@ async fn pass(
     }
     debug!(writes = ?report.writes, objects = plan.objects.len(), "pass done");
 
-    let want = crate::status::entries(&settings.node_name, &plan, &report, invalid);
+    let want = crate::status::entries(
+        &settings.node_name,
+        &plan,
+        &report,
+        invalid,
+        Some((&prober.book(), &fail_open)),
+    );
     report_status(client, &settings.node_name, memory, want, &objects).await;
     metrics.refresh_ipvs(dp, &plan).await;
     report.drains_pending

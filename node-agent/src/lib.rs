@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub mod dataplane;
+pub mod health;
 pub mod link;
 pub mod load;
 pub mod memory;

@@ -41,6 +41,21 @@ enum Command {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
     },
+    /// Standalone and long-running: apply the manifests, then again every
+    /// --resync-seconds and whenever a health verdict changes, with real
+    /// servers' weights following health probes through the tunnel. Stops
+    /// on SIGTERM, leaving the kernel as programmed.
+    Serve {
+        #[command(flatten)]
+        node: NodeFlags,
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// A pass at least this often (drift repair, drains, edited manifests).
+        #[arg(long, default_value = "10")]
+        resync_seconds: u64,
+        #[command(flatten)]
+        probes: ProbeFlags,
+    },
     /// Print this host's IPVS table (ipvsadm -Ln layout, plus each tunnel's encapsulation), VIP addresses, GUE ports, sysctls and DNAT table.
     Show,
     /// Kubernetes mode: watch VirtualServices and this Node, program the kernel, report status.
@@ -82,6 +97,39 @@ struct RunFlags {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     unhealthy_after_failed_passes: u32,
+    #[command(flatten)]
+    probes: ProbeFlags,
+}
+
+#[derive(Args, Clone, Copy)]
+struct ProbeFlags {
+    /// Health probes in flight at once, however many real servers there are.
+    #[arg(long, env = "TUNLB_MAX_PROBES_IN_FLIGHT", default_value_t = tunlb_agent::health::DEFAULT_MAX_IN_FLIGHT,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_probes_in_flight: usize,
+    /// The first firewall mark of the IPVS services that carry health
+    /// probes (one mark per checked real server, up to 65536 from here).
+    /// Pick a range no other mark user on the node (kube-proxy, a CNI) uses.
+    #[arg(long, env = "TUNLB_PROBE_MARK_BASE", default_value = "0x7e000000", value_parser = parse_mark)]
+    probe_mark_base: u32,
+}
+
+fn parse_mark(s: &str) -> Result<u32, String> {
+    let v = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| format!("{s:?} is not a mark: {e}"))?;
+    if v == 0
+        || v.checked_add(tunlb_agent::dataplane::probe::MARK_COUNT)
+            .is_none()
+    {
+        return Err(format!(
+            "{s}: the base must be at least 1 and leave room for {} marks",
+            tunlb_agent::dataplane::probe::MARK_COUNT
+        ));
+    }
+    Ok(v)
 }
 
 #[derive(Args)]
@@ -176,6 +224,7 @@ async fn run_cluster(flags: RunFlags) -> anyhow::Result<()> {
         metrics_addr,
         ipvs_stats_max_destinations,
         unhealthy_after_failed_passes,
+        probes,
     } = flags;
     use std::sync::Arc;
     use std::time::Duration;
@@ -211,6 +260,8 @@ async fn run_cluster(flags: RunFlags) -> anyhow::Result<()> {
         resync,
         debounce: Duration::from_millis(debounce_ms),
         kernel: tunlb_agent::dataplane::kernel_version(),
+        max_probes_in_flight: probes.max_probes_in_flight,
+        probe_mark_base: probes.probe_mark_base,
     };
     let agent = tunlb_agent::cluster::run(client, settings, metrics, stopped());
     tokio::pin!(agent);
@@ -251,7 +302,7 @@ fn main() -> anyhow::Result<ExitCode> {
     // A one-shot command is one sequence of kernel round trips: one thread
     // does it as fast, and one malloc arena keeps its peak memory lower.
     let mut runtime = match cli.command {
-        Command::Run(_) => {
+        Command::Run(_) | Command::Serve { .. } => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             b.worker_threads(2);
             b
@@ -273,6 +324,30 @@ async fn command(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Delete { node, files } => {
             print(&standalone::delete(&mut dp, &node.state_dir, &node.node_args(), &files).await?)
+        }
+        Command::Serve {
+            node,
+            files,
+            resync_seconds,
+            probes,
+        } => {
+            dp.probe_mark_base = probes.probe_mark_base;
+            dp.probing = true;
+            let settings = standalone::ServeSettings {
+                resync: std::time::Duration::from_secs(resync_seconds.max(1)),
+                debounce: std::time::Duration::from_millis(100),
+                max_probes_in_flight: probes.max_probes_in_flight,
+            };
+            standalone::serve(
+                &mut dp,
+                &node.state_dir,
+                &node.node_args(),
+                &files,
+                &settings,
+                shutdown_signal(),
+            )
+            .await?;
+            ExitCode::SUCCESS
         }
         Command::Show => {
             print!("{}", tunlb_agent::show::render(dp.links()).await);

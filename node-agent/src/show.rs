@@ -180,7 +180,7 @@ pub async fn render(links: &Links) -> String {
         }
     }
     out.push_str("\nsysctls:\n");
-    for (name, _) in sysctl::every_backend_setting() {
+    for (name, _) in sysctl::every_setting(&Default::default()) {
         let v = sysctl::read(&name).unwrap_or_else(|_| "-".into());
         let _ = writeln!(out, "  {name} = {v}");
     }

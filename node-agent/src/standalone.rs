@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::value::RawValue;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use tunlb_api::manifest::object_keys;
 use tunlb_api::plan::{NodeIdentity, NodePlan, ObjectKey, PlanInput, Planner};
 use tunlb_api::{NodeRole, VirtualService, VirtualServiceSpec};
 
 use crate::dataplane::{Dataplane, SyncReport, Writes};
+use crate::health::Prober;
 use crate::load::{expand, visit};
 use crate::state::{Journal, OwnedState, Pending, StateError, StateLock, StoredMeta, StoredObject};
 
@@ -182,6 +183,27 @@ pub async fn apply(
     args: &NodeArgs,
     paths: &[PathBuf],
 ) -> Result<Outcome, CommandError> {
+    apply_checked(dp, state_dir, args, paths, None).await
+}
+
+/// Health gating of a plan before it is programmed, when a prober runs:
+/// lines for the services that fail open.
+fn gated(plan: &mut NodePlan, prober: Option<&Prober>) -> BTreeSet<ObjectKey> {
+    match prober {
+        Some(p) => crate::health::gate(plan, &p.book()),
+        None => BTreeSet::new(),
+    }
+}
+
+/// [`apply`], with weights gated by `prober`'s verdicts and the prober
+/// told what to probe afterwards.
+async fn apply_checked(
+    dp: &mut Dataplane,
+    state_dir: &Path,
+    args: &NodeArgs,
+    paths: &[PathBuf],
+    prober: Option<&Prober>,
+) -> Result<Outcome, CommandError> {
     let started = Instant::now();
     let _lock = StateLock::acquire(state_dir)?;
     let mut out = Outcome::default();
@@ -271,6 +293,7 @@ pub async fn apply(
     let pending = Pending::write(state_dir, &candidate)?;
     drop(candidate);
     let journal = Journal::parked(state_dir, &pending);
+    let mut fail_open = gated(&mut plan, prober);
     let mut report = dp.sync(&plan, &mut state, &journal).await;
     debug!(
         ms = started.elapsed().as_millis(),
@@ -295,12 +318,21 @@ pub async fn apply(
         }
         drop(plan);
         plan = plan_store(objects.iter(), &node);
+        fail_open = gated(&mut plan, prober);
         let again = dp.sync(&plan, &mut state, &journal).await;
         report.merge(again);
         candidate = Some(objects);
     }
     finish_drains(dp, &plan, &mut state, &journal, args, &mut report).await;
     drain_lines(&report, &mut out);
+    if let Some(p) = prober {
+        p.update(crate::health::targets(&plan, &report.probe_routes));
+    }
+    for k in &fail_open {
+        out.lines.push(format!(
+            "virtualservice {k}: every checked real server of a service is unhealthy; sending to them anyway (fail open)"
+        ));
+    }
 
     for (k, _) in named_in_run(&named).filter(|(k, _)| !rejected.contains_key(k)) {
         let roles = plan
@@ -476,4 +508,56 @@ pub async fn delete(
     out.writes = report.writes;
     state.save(state_dir)?;
     Ok(out)
+}
+
+/// How `serve` runs.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    /// A pass at least this often: drift repair, drains, manifests re-read.
+    pub resync: std::time::Duration,
+    /// Wait this long after a verdict changes, so that changes land together.
+    pub debounce: std::time::Duration,
+    pub max_probes_in_flight: usize,
+}
+
+/// `tunlb-agent serve -f ...`: applies the manifests, then keeps doing so
+/// every resync and whenever a health verdict changes, with weights
+/// following the health probes, until `stop` resolves. Lines are printed
+/// when they differ from the previous pass's.
+pub async fn serve(
+    dp: &mut Dataplane,
+    state_dir: &Path,
+    args: &NodeArgs,
+    paths: &[PathBuf],
+    settings: &ServeSettings,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), CommandError> {
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let prober = Prober::start(wake.clone(), settings.max_probes_in_flight);
+    let mut args = args.clone();
+    // Drains finish in later passes; a pass never waits for them.
+    args.no_wait = true;
+    tokio::pin!(stop);
+    let mut last: Option<(Vec<String>, Vec<String>)> = None;
+    loop {
+        let out = apply_checked(dp, state_dir, &args, paths, Some(&prober)).await?;
+        let shown = (out.lines.clone(), out.errors.clone());
+        if last.as_ref() != Some(&shown) {
+            for l in &out.lines {
+                println!("{l}");
+            }
+            for e in &out.errors {
+                eprintln!("error: {e}");
+            }
+            last = Some(shown);
+        }
+        tokio::select! {
+            _ = wake.notified() => tokio::time::sleep(settings.debounce).await,
+            _ = tokio::time::sleep(settings.resync) => {}
+            _ = &mut stop => {
+                info!("stopping; kernel state stays as programmed");
+                return Ok(());
+            }
+        }
+    }
 }

@@ -127,6 +127,9 @@ pub struct OwnedState {
     /// GUE receive ports tunlb added.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub fou_ports: BTreeSet<OwnedFouPort>,
+    /// IPVS firewall-mark services tunlb made for health probes.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub probe_services: BTreeSet<OwnedProbeService>,
     /// Removed destinations kept at weight 0 while their connections end,
     /// so a restart neither deletes them early nor restarts their clock.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -147,6 +150,41 @@ pub struct OwnedState {
     /// of what is provably tunlb's (see `sync`). Never stored.
     #[serde(skip)]
     pub rebuild: bool,
+}
+
+/// A health-probe mark service: its mark and its one destination.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct OwnedProbeService {
+    pub mark: u32,
+    pub address: IpAddr,
+    pub kind: tunlb_api::TunnelKind,
+    #[serde(default)]
+    pub port: u16,
+    #[serde(default)]
+    pub flags: u16,
+}
+
+impl OwnedProbeService {
+    pub fn new(mark: u32, (address, t): crate::dataplane::probe::ProbePath) -> Self {
+        OwnedProbeService {
+            mark,
+            address,
+            kind: t.kind,
+            port: t.port,
+            flags: t.flags,
+        }
+    }
+
+    pub fn path(&self) -> crate::dataplane::probe::ProbePath {
+        (
+            self.address,
+            tunlb_api::validate::ValidTunnel {
+                kind: self.kind,
+                port: self.port,
+                flags: self.flags,
+            },
+        )
+    }
 }
 
 /// A GUE receive port tunlb added.
@@ -287,6 +325,7 @@ impl OwnedState {
                 links_up: &self.links_up,
                 links_created: &self.links_created,
                 fou_ports: &self.fou_ports,
+                probe_services: &self.probe_services,
                 draining: &self.draining,
                 drain_timeouts: &self.drain_timeouts,
                 accepted: &self.accepted,
@@ -338,6 +377,8 @@ struct Head<'a> {
     links_created: &'a BTreeSet<String>,
     #[serde(skip_serializing_if = "BTreeSet::is_empty")]
     fou_ports: &'a BTreeSet<OwnedFouPort>,
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    probe_services: &'a BTreeSet<OwnedProbeService>,
     #[serde(skip_serializing_if = "<[DrainRecord]>::is_empty")]
     draining: &'a [DrainRecord],
     #[serde(skip_serializing_if = "<[ServiceDrain]>::is_empty")]

@@ -2,12 +2,13 @@
 //! the rules are unit-tested. An entry says `programmed` only when the
 //! kernel holds everything the observed generation asks of this node.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use tunlb_api::plan::{NodePlan, ObjectKey};
 use tunlb_api::{NodeRole, NodeStatus};
 
 use crate::dataplane::SyncReport;
+use crate::health::Book;
 
 /// This node's entries: one for every object it has a role in, and one for
 /// every object it cannot read (`invalid`: generation and reason).
@@ -16,6 +17,7 @@ pub fn entries(
     plan: &NodePlan,
     report: &SyncReport,
     invalid: BTreeMap<ObjectKey, (Option<i64>, String)>,
+    health: Option<(&Book, &BTreeSet<ObjectKey>)>,
 ) -> BTreeMap<ObjectKey, NodeStatus> {
     let mut want = BTreeMap::new();
     for (key, op) in &plan.objects {
@@ -35,8 +37,11 @@ pub fn entries(
                 programmed: msgs.is_empty(),
                 message: msgs.join("; "),
                 draining: report.draining.get(key).cloned().unwrap_or_default(),
-                health: Vec::new(),
-                fail_open: false,
+                health: health
+                    .filter(|_| op.roles.contains(&NodeRole::Director))
+                    .map(|(book, _)| crate::health::probed(book, plan, key))
+                    .unwrap_or_default(),
+                fail_open: health.is_some_and(|(_, open)| open.contains(key)),
             },
         );
     }
@@ -88,7 +93,7 @@ mod tests {
     #[test]
     fn programmed_only_without_any_problem() {
         let report = SyncReport::default();
-        let e = entries("n1", &plan(), &report, BTreeMap::new());
+        let e = entries("n1", &plan(), &report, BTreeMap::new(), None);
         assert_eq!(e.len(), 2, "no entry where the node has no role");
         let ok = &e[&ObjectKey::new("a", "ok")];
         assert!(ok.programmed && ok.message.is_empty());
@@ -107,7 +112,7 @@ mod tests {
         report
             .draining
             .insert(ObjectKey::new("a", "ok"), vec!["10.0.0.3:80".into()]);
-        let e = entries("n1", &plan(), &report, BTreeMap::new());
+        let e = entries("n1", &plan(), &report, BTreeMap::new(), None);
         let ok = &e[&ObjectKey::new("a", "ok")];
         assert!(!ok.programmed);
         assert_eq!(ok.message, "scheduler missing; nft timed out");
@@ -124,7 +129,7 @@ mod tests {
         report
             .draining
             .insert(ObjectKey::new("a", "ok"), vec!["[2001:db8::3]:80".into()]);
-        let e = entries("n1", &plan(), &report, BTreeMap::new());
+        let e = entries("n1", &plan(), &report, BTreeMap::new(), None);
         assert!(e[&ObjectKey::new("a", "ok")].programmed);
     }
 
@@ -134,7 +139,7 @@ mod tests {
             ObjectKey::new("a", "broken"),
             (Some(2), "spec.vip: must be an IP".to_string()),
         )]);
-        let e = entries("n1", &plan(), &SyncReport::default(), invalid);
+        let e = entries("n1", &plan(), &SyncReport::default(), invalid, None);
         let b = &e[&ObjectKey::new("a", "broken")];
         assert!(!b.programmed && b.roles.is_empty());
         assert_eq!(b.observed_generation, Some(2));

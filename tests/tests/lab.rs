@@ -25,6 +25,12 @@ fn port_mapping_through_backend_dnat() {
 
 #[test]
 #[ignore = "boots the QEMU lab: run tests/run.sh"]
+fn health_probes_through_the_tunnel_set_weights() {
+    assert_scenario("health");
+}
+
+#[test]
+#[ignore = "boots the QEMU lab: run tests/run.sh"]
 fn vip_on_ordinary_director_interface() {
     assert_scenario("eth-vip");
 }

@@ -96,7 +96,7 @@ fn desired_service(s: &IpvsService) -> Service {
     }
 }
 
-fn tunnel_type(k: TunnelKind) -> TunnelType {
+pub(crate) fn tunnel_type(k: TunnelKind) -> TunnelType {
     match k {
         TunnelKind::Ipip => TunnelType::Ipip,
         TunnelKind::Gue => TunnelType::Gue,

@@ -19,6 +19,7 @@ pub mod fou;
 pub mod ipvs;
 pub mod ipvs_diff;
 pub mod nft;
+pub mod probe;
 pub mod sysctl;
 pub mod tunnel;
 
@@ -63,6 +64,8 @@ pub struct SyncReport {
     /// A step failed as a whole (the kernel or a tool could not be reached
     /// or read), as opposed to the kernel refusing one object.
     pub fault: bool,
+    /// How this node's health probes reach each checked real server.
+    pub probe_routes: probe::ProbeRoutes,
 }
 
 impl SyncReport {
@@ -115,6 +118,7 @@ impl SyncReport {
         self.errors = later.errors;
         self.draining = later.draining;
         self.drains_pending = later.drains_pending;
+        self.probe_routes = later.probe_routes;
         self.fault |= later.fault;
     }
 }
@@ -124,6 +128,11 @@ pub struct Dataplane {
     links: Links,
     ipvs: Option<tunlb_ipvs::Client>,
     fou: Option<tunlb_ipvs::fou::FouClient>,
+    /// The first firewall mark health probes use.
+    pub probe_mark_base: u32,
+    /// A prober runs (long-running modes): checked destinations get their
+    /// probe services. One-shot commands keep none.
+    pub probing: bool,
 }
 
 impl Dataplane {
@@ -132,6 +141,8 @@ impl Dataplane {
             links: Links::connect()?,
             ipvs: None,
             fou: None,
+            probe_mark_base: probe::DEFAULT_MARK_BASE,
+            probing: false,
         })
     }
 
@@ -198,11 +209,28 @@ impl Dataplane {
         if !fou::sync(fou, plan, state, journal, &mut report).await {
             report.fault = true;
         }
-        let settings = if plan.needs_backend_sysctls() {
+        let mut settings = if plan.needs_backend_sysctls() {
             sysctl::backend_settings(&plan.tunnel_devices)
         } else {
             Vec::new()
         };
+        let probe_paths = if self.probing {
+            probe::wanted(plan)
+        } else {
+            BTreeSet::new()
+        };
+        let (sources, unroutable) = probe::sources(&probe_paths);
+        if sources.values().any(IpAddr::is_ipv4) {
+            match self.links.interfaces_and_addresses().await {
+                Ok((_, addrs)) => settings.extend(sysctl::probe_settings(
+                    &probe::reply_interfaces(&sources, &addrs),
+                    &state.sysctl_originals,
+                )),
+                Err(e) => report
+                    .node_errors
+                    .push(format!("health probes: read interface addresses: {e}")),
+            }
+        }
         if !settings.is_empty() {
             // The values to restore are made durable before they are
             // overwritten: a kill between the two would lose them.
@@ -232,6 +260,31 @@ impl Dataplane {
             }
         };
         let outcome = ipvs::sync(self.ipvs(), plan, state, journal, &mut report, unix_now()).await;
+        let probe_client = if probe_paths.is_empty() && state.probe_services.is_empty() {
+            None
+        } else {
+            match self.ipvs().await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    report.node_errors.push(format!("health probes: IPVS: {e}"));
+                    None
+                }
+            }
+        };
+        let marks = probe::sync(
+            probe_client.as_ref(),
+            &probe_paths,
+            self.probe_mark_base,
+            state,
+            journal,
+            &mut report,
+        )
+        .await;
+        report.probe_routes = probe::ProbeRoutes {
+            marks,
+            sources,
+            unroutable,
+        };
         let addresses_read = address::sync(
             &self.links,
             plan,
@@ -251,7 +304,7 @@ impl Dataplane {
             // each pass tries again.
             state.rebuild = false;
         }
-        let stale: Vec<(String, String)> = sysctl::every_backend_setting()
+        let stale: Vec<(String, String)> = sysctl::every_setting(&state.sysctl_originals)
             .into_iter()
             .filter(|(name, _)| !settings.iter().any(|(n, _)| n == name))
             .collect();

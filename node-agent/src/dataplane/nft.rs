@@ -372,16 +372,24 @@ async fn list_table(family: Family) -> Result<Option<String>, NatError> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
-async fn current_comment(family: Family) -> Result<Option<String>, NatError> {
+async fn current_comment(family: Family) -> Result<Option<(String, usize)>, NatError> {
     let Some(text) = list_table(family).await? else {
         return Ok(None);
     };
-    Ok(Some(
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix("comment \""))
-            .map(|c| c.trim_end_matches(['"', ';']).to_string())
-            .unwrap_or_default(),
-    ))
+    let comment = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("comment \""))
+        .map(|c| c.trim_end_matches(['"', ';']).to_string())
+        .unwrap_or_default();
+    Ok(Some((comment, rule_count(&text))))
+}
+
+/// The rules of a table's text, ours or as nft lists it: the comment
+/// says which rules were written, the count shows one deleted by hand.
+fn rule_count(text: &str) -> usize {
+    text.lines()
+        .filter(|l| l.contains(" dnat ") || l.contains("maxseg size set"))
+        .count()
 }
 
 /// Runs `script`; when it fails, names the modules of `needed` that are
@@ -432,7 +440,14 @@ pub async fn apply(dnat: &[DnatRule], mss: &[MssRule]) -> Result<usize, NatError
     let mut writes = 0;
     for family in [Family::Ip, Family::Ip6] {
         let desired = render_table(family, dnat, mss);
-        let current = current_comment(family).await?;
+        let current = current_comment(family).await?.map(|(comment, rules)| {
+            if desired.as_deref().is_some_and(|b| rule_count(b) != rules) {
+                // Rules removed or added by hand: rewrite the table.
+                String::new()
+            } else {
+                comment
+            }
+        });
         if let Some(script) = diff(family, desired.as_deref(), current.as_deref()) {
             run_script(&script, || needed_modules(family, dnat, mss)).await?;
             writes += 1;

@@ -60,9 +60,47 @@ pub fn backend_settings(devices: &BTreeSet<TunnelDevice>) -> Vec<(String, String
     v
 }
 
-/// Every setting [`backend_settings`] may ask for: what a restore covers.
-pub fn every_backend_setting() -> Vec<(String, String)> {
-    backend_settings(&TunnelDevice::ALL.into_iter().collect())
+/// What a director that probes through the tunnel needs on each interface
+/// the servers' answers arrive on (see `probe`): `accept_local`, since the
+/// answers come from the VIP it holds, and loose `rp_filter` where the
+/// effective value (max of all and the interface) is strict, which drops
+/// them even then. An rp_filter tunlb already loosened stays in the list.
+pub fn probe_settings(
+    interfaces: &BTreeSet<String>,
+    originals: &BTreeMap<String, String>,
+) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    let all = read("net.ipv4.conf.all.rp_filter").unwrap_or_default();
+    for i in interfaces {
+        v.push((format!("net.ipv4.conf.{i}.accept_local"), "1".to_string()));
+        let name = format!("net.ipv4.conf.{i}.rp_filter");
+        let own = read(&name).unwrap_or_default();
+        if originals.contains_key(&name) || all == "1" || own == "1" {
+            v.push((name, LOOSE.to_string()));
+        }
+    }
+    v
+}
+
+/// Loose reverse-path filtering.
+const LOOSE: &str = "2";
+
+/// Every setting tunlb may have made, with the value it set: what a
+/// restore covers. Probe settings are per interface, so they are known
+/// from the record of originals.
+pub fn every_setting(originals: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    let mut v = backend_settings(&TunnelDevice::ALL.into_iter().collect());
+    for name in originals.keys() {
+        if v.iter().any(|(n, _)| n == name) {
+            continue;
+        }
+        if name.ends_with(".accept_local") {
+            v.push((name.clone(), "1".to_string()));
+        } else if name.ends_with(".rp_filter") {
+            v.push((name.clone(), LOOSE.to_string()));
+        }
+    }
+    v
 }
 
 pub fn read(name: &str) -> Result<String, SysctlError> {

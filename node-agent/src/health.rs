@@ -1,0 +1,685 @@
+//! Health probes through the tunnel, and the weights that follow them.
+//!
+//! A director probes every destination of the services it directs: a TCP
+//! connection (and for http a GET) to VIP:port from the node's own address,
+//! carrying the firewall mark whose IPVS service tunnels it to exactly that
+//! real server (see `dataplane::probe`). A pass therefore proves the tunnel,
+//! the VIP and sysctls on the backend, its port mapping and the
+//! application. Verdicts live in a [`Book`]; a sync pass [`gate`]s its plan
+//! with them before programming, so an unhealthy server gets weight 0
+//! (connections it has continue) and comes back after `rise` passes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpSocket;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+use tunlb_api::health::{ProbeKind, ValidHealthCheck};
+use tunlb_api::plan::{IpvsKey, NodePlan, ObjectKey};
+use tunlb_api::{HealthState, NodeRole, ProbedServer};
+
+use crate::dataplane::probe::ProbeRoutes;
+
+/// Probes in flight at once, whatever the number of servers.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
+
+/// One checked destination: a service and one of its real servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProbeKey {
+    pub service: IpvsKey,
+    pub server: IpAddr,
+}
+
+/// How to probe one destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub check: ValidHealthCheck,
+    /// The mark whose IPVS service tunnels to the server; `None` when the
+    /// node has no such service (the reason is in `blocked`).
+    pub mark: Option<u32>,
+    pub source: Option<IpAddr>,
+    /// Why this destination cannot be probed from here, if it cannot.
+    pub blocked: Option<String>,
+}
+
+/// A verdict and what led to it.
+#[derive(Debug, Clone)]
+struct Record {
+    target: Target,
+    state: HealthState,
+    since: SystemTime,
+    passes: u32,
+    fails: u32,
+    message: String,
+    /// Present when probing began: unknown still means "as programmed".
+    incumbent: bool,
+    next: Instant,
+    in_flight: bool,
+}
+
+/// Every verdict of this node.
+#[derive(Debug, Default)]
+pub struct Book {
+    records: BTreeMap<ProbeKey, Record>,
+    /// Targets have been set once: a destination the book does not know
+    /// is new from now on.
+    started: bool,
+}
+
+/// How a destination's weight is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    /// Planned weight.
+    Pass,
+    /// Weight 0 until probes pass.
+    Hold,
+    /// Weight 0: probes fail.
+    Out,
+}
+
+impl Book {
+    fn gate(&self, key: &ProbeKey) -> Gate {
+        match self.records.get(key) {
+            None if self.started => Gate::Hold,
+            None => Gate::Pass,
+            Some(r) => match r.state {
+                HealthState::Healthy => Gate::Pass,
+                HealthState::Unhealthy => Gate::Out,
+                HealthState::Unknown if r.incumbent => Gate::Pass,
+                HealthState::Unknown => Gate::Hold,
+            },
+        }
+    }
+}
+
+/// Sets the weight of every checked destination that is unhealthy, or new
+/// and not yet passed, to 0. When that would leave a service with no
+/// server that has weight, its unhealthy servers keep their weight (fail
+/// open: a server that may answer beats none); returns the VirtualServices
+/// where that happened.
+pub fn gate(plan: &mut NodePlan, book: &Book) -> BTreeSet<ObjectKey> {
+    let mut fail_open = BTreeSet::new();
+    let directed: BTreeSet<ObjectKey> = plan
+        .objects
+        .iter()
+        .filter(|(_, o)| o.roles.contains(&NodeRole::Director))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for (key, svc) in plan.ipvs.iter_mut() {
+        if svc.health.is_none() || !directed.contains(&svc.owner) {
+            continue;
+        }
+        let gates: BTreeMap<IpAddr, Gate> = svc
+            .destinations
+            .keys()
+            .map(|(a, _)| {
+                let k = ProbeKey {
+                    service: *key,
+                    server: *a,
+                };
+                (*a, book.gate(&k))
+            })
+            .collect();
+        let serving = svc
+            .destinations
+            .iter()
+            .any(|((a, _), d)| d.weight > 0 && gates.get(a) == Some(&Gate::Pass));
+        let any_out = svc
+            .destinations
+            .iter()
+            .any(|((a, _), d)| d.weight > 0 && gates.get(a) == Some(&Gate::Out));
+        let open = !serving && any_out;
+        if open {
+            fail_open.insert(svc.owner.clone());
+        }
+        for ((a, _), d) in svc.destinations.iter_mut() {
+            match gates.get(a) {
+                Some(Gate::Hold) => d.weight = 0,
+                Some(Gate::Out) if !open => d.weight = 0,
+                _ => {}
+            }
+        }
+    }
+    fail_open
+}
+
+/// The targets of a plan's checked, directed destinations.
+pub fn targets(plan: &NodePlan, routes: &ProbeRoutes) -> BTreeMap<ProbeKey, Target> {
+    let mut out = BTreeMap::new();
+    for (key, svc) in &plan.ipvs {
+        let Some(check) = &svc.health else { continue };
+        let directed = plan
+            .objects
+            .get(&svc.owner)
+            .is_some_and(|o| o.roles.contains(&NodeRole::Director));
+        if !directed {
+            continue;
+        }
+        for ((server, _), d) in &svc.destinations {
+            let mark = routes.marks.get(&(*server, d.tunnel)).copied();
+            let source = routes.sources.get(server).copied();
+            let blocked = match (routes.unroutable.get(server), mark) {
+                (Some(why), _) => Some(why.clone()),
+                (None, None) => Some(format!(
+                    "no IPVS mark service tunnels probes to {server} (see the node's errors)"
+                )),
+                (None, Some(_)) => None,
+            };
+            out.insert(
+                ProbeKey {
+                    service: *key,
+                    server: *server,
+                },
+                Target {
+                    check: check.clone(),
+                    mark,
+                    source,
+                    blocked,
+                },
+            );
+        }
+    }
+    out
+}
+
+/// The verdicts of `owner`'s services, as its status entry lists them.
+pub fn probed(book: &Book, plan: &NodePlan, owner: &ObjectKey) -> Vec<ProbedServer> {
+    let mut out = Vec::new();
+    for (key, svc) in &plan.ipvs {
+        if &svc.owner != owner {
+            continue;
+        }
+        for (server, _) in svc.destinations.keys() {
+            let k = ProbeKey {
+                service: *key,
+                server: *server,
+            };
+            if let Some(r) = book.records.get(&k) {
+                out.push(ProbedServer {
+                    address: server.to_string(),
+                    port: i32::from(key.port),
+                    state: r.state,
+                    since: Some(rfc3339(r.since)),
+                    message: r.message.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    k8s_openapi::jiff::Timestamp::from_second(secs as i64)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// The running prober: a task that probes every target on its interval,
+/// a bounded number at a time, and wakes `wake` on every change of verdict.
+#[derive(Clone)]
+pub struct Prober {
+    book: Arc<Mutex<Book>>,
+    targets: watch::Sender<BTreeMap<ProbeKey, Target>>,
+}
+
+impl Prober {
+    pub fn start(wake: Arc<Notify>, max_in_flight: usize) -> Prober {
+        let book = Arc::new(Mutex::new(Book::default()));
+        let (tx, rx) = watch::channel(BTreeMap::new());
+        tokio::spawn(run(book.clone(), rx, wake, max_in_flight.max(1)));
+        Prober { book, targets: tx }
+    }
+
+    pub fn book(&self) -> MutexGuard<'_, Book> {
+        // A panic while holding the lock leaves verdicts that are still
+        // meaningful: keep using them.
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets what to probe.
+    pub fn update(&self, targets: BTreeMap<ProbeKey, Target>) {
+        self.targets.send_if_modified(|t| {
+            if *t == targets {
+                false
+            } else {
+                *t = targets;
+                true
+            }
+        });
+    }
+}
+
+async fn run(
+    book: Arc<Mutex<Book>>,
+    mut targets: watch::Receiver<BTreeMap<ProbeKey, Target>>,
+    wake: Arc<Notify>,
+    max_in_flight: usize,
+) {
+    let mut running: JoinSet<(ProbeKey, Result<Duration, String>)> = JoinSet::new();
+    loop {
+        let next = {
+            let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            for (key, r) in b.records.iter_mut() {
+                if running.len() >= max_in_flight {
+                    break;
+                }
+                if r.in_flight || r.next > now {
+                    continue;
+                }
+                r.in_flight = true;
+                r.next = now + r.target.check.interval;
+                let (key, target) = (*key, r.target.clone());
+                running.spawn(async move { (key, probe(key, &target).await) });
+            }
+            b.records
+                .values()
+                .filter(|r| !r.in_flight)
+                .map(|r| r.next)
+                .min()
+        };
+        let sleep = async {
+            match next {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some(done) = running.join_next() => {
+                let Ok((key, result)) = done else { continue };
+                let changed = {
+                    let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
+                    b.records.get_mut(&key).is_some_and(|r| record(&key, r, result))
+                };
+                if changed {
+                    wake.notify_one();
+                }
+            }
+            _ = sleep => {}
+            res = targets.changed() => {
+                if res.is_err() {
+                    return;
+                }
+                let want = targets.borrow_and_update().clone();
+                let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
+                reconcile(&mut b, want);
+            }
+        }
+    }
+}
+
+/// Takes in a new target set: new targets are probed at once (targets of
+/// the first set, spread over their interval), changed ones keep their
+/// verdict, gone ones are forgotten.
+fn reconcile(b: &mut Book, want: BTreeMap<ProbeKey, Target>) {
+    let first = !b.started;
+    b.started = true;
+    let now = Instant::now();
+    b.records.retain(|k, _| want.contains_key(k));
+    for (i, (key, target)) in want.into_iter().enumerate() {
+        match b.records.get_mut(&key) {
+            Some(r) => {
+                if r.target != target {
+                    r.next = now;
+                }
+                r.target = target;
+            }
+            None => {
+                let next = if first {
+                    // Spread the first round so probes never march in step.
+                    let spread = target.check.interval.as_millis() as u64;
+                    now + Duration::from_millis((i as u64 * 37) % spread.max(1))
+                } else {
+                    now
+                };
+                b.records.insert(
+                    key,
+                    Record {
+                        target,
+                        state: HealthState::Unknown,
+                        since: SystemTime::now(),
+                        passes: 0,
+                        fails: 0,
+                        message: String::new(),
+                        incumbent: first,
+                        next,
+                        in_flight: false,
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Counts one probe; true when the verdict changed.
+fn record(key: &ProbeKey, r: &mut Record, result: Result<Duration, String>) -> bool {
+    r.in_flight = false;
+    let before = r.state;
+    match result {
+        Ok(took) => {
+            r.passes = r.passes.saturating_add(1);
+            r.fails = 0;
+            r.message.clear();
+            if before == HealthState::Unknown || r.passes >= r.target.check.rise {
+                r.state = HealthState::Healthy;
+            }
+            debug!(service = %key.service, server = %key.server, ms = took.as_millis(), "probe passed");
+        }
+        Err(msg) => {
+            r.fails = r.fails.saturating_add(1);
+            r.passes = 0;
+            r.message = msg;
+            if r.fails >= r.target.check.fall {
+                r.state = HealthState::Unhealthy;
+            }
+            debug!(service = %key.service, server = %key.server, error = %r.message, "probe failed");
+        }
+    }
+    if r.state == before {
+        return false;
+    }
+    r.since = SystemTime::now();
+    match r.state {
+        HealthState::Unhealthy => warn!(
+            service = %key.service, server = %key.server, error = %r.message,
+            "real server unhealthy: weight 0"
+        ),
+        _ => {
+            info!(service = %key.service, server = %key.server, state = r.state.as_str(), "real server healthy")
+        }
+    }
+    true
+}
+
+/// One probe: Ok with its duration, or what failed, in words.
+async fn probe(key: ProbeKey, t: &Target) -> Result<Duration, String> {
+    let started = Instant::now();
+    let vip = key.service.vip;
+    let port = t.check.port;
+    let dest = SocketAddr::new(vip, port);
+    let via = format!(
+        "{} through the tunnel to {}",
+        match vip {
+            IpAddr::V6(a) => format!("[{a}]:{port}"),
+            IpAddr::V4(a) => format!("{a}:{port}"),
+        },
+        key.server
+    );
+    if let Some(why) = &t.blocked {
+        return Err(format!("cannot probe {via}: {why}"));
+    }
+    let (Some(mark), Some(source)) = (t.mark, t.source) else {
+        return Err(format!("cannot probe {via}: no mark or source address"));
+    };
+    let timeout = t.check.timeout;
+    let secs = timeout.as_secs();
+    let work = async {
+        let sock = match vip {
+            IpAddr::V4(_) => TcpSocket::new_v4(),
+            IpAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .map_err(|e| format!("socket: {e}"))?;
+        socket2::SockRef::from(&sock)
+            .set_mark(mark)
+            .map_err(|e| format!("set mark {mark:#x} (needs CAP_NET_ADMIN): {e}"))?;
+        sock.bind(SocketAddr::new(source, 0))
+            .map_err(|e| format!("bind {source}: {e}"))?;
+        let mut stream = sock
+            .connect(dest)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        if let ProbeKind::Http {
+            path,
+            host,
+            expected,
+        } = &t.check.kind
+        {
+            let host = host.clone().unwrap_or_else(|| dest.to_string());
+            let req = format!(
+                "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tunlb-health\r\nConnection: close\r\n\r\n"
+            );
+            stream
+                .write_all(req.as_bytes())
+                .await
+                .map_err(|e| format!("send GET {path}: {e}"))?;
+            let mut buf = [0u8; 64];
+            let mut got = 0;
+            while got < 12 {
+                let n = stream
+                    .read(&mut buf[got..])
+                    .await
+                    .map_err(|e| format!("read the answer to GET {path}: {e}"))?;
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            let status = status_code(&buf[..got])
+                .ok_or_else(|| format!("GET {path}: no HTTP status line in the answer"))?;
+            if !ValidHealthCheck::status_passes(expected, status) {
+                let want = if expected.is_empty() {
+                    "2xx or 3xx".to_string()
+                } else {
+                    expected
+                        .iter()
+                        .map(u16::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                return Err(format!("GET {path}: status {status} (expected {want})"));
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(())) => Ok(started.elapsed()),
+        Ok(Err(e)) => Err(format!("{via}: {e}")),
+        Err(_) => Err(format!("{via}: timed out after {secs} s")),
+    }
+}
+
+/// The status code of an HTTP/1.x status line.
+fn status_code(head: &[u8]) -> Option<u16> {
+    let text = std::str::from_utf8(head).ok()?;
+    let mut words = text.split_whitespace();
+    if !words.next()?.starts_with("HTTP/") {
+        return None;
+    }
+    words.next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tunlb_api::plan::{IpvsDest, IpvsService, ObjectPlan};
+    use tunlb_api::validate::ValidTunnel;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test address")
+    }
+
+    fn check() -> ValidHealthCheck {
+        ValidHealthCheck {
+            kind: ProbeKind::Tcp,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 2,
+            port: 80,
+        }
+    }
+
+    fn plan(servers: &[(&str, u32)]) -> (NodePlan, IpvsKey) {
+        let owner = ObjectKey::new("default", "web");
+        let key = IpvsKey {
+            protocol: tunlb_api::Protocol::Tcp,
+            vip: ip("192.0.2.1"),
+            port: 80,
+        };
+        let mut p = NodePlan::default();
+        let mut o = ObjectPlan::default();
+        o.roles.insert(NodeRole::Director);
+        p.objects.insert(owner.clone(), o);
+        p.ipvs.insert(
+            key,
+            IpvsService {
+                key,
+                scheduler: "rr".into(),
+                flags: 0,
+                timeout: 0,
+                netmask: u32::MAX,
+                destinations: servers
+                    .iter()
+                    .map(|(a, w)| {
+                        (
+                            (ip(a), 80),
+                            IpvsDest {
+                                weight: *w,
+                                upper_threshold: 0,
+                                lower_threshold: 0,
+                                tunnel: ValidTunnel {
+                                    kind: tunlb_api::TunnelKind::Ipip,
+                                    port: 0,
+                                    flags: 0,
+                                },
+                            },
+                        )
+                    })
+                    .collect(),
+                owner,
+                drain_timeout: 30,
+                health: Some(check()),
+            },
+        );
+        (p, key)
+    }
+
+    fn weights(p: &NodePlan, key: &IpvsKey) -> Vec<u32> {
+        p.ipvs[key]
+            .destinations
+            .values()
+            .map(|d| d.weight)
+            .collect()
+    }
+
+    fn book_with(key: IpvsKey, states: &[(&str, HealthState, bool)]) -> Book {
+        let mut b = Book {
+            started: true,
+            ..Book::default()
+        };
+        for (a, s, incumbent) in states {
+            b.records.insert(
+                ProbeKey {
+                    service: key,
+                    server: ip(a),
+                },
+                Record {
+                    target: Target {
+                        check: check(),
+                        mark: Some(1),
+                        source: None,
+                        blocked: None,
+                    },
+                    state: *s,
+                    since: SystemTime::now(),
+                    passes: 0,
+                    fails: 0,
+                    message: String::new(),
+                    incumbent: *incumbent,
+                    next: Instant::now(),
+                    in_flight: false,
+                },
+            );
+        }
+        b
+    }
+
+    #[test]
+    fn unhealthy_and_new_servers_get_weight_0_incumbents_keep_theirs() {
+        let (mut p, key) = plan(&[
+            ("10.0.0.1", 2),
+            ("10.0.0.2", 1),
+            ("10.0.0.3", 1),
+            ("10.0.0.4", 1),
+        ]);
+        let b = book_with(
+            key,
+            &[
+                ("10.0.0.1", HealthState::Healthy, true),
+                ("10.0.0.2", HealthState::Unhealthy, true),
+                ("10.0.0.3", HealthState::Unknown, true),
+                ("10.0.0.4", HealthState::Unknown, false),
+            ],
+        );
+        assert!(gate(&mut p, &b).is_empty());
+        assert_eq!(weights(&p, &key), vec![2, 0, 1, 0]);
+    }
+
+    #[test]
+    fn a_server_the_book_has_not_seen_waits_once_probing_has_begun() {
+        let (mut p, key) = plan(&[("10.0.0.1", 1), ("10.0.0.9", 1)]);
+        let b = book_with(key, &[("10.0.0.1", HealthState::Healthy, true)]);
+        gate(&mut p, &b);
+        assert_eq!(weights(&p, &key), vec![1, 0]);
+        let (mut p, key) = plan(&[("10.0.0.1", 1)]);
+        gate(&mut p, &Book::default());
+        assert_eq!(
+            weights(&p, &key),
+            vec![1],
+            "before the first targets, nothing is held"
+        );
+    }
+
+    #[test]
+    fn all_unhealthy_fails_open_and_says_so() {
+        let (mut p, key) = plan(&[("10.0.0.1", 1), ("10.0.0.2", 3)]);
+        let b = book_with(
+            key,
+            &[
+                ("10.0.0.1", HealthState::Unhealthy, true),
+                ("10.0.0.2", HealthState::Unhealthy, true),
+            ],
+        );
+        let open = gate(&mut p, &b);
+        assert_eq!(open.len(), 1);
+        assert_eq!(weights(&p, &key), vec![1, 3]);
+    }
+
+    #[test]
+    fn verdicts_need_fall_failures_and_rise_passes() {
+        let key = ProbeKey {
+            service: plan(&[]).1,
+            server: ip("10.0.0.1"),
+        };
+        let mut b = book_with(key.service, &[("10.0.0.1", HealthState::Unknown, false)]);
+        let r = b.records.get_mut(&key).expect("record");
+        assert!(record(&key, r, Ok(Duration::ZERO)), "first pass decides");
+        assert_eq!(r.state, HealthState::Healthy);
+        assert!(!record(&key, r, Err("refused".into())));
+        assert!(
+            record(&key, r, Err("refused".into())),
+            "second failure: out"
+        );
+        assert_eq!(r.state, HealthState::Unhealthy);
+        assert_eq!(r.message, "refused");
+        assert!(!record(&key, r, Ok(Duration::ZERO)));
+        assert!(record(&key, r, Ok(Duration::ZERO)), "second pass: back");
+        assert_eq!(r.state, HealthState::Healthy);
+    }
+
+    #[test]
+    fn status_lines_parse() {
+        assert_eq!(status_code(b"HTTP/1.1 204 No Content\r\n"), Some(204));
+        assert_eq!(status_code(b"HTTP/1.0 500"), Some(500));
+        assert_eq!(status_code(b"SSH-2.0-OpenSSH"), None);
+    }
+}
