@@ -258,6 +258,7 @@ pub async fn run(
     client: Client,
     settings: Settings,
     metrics: Arc<AgentMetrics>,
+    probe_metrics: Arc<crate::health::ProbeMetrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ClusterError> {
     let _lock = StateLock::acquire(&settings.state_dir)?;
@@ -269,7 +270,11 @@ pub async fn run(
     info!(node = %settings.node_name, owned_services = state.ipvs_services.len(), owned_addresses = state.addresses.len(), "agent starting; kernel state is kept as found");
 
     let wake = Arc::new(Notify::new());
-    let prober = crate::health::Prober::start(wake.clone(), settings.max_probes_in_flight);
+    let prober = crate::health::Prober::start(
+        wake.clone(),
+        settings.max_probes_in_flight,
+        Some(probe_metrics),
+    );
     let vs_api: Api<DeserializeGuard<VirtualService>> = Api::all(client.clone());
     let (vs_store, vs_writer) = reflector::store();
     let vs_wake = wake.clone();

@@ -533,7 +533,7 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), CommandError> {
     let wake = Arc::new(tokio::sync::Notify::new());
-    let prober = Prober::start(wake.clone(), settings.max_probes_in_flight);
+    let prober = Prober::start(wake.clone(), settings.max_probes_in_flight, None);
     let mut args = args.clone();
     // Drains finish in later passes; a pass never waits for them.
     args.no_wait = true;
