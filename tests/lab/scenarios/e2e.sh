@@ -20,6 +20,32 @@ got="$(requests 4 "http://$VIP/")"
 echo "kubectl apply, weights 1:1 -> $got"
 lab_assert_eq "1:1 alternates" yes "$(alternates "$got")"
 
+# 1b. Health through the tunnel: the director's status entry lists each real
+# server port's verdict; a stopped server goes to weight 0 in the director's
+# kernel and Unhealthy in its entry, with the failed probe in words, and
+# comes back once it passes again.
+health_of() {
+	k get tvs web -o jsonpath='{range .status.nodes[?(@.nodeName=="director")].health[*]}{.address}:{.port}={.state}{"\n"}{end}' |
+		sort | tr '\n' ' ' | sed 's/ $//'
+}
+health_is() { [ "$(health_of)" = "$1" ]; }
+rs2_weight_is() { "$IP" netns exec director ipvsadm -Ln -t "$VIP:80" | tr -s ' ' | grep -q -- "-> $RS2:80 Tunnel $1 "; }
+lab_assert_eq "the director reports rs1 and rs2 healthy" 0 \
+	"$(wait_for 30 "healthy" health_is "$RS1:80=Healthy $RS2:80=Healthy"; echo $?)"
+rs2_httpd="$(for p in $("$IP" netns pids rs2); do grep -q httpd "/proc/$p/cmdline" 2>/dev/null && echo "$p"; done)"
+kill $rs2_httpd
+lab_assert_eq "rs2's server stopped: weight 0 on the director" 0 "$(wait_for 30 "rs2 weight 0" rs2_weight_is 0; echo $?)"
+lab_assert_eq "and Unhealthy in the director's entry" 0 \
+	"$(wait_for 30 "unhealthy" health_is "$RS1:80=Healthy $RS2:80=Unhealthy"; echo $?)"
+lab_assert_contains "the entry names the failed probe" "$VIP:80 through the tunnel to $RS2: connect: Connection refused" \
+	"$(k get tvs web -o jsonpath='{.status.nodes[?(@.nodeName=="director")].health[?(@.state=="Unhealthy")].message}')"
+got="$(requests 4 "http://$VIP/")"
+echo "rs2 down -> $got"
+lab_assert_eq "every request answers, from rs1" 4 "$(count rs1 "$got")"
+start_http rs2 rs2 80
+lab_assert_eq "rs2 back: weight 1" 0 "$(wait_for 30 "rs2 weight 1" rs2_weight_is 1; echo $?)"
+lab_assert_eq "and Healthy" 0 "$(wait_for 30 "healthy" health_is "$RS1:80=Healthy $RS2:80=Healthy"; echo $?)"
+
 # 2. Weight patch under an open connection: 2:1, nothing restarted or reset.
 mkfifo /tmp/long.in
 ns_exec client busybox nc "$VIP" 80 </tmp/long.in >/tmp/long.out 2>&1 &
