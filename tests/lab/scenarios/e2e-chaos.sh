@@ -458,6 +458,8 @@ if [ "$ready" != 1 ]; then
 	exit 1
 fi
 echo "the first objects are Ready at $(elapsed) s"
+lab_assert_eq "the director weights the unchanged ones' real servers" 0 \
+	"$(wait_for 30 "weights in IPVS" weighted web mapped eth-vip shop; echo $?)"
 lab_assert_eq "every unchanged VirtualService answers" "rs1 rs1 rs1 pod" \
 	"$(for u in 192.168.56.185/ 192.168.56.186:8099/ 192.168.56.187/ 192.168.56.190/; do request client "http://$u"; done | sed 's/rs2/rs1/; s/pod-./pod/' | tr '\n' ' ' | sed 's/ $//')"
 

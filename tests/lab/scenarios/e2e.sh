@@ -12,6 +12,9 @@ k apply -f /examples/seed/
 lab_assert_eq "kubectl wait Ready for all seed VirtualServices" 0 \
 	"$(k wait --for=condition=Ready tvs --all --timeout=90s >/dev/null 2>&1; echo $?)"
 k get tvs
+lab_assert_eq "the director weights every seed real server as its status says" 0 \
+	"$(wait_for 30 "seed weights in IPVS" weighted web mapped eth-vip; echo $?)"
+lab_assert_contains "web: rs1 and rs2 at weight 1" "TCP $VIP:80 wrr $RS1:80 Tunnel 1" "$(ipvs_rows director | grep "$RS1:80")"
 lab_assert_eq "web status lists the three nodes" "director rs1 rs2" \
 	"$(k get tvs web -o jsonpath='{.status.nodes[*].nodeName}' | tr ' ' '\n' | sort | tr '\n' ' ' | sed 's/ $//')"
 lab_assert_eq "web programmed at its generation on every node" "true true true" \
@@ -160,6 +163,8 @@ spec:
   backends: {service: {name: shop}}
 YAML
 lab_assert_eq "Service-backed VirtualService becomes Ready" 0 "$(k wait --for=condition=Ready tvs/shop --timeout=60s >/dev/null 2>&1; echo $?)"
+lab_assert_eq "the director weights both nodes once they programmed shop" 0 \
+	"$(wait_for 30 "shop weights in IPVS" weighted shop; echo $?)"
 got="$(requests 4 "http://192.168.56.190/")"
 echo "service backends -> $got"
 lab_assert_eq "both pods answer through their nodes" 2 "$(count pod-a "$got")"
@@ -229,6 +234,8 @@ k apply -f /examples/tunnels/
 lab_assert_eq "gue and IPv6 VirtualServices Ready" 0 \
 	"$(k wait --for=condition=Ready tvs/web-gue tvs/web6 --timeout=90s >/dev/null 2>&1; echo $?)"
 k get tvs web-gue web6
+lab_assert_eq "the director weights their real servers" 0 \
+	"$(wait_for 30 "web-gue and web6 weights in IPVS" weighted web-gue web6; echo $?)"
 lab_assert_eq "web6 programmed on the director and both backends" "director=true rs1=true rs2=true" \
 	"$(k get tvs web6 -o jsonpath='{range .status.nodes[*]}{.nodeName}={.programmed}{" "}{end}' | tr ' ' '\n' | sort | tr '\n' ' ' | sed 's/ $//')"
 lab_assert_eq "web6's real servers are the Nodes' IPv6 InternalIPs" "fd00:56::3=rs1 fd00:56::4=rs2" \
