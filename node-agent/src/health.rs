@@ -26,7 +26,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 use tunlb_api::health::{ProbeKind, ValidHealthCheck};
-use tunlb_api::plan::{IpvsKey, NodePlan, ObjectKey};
+use tunlb_api::plan::{IpvsKey, IpvsService, NodePlan, ObjectKey};
 use tunlb_api::{HealthState, NodeRole, ProbedServer};
 
 use crate::dataplane::probe::ProbeRoutes;
@@ -116,42 +116,88 @@ pub fn gate(plan: &mut NodePlan, book: &Book) -> BTreeSet<ObjectKey> {
         .filter(|(_, o)| o.roles.contains(&NodeRole::Director))
         .map(|(k, _)| k.clone())
         .collect();
-    for (key, svc) in plan.ipvs.iter_mut() {
+    for svc in plan.ipvs.values_mut() {
         if svc.health.is_none() || !directed.contains(&svc.owner) {
             continue;
         }
-        let gates: BTreeMap<IpAddr, Gate> = svc
-            .destinations
-            .keys()
-            .map(|(a, _)| {
-                let k = ProbeKey {
-                    service: *key,
-                    server: *a,
-                };
-                (*a, book.gate(&k))
-            })
-            .collect();
-        let serving = svc
-            .destinations
-            .iter()
-            .any(|((a, _), d)| d.weight > 0 && gates.get(a) == Some(&Gate::Pass));
-        let any_out = svc
-            .destinations
-            .iter()
-            .any(|((a, _), d)| d.weight > 0 && gates.get(a) == Some(&Gate::Out));
-        let open = !serving && any_out;
-        if open {
+        if gate_service(svc, book) {
             fail_open.insert(svc.owner.clone());
-        }
-        for ((a, _), d) in svc.destinations.iter_mut() {
-            match gates.get(a) {
-                Some(Gate::Hold) => d.weight = 0,
-                Some(Gate::Out) if !open => d.weight = 0,
-                _ => {}
-            }
         }
     }
     fail_open
+}
+
+/// [`gate`] for one checked service; true when it fails open.
+fn gate_service(svc: &mut IpvsService, book: &Book) -> bool {
+    let key = svc.key;
+    let gates: BTreeMap<IpAddr, Gate> = svc
+        .destinations
+        .keys()
+        .map(|(a, _)| {
+            let k = ProbeKey {
+                service: key,
+                server: *a,
+            };
+            (*a, book.gate(&k))
+        })
+        .collect();
+    let serving = svc
+        .destinations
+        .iter()
+        .any(|((a, _), d)| d.weight > 0 && gates.get(a) == Some(&Gate::Pass));
+    let any_out = svc
+        .destinations
+        .iter()
+        .any(|((a, _), d)| d.weight > 0 && gates.get(a) == Some(&Gate::Out));
+    let open = !serving && any_out;
+    for ((a, _), d) in svc.destinations.iter_mut() {
+        match gates.get(a) {
+            Some(Gate::Hold) => d.weight = 0,
+            Some(Gate::Out) if !open => d.weight = 0,
+            _ => {}
+        }
+    }
+    open
+}
+
+/// The checked services of `plan` this node directs and `owned` says it
+/// programs, with their planned (ungated) weights: what a change of verdict
+/// re-weighs between passes.
+pub fn checked(
+    plan: &NodePlan,
+    owned: impl Fn(&IpvsKey) -> bool,
+) -> BTreeMap<IpvsKey, IpvsService> {
+    plan.ipvs
+        .iter()
+        .filter(|(k, s)| {
+            s.health.is_some()
+                && owned(k)
+                && plan
+                    .objects
+                    .get(&s.owner)
+                    .is_some_and(|o| o.roles.contains(&NodeRole::Director))
+        })
+        .map(|(k, s)| (*k, s.clone()))
+        .collect()
+}
+
+/// The services of `changed` verdicts, gated anew: the weights to set now,
+/// ahead of the next full pass.
+pub fn regate(
+    checked: &BTreeMap<IpvsKey, IpvsService>,
+    book: &Book,
+    changed: &BTreeSet<ProbeKey>,
+) -> Vec<IpvsService> {
+    let services: BTreeSet<IpvsKey> = changed.iter().map(|k| k.service).collect();
+    services
+        .iter()
+        .filter_map(|k| checked.get(k))
+        .map(|s| {
+            let mut s = s.clone();
+            gate_service(&mut s, book);
+            s
+        })
+        .collect()
 }
 
 /// The targets of a plan's checked, directed destinations.
@@ -350,23 +396,49 @@ impl ProbeMetrics {
 }
 
 /// The running prober: a task that probes every target on its interval,
-/// a bounded number at a time, and wakes `wake` on every change of verdict.
+/// a bounded number at a time, and tells [`Prober::changed`] on every
+/// change of verdict.
 #[derive(Clone)]
 pub struct Prober {
     book: Arc<Mutex<Book>>,
     targets: watch::Sender<BTreeMap<ProbeKey, Target>>,
+    changes: Arc<Changes>,
+}
+
+/// Verdicts that changed since the agent last looked.
+#[derive(Default)]
+struct Changes {
+    keys: Mutex<BTreeSet<ProbeKey>>,
+    notify: Notify,
 }
 
 impl Prober {
-    pub fn start(
-        wake: Arc<Notify>,
-        max_in_flight: usize,
-        metrics: Option<Arc<ProbeMetrics>>,
-    ) -> Prober {
+    pub fn start(max_in_flight: usize, metrics: Option<Arc<ProbeMetrics>>) -> Prober {
         let book = Arc::new(Mutex::new(Book::default()));
         let (tx, rx) = watch::channel(BTreeMap::new());
-        tokio::spawn(run(book.clone(), rx, wake, max_in_flight.max(1), metrics));
-        Prober { book, targets: tx }
+        let changes = Arc::new(Changes::default());
+        tokio::spawn(run(
+            book.clone(),
+            rx,
+            changes.clone(),
+            max_in_flight.max(1),
+            metrics,
+        ));
+        Prober {
+            book,
+            targets: tx,
+            changes,
+        }
+    }
+
+    /// Resolves when a verdict has changed since the last [`take_changes`](Self::take_changes).
+    pub async fn changed(&self) {
+        self.changes.notify.notified().await;
+    }
+
+    /// The destinations whose verdict changed since the last call.
+    pub fn take_changes(&self) -> BTreeSet<ProbeKey> {
+        std::mem::take(&mut *self.changes.keys.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     pub fn book(&self) -> MutexGuard<'_, Book> {
@@ -391,7 +463,7 @@ impl Prober {
 async fn run(
     book: Arc<Mutex<Book>>,
     mut targets: watch::Receiver<BTreeMap<ProbeKey, Target>>,
-    wake: Arc<Notify>,
+    changes: Arc<Changes>,
     max_in_flight: usize,
     metrics: Option<Arc<ProbeMetrics>>,
 ) {
@@ -439,7 +511,8 @@ async fn run(
                     changed
                 };
                 if changed {
-                    wake.notify_one();
+                    changes.keys.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
+                    changes.notify.notify_one();
                 }
             }
             _ = sleep => {}
@@ -858,6 +931,32 @@ mod tests {
         let open = gate(&mut p, &b);
         assert_eq!(open.len(), 1);
         assert_eq!(weights(&p, &key), vec![1, 3]);
+    }
+
+    #[test]
+    fn a_changed_verdict_regates_its_service_from_planned_weights() {
+        let (p, key) = plan(&[("10.0.0.1", 2), ("10.0.0.2", 3)]);
+        let all = checked(&p, |_| true);
+        let b = book_with(
+            key,
+            &[
+                ("10.0.0.1", HealthState::Unhealthy, true),
+                ("10.0.0.2", HealthState::Healthy, true),
+            ],
+        );
+        let changed: BTreeSet<ProbeKey> = [ProbeKey {
+            service: key,
+            server: ip("10.0.0.1"),
+        }]
+        .into();
+        let out = regate(&all, &b, &changed);
+        assert_eq!(out.len(), 1);
+        let w: Vec<u32> = out[0].destinations.values().map(|d| d.weight).collect();
+        assert_eq!(w, vec![0, 3]);
+        assert!(
+            regate(&checked(&p, |_| false), &b, &changed).is_empty(),
+            "services no pass programmed are left alone"
+        );
     }
 
     #[test]
