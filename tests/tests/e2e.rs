@@ -25,7 +25,7 @@ fn assert_cluster_scenario(name: &str) {
     assert_cluster_scenario_with(
         name,
         &ClusterLabOptions {
-            timeout_s: 600,
+            timeout_s: 900,
             ..Default::default()
         },
     );
@@ -85,7 +85,7 @@ fn chaos_churn_and_agent_kills_converge_to_the_plan() {
     assert_cluster_scenario_with(
         "e2e-chaos",
         &ClusterLabOptions {
-            timeout_s: 600,
+            timeout_s: 900,
             // The churned VirtualServices take their VIPs from here.
             vip_cidrs: vec!["10.77.0.0/16".into()],
             extra_dirs: vec![(dir.0.clone(), "/chaos".into())],
