@@ -83,9 +83,9 @@ pub fn adoptable(addrs: &[Address]) -> Vec<OwnedAddress> {
 /// owned address of a deleted VirtualService stays while its service
 /// drains. When the IPVS services could not be read (`served` is `None`),
 /// the addresses of VIPs tunlb has services for (`service_vips`) stay as
-/// they are and none is added. While the port-mapping table cannot be
-/// written (`mapped` false) no backend VIP is added either: a VIP without
-/// its DNAT would refuse the mapped ports. Returns the bindings and, for
+/// they are and none is added. A backend VIP whose port mapping is not
+/// written (`mapped` false for it) is not added either: a VIP without its
+/// DNAT would refuse the mapped ports. Returns the bindings and, for
 /// each VIP the plan asks for but that is not held, why.
 pub fn wanted(
     plan: &NodePlan,
@@ -93,7 +93,7 @@ pub fn wanted(
     in_kernel: &[Address],
     served: Option<&BTreeSet<IpAddr>>,
     service_vips: &BTreeSet<IpAddr>,
-    mapped: bool,
+    mapped: impl Fn(&IpAddr) -> bool,
 ) -> (BTreeSet<Binding>, Vec<(IpAddr, String)>) {
     let held = |iface: &str, address: IpAddr| {
         in_kernel
@@ -103,7 +103,7 @@ pub fn wanted(
     let mut want: BTreeSet<Binding> = plan
         .backend_vips
         .iter()
-        .filter(|a| mapped || held(TunnelDevice::vip_holder(**a).name(), **a))
+        .filter(|a| mapped(a) || held(TunnelDevice::vip_holder(**a).name(), **a))
         .map(|a| (TunnelDevice::vip_holder(*a).name().to_string(), *a))
         .collect();
     let mut withheld = Vec::new();
@@ -148,7 +148,7 @@ pub async fn sync(
     links: &Links,
     plan: &NodePlan,
     served: Option<&BTreeSet<IpAddr>>,
-    mapped: bool,
+    mapped: &dyn Fn(&IpAddr) -> bool,
     state: &mut OwnedState,
     journal: &Journal<'_>,
     report: &mut SyncReport,
@@ -358,7 +358,9 @@ mod tests {
     fn a_director_holds_only_served_vips() {
         let plan = director_plan(&["10.0.0.1", "10.0.0.2"]);
         let served = BTreeSet::from([ip("10.0.0.1")]);
-        let (want, withheld) = wanted(&plan, &BTreeSet::new(), &[], Some(&served), &served, true);
+        let (want, withheld) = wanted(&plan, &BTreeSet::new(), &[], Some(&served), &served, |_| {
+            true
+        });
         assert_eq!(
             want,
             BTreeSet::from([binding("eth0", "10.0.0.1"), binding(TUNL0, "10.9.9.9")])
@@ -381,7 +383,7 @@ mod tests {
             ("eth1", "10.0.0.7"),
         ]);
         let served = BTreeSet::from([ip("10.0.0.5"), ip("10.0.0.7")]);
-        let (want, _) = wanted(&plan, &mine, &[], Some(&served), &served, true);
+        let (want, _) = wanted(&plan, &mine, &[], Some(&served), &served, |_| true);
         assert!(want.contains(&binding(TUNL0, "10.0.0.5")));
         assert!(!want.contains(&binding("eth0", "10.0.0.6")));
         // A planned VIP that moved interface is held only where planned.
@@ -404,7 +406,7 @@ mod tests {
         ]);
         // 10.0.0.4 has no service of ours: it is not a director VIP of ours.
         let service_vips = BTreeSet::from([ip("10.0.0.1"), ip("10.0.0.2"), ip("10.0.0.3")]);
-        let (want, withheld) = wanted(&plan, &mine, &kernel, None, &service_vips, true);
+        let (want, withheld) = wanted(&plan, &mine, &kernel, None, &service_vips, |_| true);
         // Held ones stay, nothing new is added, nothing is reported withheld.
         assert_eq!(
             want,
@@ -424,10 +426,10 @@ mod tests {
         let kernel = in_kernel(&[(TUNL0, "10.9.9.9")]);
         let mine = owned(&[(TUNL0, "10.9.9.9")]);
         let none = BTreeSet::new();
-        let (want, _) = wanted(&plan, &mine, &kernel, Some(&none), &none, false);
+        let (want, _) = wanted(&plan, &mine, &kernel, Some(&none), &none, |_| false);
         // The one already held stays; the new one waits for its DNAT.
         assert_eq!(want, BTreeSet::from([binding(TUNL0, "10.9.9.9")]));
-        let (want, _) = wanted(&plan, &mine, &kernel, Some(&none), &none, true);
+        let (want, _) = wanted(&plan, &mine, &kernel, Some(&none), &none, |_| true);
         assert_eq!(want.len(), 2);
     }
 }

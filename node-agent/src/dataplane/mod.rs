@@ -278,17 +278,25 @@ impl Dataplane {
                 }
             }
         }
-        let mapped = match nft::apply(&plan.dnat, &plan.mss).await {
-            Ok(n) => {
-                report.writes.nft = n as u64;
-                true
+        let (written, refused) = match nft::apply(&plan.dnat, &plan.mss).await {
+            Ok(applied) => {
+                report.writes.nft = applied.writes as u64;
+                for (vip, why) in &applied.refused {
+                    report.error_for(
+                        plan,
+                        |o| is_backend(o) && o.vip == Some(*vip),
+                        &format!("port mapping: {why}"),
+                    );
+                }
+                (true, applied.refused)
             }
             Err(e) => {
                 report.fault = true;
                 report.error_for(plan, is_backend, &format!("port mapping: {e}"));
-                false
+                (false, BTreeMap::new())
             }
         };
+        let mapped = |vip: &IpAddr| written && !refused.contains_key(vip);
         let outcome = ipvs::sync(self.ipvs(), plan, state, journal, &mut report, unix_now()).await;
         let probe_client = if probe_paths.is_empty() && state.probe_services.is_empty() {
             None
@@ -319,7 +327,7 @@ impl Dataplane {
             &self.links,
             plan,
             outcome.served.as_ref(),
-            mapped,
+            &mapped,
             state,
             journal,
             &mut report,

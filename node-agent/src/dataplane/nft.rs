@@ -6,6 +6,7 @@
 //! is not there (and the kernel could not load it on demand), the error names
 //! that module rather than nft's bare errno.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::process::{ExitStatus, Stdio};
@@ -435,8 +436,77 @@ pub fn diff(family: Family, desired: Option<&str>, current: Option<&str>) -> Opt
     }
 }
 
-/// Makes our tables match `dnat`/`mss`. Returns the number of nft transactions run.
-pub async fn apply(dnat: &[DnatRule], mss: &[MssRule]) -> Result<usize, NatError> {
+/// Modules only some rules use: without one, the rules that need it are
+/// left out and the rest of the table is written.
+const OPTIONAL_MODULES: [&str; 2] = ["nft_numgen", "nft_ct"];
+
+/// What [`apply`] wrote.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// nft transactions run.
+    pub writes: usize,
+    /// VIPs with rules left out because the node lacks a module only those
+    /// rules need, and why: one VirtualService that spreads over several
+    /// endpoints, or clamps the MSS, does not hold up every other mapping.
+    pub refused: BTreeMap<IpAddr, String>,
+}
+
+/// Makes our tables match `dnat`/`mss`.
+pub async fn apply(dnat: &[DnatRule], mss: &[MssRule]) -> Result<Applied, NatError> {
+    match write_tables(dnat, mss).await {
+        Ok(writes) => Ok(Applied {
+            writes,
+            refused: BTreeMap::new(),
+        }),
+        Err(NatError::MissingModules { missing, nft })
+            if missing.iter().all(|m| OPTIONAL_MODULES.contains(&m.module)) =>
+        {
+            let (dnat, mss, refused) = without_modules(dnat, mss, &missing);
+            tracing::warn!(%nft, vips = refused.len(), "port mappings left out for missing kernel modules; writing the rest");
+            let writes = write_tables(&dnat, &mss).await?;
+            Ok(Applied { writes, refused })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The rules that need none of `missing`, and for each VIP with rules that
+/// do, which modules those rules lack.
+fn without_modules(
+    dnat: &[DnatRule],
+    mss: &[MssRule],
+    missing: &[NeededModule],
+) -> (Vec<DnatRule>, Vec<MssRule>, BTreeMap<IpAddr, String>) {
+    let lacks = |module: &str| missing.iter().any(|m| m.module == module);
+    let (cut_dnat, keep_dnat): (Vec<DnatRule>, Vec<DnatRule>) = dnat
+        .iter()
+        .cloned()
+        .partition(|r| lacks("nft_numgen") && spreads(r));
+    let (cut_mss, keep_mss): (Vec<MssRule>, Vec<MssRule>) =
+        mss.iter().copied().partition(|_| lacks("nft_ct"));
+    let vips: BTreeSet<IpAddr> = cut_dnat
+        .iter()
+        .map(|r| r.vip)
+        .chain(cut_mss.iter().map(|r| r.vip))
+        .collect();
+    let refused = vips
+        .into_iter()
+        .map(|vip| {
+            let dnat: Vec<DnatRule> = cut_dnat.iter().filter(|r| r.vip == vip).cloned().collect();
+            let mss: Vec<MssRule> = cut_mss.iter().filter(|r| r.vip == vip).copied().collect();
+            let why: Vec<String> = needed_modules(Family::of(&vip), &dnat, &mss)
+                .into_iter()
+                .filter(|n| lacks(n.module))
+                .map(|n| n.to_string())
+                .collect();
+            (vip, why.join("; "))
+        })
+        .collect();
+    (keep_dnat, keep_mss, refused)
+}
+
+/// Writes both families' tables; returns the number of nft transactions run.
+async fn write_tables(dnat: &[DnatRule], mss: &[MssRule]) -> Result<usize, NatError> {
     let mut writes = 0;
     for family in [Family::Ip, Family::Ip6] {
         let desired = render_table(family, dnat, mss);
@@ -591,6 +661,50 @@ mod tests {
             listing(&items),
             "10.0.0.1:80, 10.0.0.2:80, 10.0.0.3:80 and 2 more"
         );
+    }
+
+    #[test]
+    fn rules_needing_a_missing_optional_module_are_left_out_alone() {
+        let single = rule("192.168.56.185", 8099, &[("", 80)]);
+        let spread = rule(
+            "192.168.56.190",
+            80,
+            &[("10.244.1.5", 8080), ("10.244.1.6", 8080)],
+        );
+        let clamp = MssRule {
+            vip: ip("192.168.56.191"),
+            port: 80,
+            mss: 1400,
+        };
+        let dnat = [single.clone(), spread];
+        let missing = |m: &[&'static str]| -> Vec<NeededModule> {
+            m.iter()
+                .map(|module| NeededModule {
+                    module,
+                    purpose: String::new(),
+                })
+                .collect()
+        };
+
+        let (d, m, refused) = without_modules(&dnat, &[clamp], &missing(&["nft_numgen"]));
+        assert_eq!(d, vec![single.clone()]);
+        assert_eq!(m, vec![clamp]);
+        assert_eq!(
+            refused.into_iter().collect::<Vec<_>>(),
+            vec![(
+                ip("192.168.56.190"),
+                "kernel module nft_numgen is not available (needed to spread 192.168.56.190:80 over several local endpoints)".to_string()
+            )]
+        );
+
+        let (d, m, refused) = without_modules(&dnat, &[clamp], &missing(&["nft_ct"]));
+        assert_eq!(d, dnat.to_vec());
+        assert!(m.is_empty());
+        assert_eq!(
+            refused.keys().copied().collect::<Vec<_>>(),
+            vec![ip("192.168.56.191")]
+        );
+        assert!(refused[&ip("192.168.56.191")].contains("nft_ct"));
     }
 
     #[test]

@@ -57,6 +57,40 @@ lab_assert_eq "VIP2:8099 answers through both backends" yes "$(alternates "$(req
 
 delete_all /tmp/mapped-mss.yaml >/dev/null
 
+# 3b. Only the MSS clamp's module is missing: the object that clamps is
+#     refused on the backends, naming the module, while another object's
+#     mapping on the same nodes is written and answers (one object's needs
+#     do not hold up the node's other mappings).
+VIP3=192.168.56.187
+lab_assert_eq "nft_ct unloaded again and its file moved away" 0 "$(hide nft_ct >/dev/null 2>&1; echo $?)"
+{
+	cat $EX/02-mapped.yaml
+	cat <<Y
+---
+apiVersion: tunlb.io/v1alpha1
+kind: VirtualService
+metadata: {name: clamped, namespace: default}
+spec:
+  vip: $VIP3
+  ports: [{port: 80}]
+  tunnel: {mssClamp: 1440}
+  backends:
+    static: [{address: $RS1}, {address: $RS2}]
+Y
+} >/tmp/two.yaml
+out="$(apply_all /tmp/two.yaml)"
+echo "$out"
+lab_assert_contains "rs1 refuses the clamped object, naming nft_ct" \
+	"[rs1] error: /tmp/two.yaml: VirtualService default/clamped: port mapping: kernel module nft_ct is not available (needed to clamp the TCP MSS of $VIP3)" "$out"
+lab_assert_contains "rs1 applies the other object" "[rs1] virtualservice default/mapped applied (backend)" "$out"
+lab_assert_contains "rs2 applies the other object" "[rs2] virtualservice default/mapped applied (backend)" "$out"
+lab_assert_contains "rs1 DNATs 8099 to 80 all the same" "ip daddr $VIP2 tcp dport 8099 dnat to :80" "$(ns_exec rs1 nft list table ip tunlb)"
+lab_assert_eq "rs1 holds the mapped VIP, not the refused one" "$VIP2" \
+	"$(ns_exec rs1 "$IP" -o addr show dev tunl0 | awk '{print $4}' | cut -d/ -f1 | grep -E "^($VIP2|$VIP3)\$" | tr '\n' ' ' | sed 's/ $//')"
+lab_assert_eq "VIP2:8099 answers through both backends" yes "$(alternates "$(requests 4 "http://$VIP2:8099/")")"
+restore nft_ct
+delete_all /tmp/two.yaml >/dev/null
+
 # 4. A tunnel type whose receiving module is missing on a backend: gre needs
 #    ip_gre (for gre0), gue needs fou. The backend names the module and does
 #    not report the object applied.
