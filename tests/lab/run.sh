@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Boot the lab kernel under QEMU (TCG) and run COMMAND in the guest.
 # usage: run.sh [--timeout SECS] [--net] [--verbose] [--mem MB] [--keep PATH]
-#               [--bin PATH]... [--dir SRC:DEST]... -- COMMAND...
+#               [--host-bin PATH]... [--bin PATH]... [--dir SRC:DEST]... -- COMMAND...
 # Exits with the guest command's exit code (from the `LAB-EXIT <code>` line);
 # 124 on timeout, 125 if the guest never printed LAB-EXIT.
 set -euo pipefail
@@ -22,7 +22,7 @@ while [ $# -gt 0 ]; do
 	--verbose | -v) verbose=1; shift ;;
 	--mem) [ $# -ge 2 ] || usage; mem="$2"; shift 2 ;;
 	--keep) [ $# -ge 2 ] || usage; keep="$2"; shift 2 ;;
-	--bin | --dir) [ $# -ge 2 ] || usage; args+=("$1" "$2"); shift 2 ;;
+	--bin | --dir | --host-bin) [ $# -ge 2 ] || usage; args+=("$1" "$2"); shift 2 ;;
 	--) shift; break ;;
 	*) usage ;;
 	esac
