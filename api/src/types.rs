@@ -573,7 +573,9 @@ pub struct VirtualServiceStatus {
     /// The generation the operator last judged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Resolved, VipAllowed, Conflict, Ready (and Reconciling/Stalled, kstatus style).
+    /// Resolved, VipAllowed, Conflict, Ready, AllRealServersUnhealthy (True
+    /// when every real server is unhealthy, reason FailOpen when a director
+    /// keeps sending to them anyway), and Reconciling/Stalled, kstatus style.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -584,6 +586,7 @@ pub struct VirtualServiceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub real_server_count: Option<i32>,
     /// Healthy real servers out of all, e.g. "2/3", for the printer column.
+    /// Servers with no checked port count as healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy: Option<String>,
     /// One entry per node that programs this service, written by that node's agent.
@@ -597,6 +600,14 @@ pub struct VirtualServiceStatus {
 #[serde(rename_all = "camelCase")]
 pub struct RealServer {
     pub address: String,
+    /// The weight directors give it. A real server on a cluster node
+    /// (`nodeName` set) stays at 0 until that node's agent reports this
+    /// VirtualService programmed with the backend role (its `status.nodes`
+    /// entry: programmed, at the current generation or at an earlier one
+    /// while its agent catches up with a spec edit), and goes back to 0
+    /// while the node reports a failure: until then packets tunnelled to it
+    /// would find no VIP to receive them. It stays listed meanwhile, so its
+    /// node programs it. Servers outside the cluster are not held back.
     pub weight: i32,
     /// Set when the address is a cluster Node: that node's agent configures it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -611,6 +622,9 @@ pub struct RealServer {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<LocalEndpoint>,
     /// What the directors' probes found, all ports and directors together.
+    /// Absent when none of the service's ports is checked (type none, or a
+    /// UDP or SCTP port without a check port): such a server stays in
+    /// rotation and counts as healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<RealServerHealth>,
 }

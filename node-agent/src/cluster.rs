@@ -21,7 +21,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
-use tunlb_api::plan::{NodeIdentity, ObjectKey, PlanInput, plan_node};
+use tunlb_api::plan::{IpvsKey, IpvsService, NodeIdentity, ObjectKey, PlanInput, plan_node};
 use tunlb_api::{NodeStatus, RealServer, VirtualService, VirtualServiceSpec};
 
 use crate::dataplane::Dataplane;
@@ -258,6 +258,7 @@ pub async fn run(
     client: Client,
     settings: Settings,
     metrics: Arc<AgentMetrics>,
+    probe_metrics: Arc<crate::health::ProbeMetrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ClusterError> {
     let _lock = StateLock::acquire(&settings.state_dir)?;
@@ -269,7 +270,7 @@ pub async fn run(
     info!(node = %settings.node_name, owned_services = state.ipvs_services.len(), owned_addresses = state.addresses.len(), "agent starting; kernel state is kept as found");
 
     let wake = Arc::new(Notify::new());
-    let prober = crate::health::Prober::start(wake.clone(), settings.max_probes_in_flight);
+    let prober = crate::health::Prober::start(settings.max_probes_in_flight, Some(probe_metrics));
     let vs_api: Api<DeserializeGuard<VirtualService>> = Api::all(client.clone());
     let (vs_store, vs_writer) = reflector::store();
     let vs_wake = wake.clone();
@@ -331,6 +332,7 @@ pub async fn run(
 
     let mut last_pass = Instant::now() - settings.resync;
     let mut draining = false;
+    let mut checked = BTreeMap::new();
     loop {
         // While servers drain, passes come often enough to delete each soon
         // after its connections end.
@@ -344,6 +346,16 @@ pub async fn run(
                 // Coalesce a burst of events into one pass.
                 tokio::time::sleep(settings.debounce).await;
             }
+            _ = prober.changed() => {
+                // The kernel's weights first; the pass below writes the
+                // status and finds nothing more for the kernel.
+                let services =
+                    crate::health::regate(&checked, &prober.book(), &prober.take_changes());
+                match dp.reweigh(&services).await {
+                    Ok(n) => debug!(writes = n, "health verdicts applied"),
+                    Err(e) => warn!(error = %e, "cannot apply health verdicts; the pass below does"),
+                }
+            }
             _ = tokio::time::sleep(every.saturating_sub(last_pass.elapsed())) => {}
             _ = stop_rx.changed() => {
                 info!("shutting down; kernel state stays as programmed");
@@ -351,7 +363,7 @@ pub async fn run(
             }
         }
         last_pass = Instant::now();
-        draining = pass(
+        (draining, checked) = pass(
             &client,
             &settings,
             &mut dp,
@@ -377,7 +389,7 @@ async fn pass(
     node_store: &Store<Node>,
     metrics: &AgentMetrics,
     prober: &crate::health::Prober,
-) -> bool {
+) -> (bool, BTreeMap<IpvsKey, IpvsService>) {
     let started = Instant::now();
     let objects = vs_store.state();
     let invalid = memory.refresh(&objects);
@@ -420,11 +432,13 @@ async fn pass(
         })
         .collect();
     let mut plan = plan_node(&inputs, &identity);
+    let mut checked = crate::health::checked(&plan, |_| true);
     let fail_open = crate::health::gate(&mut plan, &prober.book());
     memory.persist(state);
     let journal = Journal::new(&settings.state_dir);
     let report = dp.sync(&plan, state, &journal).await;
     prober.update(crate::health::targets(&plan, &report.probe_routes));
+    checked.retain(|k, _| state.ipvs_services.contains(&(*k).into()));
     let fingerprint = state.fingerprint();
     if journal.recorded() || memory.saved != Some(fingerprint) {
         match state.save(&settings.state_dir) {
@@ -451,7 +465,7 @@ async fn pass(
     );
     report_status(client, &settings.node_name, memory, want, &objects).await;
     metrics.refresh_ipvs(dp, &plan).await;
-    report.drains_pending
+    (report.drains_pending, checked)
 }
 
 /// Writes changed entries, and withdraws entries for objects this node no

@@ -14,13 +14,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 use tunlb_api::health::{ProbeKind, ValidHealthCheck};
-use tunlb_api::plan::{IpvsKey, NodePlan, ObjectKey};
+use tunlb_api::plan::{IpvsKey, IpvsService, NodePlan, ObjectKey};
 use tunlb_api::{HealthState, NodeRole, ProbedServer};
 
 use crate::dataplane::probe::ProbeRoutes;
@@ -110,42 +116,88 @@ pub fn gate(plan: &mut NodePlan, book: &Book) -> BTreeSet<ObjectKey> {
         .filter(|(_, o)| o.roles.contains(&NodeRole::Director))
         .map(|(k, _)| k.clone())
         .collect();
-    for (key, svc) in plan.ipvs.iter_mut() {
+    for svc in plan.ipvs.values_mut() {
         if svc.health.is_none() || !directed.contains(&svc.owner) {
             continue;
         }
-        let gates: BTreeMap<IpAddr, Gate> = svc
-            .destinations
-            .keys()
-            .map(|(a, _)| {
-                let k = ProbeKey {
-                    service: *key,
-                    server: *a,
-                };
-                (*a, book.gate(&k))
-            })
-            .collect();
-        let serving = svc
-            .destinations
-            .iter()
-            .any(|((a, _), d)| d.weight > 0 && gates.get(a) == Some(&Gate::Pass));
-        let any_out = svc
-            .destinations
-            .iter()
-            .any(|((a, _), d)| d.weight > 0 && gates.get(a) == Some(&Gate::Out));
-        let open = !serving && any_out;
-        if open {
+        if gate_service(svc, book) {
             fail_open.insert(svc.owner.clone());
-        }
-        for ((a, _), d) in svc.destinations.iter_mut() {
-            match gates.get(a) {
-                Some(Gate::Hold) => d.weight = 0,
-                Some(Gate::Out) if !open => d.weight = 0,
-                _ => {}
-            }
         }
     }
     fail_open
+}
+
+/// [`gate`] for one checked service; true when it fails open.
+fn gate_service(svc: &mut IpvsService, book: &Book) -> bool {
+    let key = svc.key;
+    let gates: BTreeMap<IpAddr, Gate> = svc
+        .destinations
+        .keys()
+        .map(|(a, _)| {
+            let k = ProbeKey {
+                service: key,
+                server: *a,
+            };
+            (*a, book.gate(&k))
+        })
+        .collect();
+    let serving = svc
+        .destinations
+        .iter()
+        .any(|((a, _), d)| d.weight > 0 && gates.get(a) == Some(&Gate::Pass));
+    let any_out = svc
+        .destinations
+        .iter()
+        .any(|((a, _), d)| d.weight > 0 && gates.get(a) == Some(&Gate::Out));
+    let open = !serving && any_out;
+    for ((a, _), d) in svc.destinations.iter_mut() {
+        match gates.get(a) {
+            Some(Gate::Hold) => d.weight = 0,
+            Some(Gate::Out) if !open => d.weight = 0,
+            _ => {}
+        }
+    }
+    open
+}
+
+/// The checked services of `plan` this node directs and `owned` says it
+/// programs, with their planned (ungated) weights: what a change of verdict
+/// re-weighs between passes.
+pub fn checked(
+    plan: &NodePlan,
+    owned: impl Fn(&IpvsKey) -> bool,
+) -> BTreeMap<IpvsKey, IpvsService> {
+    plan.ipvs
+        .iter()
+        .filter(|(k, s)| {
+            s.health.is_some()
+                && owned(k)
+                && plan
+                    .objects
+                    .get(&s.owner)
+                    .is_some_and(|o| o.roles.contains(&NodeRole::Director))
+        })
+        .map(|(k, s)| (*k, s.clone()))
+        .collect()
+}
+
+/// The services of `changed` verdicts, gated anew: the weights to set now,
+/// ahead of the next full pass.
+pub fn regate(
+    checked: &BTreeMap<IpvsKey, IpvsService>,
+    book: &Book,
+    changed: &BTreeSet<ProbeKey>,
+) -> Vec<IpvsService> {
+    let services: BTreeSet<IpvsKey> = changed.iter().map(|k| k.service).collect();
+    services
+        .iter()
+        .filter_map(|k| checked.get(k))
+        .map(|s| {
+            let mut s = s.clone();
+            gate_service(&mut s, book);
+            s
+        })
+        .collect()
 }
 
 /// The targets of a plan's checked, directed destinations.
@@ -223,20 +275,170 @@ fn rfc3339(t: SystemTime) -> String {
         .unwrap_or_default()
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabels {
+    pub vip: String,
+    pub port: String,
+    pub protocol: String,
+    pub real_server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub vip: String,
+    pub port: String,
+    pub protocol: String,
+    pub real_server: String,
+    pub reason: String,
+}
+
+/// Per real server: up, probe latency, failures by reason.
+pub struct ProbeMetrics {
+    up: Family<ServerLabels, Gauge>,
+    latency: Family<ServerLabels, Histogram, fn() -> Histogram>,
+    failures: Family<FailureLabels, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 13))
+}
+
+impl ProbeMetrics {
+    pub fn new(registry: &mut Registry) -> ProbeMetrics {
+        let m = ProbeMetrics {
+            up: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            failures: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("tunlb_agent");
+        r.register(
+            "real_server_up",
+            "1 when this director's probes through the tunnel find the real server healthy, 0 when unhealthy (absent while unknown)",
+            m.up.clone(),
+        );
+        r.register(
+            "probe_duration_seconds",
+            "Duration of passed health probes through the tunnel",
+            m.latency.clone(),
+        );
+        r.register(
+            "probe_failures",
+            "Failed health probes, by reason (timeout, refused, reset, unreachable, status, unprobeable, other)",
+            m.failures.clone(),
+        );
+        m
+    }
+
+    fn labels(key: &ProbeKey) -> ServerLabels {
+        ServerLabels {
+            vip: key.service.vip.to_string(),
+            port: key.service.port.to_string(),
+            protocol: key.service.protocol.to_string(),
+            real_server: key.server.to_string(),
+        }
+    }
+
+    fn observe(&self, key: &ProbeKey, result: &Result<Duration, Failure>) {
+        let l = Self::labels(key);
+        match result {
+            Ok(took) => self.latency.get_or_create(&l).observe(took.as_secs_f64()),
+            Err(f) => {
+                self.failures
+                    .get_or_create(&FailureLabels {
+                        vip: l.vip,
+                        port: l.port,
+                        protocol: l.protocol,
+                        real_server: l.real_server,
+                        reason: f.reason.as_str().to_string(),
+                    })
+                    .inc();
+            }
+        }
+    }
+
+    fn set_state(&self, key: &ProbeKey, state: HealthState) {
+        let l = Self::labels(key);
+        match state {
+            HealthState::Healthy => {
+                self.up.get_or_create(&l).set(1);
+            }
+            HealthState::Unhealthy => {
+                self.up.get_or_create(&l).set(0);
+            }
+            HealthState::Unknown => {
+                self.up.remove(&l);
+            }
+        }
+    }
+
+    fn forget(&self, key: &ProbeKey) {
+        let l = Self::labels(key);
+        self.up.remove(&l);
+        self.latency.remove(&l);
+        for reason in [
+            Reason::Timeout,
+            Reason::Refused,
+            Reason::Reset,
+            Reason::Unreachable,
+            Reason::Status,
+            Reason::Unprobeable,
+            Reason::Other,
+        ] {
+            self.failures.remove(&FailureLabels {
+                vip: l.vip.clone(),
+                port: l.port.clone(),
+                protocol: l.protocol.clone(),
+                real_server: l.real_server.clone(),
+                reason: reason.as_str().to_string(),
+            });
+        }
+    }
+}
+
 /// The running prober: a task that probes every target on its interval,
-/// a bounded number at a time, and wakes `wake` on every change of verdict.
+/// a bounded number at a time, and tells [`Prober::changed`] on every
+/// change of verdict.
 #[derive(Clone)]
 pub struct Prober {
     book: Arc<Mutex<Book>>,
     targets: watch::Sender<BTreeMap<ProbeKey, Target>>,
+    changes: Arc<Changes>,
+}
+
+/// Verdicts that changed since the agent last looked.
+#[derive(Default)]
+struct Changes {
+    keys: Mutex<BTreeSet<ProbeKey>>,
+    notify: Notify,
 }
 
 impl Prober {
-    pub fn start(wake: Arc<Notify>, max_in_flight: usize) -> Prober {
+    pub fn start(max_in_flight: usize, metrics: Option<Arc<ProbeMetrics>>) -> Prober {
         let book = Arc::new(Mutex::new(Book::default()));
         let (tx, rx) = watch::channel(BTreeMap::new());
-        tokio::spawn(run(book.clone(), rx, wake, max_in_flight.max(1)));
-        Prober { book, targets: tx }
+        let changes = Arc::new(Changes::default());
+        tokio::spawn(run(
+            book.clone(),
+            rx,
+            changes.clone(),
+            max_in_flight.max(1),
+            metrics,
+        ));
+        Prober {
+            book,
+            targets: tx,
+            changes,
+        }
+    }
+
+    /// Resolves when a verdict has changed since the last [`take_changes`](Self::take_changes).
+    pub async fn changed(&self) {
+        self.changes.notify.notified().await;
+    }
+
+    /// The destinations whose verdict changed since the last call.
+    pub fn take_changes(&self) -> BTreeSet<ProbeKey> {
+        std::mem::take(&mut *self.changes.keys.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     pub fn book(&self) -> MutexGuard<'_, Book> {
@@ -261,10 +463,11 @@ impl Prober {
 async fn run(
     book: Arc<Mutex<Book>>,
     mut targets: watch::Receiver<BTreeMap<ProbeKey, Target>>,
-    wake: Arc<Notify>,
+    changes: Arc<Changes>,
     max_in_flight: usize,
+    metrics: Option<Arc<ProbeMetrics>>,
 ) {
-    let mut running: JoinSet<(ProbeKey, Result<Duration, String>)> = JoinSet::new();
+    let mut running: JoinSet<(ProbeKey, Result<Duration, Failure>)> = JoinSet::new();
     loop {
         let next = {
             let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
@@ -296,12 +499,20 @@ async fn run(
         tokio::select! {
             Some(done) = running.join_next() => {
                 let Ok((key, result)) = done else { continue };
+                if let Some(m) = &metrics {
+                    m.observe(&key, &result);
+                }
                 let changed = {
                     let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
-                    b.records.get_mut(&key).is_some_and(|r| record(&key, r, result))
+                    let changed = b.records.get_mut(&key).is_some_and(|r| record(&key, r, result));
+                    if let (Some(m), Some(r)) = (&metrics, b.records.get(&key)) {
+                        m.set_state(&key, r.state);
+                    }
+                    changed
                 };
                 if changed {
-                    wake.notify_one();
+                    changes.keys.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
+                    changes.notify.notify_one();
                 }
             }
             _ = sleep => {}
@@ -311,6 +522,11 @@ async fn run(
                 }
                 let want = targets.borrow_and_update().clone();
                 let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(m) = &metrics {
+                    for gone in b.records.keys().filter(|k| !want.contains_key(*k)) {
+                        m.forget(gone);
+                    }
+                }
                 reconcile(&mut b, want);
             }
         }
@@ -361,7 +577,7 @@ fn reconcile(b: &mut Book, want: BTreeMap<ProbeKey, Target>) {
 }
 
 /// Counts one probe; true when the verdict changed.
-fn record(key: &ProbeKey, r: &mut Record, result: Result<Duration, String>) -> bool {
+fn record(key: &ProbeKey, r: &mut Record, result: Result<Duration, Failure>) -> bool {
     r.in_flight = false;
     let before = r.state;
     match result {
@@ -374,10 +590,10 @@ fn record(key: &ProbeKey, r: &mut Record, result: Result<Duration, String>) -> b
             }
             debug!(service = %key.service, server = %key.server, ms = took.as_millis(), "probe passed");
         }
-        Err(msg) => {
+        Err(f) => {
             r.fails = r.fails.saturating_add(1);
             r.passes = 0;
-            r.message = msg;
+            r.message = f.message;
             if r.fails >= r.target.check.fall {
                 r.state = HealthState::Unhealthy;
             }
@@ -401,7 +617,7 @@ fn record(key: &ProbeKey, r: &mut Record, result: Result<Duration, String>) -> b
 }
 
 /// One probe: Ok with its duration, or what failed, in words.
-async fn probe(key: ProbeKey, t: &Target) -> Result<Duration, String> {
+async fn probe(key: ProbeKey, t: &Target) -> Result<Duration, Failure> {
     let started = Instant::now();
     let vip = key.service.vip;
     let port = t.check.port;
@@ -415,28 +631,42 @@ async fn probe(key: ProbeKey, t: &Target) -> Result<Duration, String> {
         key.server
     );
     if let Some(why) = &t.blocked {
-        return Err(format!("cannot probe {via}: {why}"));
+        return Err(Failure::new(
+            Reason::Unprobeable,
+            format!("cannot probe {via}: {why}"),
+        ));
     }
     let (Some(mark), Some(source)) = (t.mark, t.source) else {
-        return Err(format!("cannot probe {via}: no mark or source address"));
+        return Err(Failure::new(
+            Reason::Unprobeable,
+            format!("cannot probe {via}: no mark or source address"),
+        ));
     };
     let timeout = t.check.timeout;
     let secs = timeout.as_secs();
     let work = async {
+        let other = |m: String| Failure::new(Reason::Other, m);
         let sock = match vip {
             IpAddr::V4(_) => TcpSocket::new_v4(),
             IpAddr::V6(_) => TcpSocket::new_v6(),
         }
-        .map_err(|e| format!("socket: {e}"))?;
+        .map_err(|e| other(format!("socket: {e}")))?;
         socket2::SockRef::from(&sock)
             .set_mark(mark)
-            .map_err(|e| format!("set mark {mark:#x} (needs CAP_NET_ADMIN): {e}"))?;
+            .map_err(|e| other(format!("set mark {mark:#x} (needs CAP_NET_ADMIN): {e}")))?;
         sock.bind(SocketAddr::new(source, 0))
-            .map_err(|e| format!("bind {source}: {e}"))?;
-        let mut stream = sock
-            .connect(dest)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(|e| other(format!("bind {source}: {e}")))?;
+        let mut stream = sock.connect(dest).await.map_err(|e| {
+            let reason = match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => Reason::Refused,
+                std::io::ErrorKind::ConnectionReset => Reason::Reset,
+                std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable => {
+                    Reason::Unreachable
+                }
+                _ => Reason::Other,
+            };
+            Failure::new(reason, format!("connect: {e}"))
+        })?;
         if let ProbeKind::Http {
             path,
             host,
@@ -450,21 +680,25 @@ async fn probe(key: ProbeKey, t: &Target) -> Result<Duration, String> {
             stream
                 .write_all(req.as_bytes())
                 .await
-                .map_err(|e| format!("send GET {path}: {e}"))?;
+                .map_err(|e| other(format!("send GET {path}: {e}")))?;
             let mut buf = [0u8; 64];
             let mut got = 0;
             while got < 12 {
                 let n = stream
                     .read(&mut buf[got..])
                     .await
-                    .map_err(|e| format!("read the answer to GET {path}: {e}"))?;
+                    .map_err(|e| other(format!("read the answer to GET {path}: {e}")))?;
                 if n == 0 {
                     break;
                 }
                 got += n;
             }
-            let status = status_code(&buf[..got])
-                .ok_or_else(|| format!("GET {path}: no HTTP status line in the answer"))?;
+            let status = status_code(&buf[..got]).ok_or_else(|| {
+                Failure::new(
+                    Reason::Status,
+                    format!("GET {path}: no HTTP status line in the answer"),
+                )
+            })?;
             if !ValidHealthCheck::status_passes(expected, status) {
                 let want = if expected.is_empty() {
                     "2xx or 3xx".to_string()
@@ -475,15 +709,60 @@ async fn probe(key: ProbeKey, t: &Target) -> Result<Duration, String> {
                         .collect::<Vec<_>>()
                         .join(", ")
                 };
-                return Err(format!("GET {path}: status {status} (expected {want})"));
+                return Err(Failure::new(
+                    Reason::Status,
+                    format!("GET {path}: status {status} (expected {want})"),
+                ));
             }
         }
         Ok(())
     };
     match tokio::time::timeout(timeout, work).await {
         Ok(Ok(())) => Ok(started.elapsed()),
-        Ok(Err(e)) => Err(format!("{via}: {e}")),
-        Err(_) => Err(format!("{via}: timed out after {secs} s")),
+        Ok(Err(f)) => Err(Failure::new(f.reason, format!("{via}: {}", f.message))),
+        Err(_) => Err(Failure::new(
+            Reason::Timeout,
+            format!("{via}: timed out after {secs} s"),
+        )),
+    }
+}
+
+/// Why a probe failed, as metrics count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Timeout,
+    Refused,
+    Reset,
+    Unreachable,
+    Status,
+    Unprobeable,
+    Other,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Timeout => "timeout",
+            Reason::Refused => "refused",
+            Reason::Reset => "reset",
+            Reason::Unreachable => "unreachable",
+            Reason::Status => "status",
+            Reason::Unprobeable => "unprobeable",
+            Reason::Other => "other",
+        }
+    }
+}
+
+/// A failed probe: why, and what happened in words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Failure {
+    fn new(reason: Reason, message: String) -> Failure {
+        Failure { reason, message }
     }
 }
 
@@ -655,6 +934,32 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_verdict_regates_its_service_from_planned_weights() {
+        let (p, key) = plan(&[("10.0.0.1", 2), ("10.0.0.2", 3)]);
+        let all = checked(&p, |_| true);
+        let b = book_with(
+            key,
+            &[
+                ("10.0.0.1", HealthState::Unhealthy, true),
+                ("10.0.0.2", HealthState::Healthy, true),
+            ],
+        );
+        let changed: BTreeSet<ProbeKey> = [ProbeKey {
+            service: key,
+            server: ip("10.0.0.1"),
+        }]
+        .into();
+        let out = regate(&all, &b, &changed);
+        assert_eq!(out.len(), 1);
+        let w: Vec<u32> = out[0].destinations.values().map(|d| d.weight).collect();
+        assert_eq!(w, vec![0, 3]);
+        assert!(
+            regate(&checked(&p, |_| false), &b, &changed).is_empty(),
+            "services no pass programmed are left alone"
+        );
+    }
+
+    #[test]
     fn verdicts_need_fall_failures_and_rise_passes() {
         let key = ProbeKey {
             service: plan(&[]).1,
@@ -664,11 +969,9 @@ mod tests {
         let r = b.records.get_mut(&key).expect("record");
         assert!(record(&key, r, Ok(Duration::ZERO)), "first pass decides");
         assert_eq!(r.state, HealthState::Healthy);
-        assert!(!record(&key, r, Err("refused".into())));
-        assert!(
-            record(&key, r, Err("refused".into())),
-            "second failure: out"
-        );
+        let refused = || Err(Failure::new(Reason::Refused, "refused".into()));
+        assert!(!record(&key, r, refused()));
+        assert!(record(&key, r, refused()), "second failure: out");
         assert_eq!(r.state, HealthState::Unhealthy);
         assert_eq!(r.message, "refused");
         assert!(!record(&key, r, Ok(Duration::ZERO)));

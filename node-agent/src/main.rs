@@ -236,6 +236,7 @@ async fn run_cluster(flags: RunFlags) -> anyhow::Result<()> {
         &mut registry,
         ipvs_stats_max_destinations,
     ));
+    let probe_metrics = Arc::new(tunlb_agent::health::ProbeMetrics::new(&mut registry));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -263,7 +264,7 @@ async fn run_cluster(flags: RunFlags) -> anyhow::Result<()> {
         max_probes_in_flight: probes.max_probes_in_flight,
         probe_mark_base: probes.probe_mark_base,
     };
-    let agent = tunlb_agent::cluster::run(client, settings, metrics, stopped());
+    let agent = tunlb_agent::cluster::run(client, settings, metrics, probe_metrics, stopped());
     tokio::pin!(agent);
     tokio::select! {
         res = &mut agent => res?,

@@ -12,7 +12,9 @@ use std::time::Instant;
 use serde_json::value::RawValue;
 use tracing::{debug, info, warn};
 use tunlb_api::manifest::object_keys;
-use tunlb_api::plan::{NodeIdentity, NodePlan, ObjectKey, PlanInput, Planner};
+use tunlb_api::plan::{
+    IpvsKey, IpvsService, NodeIdentity, NodePlan, ObjectKey, PlanInput, Planner,
+};
 use tunlb_api::{NodeRole, VirtualService, VirtualServiceSpec};
 
 use crate::dataplane::{Dataplane, SyncReport, Writes};
@@ -75,6 +77,8 @@ pub struct Outcome {
     pub lines: Vec<String>,
     pub errors: Vec<String>,
     pub writes: Writes,
+    /// The checked services this run programmed, with planned weights.
+    pub checked: BTreeMap<IpvsKey, IpvsService>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -293,6 +297,7 @@ async fn apply_checked(
     let pending = Pending::write(state_dir, &candidate)?;
     drop(candidate);
     let journal = Journal::parked(state_dir, &pending);
+    let mut checked = crate::health::checked(&plan, |_| true);
     let mut fail_open = gated(&mut plan, prober);
     let mut report = dp.sync(&plan, &mut state, &journal).await;
     debug!(
@@ -318,6 +323,7 @@ async fn apply_checked(
         }
         drop(plan);
         plan = plan_store(objects.iter(), &node);
+        checked = crate::health::checked(&plan, |_| true);
         fail_open = gated(&mut plan, prober);
         let again = dp.sync(&plan, &mut state, &journal).await;
         report.merge(again);
@@ -327,6 +333,8 @@ async fn apply_checked(
     drain_lines(&report, &mut out);
     if let Some(p) = prober {
         p.update(crate::health::targets(&plan, &report.probe_routes));
+        checked.retain(|k, _| state.ipvs_services.contains(&(*k).into()));
+        out.checked = checked;
     }
     for k in &fail_open {
         out.lines.push(format!(
@@ -532,8 +540,7 @@ pub async fn serve(
     settings: &ServeSettings,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), CommandError> {
-    let wake = Arc::new(tokio::sync::Notify::new());
-    let prober = Prober::start(wake.clone(), settings.max_probes_in_flight);
+    let prober = Prober::start(settings.max_probes_in_flight, None);
     let mut args = args.clone();
     // Drains finish in later passes; a pass never waits for them.
     args.no_wait = true;
@@ -552,7 +559,18 @@ pub async fn serve(
             last = Some(shown);
         }
         tokio::select! {
-            _ = wake.notified() => tokio::time::sleep(settings.debounce).await,
+            _ = prober.changed() => {
+                // The kernel's weights first, then a pass (status lines,
+                // fail open), which finds nothing more for the kernel.
+                let services =
+                    crate::health::regate(&out.checked, &prober.book(), &prober.take_changes());
+                let _lock = StateLock::acquire(state_dir)?;
+                match dp.reweigh(&services).await {
+                    Ok(n) => debug!(writes = n, "health verdicts applied"),
+                    Err(e) => warn!(error = %e, "cannot apply health verdicts; the pass does"),
+                }
+                tokio::time::sleep(settings.debounce).await;
+            }
             _ = tokio::time::sleep(settings.resync) => {}
             _ = &mut stop => {
                 info!("stopping; kernel state stays as programmed");

@@ -9,6 +9,9 @@ pub const CONFLICT: &str = "Conflict";
 pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
+/// True when every real server is unhealthy, or a director sends to
+/// servers it finds unhealthy because no healthy one is left (fail open).
+pub const ALL_UNHEALTHY: &str = "AllRealServersUnhealthy";
 
 /// A condition the operator wants, before timestamps.
 #[derive(Debug, Clone, PartialEq, Eq)]

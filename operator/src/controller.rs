@@ -2,9 +2,10 @@
 //! and EndpointSlices, maps each change to the VirtualServices it affects,
 //! and writes the operator-owned part of the status by server-side apply.
 
+use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -20,7 +21,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, info, warn};
-use tunlb_api::VirtualService;
+use tunlb_api::{HealthState, VirtualService};
 
 use crate::cache::{
     self, Cache, Mirror, Nodes, ServiceKey, Services, Shared, Slices, Update, VirtualServices,
@@ -69,6 +70,37 @@ impl Error {
     }
 }
 
+/// Each real server's health as this replica last wrote it, per object.
+/// The cache can lag a status write by a watch event: a reconcile in that
+/// gap would compare with the health from before the write and publish the
+/// same transitions again. Cleared when this replica becomes leader, since
+/// another replica may have written meanwhile.
+#[derive(Default)]
+pub struct WrittenHealth(Mutex<HashMap<VsName, Vec<(String, HealthState)>>>);
+
+impl WrittenHealth {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<VsName, Vec<(String, HealthState)>>> {
+        // The map holds plain values: one a panicking holder left is still whole.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, name: &VsName) -> Option<Vec<(String, HealthState)>> {
+        self.map().get(name).cloned()
+    }
+
+    pub fn set(&self, name: VsName, health: Vec<(String, HealthState)>) {
+        self.map().insert(name, health);
+    }
+
+    pub fn forget(&self, name: &VsName) {
+        self.map().remove(name);
+    }
+
+    pub fn clear(&self) {
+        self.map().clear();
+    }
+}
+
 /// Everything a reconcile needs.
 pub struct Context {
     pub client: Client,
@@ -88,6 +120,7 @@ pub struct Context {
     pub synced: watch::Receiver<bool>,
     /// Queues VirtualServices for a reconcile.
     pub queue: Arc<Queue>,
+    pub written_health: Arc<WrittenHealth>,
 }
 
 /// The resync interval drawn from [3/4, 1] x `resync`: objects judged in one
@@ -199,7 +232,8 @@ async fn remove_finalizer(api: &Api<VirtualService>, vs: &VirtualService) -> Res
 /// touches: the others on its VIP, its Service and that Service's slices.
 fn decide_from_caches(
     vs: &VirtualService,
-    existing: &[Condition],
+    observed: &Observed,
+    health_before: &[(String, HealthState)],
     ctx: &Context,
     ns: &str,
 ) -> decide::Decision {
@@ -239,7 +273,14 @@ fn decide_from_caches(
         peers: &peers,
     };
     let now = Time(Timestamp::now());
-    decide::decide(vs, existing, &view, &ctx.policy, &now)
+    decide::decide(
+        vs,
+        &observed.conditions(),
+        health_before,
+        &view,
+        &ctx.policy,
+        &now,
+    )
 }
 
 pub async fn reconcile(vs: Arc<VirtualService>, ctx: Arc<Context>) -> Result<Next, Error> {
@@ -272,7 +313,12 @@ pub async fn reconcile(vs: Arc<VirtualService>, ctx: Arc<Context>) -> Result<Nex
         (Arc::new(written), observed)
     };
 
-    let decision = decide_from_caches(&vs, &observed.conditions(), &ctx, &ns);
+    let vs_name = VsName::of(&vs).ok_or(Error::MissingKey)?;
+    let health_before = ctx
+        .written_health
+        .get(&vs_name)
+        .unwrap_or_else(|| observed.health());
+    let decision = decide_from_caches(&vs, &observed, &health_before, &ctx, &ns);
 
     let spec_changed =
         vs.status.as_ref().and_then(|s| s.observed_generation) != vs.metadata.generation;
@@ -281,7 +327,15 @@ pub async fn reconcile(vs: Arc<VirtualService>, ctx: Arc<Context>) -> Result<Nex
         patch_status(&api, &name, &decision.status).await?;
         debug!(%ns, %name, accepted = decision.accepted, "status written");
     }
-    let notes = events::for_transitions(&decision.transitions, first_verdict);
+    let written: Vec<(String, HealthState)> = decision
+        .status
+        .real_servers
+        .iter()
+        .filter_map(|r| Some((r.address.clone(), r.health.as_ref()?.state)))
+        .collect();
+    ctx.written_health.set(vs_name, written);
+    let mut notes = events::for_transitions(&decision.transitions, first_verdict);
+    notes.extend(events::for_health(&decision.health));
     if !notes.is_empty() {
         publish_later(&ctx, vs.object_ref(&()), notes).await;
     }
@@ -370,6 +424,9 @@ async fn cleanup(
             if let Some(n) = status.real_server_count {
                 body["status"]["realServerCount"] = json!(n);
             }
+            if let Some(h) = &status.healthy {
+                body["status"]["healthy"] = json!(h);
+            }
             api.patch_status(
                 &vs.name_any(),
                 &PatchParams::apply(MANAGER).force(),
@@ -394,6 +451,9 @@ async fn cleanup(
         warn!(name = %vs.name_any(), nodes = ?remaining, "cleanup timed out");
     }
     remove_finalizer(api, vs).await?;
+    if let Some(name) = VsName::of(vs) {
+        ctx.written_health.forget(&name);
+    }
     info!(name = %vs.name_any(), "released");
     retrigger_sharing(ctx, vs);
     Ok(Next::AwaitChange)
@@ -409,6 +469,7 @@ pub fn error_policy(name: &VsName, err: &Error, ctx: &Context) -> Next {
 async fn reconcile_cached(name: VsName, ctx: Arc<Context>) -> Next {
     let Some(vs) = ctx.index.read().object(&name) else {
         debug!(%name, "gone before its reconcile");
+        ctx.written_health.forget(&name);
         return Next::AwaitChange;
     };
     match reconcile(Arc::new(vs), ctx.clone()).await {
@@ -700,12 +761,15 @@ pub async fn run(
         queue.clone(),
     ));
 
-    // A new leader judges everything.
+    // A new leader judges everything, from what the cluster holds.
+    let written_health = Arc::new(WrittenHealth::default());
     let leadership = on_leadership(leader.clone());
     let all = judge_all.clone();
+    let forget_written = written_health.clone();
     tokio::spawn(async move {
         let mut leadership = std::pin::pin!(leadership);
         while leadership.next().await.is_some() {
+            forget_written.clear();
             all();
         }
     });
@@ -741,6 +805,7 @@ pub async fn run(
         leader,
         synced,
         queue: queue.clone(),
+        written_health,
     });
     queue
         .run(

@@ -1,13 +1,17 @@
 //! The deciding part of a reconcile: VirtualService + a view of the cluster
 //! -> the status the operator owns. No I/O, so it is unit-tested directly.
 
+use std::collections::BTreeSet;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use tunlb_api::plan::{ObjectKey, ipvs_keys};
-use tunlb_api::{RealServer, VirtualService, validate};
+use tunlb_api::{HealthState, NodeStatus, RealServer, VirtualService, validate};
 
 use crate::conditions::{
-    self, ACCEPTED, CONFLICT, READY, RECONCILING, RESOLVED, STALLED, VIP_ALLOWED, Want,
+    self, ACCEPTED, ALL_UNHEALTHY, CONFLICT, READY, RECONCILING, RESOLVED, STALLED, VIP_ALLOWED,
+    Want,
 };
+use crate::health::{self, Aggregate};
 use crate::judge::{self, Peer, Readiness};
 use crate::resolve::{self, NodeInfo, ServiceInfo, SliceInfo};
 
@@ -35,6 +39,8 @@ pub struct OperatorStatus {
     pub conditions: Vec<Condition>,
     pub real_servers: Vec<RealServer>,
     pub real_server_count: i32,
+    /// Healthy (or unchecked) real servers out of all, e.g. "2/3".
+    pub healthy: String,
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +48,8 @@ pub struct Decision {
     pub status: OperatorStatus,
     /// Conditions whose status changed: each becomes an Event.
     pub transitions: Vec<Want>,
+    /// Real servers whose health changed: each becomes an Event.
+    pub health: Vec<health::Transition>,
     pub accepted: bool,
 }
 
@@ -74,11 +82,70 @@ pub fn peer(vs: &VirtualService, policy: &Policy, nodes: &[NodeInfo]) -> Option<
     })
 }
 
+/// Takes real servers on cluster nodes out (weight 0) until their node's
+/// agent has programmed them (see [`judge::admitted`]); returns the nodes
+/// still waiting. Only the weight changes: the server stays in the list, so
+/// its node still plans it as a backend, programs it and reports.
+fn admit(
+    servers: &mut [RealServer],
+    reports: &[NodeStatus],
+    generation: Option<i64>,
+) -> BTreeSet<String> {
+    let mut waiting = BTreeSet::new();
+    for rs in servers {
+        let Some(node) = &rs.node_name else {
+            continue;
+        };
+        if !judge::admitted(node, reports, generation) {
+            rs.weight = 0;
+            waiting.insert(node.clone());
+        }
+    }
+    waiting
+}
+
+/// The AllRealServersUnhealthy condition.
+fn all_unhealthy(agg: &Aggregate, key: &ObjectKey) -> Want {
+    if !agg.fail_open.is_empty() {
+        let who = agg.fail_open.join(", ");
+        let (noun, verb) = if agg.fail_open.len() == 1 {
+            ("director", "keeps")
+        } else {
+            ("directors", "keep")
+        };
+        return Want::new(
+            ALL_UNHEALTHY,
+            true,
+            "FailOpen",
+            format!(
+                "no checked real server of {key} is healthy on {noun} {who}, which {verb} sending to them all (fail open); {} real servers healthy",
+                agg.summary()
+            ),
+        );
+    }
+    if agg.all_unhealthy() {
+        return Want::new(
+            ALL_UNHEALTHY,
+            true,
+            "AllUnhealthy",
+            format!("all {} real servers of {key} are unhealthy", agg.total),
+        );
+    }
+    Want::new(
+        ALL_UNHEALTHY,
+        false,
+        "HealthyServers",
+        format!("{} real servers healthy", agg.summary()),
+    )
+}
+
 /// `existing`: the conditions as last written (their status and
-/// lastTransitionTime are carried over when unchanged).
+/// lastTransitionTime are carried over when unchanged); `health_before`: each
+/// real server's health state as last written, by address.
 pub fn decide(
     vs: &VirtualService,
     existing: &[Condition],
+    health_before: &[(String, HealthState)],
     view: &View<'_>,
     policy: &Policy,
     now: &Time,
@@ -92,6 +159,8 @@ pub fn decide(
     let mut wants = Vec::new();
     let mut real_servers = Vec::new();
     let mut block: Option<(String, String)> = None;
+    // VIP ports with a health check: the ports directors report verdicts for.
+    let mut checked = BTreeSet::new();
 
     match validate(&vs.spec) {
         Err(e) => {
@@ -101,6 +170,13 @@ pub fn decide(
             block = Some(("Invalid".into(), msg));
         }
         Ok(valid) => {
+            checked = valid
+                .ports
+                .iter()
+                .zip(&valid.health)
+                .filter(|(_, h)| h.is_some())
+                .map(|(p, _)| i32::from(p.port))
+                .collect();
             match judge::vip_allowed(
                 valid.vip,
                 &policy.vip_pools,
@@ -165,6 +241,13 @@ pub fn decide(
         }
     }
 
+    let waiting = admit(&mut real_servers, reports, generation);
+    let agg = health::aggregate(&checked, &real_servers, reports);
+    for (rs, h) in real_servers.iter_mut().zip(&agg.servers) {
+        rs.health = h.clone();
+    }
+    let health = health::transitions(health_before, &real_servers);
+
     let accepted = block.is_none();
     match &block {
         Some((reason, msg)) => {
@@ -185,32 +268,46 @@ pub fn decide(
                 "Accepted",
                 "nodes may program this VirtualService",
             ));
-            let (ready, reason, msg) =
-                match judge::expected_nodes(&vs.spec, &real_servers, view.nodes) {
-                    Err(m) => (false, "NoDirector".to_string(), m),
-                    Ok(expected) => {
-                        match judge::readiness(&expected, reports, generation.unwrap_or(0)) {
-                            Readiness::Ready { nodes } => (
-                                true,
-                                "Programmed".into(),
-                                format!(
-                                    "{nodes} nodes programmed generation {}",
-                                    generation.unwrap_or(0)
-                                ),
+            let (ready, reason, msg) = match judge::expected_nodes(
+                &vs.spec,
+                &real_servers,
+                view.nodes,
+            ) {
+                Err(m) => (false, "NoDirector".to_string(), m),
+                Ok(expected) => {
+                    match judge::readiness(&expected, reports, generation.unwrap_or(0)) {
+                        // Reported programmed, but not as a backend: the
+                        // real server stays out until it is.
+                        Readiness::Ready { .. } if !waiting.is_empty() => (
+                            false,
+                            "Pending".into(),
+                            format!(
+                                "waiting for nodes to program their real servers: {}",
+                                waiting.iter().cloned().collect::<Vec<_>>().join(", ")
                             ),
-                            Readiness::Pending(p) => (
-                                false,
-                                "Pending".into(),
-                                format!("waiting for nodes: {}", p.join(", ")),
+                        ),
+                        Readiness::Ready { nodes } => (
+                            true,
+                            "Programmed".into(),
+                            format!(
+                                "{nodes} nodes programmed generation {}; {} real servers healthy",
+                                generation.unwrap_or(0),
+                                agg.summary()
                             ),
-                            Readiness::Failing(f) => {
-                                let parts: Vec<String> =
-                                    f.iter().map(|(n, m)| format!("node {n}: {m}")).collect();
-                                (false, "ProgramFailed".into(), parts.join("; "))
-                            }
+                        ),
+                        Readiness::Pending(p) => (
+                            false,
+                            "Pending".into(),
+                            format!("waiting for nodes: {}", p.join(", ")),
+                        ),
+                        Readiness::Failing(f) => {
+                            let parts: Vec<String> =
+                                f.iter().map(|(n, m)| format!("node {n}: {m}")).collect();
+                            (false, "ProgramFailed".into(), parts.join("; "))
                         }
                     }
-                };
+                }
+            };
             let pending = reason == "Pending";
             let stalled = !ready && !pending;
             wants.push(Want::new(READY, ready, reason.clone(), msg.clone()));
@@ -229,6 +326,8 @@ pub fn decide(
         }
     }
 
+    wants.push(all_unhealthy(&agg, &object_key(vs)));
+
     let (conditions, transitions) = conditions::merge(existing, &wants, generation, now);
     Decision {
         status: OperatorStatus {
@@ -236,8 +335,10 @@ pub fn decide(
             conditions,
             real_server_count: real_servers.len() as i32,
             real_servers,
+            healthy: agg.summary(),
         },
         transitions,
+        health,
         accepted,
     }
 }
@@ -249,10 +350,49 @@ mod tests {
     use k8s_openapi::api::core::v1::Service;
     use k8s_openapi::api::discovery::v1::EndpointSlice;
     use k8s_openapi::jiff::Timestamp;
-    use tunlb_api::NodeStatus;
+    use tunlb_api::{NodeRole, NodeStatus, ProbedServer};
 
     fn vs(yaml: &str) -> VirtualService {
         serde_yaml::from_str(yaml).unwrap()
+    }
+    fn report(name: &str, generation: i64, programmed: bool, roles: &[NodeRole]) -> NodeStatus {
+        NodeStatus {
+            health: vec![],
+            fail_open: false,
+            node_name: name.into(),
+            roles: roles.to_vec(),
+            observed_generation: Some(generation),
+            programmed,
+            message: if programmed {
+                String::new()
+            } else {
+                "tunnel device missing".into()
+            },
+            draining: vec![],
+        }
+    }
+    fn probe(address: &str, state: HealthState, message: &str) -> ProbedServer {
+        ProbedServer {
+            address: address.into(),
+            port: 80,
+            state,
+            since: Some("2026-01-01T00:00:10Z".into()),
+            message: message.into(),
+        }
+    }
+    fn with_nodes(mut obj: VirtualService, nodes: Vec<NodeStatus>) -> VirtualService {
+        obj.status = Some(tunlb_api::VirtualServiceStatus {
+            nodes,
+            ..Default::default()
+        });
+        obj
+    }
+    fn weights(d: &Decision) -> Vec<(&str, i32)> {
+        d.status
+            .real_servers
+            .iter()
+            .map(|r| (r.address.as_str(), r.weight))
+            .collect()
     }
     fn now() -> Time {
         Time(Timestamp::from_second(1_000).unwrap())
@@ -301,7 +441,7 @@ spec:
             slices: vec![],
             peers: &[],
         };
-        let d = decide(&vs(WEB), &[], &view, &policy(), &now());
+        let d = decide(&vs(WEB), &[], &[], &view, &policy(), &now());
         assert!(d.accepted);
         assert_eq!(d.status.observed_generation, Some(3));
         assert_eq!(d.status.real_servers[0].node_name.as_deref(), Some("rs1"));
@@ -321,18 +461,11 @@ spec:
     fn ready_when_every_node_programmed_this_generation() {
         let n = nodes();
         let mut obj = vs(WEB);
-        let report = |name: &str| NodeStatus {
-            health: vec![],
-            fail_open: false,
-            node_name: name.into(),
-            roles: vec![],
-            observed_generation: Some(3),
-            programmed: true,
-            message: String::new(),
-            draining: vec![],
-        };
         obj.status = Some(tunlb_api::VirtualServiceStatus {
-            nodes: vec![report("ds"), report("rs1")],
+            nodes: vec![
+                report("ds", 3, true, &[NodeRole::Director]),
+                report("rs1", 3, true, &[NodeRole::Backend]),
+            ],
             ..Default::default()
         });
         let view = View {
@@ -341,9 +474,14 @@ spec:
             slices: vec![],
             peers: &[],
         };
-        let d = decide(&obj, &[], &view, &policy(), &now());
+        let d = decide(&obj, &[], &[], &view, &policy(), &now());
         assert_eq!(cond(&d, READY).status, "True");
         assert_eq!(cond(&d, RECONCILING).status, "False");
+        // no director reports probes yet: the checked servers are Unknown
+        assert_eq!(
+            cond(&d, READY).message,
+            "2 nodes programmed generation 3; 0/2 real servers healthy"
+        );
     }
 
     #[test]
@@ -355,7 +493,7 @@ spec:
             slices: vec![],
             peers: &[],
         };
-        let d = decide(&vs(WEB), &[], &view, &Policy::default(), &now());
+        let d = decide(&vs(WEB), &[], &[], &view, &Policy::default(), &now());
         assert!(!d.accepted);
         let c = cond(&d, VIP_ALLOWED);
         assert_eq!(
@@ -379,7 +517,7 @@ spec:
             slices: vec![],
             peers: &peers,
         };
-        let d = decide(&vs(WEB), &[], &view, &policy(), &now());
+        let d = decide(&vs(WEB), &[], &[], &view, &policy(), &now());
         let c = cond(&d, CONFLICT);
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
@@ -402,7 +540,7 @@ spec:
             slices: vec![],
             peers: &[],
         };
-        let d = decide(&obj, &[], &view, &policy(), &now());
+        let d = decide(&obj, &[], &[], &view, &policy(), &now());
         let c = cond(&d, RESOLVED);
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
@@ -432,17 +570,26 @@ endpoints:
             slices: vec![&slice],
             peers: &[],
         };
-        let d2 = decide(&obj, &[], &view, &policy(), &now());
+        let d2 = decide(&obj, &[], &[], &view, &policy(), &now());
         assert!(d2.accepted);
         let rs = &d2.status.real_servers;
         assert_eq!(rs.len(), 1);
+        // rs1 has not programmed it yet
         assert_eq!(
             (
                 rs[0].address.as_str(),
                 rs[0].weight,
                 rs[0].node_name.as_deref()
             ),
-            ("192.168.56.183", 2, Some("rs1"))
+            ("192.168.56.183", 0, Some("rs1"))
+        );
+        let obj = with_nodes(obj, vec![report("rs1", 3, true, &[NodeRole::Backend])]);
+        let d2 = decide(&obj, &[], &[], &view, &policy(), &now());
+        let rs = &d2.status.real_servers;
+        assert_eq!(
+            (rs[0].weight, rs[0].ready),
+            (2, true),
+            "weighted by its 2 ready endpoints"
         );
         assert_eq!(
             rs[0]
@@ -472,7 +619,7 @@ endpoints:
             slices: vec![],
             peers: &[],
         };
-        let d = decide(&obj, &[], &view, &policy(), &now());
+        let d = decide(&obj, &[], &[], &view, &policy(), &now());
         assert_eq!(cond(&d, RESOLVED).reason, "PortNotFound");
         assert!(
             cond(&d, RESOLVED)
@@ -491,11 +638,11 @@ endpoints:
             peers: &[],
         };
         let obj = vs(WEB);
-        let d = decide(&obj, &[], &view, &policy(), &now());
+        let d = decide(&obj, &[], &[], &view, &policy(), &now());
         let none = Observed::of(None);
         assert_ne!(none.digest, digest(&d.status));
         let written = tunlb_api::VirtualServiceStatus {
-            healthy: None,
+            healthy: Some(d.status.healthy.clone()),
             observed_generation: d.status.observed_generation,
             conditions: d.status.conditions.clone(),
             real_servers: d.status.real_servers.clone(),
@@ -506,11 +653,230 @@ endpoints:
         let d2 = decide(
             &obj,
             &seen.conditions(),
+            &seen.health(),
             &view,
             &policy(),
             &Time(Timestamp::from_second(5_000).unwrap()),
         );
         assert!(d2.transitions.is_empty());
         assert_eq!(seen.digest, digest(&d2.status));
+    }
+
+    fn static_view(n: &[NodeInfo]) -> View<'_> {
+        View {
+            nodes: n,
+            service: None,
+            slices: vec![],
+            peers: &[],
+        }
+    }
+
+    #[test]
+    fn a_server_on_a_node_is_admitted_once_its_node_programmed_it() {
+        let n = nodes();
+        let view = static_view(&n);
+        // no report: rs1 waits at weight 0; the server outside the cluster is not gated
+        let d = decide(&vs(WEB), &[], &[], &view, &policy(), &now());
+        assert_eq!(weights(&d), [("192.168.56.183", 0), ("10.20.0.5", 2)]);
+        assert!(d.status.real_servers[0].ready, "only the weight says it");
+
+        // programmed, but as a director only: its backend part is not there yet
+        let obj = with_nodes(
+            vs(WEB),
+            vec![
+                report("ds", 3, true, &[NodeRole::Director]),
+                report("rs1", 3, true, &[NodeRole::Director]),
+            ],
+        );
+        let d = decide(&obj, &[], &[], &view, &policy(), &now());
+        assert_eq!(weights(&d)[0], ("192.168.56.183", 0));
+        let ready = cond(&d, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "Pending")
+        );
+        assert_eq!(
+            ready.message,
+            "waiting for nodes to program their real servers: rs1"
+        );
+
+        // programmed as a backend at this generation: in
+        let obj = with_nodes(
+            vs(WEB),
+            vec![
+                report("ds", 3, true, &[NodeRole::Director]),
+                report("rs1", 3, true, &[NodeRole::Backend]),
+            ],
+        );
+        let d = decide(&obj, &[], &[], &view, &policy(), &now());
+        assert_eq!(weights(&d), [("192.168.56.183", 1), ("10.20.0.5", 2)]);
+
+        // it fails: out again until it recovers
+        let obj = with_nodes(
+            vs(WEB),
+            vec![
+                report("ds", 3, true, &[NodeRole::Director]),
+                report("rs1", 3, false, &[NodeRole::Backend]),
+            ],
+        );
+        let d = decide(&obj, &[], &[], &view, &policy(), &now());
+        assert_eq!(weights(&d), [("192.168.56.183", 0), ("10.20.0.5", 2)]);
+        assert_eq!(cond(&d, READY).reason, "ProgramFailed");
+
+        // a spec edit (generation 4) keeps the programmed backend in while its
+        // agent catches up, but not one that failed
+        let edited = vs(&WEB.replace("generation: 3", "generation: 4"));
+        let obj = with_nodes(
+            edited.clone(),
+            vec![report("rs1", 3, true, &[NodeRole::Backend])],
+        );
+        let d = decide(&obj, &[], &[], &view, &policy(), &now());
+        assert_eq!(weights(&d)[0], ("192.168.56.183", 1));
+        let obj = with_nodes(edited, vec![report("rs1", 4, false, &[NodeRole::Backend])]);
+        let d = decide(&obj, &[], &[], &view, &policy(), &now());
+        assert_eq!(weights(&d)[0], ("192.168.56.183", 0));
+    }
+
+    /// A real server kept at weight 0 is still planned as a backend on its
+    /// node: otherwise its node would never program it, never report it
+    /// programmed, and it would never be admitted.
+    #[test]
+    fn a_server_at_weight_0_is_still_planned_on_its_node() {
+        let n = nodes();
+        let view = static_view(&n);
+        let obj = vs(&WEB.replace(
+            "ports: [{port: 80}]",
+            "ports: [{port: 80, targetPort: 8080}]",
+        ));
+        let d = decide(&obj, &[], &[], &view, &policy(), &now());
+        assert_eq!(weights(&d)[0], ("192.168.56.183", 0));
+
+        let input = tunlb_api::PlanInput {
+            key: object_key(&obj),
+            generation: obj.metadata.generation,
+            spec: &obj.spec,
+            real_servers: Some(&d.status.real_servers),
+        };
+        let rs1 = tunlb_api::NodeIdentity {
+            name: "rs1".into(),
+            addresses: ["192.168.56.183".parse().unwrap()].into(),
+            ..Default::default()
+        };
+        let plan = tunlb_api::plan_node(std::slice::from_ref(&input), &rs1);
+        let op = &plan.objects[&object_key(&obj)];
+        assert_eq!(op.error, None);
+        assert!(op.roles.contains(&NodeRole::Backend));
+        assert!(
+            plan.backend_vips
+                .contains(&"192.168.56.185".parse().unwrap())
+        );
+        assert!(plan.needs_backend_sysctls());
+        assert_eq!(plan.dnat.len(), 1, "{plan:?}");
+        assert_eq!(plan.dnat[0].targets, [(None, 8080)]);
+
+        // and the director holds it at weight 0
+        let ds = tunlb_api::NodeIdentity {
+            name: "ds".into(),
+            addresses: ["192.168.56.181".parse().unwrap()].into(),
+            labels: [("tunlb.io/director".to_string(), "true".to_string())].into(),
+            ..Default::default()
+        };
+        let plan = tunlb_api::plan_node(&[input], &ds);
+        let dests: Vec<(String, u32)> = plan
+            .ipvs
+            .values()
+            .flat_map(|s| s.destinations.iter())
+            .map(|((a, _), d)| (a.to_string(), d.weight))
+            .collect();
+        assert_eq!(
+            dests,
+            [
+                ("10.20.0.5".to_string(), 2),
+                ("192.168.56.183".to_string(), 0)
+            ]
+        );
+    }
+
+    #[test]
+    fn health_is_summed_up_and_fail_open_is_a_condition() {
+        let n = nodes();
+        let view = static_view(&n);
+        let mut ds = report("ds", 3, true, &[NodeRole::Director]);
+        ds.health = vec![
+            probe("192.168.56.183", HealthState::Healthy, ""),
+            probe(
+                "10.20.0.5",
+                HealthState::Unhealthy,
+                "connect: connection refused",
+            ),
+        ];
+        let rs1 = report("rs1", 3, true, &[NodeRole::Backend]);
+        let obj = with_nodes(vs(WEB), vec![ds.clone(), rs1.clone()]);
+        let before = [
+            ("192.168.56.183".to_string(), HealthState::Unknown),
+            ("10.20.0.5".to_string(), HealthState::Healthy),
+        ];
+        let d = decide(&obj, &[], &before, &view, &policy(), &now());
+        assert_eq!(d.status.healthy, "1/2");
+        let h = |i: usize| d.status.real_servers[i].health.clone().unwrap();
+        assert_eq!(h(0).state, HealthState::Healthy);
+        assert_eq!(
+            (h(1).state, h(1).message.as_str(), h(1).since.as_deref()),
+            (
+                HealthState::Unhealthy,
+                "connect: connection refused",
+                Some("2026-01-01T00:00:10Z")
+            )
+        );
+        assert_eq!(
+            cond(&d, READY).message,
+            "2 nodes programmed generation 3; 1/2 real servers healthy"
+        );
+        let c = cond(&d, ALL_UNHEALTHY);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str(), c.message.as_str()),
+            ("False", "HealthyServers", "1/2 real servers healthy")
+        );
+        let t: Vec<(&str, HealthState)> = d
+            .health
+            .iter()
+            .map(|t| (t.address.as_str(), t.to))
+            .collect();
+        assert_eq!(
+            t,
+            [
+                ("192.168.56.183", HealthState::Healthy),
+                ("10.20.0.5", HealthState::Unhealthy)
+            ]
+        );
+
+        // every server fails and the director fails open: Ready keeps saying
+        // what is programmed, the new condition says the rest
+        ds.health[0] = probe("192.168.56.183", HealthState::Unhealthy, "timed out");
+        ds.fail_open = true;
+        let obj = with_nodes(vs(WEB), vec![ds, rs1]);
+        let d = decide(&obj, &[], &[], &view, &policy(), &now());
+        assert_eq!(d.status.healthy, "0/2");
+        assert_eq!(cond(&d, READY).status, "True");
+        let c = cond(&d, ALL_UNHEALTHY);
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "FailOpen"));
+        assert_eq!(
+            c.message,
+            "no checked real server of default/web is healthy on director ds, which keeps sending to them all (fail open); 0/2 real servers healthy"
+        );
+    }
+
+    #[test]
+    fn unchecked_servers_have_no_health_and_count_as_healthy() {
+        let n = nodes();
+        let view = static_view(&n);
+        let obj = vs(&WEB.replace(
+            "scheduler: wrr",
+            "scheduler: wrr\n  healthCheck: {type: none}",
+        ));
+        let d = decide(&obj, &[], &[], &view, &policy(), &now());
+        assert!(d.status.real_servers.iter().all(|r| r.health.is_none()));
+        assert_eq!(d.status.healthy, "2/2");
+        assert_eq!(cond(&d, ALL_UNHEALTHY).status, "False");
     }
 }

@@ -5,7 +5,8 @@
 //! kube-runtime's `Recorder` keeps every Event it published for six minutes
 //! to aggregate repeats into a series, and prunes that cache on every
 //! publish: at 10,000 VirtualServices that was tens of MB and an O(N) scan
-//! per Event. The operator only reports condition transitions, which do not
+//! per Event. The operator only reports condition and real-server health
+//! transitions, which directors debounce (rise and fall) and which do not
 //! repeat in quick succession, so each Event is a plain create.
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -16,6 +17,8 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 
 use crate::conditions::{self, Want};
+use crate::health::Transition;
+use tunlb_api::HealthState;
 
 /// The API server refuses an events.k8s.io/v1 note longer than this.
 const MAX_NOTE_BYTES: usize = 1024;
@@ -113,7 +116,10 @@ impl Publisher {
 /// A VirtualService judged for the first time gets one Event, its verdict:
 /// what blocks it, or that it is Accepted. Every condition is "set" then, and
 /// one Event per condition made five API writes per new object. Later, each
-/// changed condition is reported (Reconciling and Stalled only restate Ready).
+/// changed condition is reported (Reconciling and Stalled only restate Ready),
+/// except AllRealServersUnhealthy turning False: the real servers' own
+/// Healthy Events tell the recovery, and an object judged by an operator
+/// without that condition would otherwise get one such Event on upgrade.
 pub fn for_transitions(transitions: &[Want], first_verdict: bool) -> Vec<Note> {
     let note = |t: &Want| Note {
         kind: if is_good(t) {
@@ -145,13 +151,54 @@ pub fn for_transitions(transitions: &[Want], first_verdict: bool) -> Vec<Note> {
     transitions
         .iter()
         .filter(|t| !matches!(t.type_, conditions::RECONCILING | conditions::STALLED))
+        .filter(|t| t.type_ != conditions::ALL_UNHEALTHY || t.status)
         .map(note)
         .collect()
 }
 
-/// "Good" is True for most conditions, False for Conflict and Stalled.
+/// One Event per real-server health transition: Normal when it became
+/// Healthy, Warning when it became Unhealthy.
+pub fn for_health(transitions: &[Transition]) -> Vec<Note> {
+    transitions
+        .iter()
+        .map(|t| {
+            let server = match &t.node_name {
+                Some(n) => format!("real server {} (node {n})", t.address),
+                None => format!("real server {}", t.address),
+            };
+            let was = t
+                .from
+                .map(|f| format!(" (was {})", f.as_str()))
+                .unwrap_or_default();
+            let (kind, reason, note) = match t.to {
+                HealthState::Unhealthy => (
+                    Kind::Warning,
+                    "RealServerUnhealthy",
+                    format!("{server} is Unhealthy{was}: {}", t.message),
+                ),
+                _ => (
+                    Kind::Normal,
+                    "RealServerHealthy",
+                    format!("{server} is {}{was}", t.to.as_str()),
+                ),
+            };
+            Note {
+                kind,
+                reason: reason.into(),
+                note,
+                action: "HealthCheck",
+            }
+        })
+        .collect()
+}
+
+/// "Good" is True for most conditions, False for Conflict, Stalled and
+/// AllRealServersUnhealthy.
 fn is_good(t: &Want) -> bool {
-    let bad_when_true = matches!(t.type_, conditions::CONFLICT | conditions::STALLED);
+    let bad_when_true = matches!(
+        t.type_,
+        conditions::CONFLICT | conditions::STALLED | conditions::ALL_UNHEALTHY
+    );
     t.status != bad_when_true
 }
 
@@ -264,6 +311,56 @@ mod tests {
         assert_eq!(
             reasons,
             [(Kind::Normal, "InPool"), (Kind::Normal, "Accepted")]
+        );
+    }
+
+    #[test]
+    fn all_unhealthy_is_reported_when_it_turns_true_only() {
+        use conditions::*;
+        let n = for_transitions(&wants(&[(ALL_UNHEALTHY, true, "FailOpen")]), false);
+        assert_eq!(
+            n.iter()
+                .map(|n| (n.kind, n.reason.as_str()))
+                .collect::<Vec<_>>(),
+            [(Kind::Warning, "FailOpen")]
+        );
+        assert!(
+            for_transitions(&wants(&[(ALL_UNHEALTHY, false, "HealthyServers")]), false).is_empty()
+        );
+    }
+
+    #[test]
+    fn health_transitions_become_events() {
+        let t = |to: HealthState, from: Option<HealthState>, node: Option<&str>| Transition {
+            address: "172.16.1.1".into(),
+            node_name: node.map(str::to_string),
+            from,
+            to,
+            message: "connect: connection refused".into(),
+        };
+        let n = for_health(&[
+            t(
+                HealthState::Unhealthy,
+                Some(HealthState::Healthy),
+                Some("n1"),
+            ),
+            t(HealthState::Healthy, Some(HealthState::Unhealthy), None),
+        ]);
+        assert_eq!(
+            (n[0].kind, n[0].reason.as_str(), n[0].note.as_str()),
+            (
+                Kind::Warning,
+                "RealServerUnhealthy",
+                "real server 172.16.1.1 (node n1) is Unhealthy (was Healthy): connect: connection refused"
+            )
+        );
+        assert_eq!(
+            (n[1].kind, n[1].reason.as_str(), n[1].note.as_str()),
+            (
+                Kind::Normal,
+                "RealServerHealthy",
+                "real server 172.16.1.1 is Healthy (was Unhealthy)"
+            )
         );
     }
 }

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use tunlb_api::plan::{IpvsKey, ObjectKey};
 use tunlb_api::selector::selector_matches;
-use tunlb_api::{DEFAULT_DIRECTOR_LABEL, NodeStatus, RealServer, VirtualServiceSpec};
+use tunlb_api::{DEFAULT_DIRECTOR_LABEL, NodeRole, NodeStatus, RealServer, VirtualServiceSpec};
 
 use crate::resolve::NodeInfo;
 
@@ -165,6 +165,28 @@ pub fn readiness(
     }
 }
 
+/// Whether a real server on node `node` may take new connections: its
+/// node's agent reports the VirtualService programmed with the backend role
+/// (the VIP on its tunnel device, the sysctls, the port mapping), so that
+/// what the directors send it arrives. A node that has not reported that yet,
+/// or reports a failure, is kept at weight 0.
+///
+/// The report must be at `generation`, or at an older one the node
+/// programmed before a spec edit: the agents program an edit only after the
+/// operator has judged it, so requiring the current generation would take
+/// every cluster node out on each edit until its agent catches up, and a
+/// service whose real servers are all on nodes would refuse connections
+/// meanwhile. A failure at the new generation still takes the node out.
+pub fn admitted(node: &str, reports: &[NodeStatus], generation: Option<i64>) -> bool {
+    reports.iter().any(|r| {
+        r.node_name == node
+            && r.programmed
+            && r.roles.contains(&NodeRole::Backend)
+            && r.observed_generation
+                .is_some_and(|g| generation.is_none_or(|current| g <= current))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +276,40 @@ mod tests {
         assert_eq!(conflict(&c, &all), None);
         // Once a is gone, b is free.
         assert_eq!(conflict(&b, &[b.clone(), c]), None);
+    }
+
+    #[test]
+    fn admission_needs_the_backend_role_programmed() {
+        let rep = |g: i64, ok: bool, roles: &[NodeRole]| NodeStatus {
+            health: vec![],
+            fail_open: false,
+            node_name: "r".into(),
+            roles: roles.to_vec(),
+            observed_generation: Some(g),
+            programmed: ok,
+            message: String::new(),
+            draining: vec![],
+        };
+        let backend = [NodeRole::Backend];
+        assert!(!admitted("r", &[], Some(2)), "no report yet");
+        assert!(admitted("r", &[rep(2, true, &backend)], Some(2)));
+        assert!(
+            !admitted("r", &[rep(2, false, &backend)], Some(2)),
+            "a failing node is out"
+        );
+        assert!(
+            !admitted("r", &[rep(2, true, &[NodeRole::Director])], Some(2)),
+            "programmed as a director only: its backend part is not there yet"
+        );
+        assert!(
+            admitted("r", &[rep(1, true, &backend)], Some(2)),
+            "a spec edit keeps a programmed backend in"
+        );
+        assert!(
+            !admitted("r", &[rep(1, false, &backend)], Some(2)),
+            "a node that failed stays out until it programs"
+        );
+        assert!(!admitted("other", &[rep(2, true, &backend)], Some(2)));
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! tunlb operator: resolves VirtualService backends into real servers, judges
-//! VIPs and conflicts, and reports conditions. Deciding code (resolve, judge,
-//! conditions, decide) is pure; the controller does the I/O.
+//! VIPs and conflicts, admits real servers on nodes once their agents
+//! programmed them, sums up the directors' health verdicts, and reports
+//! conditions. Deciding code (resolve, judge, health, conditions, decide) is
+//! pure; the controller does the I/O.
 
 pub mod cache;
 pub mod conditions;
 pub mod controller;
 pub mod decide;
 pub mod events;
+pub mod health;
 pub mod judge;
 pub mod leader;
 pub mod observed;

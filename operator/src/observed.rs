@@ -1,6 +1,7 @@
 //! What a reconcile needs of the status the operator last wrote: a digest to
-//! tell whether a new status differs, and each condition's status and
-//! lastTransitionTime for `conditions::merge`.
+//! tell whether a new status differs, each condition's status and
+//! lastTransitionTime for `conditions::merge`, and each real server's health
+//! state for its health Events.
 //!
 //! The cache keeps this in place of the written conditions and realServers,
 //! which are most of a VirtualService's size (7 conditions with messages):
@@ -10,13 +11,15 @@ use std::hash::Hasher;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde::Serialize;
-use tunlb_api::{RealServer, VirtualService, VirtualServiceStatus};
+use tunlb_api::{HealthState, RealServer, VirtualService, VirtualServiceStatus};
 
-use crate::conditions::{ACCEPTED, CONFLICT, READY, RECONCILING, RESOLVED, STALLED, VIP_ALLOWED};
+use crate::conditions::{
+    ACCEPTED, ALL_UNHEALTHY, CONFLICT, READY, RECONCILING, RESOLVED, STALLED, VIP_ALLOWED,
+};
 use crate::decide::OperatorStatus;
 
 /// The condition types the operator owns; `Observed` refers to them by index.
-const OWNED: [&str; 7] = [
+const OWNED: [&str; 8] = [
     ACCEPTED,
     RESOLVED,
     VIP_ALLOWED,
@@ -24,6 +27,7 @@ const OWNED: [&str; 7] = [
     READY,
     RECONCILING,
     STALLED,
+    ALL_UNHEALTHY,
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,14 +35,17 @@ pub struct Observed {
     pub digest: u64,
     /// (index in OWNED, status is True, lastTransitionTime)
     conditions: Box<[(u8, bool, Time)]>,
+    /// (address, state) of each real server written with a health.
+    health: Box<[(Box<str>, HealthState)]>,
 }
 
 impl Observed {
     pub fn of(status: Option<&VirtualServiceStatus>) -> Observed {
         let Some(s) = status else {
             return Observed {
-                digest: digest_of(None, [].iter(), &[], None),
+                digest: digest_of(None, [].iter(), &[], None, None),
                 conditions: Box::new([]),
+                health: Box::new([]),
             };
         };
         let conditions = s
@@ -49,14 +56,21 @@ impl Observed {
                 Some((i as u8, c.status == "True", c.last_transition_time.clone()))
             })
             .collect();
+        let health = s
+            .real_servers
+            .iter()
+            .filter_map(|r| Some((r.address.as_str().into(), r.health.as_ref()?.state)))
+            .collect();
         Observed {
             digest: digest_of(
                 s.observed_generation,
                 s.conditions.iter(),
                 &s.real_servers,
                 s.real_server_count,
+                s.healthy.as_deref(),
             ),
             conditions,
+            health,
         }
     }
 
@@ -76,6 +90,14 @@ impl Observed {
             .collect()
     }
 
+    /// Each real server's health state as written, by address.
+    pub fn health(&self) -> Vec<(String, HealthState)> {
+        self.health
+            .iter()
+            .map(|(a, s)| (a.to_string(), *s))
+            .collect()
+    }
+
     pub fn has(&self, type_: &str) -> bool {
         self.conditions
             .iter()
@@ -90,6 +112,7 @@ pub fn digest(status: &OperatorStatus) -> u64 {
         status.conditions.iter(),
         &status.real_servers,
         Some(status.real_server_count),
+        Some(&status.healthy),
     )
 }
 
@@ -127,6 +150,7 @@ struct Canonical<'a> {
     conditions: Vec<&'a Condition>,
     real_servers: &'a [RealServer],
     real_server_count: Option<i32>,
+    healthy: Option<&'a str>,
 }
 
 fn digest_of<'a>(
@@ -134,6 +158,7 @@ fn digest_of<'a>(
     conditions: impl Iterator<Item = &'a Condition>,
     real_servers: &'a [RealServer],
     real_server_count: Option<i32>,
+    healthy: Option<&'a str>,
 ) -> u64 {
     // Only the operator's conditions, in a fixed order: others are not ours to compare.
     let mut owned: Vec<(usize, &Condition)> = conditions
@@ -145,6 +170,7 @@ fn digest_of<'a>(
         conditions: owned.into_iter().map(|(_, c)| c).collect(),
         real_servers,
         real_server_count,
+        healthy,
     };
     // DefaultHasher::new() has fixed keys: digests compare within a process.
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -176,9 +202,10 @@ mod tests {
             conditions: vec![cond(READY, "False", "waiting"), cond(ACCEPTED, "True", "")],
             real_servers: vec![],
             real_server_count: 0,
+            healthy: "0/0".into(),
         };
         let written = VirtualServiceStatus {
-            healthy: None,
+            healthy: Some("0/0".into()),
             observed_generation: Some(1),
             // another writer's condition type is not compared
             conditions: vec![
@@ -202,6 +229,9 @@ mod tests {
 
         let mut changed = written.clone();
         changed.conditions[2].message = "waiting for n1".into();
+        assert_ne!(Observed::of(Some(&changed)).digest, digest(&status));
+        let mut changed = written.clone();
+        changed.healthy = Some("1/1".into());
         assert_ne!(Observed::of(Some(&changed)).digest, digest(&status));
         assert_ne!(Observed::of(None).digest, digest(&status));
     }

@@ -522,6 +522,48 @@ fn report(
     agent_apply(ns, vs, node, json!([entry]));
 }
 
+/// What a director's agent writes: its entry, programmed at `generation`,
+/// with its probe verdicts `health` (address, port, state, since, message)
+/// and whether it fails open.
+fn report_health(
+    ns: &str,
+    vs: &str,
+    node: &str,
+    generation: i64,
+    health: &[(&str, i64, &str, &str, &str)],
+    fail_open: bool,
+) {
+    let health: Vec<Value> = health
+        .iter()
+        .map(|(address, port, state, since, msg)| {
+            json!({"address": address, "port": port, "state": state, "since": since, "message": msg})
+        })
+        .collect();
+    let entry = json!({
+        "nodeName": node, "observedGeneration": generation, "programmed": true,
+        "roles": ["director"], "health": health, "failOpen": fail_open,
+    });
+    agent_apply(ns, vs, node, json!([entry]));
+}
+
+/// status.realServers[].health of `address`.
+fn health_of(vs: &Value, address: &str) -> Value {
+    vs["status"]["realServers"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["address"] == address))
+        .map(|r| r["health"].clone())
+        .unwrap_or(Value::Null)
+}
+
+/// Events about `name` of this type and reason, as core/v1 shows them.
+fn events_of(ns: &str, name: &str, type_: &str, reason: &str) -> Vec<String> {
+    core_events(ns, name)
+        .into_iter()
+        .filter(|e| e.0 == type_ && e.1 == reason)
+        .map(|e| e.2)
+        .collect()
+}
+
 /// The agent withdraws its entry: an apply with no entry of its own.
 fn withdraw(ns: &str, vs: &str, node: &str) {
     agent_apply(ns, vs, node, json!([]));
@@ -653,11 +695,13 @@ fn static_backends_resolve_update_and_delete() {
     let vs = wait_vs(&ns, "web", "Accepted", REACT, accepted);
     elapsed_within(t0, REACT, "create -> Accepted");
     println!("{}", serde_yaml::to_string(&vs).unwrap());
+    // the servers on nodes wait at weight 0 until their agents programmed
+    // them (two_phase_admission_of_servers_on_nodes)
     assert_eq!(
         real_servers(&vs),
         [
-            rs("172.16.1.1", 1, Some("crud-n1")),
-            rs("172.16.1.2", 2, Some("crud-n2")),
+            rs("172.16.1.1", 0, Some("crud-n1")),
+            rs("172.16.1.2", 0, Some("crud-n2")),
             rs("203.0.113.7", 3, None),
         ]
     );
@@ -689,12 +733,13 @@ fn static_backends_resolve_update_and_delete() {
     assert_eq!(managers[0]["manager"], "tunlb-operator");
     assert_eq!(managers[0]["operation"], "Apply");
 
-    // what `kubectl get tvs` prints
+    // what `kubectl get tvs` prints: no director has a verdict on the
+    // checked port 80 yet, so none of the 3 is known healthy
     let table = kubectl_ok(&["-n", &ns, "get", "tvs", "web", "--no-headers"]);
     let row: Vec<&str> = table.split_whitespace().collect();
     assert_eq!(
-        row[..6],
-        ["web", "192.168.56.10", "80", "wrr", "3", "False"]
+        row[..7],
+        ["web", "192.168.56.10", "80", "wrr", "3", "0/3", "False"]
     );
 
     // a weight change: a new generation, judged within seconds
@@ -707,13 +752,13 @@ fn static_backends_resolve_update_and_delete() {
         "web",
         "--type=json",
         "-p",
-        r#"[{"op": "replace", "path": "/spec/backends/static/0/weight", "value": 5}]"#,
+        r#"[{"op": "replace", "path": "/spec/backends/static/2/weight", "value": 5}]"#,
     ]);
     let vs = wait_vs(&ns, "web", "observedGeneration 2", REACT, |v| {
         generation(v) == 2 && judged(v)
     });
     elapsed_within(t0, REACT, "update -> observedGeneration");
-    assert_eq!(real_servers(&vs)[0], rs("172.16.1.1", 5, Some("crud-n1")));
+    assert_eq!(real_servers(&vs)[2], rs("203.0.113.7", 5, None));
     assert!(
         vs["status"]["conditions"]
             .as_array()
@@ -722,7 +767,8 @@ fn static_backends_resolve_update_and_delete() {
             .all(|c| c["observedGeneration"] == 2)
     );
 
-    // a Node's InternalIP moves away: its real server loses its nodeName
+    // a Node's InternalIP moves away: its real server loses its nodeName,
+    // and with it the wait for a node's agent
     set_node_ip("crud-n2", "172.16.1.99");
     let vs = wait_vs(&ns, "web", "crud-n2's nodeName dropped", REACT, |v| {
         real_servers(v).get(1) == Some(&rs("172.16.1.2", 2, None))
@@ -817,7 +863,8 @@ fn vip_pool_refusals() {
     );
     let vs = wait_vs(&ns, "good", "Accepted", REACT, accepted);
     assert!(has(&vs, "VipAllowed", "True", "InPool"));
-    assert_eq!(real_servers(&vs), [rs("172.16.2.1", 1, Some("pool-n1"))]);
+    // on a node whose agent has not programmed it: weight 0 for now
+    assert_eq!(real_servers(&vs), [rs("172.16.2.1", 0, Some("pool-n1"))]);
 
     // the same operator without any --vip-cidr: every VIP is refused, and the
     // message says what to configure
@@ -932,14 +979,18 @@ spec:
     elapsed_within(t0, REACT, "Service + EndpointSlice -> realServers");
     println!("{}", serde_yaml::to_string(&vs["status"]).unwrap());
     assert!(has(&vs, "Resolved", "True", "Resolved"));
+    // neither node has programmed it yet: both wait at weight 0, and no
+    // director has probed them
     assert_eq!(
         vs["status"]["realServers"],
         json!([
-            {"address": "172.16.3.1", "weight": 2, "nodeName": "svc-n1", "ready": true,
+            {"address": "172.16.3.1", "weight": 0, "nodeName": "svc-n1", "ready": true,
              "endpoints": [{"address": "10.244.1.10", "ports": [8080, 9443]},
-                           {"address": "10.244.1.11", "ports": [8080, 9443]}]},
-            {"address": "172.16.3.2", "weight": 1, "nodeName": "svc-n2", "ready": true,
-             "endpoints": [{"address": "10.244.2.10", "ports": [8080, 9443]}]},
+                           {"address": "10.244.1.11", "ports": [8080, 9443]}],
+             "health": {"state": "Unknown"}},
+            {"address": "172.16.3.2", "weight": 0, "nodeName": "svc-n2", "ready": true,
+             "endpoints": [{"address": "10.244.2.10", "ports": [8080, 9443]}],
+             "health": {"state": "Unknown"}},
         ])
     );
     assert_eq!(vs["status"]["realServerCount"], 2);
@@ -953,6 +1004,13 @@ spec:
     let w = |pairs: &[(&str, i64)]| -> Vec<(String, i64)> {
         pairs.iter().map(|(n, w)| (n.to_string(), *w)).collect()
     };
+
+    // once their agents report it programmed, each node weighs its ready endpoints
+    report(&ns, "web", "svc-n1", 1, true, "", &["backend"]);
+    report(&ns, "web", "svc-n2", 1, true, "", &["backend"]);
+    wait_vs(&ns, "web", "weights by ready endpoints", REACT, |v| {
+        weights(v) == w(&[("svc-n1", 2), ("svc-n2", 1)])
+    });
 
     // an endpoint more on svc-n2
     let t0 = Instant::now();
@@ -1204,7 +1262,10 @@ fn ready_follows_agent_reports() {
     });
     elapsed_within(t0, REACT, "last report -> Ready");
     println!("{}", serde_yaml::to_string(&vs["status"]).unwrap());
-    assert_eq!(message(&vs, "Ready"), "3 nodes programmed generation 1");
+    assert_eq!(
+        message(&vs, "Ready"),
+        "3 nodes programmed generation 1; 0/3 real servers healthy"
+    );
     assert!(has(&vs, "Reconciling", "False", "Programmed"));
     assert!(has(&vs, "Stalled", "False", "Programmed"));
     let out = waiter.wait_with_output().unwrap();
@@ -1243,7 +1304,7 @@ fn ready_follows_agent_reports() {
         ]
     );
     let table = kubectl_ok(&["-n", &ns, "get", "tvs", "web", "--no-headers"]);
-    assert_eq!(table.split_whitespace().nth(5), Some("True"), "{table}");
+    assert_eq!(table.split_whitespace().nth(6), Some("True"), "{table}");
 
     // a node fails to program
     report(
@@ -1296,7 +1357,10 @@ fn ready_follows_agent_reports() {
     let vs = wait_vs(&ns, "web", "Ready at generation 2", REACT, |v| {
         has(v, "Ready", "True", "Programmed")
     });
-    assert_eq!(message(&vs, "Ready"), "3 nodes programmed generation 2");
+    assert_eq!(
+        message(&vs, "Ready"),
+        "3 nodes programmed generation 2; 0/3 real servers healthy"
+    );
 
     // the director label goes: nothing can program the VIP
     kubectl_ok(&["label", "node", "rdy-dir", "tunlb.io/director-"]);
@@ -1492,6 +1556,11 @@ fn restart_converges() {
     );
     wait_vs(&ns, "one", "Accepted", REACT, accepted);
     wait_vs(&ns, "gone", "Accepted", REACT, accepted);
+    // rst-n1's agent programmed it: its weight counts from here on
+    report(&ns, "one", "rst-n1", 1, true, "", &["backend"]);
+    wait_vs(&ns, "one", "rst-n1 admitted", REACT, |v| {
+        real_servers(v) == [rs("172.16.8.1", 1, Some("rst-n1"))]
+    });
     op.stop();
 
     // while no operator runs
@@ -1548,11 +1617,12 @@ fn restart_converges() {
     let one = wait_vs(&ns, "one", "generation 2 judged", REACT, |v| {
         accepted(v) && generation(v) == 2
     });
+    // rst-n1 keeps its admission across the edit; rst-n2 has not reported
     assert_eq!(
         real_servers(&one),
         [
             rs("172.16.8.1", 7, Some("rst-n1")),
-            rs("172.16.8.2", 1, Some("rst-n2")),
+            rs("172.16.8.2", 0, Some("rst-n2")),
         ]
     );
     let two = wait_vs(&ns, "two", "Accepted", REACT, accepted);
@@ -1843,4 +1913,344 @@ fn unreadable_object_is_reported_and_the_watch_goes_on() {
     ]);
     wait_gone(&ns, "fine", REACT);
     wait_gone(&ns, "unreadable", REACT);
+}
+
+/// The directors' probe verdicts in their status.nodes entries become each
+/// real server's health (naming the directors when they disagree), the
+/// HEALTHY column, Ready's message, the AllRealServersUnhealthy condition
+/// when a director fails open, and one Event per health transition.
+#[test]
+#[ignore = "needs the test control plane: run tests/run.sh"]
+fn health_is_summed_up_from_the_directors() {
+    let _serial = serial();
+    let ns = namespace("op-health");
+    let mut nodes = Nodes::default();
+    nodes.add("hl-da", "172.16.10.1", &[("tunlb.io/director", "true")]);
+    nodes.add("hl-db", "172.16.10.2", &[("tunlb.io/director", "true")]);
+    nodes.add("hl-rs1", "172.16.10.3", &[]);
+    let _op = Operator::start("health", &flags(&ns, 10));
+    let (rs1, ext) = ("172.16.10.3", "203.0.113.100");
+    static_vs(
+        &ns,
+        "web",
+        "192.168.56.100",
+        json!([{"port": 80}]),
+        &[(rs1, 1), (ext, 1)],
+    );
+    let vs = wait_vs(&ns, "web", "Accepted", REACT, accepted);
+    assert_eq!(vs["status"]["healthy"], "0/2", "no verdict yet");
+    assert_eq!(health_of(&vs, rs1), json!({"state": "Unknown"}));
+    report(&ns, "web", "hl-rs1", 1, true, "", &["backend"]);
+
+    // both directors find both healthy
+    let (t1, t2, t3) = (
+        "2026-03-01T10:00:01Z",
+        "2026-03-01T10:00:02Z",
+        "2026-03-01T10:00:03Z",
+    );
+    report_health(
+        &ns,
+        "web",
+        "hl-da",
+        1,
+        &[(rs1, 80, "Healthy", t1, ""), (ext, 80, "Healthy", t1, "")],
+        false,
+    );
+    report_health(
+        &ns,
+        "web",
+        "hl-db",
+        1,
+        &[(rs1, 80, "Healthy", t2, ""), (ext, 80, "Healthy", t1, "")],
+        false,
+    );
+    let t0 = Instant::now();
+    let vs = wait_vs(&ns, "web", "2/2 healthy and Ready", REACT, |v| {
+        v["status"]["healthy"] == "2/2" && has(v, "Ready", "True", "Programmed")
+    });
+    elapsed_within(t0, REACT, "verdicts -> healthy");
+    println!("{}", serde_yaml::to_string(&vs["status"]).unwrap());
+    assert_eq!(
+        health_of(&vs, rs1),
+        json!({"state": "Healthy", "since": t2}),
+        "healthy since the later director saw it so"
+    );
+    assert_eq!(
+        message(&vs, "Ready"),
+        "3 nodes programmed generation 1; 2/2 real servers healthy"
+    );
+    assert!(has(
+        &vs,
+        "AllRealServersUnhealthy",
+        "False",
+        "HealthyServers"
+    ));
+    let table = kubectl_ok(&["-n", &ns, "get", "tvs", "web"]);
+    println!("{table}");
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(header[5], "HEALTHY", "{table}");
+    assert_eq!(row[5], "2/2", "{table}");
+    // Unknown -> Healthy is one Normal Event per server
+    wait_event(&ns, "web", "Normal", "RealServerHealthy", REACT);
+
+    // the directors disagree on ext: Unhealthy, each director named
+    let refused = "connect to 203.0.113.100:80 timed out after 1 s";
+    report_health(
+        &ns,
+        "web",
+        "hl-da",
+        1,
+        &[
+            (rs1, 80, "Healthy", t1, ""),
+            (ext, 80, "Unhealthy", t3, refused),
+        ],
+        false,
+    );
+    let t0 = Instant::now();
+    let vs = wait_vs(&ns, "web", "1/2 healthy", REACT, |v| {
+        v["status"]["healthy"] == "1/2"
+    });
+    elapsed_within(t0, REACT, "a failing verdict -> 1/2");
+    assert_eq!(
+        health_of(&vs, ext),
+        json!({"state": "Unhealthy", "since": t3,
+               "message": format!("hl-da: {refused}; hl-db: Healthy")})
+    );
+    assert!(
+        has(&vs, "Ready", "True", "Programmed"),
+        "Ready says what is programmed, not what is healthy: {vs:#}"
+    );
+    assert_eq!(
+        message(&vs, "Ready"),
+        "3 nodes programmed generation 1; 1/2 real servers healthy"
+    );
+    let (_, _, note) = wait_event(&ns, "web", "Warning", "RealServerUnhealthy", REACT);
+    assert_eq!(
+        note,
+        format!("real server {ext} is Unhealthy (was Healthy): hl-da: {refused}; hl-db: Healthy")
+    );
+    let table = kubectl_ok(&["-n", &ns, "get", "tvs", "web", "--no-headers"]);
+    assert_eq!(table.split_whitespace().nth(5), Some("1/2"), "{table}");
+
+    // every server fails on both directors and one keeps sending (fail open);
+    // that one reports first, so the condition turns True with reason FailOpen
+    for d in ["hl-db", "hl-da"] {
+        report_health(
+            &ns,
+            "web",
+            d,
+            1,
+            &[
+                (rs1, 80, "Unhealthy", t3, "connection refused"),
+                (ext, 80, "Unhealthy", t3, refused),
+            ],
+            d == "hl-db",
+        );
+    }
+    let t0 = Instant::now();
+    let vs = wait_vs(&ns, "web", "fail open", REACT, |v| {
+        has(v, "AllRealServersUnhealthy", "True", "FailOpen")
+    });
+    elapsed_within(t0, REACT, "fail open -> condition");
+    assert_eq!(
+        message(&vs, "AllRealServersUnhealthy"),
+        "no checked real server of op-health/web is healthy on director hl-db, which keeps sending to them all (fail open); 0/2 real servers healthy"
+    );
+    assert_eq!(vs["status"]["healthy"], "0/2");
+    assert_eq!(
+        health_of(&vs, ext)["message"],
+        refused,
+        "the directors agree"
+    );
+    assert!(has(&vs, "Ready", "True", "Programmed"));
+    wait_event(&ns, "web", "Warning", "FailOpen", REACT);
+
+    // all healthy again
+    for d in ["hl-da", "hl-db"] {
+        report_health(
+            &ns,
+            "web",
+            d,
+            1,
+            &[(rs1, 80, "Healthy", t3, ""), (ext, 80, "Healthy", t3, "")],
+            false,
+        );
+    }
+    let vs = wait_vs(&ns, "web", "2/2 again", REACT, |v| {
+        v["status"]["healthy"] == "2/2"
+    });
+    assert!(has(
+        &vs,
+        "AllRealServersUnhealthy",
+        "False",
+        "HealthyServers"
+    ));
+    // one Event per transition: ext went Healthy -> Unhealthy -> Healthy,
+    // rs1 Healthy -> Unhealthy -> Healthy; each server's first Healthy too
+    std::thread::sleep(Duration::from_secs(2));
+    let unhealthy = events_of(&ns, "web", "Warning", "RealServerUnhealthy");
+    assert_eq!(unhealthy.len(), 2, "{unhealthy:#?}");
+    assert!(
+        unhealthy.iter().any(|n| n
+            == &format!(
+                "real server {rs1} (node hl-rs1) is Unhealthy (was Healthy): hl-da: Healthy; hl-db: connection refused"
+            )),
+        "{unhealthy:#?}"
+    );
+    let healthy = events_of(&ns, "web", "Normal", "RealServerHealthy");
+    assert_eq!(healthy.len(), 4, "{healthy:#?}");
+    assert!(
+        healthy
+            .iter()
+            .any(|n| n == &format!("real server {ext} is Healthy (was Unhealthy)")),
+        "{healthy:#?}"
+    );
+    assert_eq!(events_of(&ns, "web", "Warning", "FailOpen").len(), 1);
+
+    for n in ["hl-da", "hl-db", "hl-rs1"] {
+        withdraw(&ns, "web", n);
+    }
+    kubectl_ok(&["-n", &ns, "delete", "tvs", "web", "--timeout=20s"]);
+}
+
+/// A real server on a node gets its weight only once that node's agent
+/// reports the VirtualService programmed as a backend at the current
+/// generation; a node that reports a failure goes to 0 and comes back; a
+/// spec edit does not take programmed nodes out while they catch up; a
+/// server outside the cluster is never held back.
+#[test]
+#[ignore = "needs the test control plane: run tests/run.sh"]
+fn two_phase_admission_of_servers_on_nodes() {
+    let _serial = serial();
+    let ns = namespace("op-admission");
+    let mut nodes = Nodes::default();
+    nodes.add("adm-dir", "172.16.11.9", &[("tunlb.io/director", "true")]);
+    nodes.add("adm-n1", "172.16.11.1", &[]);
+    nodes.add("adm-n2", "172.16.11.2", &[]);
+    nodes.add("adm-n3", "172.16.11.3", &[]);
+    let _op = Operator::start("admission", &flags(&ns, 10));
+    static_vs(
+        &ns,
+        "web",
+        "192.168.56.110",
+        json!([{"port": 80}]),
+        &[("172.16.11.1", 3), ("172.16.11.2", 3), ("203.0.113.110", 2)],
+    );
+    let weights = |v: &Value| -> Vec<i64> { real_servers(v).iter().map(|r| r.1).collect() };
+    let vs = wait_vs(&ns, "web", "Accepted", REACT, accepted);
+    assert_eq!(weights(&vs), [0, 0, 2], "{vs:#}");
+    assert!(
+        vs["status"]["realServers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["ready"] == true),
+        "only the weight holds them back"
+    );
+    report(&ns, "web", "adm-dir", 1, true, "", &["director"]);
+
+    // a node reporting only as a director is not yet a programmed backend
+    report(&ns, "web", "adm-n1", 1, true, "", &["director"]);
+    let vs = wait_vs(&ns, "web", "adm-n1's report seen", REACT, |v| {
+        message(v, "Ready").contains("adm-n2")
+    });
+    assert_eq!(weights(&vs), [0, 0, 2]);
+
+    let t0 = Instant::now();
+    report(&ns, "web", "adm-n1", 1, true, "", &["backend"]);
+    wait_vs(&ns, "web", "adm-n1 admitted", REACT, |v| {
+        weights(v) == [3, 0, 2]
+    });
+    elapsed_within(t0, REACT, "programmed -> admitted");
+    report(&ns, "web", "adm-n2", 1, true, "", &["backend"]);
+    let vs = wait_vs(&ns, "web", "adm-n2 admitted and Ready", REACT, |v| {
+        weights(v) == [3, 3, 2] && has(v, "Ready", "True", "Programmed")
+    });
+    println!(
+        "{}",
+        serde_yaml::to_string(&vs["status"]["realServers"]).unwrap()
+    );
+
+    // adm-n1 fails: out until it recovers
+    let t0 = Instant::now();
+    report(
+        &ns,
+        "web",
+        "adm-n1",
+        1,
+        false,
+        "tunnel device missing",
+        &["backend"],
+    );
+    wait_vs(&ns, "web", "adm-n1 out", REACT, |v| weights(v) == [0, 3, 2]);
+    elapsed_within(t0, REACT, "failure -> weight 0");
+    report(&ns, "web", "adm-n1", 1, true, "", &["backend"]);
+    wait_vs(&ns, "web", "adm-n1 back", REACT, |v| {
+        weights(v) == [3, 3, 2]
+    });
+
+    // a spec edit: the nodes programmed generation 1 stay in while their
+    // agents catch up (else every edit would take every node out at once)
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "patch",
+        "tvs",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op": "replace", "path": "/spec/backends/static/2/weight", "value": 5}]"#,
+    ]);
+    let vs = wait_vs(&ns, "web", "generation 2 judged", REACT, |v| {
+        generation(v) == 2 && judged(v)
+    });
+    assert_eq!(weights(&vs), [3, 3, 5], "{vs:#}");
+    // ... but a failure at the new generation takes the node out
+    report(
+        &ns,
+        "web",
+        "adm-n2",
+        2,
+        false,
+        "port mapping: kernel module nft_nat is not available",
+        &["backend"],
+    );
+    wait_vs(&ns, "web", "adm-n2 out at generation 2", REACT, |v| {
+        weights(v) == [3, 0, 5]
+    });
+    report(&ns, "web", "adm-n2", 2, true, "", &["backend"]);
+    wait_vs(&ns, "web", "adm-n2 back", REACT, |v| {
+        weights(v) == [3, 3, 5]
+    });
+
+    // a new backend node: weight 0 until its entry says programmed at the
+    // current generation
+    kubectl_ok(&[
+        "-n",
+        &ns,
+        "patch",
+        "tvs",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op": "add", "path": "/spec/backends/static/-", "value": {"address": "172.16.11.3", "weight": 4}}]"#,
+    ]);
+    let vs = wait_vs(&ns, "web", "generation 3 judged", REACT, |v| {
+        generation(v) == 3 && judged(v) && real_servers(v).len() == 4
+    });
+    assert_eq!(real_servers(&vs)[3], rs("172.16.11.3", 0, Some("adm-n3")));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(weights(&get_vs(&ns, "web").unwrap()), [3, 3, 5, 0]);
+    let t0 = Instant::now();
+    report(&ns, "web", "adm-n3", 3, true, "", &["backend"]);
+    wait_vs(&ns, "web", "adm-n3 admitted", REACT, |v| {
+        weights(v) == [3, 3, 5, 4]
+    });
+    elapsed_within(t0, REACT, "new node programmed -> admitted");
+
+    for n in ["adm-dir", "adm-n1", "adm-n2", "adm-n3"] {
+        withdraw(&ns, "web", n);
+    }
+    kubectl_ok(&["-n", &ns, "delete", "tvs", "web", "--timeout=20s"]);
 }

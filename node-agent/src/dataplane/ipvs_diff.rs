@@ -104,7 +104,7 @@ pub(crate) fn tunnel_type(k: TunnelKind) -> TunnelType {
     }
 }
 
-fn desired_dest(addr: IpAddr, port: u16, d: &IpvsDest) -> Destination {
+pub(crate) fn desired_dest(addr: IpAddr, port: u16, d: &IpvsDest) -> Destination {
     Destination {
         addr,
         port,

@@ -28,7 +28,7 @@ use std::net::IpAddr;
 
 use tracing::debug;
 use tunlb_api::NodeRole;
-use tunlb_api::plan::{NodePlan, ObjectKey, ObjectPlan, TunnelDevice};
+use tunlb_api::plan::{IpvsService, NodePlan, ObjectKey, ObjectPlan, TunnelDevice};
 
 use crate::link::{LinkError, Links};
 use crate::state::{Journal, OwnedAddress, OwnedState};
@@ -158,6 +158,36 @@ impl Dataplane {
         let c = tunlb_ipvs::Client::connect_with(crate::timeouts::ipvs_config()).await?;
         self.ipvs = Some(c.clone());
         Ok(c)
+    }
+
+    /// Sets the weights of `services`' destinations that the kernel holds
+    /// with another weight, and nothing else: a change of health verdict
+    /// reaches the kernel without a full pass (which follows and finds
+    /// nothing more to do). The services are ones a pass programmed.
+    /// Returns the writes made.
+    pub async fn reweigh(&mut self, services: &[IpvsService]) -> Result<u64, tunlb_ipvs::Error> {
+        let client = self.ipvs().await?;
+        let mut ops = Vec::new();
+        for svc in services {
+            let key = ipvs_diff::service_key(&svc.key);
+            for have in client.destinations(&key).await? {
+                let at = (have.dest.addr, have.dest.port);
+                if let Some(want) = svc.destinations.get(&at)
+                    && want.weight != have.dest.weight
+                {
+                    ops.push(tunlb_ipvs::Op::SetDest(
+                        key,
+                        ipvs_diff::desired_dest(at.0, at.1, want),
+                    ));
+                }
+            }
+        }
+        let mut writes = 0;
+        for res in client.apply(&ops).await {
+            res?;
+            writes += 1;
+        }
+        Ok(writes)
     }
 
     /// Connects to the `fou` family on first use (resolving it loads fou).

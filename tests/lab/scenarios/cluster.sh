@@ -30,6 +30,35 @@ passes_at_least() {
 	[ -n "$_p" ] && [ "$_p" -ge "$2" ]
 }
 
+# hostport ADDRESS PORT: ADDRESS:PORT as ipvsadm writes it ([v6]:port).
+hostport() {
+	case "$1" in *:*) echo "[$1]:$2" ;; *) echo "$1:$2" ;; esac
+}
+
+# weighted TVS...: the director's IPVS holds every real server of these
+# VirtualServices, on each of their ports, at the weight status.realServers
+# gives it. A real server on a node gets its weight once that node's agent
+# has programmed it, in a status write that the director applies on its next
+# pass: Ready can come that pass before the weights reach the kernel.
+weighted() {
+	_rows="$(ipvs_rows director)"
+	# One kubectl for all: under TCG each one costs the guest seconds.
+	_objs="$(k get tvs -o jsonpath='{range .items[*]}{.metadata.name}|{.spec.vip}|{.spec.ports[*].port}|{range .status.realServers[*]}{.address}={.weight} {end}{"\n"}{end}')" || return 1
+	for _t in "$@"; do
+		_line="$(echo "$_objs" | grep "^$_t|")" || return 1
+		_vip="$(echo "$_line" | cut -d'|' -f2)"
+		_ports="$(echo "$_line" | cut -d'|' -f3)"
+		_rs="$(echo "$_line" | cut -d'|' -f4)"
+		[ -n "$_rs" ] || return 1
+		for _p in $_ports; do
+			for _r in $_rs; do
+				echo "$_rows" | awk -v s="$(hostport "$_vip" "$_p")" -v d="$(hostport "${_r%=*}" "$_p")" -v w="${_r#*=}" \
+					'$2 == s && $4 == d && $6 == w { found = 1 } END { exit !found }' || return 1
+			done
+		done
+	done
+}
+
 # cluster_setup: topology, the backends' HTTP servers, the nodes' route to the
 # host's API server (through the guest's root namespace) and an agent per node.
 cluster_setup() {

@@ -69,13 +69,14 @@ alternates() {
 }
 
 # ipvs_rows NS: "SERVICE DEST FORWARD WEIGHT" lines from ipvsadm -Ln, sorted.
+# Firewall-mark services (FWM: the health probes' own) are left out.
 ipvs_rows() {
-	ns_exec "$1" ipvsadm -Ln | awk '/^(TCP|UDP|SCTP)/ {svc=$1" "$2" "$3} /->/ && $2 ~ /[0-9]/ {print svc" "$2" "$3" "$4}' | sort
+	ns_exec "$1" ipvsadm -Ln | awk '/^(TCP|UDP|SCTP)/ {svc=$1" "$2" "$3; next} /^[A-Z]/ {svc=""} /->/ && svc != "" && $2 ~ /[0-9]/ {print svc" "$2" "$3" "$4}' | sort
 }
 
 # agent_rows NS: the same from `tunlb-agent show`.
 agent_rows() {
-	ns_exec "$1" "$AGENT" show | awk '/^(TCP|UDP|SCTP)/ {svc=$1" "$2" "$3} /->/ && $2 ~ /[0-9]/ {print svc" "$2" "$3" "$4}' | sort
+	ns_exec "$1" "$AGENT" show | awk '/^(TCP|UDP|SCTP)/ {svc=$1" "$2" "$3; next} /^[A-Z]/ {svc=""} /->/ && svc != "" && $2 ~ /[0-9]/ {print svc" "$2" "$3" "$4}' | sort
 }
 
 start_backends() {
@@ -102,7 +103,7 @@ sysctls() {
 # with its counters when re-added, so for destinations the reset shows only
 # once their connections are gone.)
 ipvs_conns() {
-	ns_exec "$1" ipvsadm -Ln --stats | awk '/^(TCP|UDP|SCTP)/ {print $1, $2, $3} /->/ && $2 ~ /[0-9]/ {print "->", $2, $3}'
+	ns_exec "$1" ipvsadm -Ln --stats | awk '/^(TCP|UDP|SCTP)/ {svc = 1; print $1, $2, $3; next} /^[A-Z]/ {svc = 0} /->/ && svc && $2 ~ /[0-9]/ {print "->", $2, $3}'
 }
 
 # ipvs_conns_settled NS: ipvs_conns once the counters have caught up. IPVS
@@ -145,7 +146,9 @@ service_conns_above() {
 # address and link, the nft ruleset and every IPv4 sysctl. Equal snapshots
 # around an action mean it changed nothing visible; equal Conns mean no
 # service was deleted and re-added (see ipvs_conns). Packet and byte counters are left out: the last
-# packets of finished requests still arrive after their clients return.
+# packets of finished requests still arrive after their clients return. The
+# health probes' mark services are listed, their counters are not: probes
+# keep running.
 kernel_state() {
 	echo "## ipvsadm -Ln"
 	ns_exec "$1" ipvsadm -Ln | awk '/->/ && $2 ~ /[0-9]/ {print $1, $2, $3, $4; next} {print}'

@@ -11,6 +11,8 @@ k apply -f /examples/seed/
 ready=no
 k wait --for=condition=Ready tvs --all --timeout=90s && ready=yes
 lab_assert_eq "every VirtualService is Ready" yes "$ready"
+lab_assert_eq "the director weights every real server as its status says" 0 \
+	"$(wait_for 30 "weights in IPVS" weighted web mapped eth-vip; echo $?)"
 say "kubectl get tvs"
 k get tvs
 say "curl http://$VIP/ x4 (wrr 1:1)"

@@ -126,6 +126,9 @@ awk -v seed="$SEED" -v rs1="$RS1" -v rs2="$RS2" -v podport="$POD_PORT" -v dir="$
 		else printf "  ports: [{port: %s, targetPort: %s}]\n", f[2], f[3] >out
 		printf "  scheduler: %s\n", f[5] >out
 		if (f[4] != "tunl0") printf "  directors: {interface: %s}\n", f[4] >out
+		# Churned objects list hosts outside the cluster that answer nothing:
+		# unchecked, so the kernel must hold exactly their planned weights.
+		printf "  healthCheck: {type: none}\n" >out
 		if (f[6] == "service") { printf "  backends: {service: {name: %s}}\n", f[7] >out; return }
 		printf "  backends:\n    static:\n" >out
 		c = split(f[7], b, ",")
@@ -300,14 +303,15 @@ node_ip() {
 }
 
 # observed NODE: what NODE's kernel holds, normalised as `expected` prints it
-# (the foreign IPVS services are left out: they are compared byte for byte).
+# (the foreign IPVS services are left out: they are compared byte for byte;
+# so are the health probes' mark services, checked on their own).
 observed() {
 	{
 		# Every service line whole (flags included), every destination
 		# without its connection counters; only the three header lines go.
 		ns_exec "$1" ipvsadm -Ln | awk -v foreign=" $FOREIGN_SVCS " '
 			NR <= 3 { next }
-			/^[^ ]/ { svc = $1 " " $2; skip = index(foreign, " " $2 " "); $1 = $1; if (!skip) print "ipvs " $0; next }
+			/^[^ ]/ { svc = $1 " " $2; skip = index(foreign, " " $2 " ") || $1 == "FWM"; $1 = $1; if (!skip) print "ipvs " $0; next }
 			!skip { print "ipvs " svc " " $1 " " $2 " " $3 " " $4 }'
 		ns_exec "$1" "$IP" -o -4 addr show | awk '{ print "addr", $2, $4 }'
 		ns_exec "$1" nft list tables | awk '{ print "table", $2, $3 }'
@@ -454,6 +458,8 @@ if [ "$ready" != 1 ]; then
 	exit 1
 fi
 echo "the first objects are Ready at $(elapsed) s"
+lab_assert_eq "the director weights the unchanged ones' real servers" 0 \
+	"$(wait_for 30 "weights in IPVS" weighted web mapped eth-vip shop; echo $?)"
 lab_assert_eq "every unchanged VirtualService answers" "rs1 rs1 rs1 pod" \
 	"$(for u in 192.168.56.185/ 192.168.56.186:8099/ 192.168.56.187/ 192.168.56.190/; do request client "http://$u"; done | sed 's/rs2/rs1/; s/pod-./pod/' | tr '\n' ' ' | sed 's/ $//')"
 
@@ -591,6 +597,10 @@ for n in director rs1 rs2; do
 		"$(cat "$C/foreign-before-$n")" "$(foreign_state "$n")"
 	lab_assert_eq "$n: no pass since the agent's last start failed" 0 "$(metric "$n" tunlb_agent_sync_errors_total)"
 done
+# The probe services: one per checked real server (the unchanged objects'
+# rs1 and rs2), none left from churned objects or from killed agents.
+lab_assert_eq "director: one probe mark service per checked real server" "$RS1:0 $RS2:0" \
+	"$(ns_exec director ipvsadm -Ln | awk '/^FWM/ {m = 1; next} /^[^ ]/ {m = 0} m && /->/ {print $2}' | sort | tr '\n' ' ' | sed 's/ $//')"
 lab_assert_eq "the plan is not trivial: the director holds churned services" yes \
 	"$([ "$(expected director "$SNAP" | grep -c '^ipvs TCP 10\.77\.[01]\.[0-9]*:[0-9]* [a-z]')" -ge 4 ] && echo yes || echo no)"
 

@@ -7,7 +7,9 @@
 # that node's agent spreads VIP:80 over them with an nft numgen map. Checked
 # as a user sees it: director weights, each node's nft table, which pods
 # answer, status.nodes. Also: with nft_numgen missing from the kernel, rs1's
-# status names the module, and once it can be loaded again rs1 programs.
+# status names the module, the operator takes rs1 out (weight 0) while it
+# reports that failure, and once the module can be loaded again rs1
+# programs and comes back.
 . /scenarios/cluster.sh
 cluster_setup
 
@@ -169,8 +171,10 @@ lab_assert_eq "rs2's one endpoint answers" 0 "$(echo "$got" | grep -q b1; echo $
 # 2. nft_numgen missing: unloaded (no rule uses it now) and its file moved
 #    away, so the kernel cannot load it on demand either. A second endpoint
 #    on rs1 needs it: rs1's status names the module and rs1 is not
-#    programmed; its old table stays whole (nft transactions are atomic), so
-#    rs1 still answers, from a1 only. The director has done its part.
+#    programmed; its old table stays whole (nft transactions are atomic).
+#    A node that reports a failure is taken out: status.realServers holds
+#    rs1 at weight 0 (still ready) until it programs, so the director sends
+#    every new connection to rs2.
 ko="$(find "/lib/modules/$(uname -r)" -name nft_numgen.ko)"
 mv "$ko" /tmp/nft_numgen.ko.away
 lab_assert_eq "nft_numgen unloaded" 0 "$(rmmod nft_numgen; echo $?)"
@@ -187,16 +191,19 @@ ready="$(k get tvs shop -o jsonpath='{.status.conditions[?(@.type=="Ready")].sta
 lab_assert_eq "shop is not Ready: ProgramFailed" "False ProgramFailed" "$ready"
 lab_assert_contains "Ready's message names the node and the module" "node rs1: port mapping: kernel module nft_numgen is not available" \
 	"$(k get tvs shop -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}')"
-lab_assert_eq "the director weights rs1 by its 2 ready endpoints" 0 \
-	"$(wait_for 40 "weight 2" dests_are "$RS1:80 2 $RS2:80 1"; echo $?)"
+lab_assert_eq "the director takes rs1 out: weight 0" 0 \
+	"$(wait_for 40 "rs1 at weight 0" dests_are "$RS1:80 0 $RS2:80 1"; echo $?)"
+lab_assert_eq "status.realServers: rs1 at weight 0 and still ready" "0 true" \
+	"$(k get tvs shop -o jsonpath='{.status.realServers[?(@.nodeName=="rs1")].weight} {.status.realServers[?(@.nodeName=="rs1")].ready}')"
 lab_assert_eq "rs1 keeps its previous rule" "$(expected_rule a1)" "$(rule rs1)"
-got="$(from a 4)"
+got="$(requests 4 "$URL")"
 echo "nft_numgen missing -> $got"
-lab_assert_eq "rs1 answers from a1 only" "a1:4" "$(tally a "$got")"
+lab_assert_eq "every answer comes from rs2's b1" "b1:4" "$(tally "" "$got")"
 lab_assert_contains "the agent log names the module" "nft_numgen" "$(grep 'kernel modules the table needs' /tmp/agent-rs1.log | tail -1)"
 
 # 3. The module file is back: nobody loads it by hand, the kernel loads it
-#    on demand during the agent's next pass, and rs1 programs both endpoints.
+#    on demand during the agent's next pass, rs1 programs both endpoints and
+#    gets its weight back.
 mv /tmp/nft_numgen.ko.away "$ko"
 settled "2 endpoints on rs1" "$RS1:80 2 $RS2:80 1" "$(expected_rule a1 a2)" "$(expected_rule b1)" \
 	"director=true rs1=true rs2=true"
@@ -251,7 +258,8 @@ echo "rs2 without endpoints -> $got"
 lab_assert_eq "every answer from rs1's ready pods" "a1:2 a2:2 a4:2 a5:2" "$(tally "" "$got")"
 
 # 7. New endpoints: pod a6 starts on rs1, b2 on rs2. Both appear: rs1's
-#    weight and map grow, rs2 is a real server again.
+#    weight and map grow, rs2 is a real server again (at weight 0 until its
+#    agent has programmed it once more).
 add_pod a6 10.244.1.1 || exit 1
 slice a1 a2 a3:false a4 a5 a6 b2
 settled "new endpoints a6, b2" "$RS1:80 5 $RS2:80 1" "$(expected_rule a1 a2 a4 a5 a6)" "$(expected_rule b2)" \

@@ -7,6 +7,7 @@ cluster_setup
 
 k apply -f /examples/seed/01-web.yaml
 lab_assert_eq "web Ready" 0 "$(k wait --for=condition=Ready tvs/web --timeout=90s >/dev/null 2>&1; echo $?)"
+lab_assert_eq "the director weights web's real servers" 0 "$(wait_for 30 "web weights in IPVS" weighted web; echo $?)"
 
 # 1. The director lacks the interface one VirtualService asks for.
 k apply -f - <<'YAML'
@@ -92,6 +93,7 @@ lab_assert_eq "nothing of it programmed" "" "$(ipvs_rows director | grep 192.168
 k apply -f /examples/seed/02-mapped.yaml
 lab_assert_eq "watch still works: a new VirtualService becomes Ready" 0 \
 	"$(k wait --for=condition=Ready tvs/mapped --timeout=60s >/dev/null 2>&1; echo $?)"
+lab_assert_eq "the director weights its real servers" 0 "$(wait_for 30 "mapped weights in IPVS" weighted mapped; echo $?)"
 lab_assert_eq "and answers" yes "$(alternates "$(requests 4 "http://192.168.56.186:8099/")")"
 
 k delete tvs --all --timeout=60s

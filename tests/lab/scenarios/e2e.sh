@@ -12,6 +12,9 @@ k apply -f /examples/seed/
 lab_assert_eq "kubectl wait Ready for all seed VirtualServices" 0 \
 	"$(k wait --for=condition=Ready tvs --all --timeout=90s >/dev/null 2>&1; echo $?)"
 k get tvs
+lab_assert_eq "the director weights every seed real server as its status says" 0 \
+	"$(wait_for 30 "seed weights in IPVS" weighted web mapped eth-vip; echo $?)"
+lab_assert_contains "web: rs1 and rs2 at weight 1" "TCP $VIP:80 wrr $RS1:80 Tunnel 1" "$(ipvs_rows director | grep "$RS1:80")"
 lab_assert_eq "web status lists the three nodes" "director rs1 rs2" \
 	"$(k get tvs web -o jsonpath='{.status.nodes[*].nodeName}' | tr ' ' '\n' | sort | tr '\n' ' ' | sed 's/ $//')"
 lab_assert_eq "web programmed at its generation on every node" "true true true" \
@@ -19,6 +22,32 @@ lab_assert_eq "web programmed at its generation on every node" "true true true" 
 got="$(requests 4 "http://$VIP/")"
 echo "kubectl apply, weights 1:1 -> $got"
 lab_assert_eq "1:1 alternates" yes "$(alternates "$got")"
+
+# 1b. Health through the tunnel: the director's status entry lists each real
+# server port's verdict; a stopped server goes to weight 0 in the director's
+# kernel and Unhealthy in its entry, with the failed probe in words, and
+# comes back once it passes again.
+health_of() {
+	k get tvs web -o jsonpath='{range .status.nodes[?(@.nodeName=="director")].health[*]}{.address}:{.port}={.state}{"\n"}{end}' |
+		sort | tr '\n' ' ' | sed 's/ $//'
+}
+health_is() { [ "$(health_of)" = "$1" ]; }
+rs2_weight_is() { "$IP" netns exec director ipvsadm -Ln -t "$VIP:80" | tr -s ' ' | grep -q -- "-> $RS2:80 Tunnel $1 "; }
+lab_assert_eq "the director reports rs1 and rs2 healthy" 0 \
+	"$(wait_for 30 "healthy" health_is "$RS1:80=Healthy $RS2:80=Healthy"; echo $?)"
+rs2_httpd="$(for p in $("$IP" netns pids rs2); do grep -q httpd "/proc/$p/cmdline" 2>/dev/null && echo "$p"; done)"
+kill $rs2_httpd
+lab_assert_eq "rs2's server stopped: weight 0 on the director" 0 "$(wait_for 30 "rs2 weight 0" rs2_weight_is 0; echo $?)"
+lab_assert_eq "and Unhealthy in the director's entry" 0 \
+	"$(wait_for 30 "unhealthy" health_is "$RS1:80=Healthy $RS2:80=Unhealthy"; echo $?)"
+lab_assert_contains "the entry names the failed probe" "$VIP:80 through the tunnel to $RS2: connect: Connection refused" \
+	"$(k get tvs web -o jsonpath='{.status.nodes[?(@.nodeName=="director")].health[?(@.state=="Unhealthy")].message}')"
+got="$(requests 4 "http://$VIP/")"
+echo "rs2 down -> $got"
+lab_assert_eq "every request answers, from rs1" 4 "$(count rs1 "$got")"
+start_http rs2 rs2 80
+lab_assert_eq "rs2 back: weight 1" 0 "$(wait_for 30 "rs2 weight 1" rs2_weight_is 1; echo $?)"
+lab_assert_eq "and Healthy" 0 "$(wait_for 30 "healthy" health_is "$RS1:80=Healthy $RS2:80=Healthy"; echo $?)"
 
 # 2. Weight patch under an open connection: 2:1, nothing restarted or reset.
 mkfifo /tmp/long.in
@@ -134,6 +163,8 @@ spec:
   backends: {service: {name: shop}}
 YAML
 lab_assert_eq "Service-backed VirtualService becomes Ready" 0 "$(k wait --for=condition=Ready tvs/shop --timeout=60s >/dev/null 2>&1; echo $?)"
+lab_assert_eq "the director weights both nodes once they programmed shop" 0 \
+	"$(wait_for 30 "shop weights in IPVS" weighted shop; echo $?)"
 got="$(requests 4 "http://192.168.56.190/")"
 echo "service backends -> $got"
 lab_assert_eq "both pods answer through their nodes" 2 "$(count pod-a "$got")"
@@ -203,6 +234,8 @@ k apply -f /examples/tunnels/
 lab_assert_eq "gue and IPv6 VirtualServices Ready" 0 \
 	"$(k wait --for=condition=Ready tvs/web-gue tvs/web6 --timeout=90s >/dev/null 2>&1; echo $?)"
 k get tvs web-gue web6
+lab_assert_eq "the director weights their real servers" 0 \
+	"$(wait_for 30 "web-gue and web6 weights in IPVS" weighted web-gue web6; echo $?)"
 lab_assert_eq "web6 programmed on the director and both backends" "director=true rs1=true rs2=true" \
 	"$(k get tvs web6 -o jsonpath='{range .status.nodes[*]}{.nodeName}={.programmed}{" "}{end}' | tr ' ' '\n' | sort | tr '\n' ' ' | sed 's/ $//')"
 lab_assert_eq "web6's real servers are the Nodes' IPv6 InternalIPs" "fd00:56::3=rs1 fd00:56::4=rs2" \

@@ -78,8 +78,8 @@ rs2_down
 lab_assert_eq "rs2 stopped: weight 0" 0 "$(wait_for 30 "rs2 weight 0" weight_is "$VIP:80" "$RS2:80" 0; echo $?)"
 t1=$(now_ms)
 echo "$t0 $t1" >>/tmp/windows
-echo "detection: $((t1 - t0)) ms (bound: 2 s x 2 + 1 s = 5000 ms, plus one pass)"
-lab_assert_eq "detected within interval x fall + timeout + 1 s" yes "$([ $((t1 - t0)) -le 6000 ] && echo yes || echo no)"
+# Detection time is measured by scripts/bench-health.sh, not asserted here.
+echo "detection: $((t1 - t0)) ms"
 lab_assert_eq "rs1 keeps its weight" 0 "$(weight_is "$VIP:80" "$RS1:80" 1; echo $?)"
 lab_assert_contains "the log names the failed probe" "$VIP:80 through the tunnel to $RS2: connect: Connection refused" "$(cat /tmp/serve.log)"
 got="$(requests 10 "http://$VIP/")"
@@ -151,10 +151,66 @@ cat /tmp/windows /tmp/failures
 echo "client loop: $(wc -l </tmp/loop.log) requests; failed while a fault was undetected: $(grep -c ^window /tmp/failures)"
 lab_assert_eq "no client request failed once a fault was detected" 0 "$(grep -c ^outside /tmp/failures)"
 
-# 6. delete removes the probe services and restores the director's sysctls.
+# 6. Probes travel every encapsulation and family: IPv6 (ip6ip6, the
+#    director's VIP on eth0 for on-link clients) and GUE.
+for ns in director rs1 rs2; do
+	case $ns in director) i=2 ;; rs1) i=3 ;; rs2) i=4 ;; esac
+	ns_exec "$ns" "$IP" -6 addr add "fd00:56::$i/64" dev eth0 nodad
+done
+ns_exec client "$IP" -6 addr add fd00:56::1/64 dev eth0 nodad
+VIP6=fd00:56::185
+VIPG=192.168.56.188
+cat >/tmp/more.yaml <<YAML
+apiVersion: tunlb.io/v1alpha1
+kind: VirtualService
+metadata: {name: web6}
+spec:
+  vip: $VIP6
+  ports: [{port: 80}]
+  scheduler: rr
+  directors: {interface: eth0}
+  backends:
+    static: [{address: "fd00:56::3"}, {address: "fd00:56::4"}]
+---
+apiVersion: tunlb.io/v1alpha1
+kind: VirtualService
+metadata: {name: webg}
+spec:
+  vip: $VIPG
+  ports: [{port: 80}]
+  scheduler: rr
+  tunnel: {type: gue, port: 6080}
+  backends:
+    static: [{address: $RS1}, {address: $RS2}]
+YAML
+agent rs1 apply -f /tmp/more.yaml >/dev/null
+agent rs2 apply -f /tmp/more.yaml >/dev/null
 kill -TERM $SERVE
 wait $SERVE
-agent director delete -f /tmp/web.yaml -f /tmp/serve-api.yaml >/dev/null
+"$IP" netns exec director env TUNLB_LOG=info "$AGENT" serve --node director --state-dir /tmp/state-director --director \
+	-f /tmp/web.yaml -f /tmp/serve-api.yaml -f /tmp/more.yaml >/tmp/serve.out 2>/tmp/serve.log &
+SERVE=$!
+lab_assert_eq "IPv6: both servers in IPVS" 0 "$(wait_for 30 "v6 rs2" weight_is "[$VIP6]:80" "[fd00:56::4]:80" 1; echo $?)"
+lab_assert_eq "GUE: both servers in IPVS" 0 "$(wait_for 30 "gue rs2" weight_is "$VIPG:80" "$RS2:80" 1; echo $?)"
+healthy_v6() { grep -q "real server healthy service=TCP \[$VIP6\]:80 server=fd00:56::4" /tmp/serve.log; }
+healthy_gue() { grep -q "real server healthy service=TCP $VIPG:80 server=$RS2" /tmp/serve.log; }
+lab_assert_eq "IPv6: probes pass through ip6ip6" 0 "$(wait_for 30 "v6 healthy" healthy_v6; echo $?)"
+lab_assert_eq "GUE: probes pass through GUE" 0 "$(wait_for 30 "gue healthy" healthy_gue; echo $?)"
+gue_probes="$(ns_exec director ipvsadm -Ln | awk '/^FWM/ {m = $2} /->/ && m != "" && $2 ~ /^192/ {print m, $2}' | sort -u | wc -l)"
+lab_assert_eq "a separate mark service per encapsulation to the same server (ipip and gue, to rs1 and rs2)" 4 "$gue_probes"
+rs2_down
+lab_assert_eq "IPv6: rs2 stopped -> weight 0" 0 "$(wait_for 30 "v6 rs2 weight 0" weight_is "[$VIP6]:80" "[fd00:56::4]:80" 0; echo $?)"
+lab_assert_eq "GUE: rs2 stopped -> weight 0" 0 "$(wait_for 30 "gue rs2 weight 0" weight_is "$VIPG:80" "$RS2:80" 0; echo $?)"
+got="$(requests 4 "http://[$VIP6]/")"
+echo "IPv6 with rs2 down -> $got"
+lab_assert_eq "IPv6: every request answers, from rs1" 4 "$(count rs1 "$got")"
+rs2_up
+lab_assert_eq "IPv6: rs2 back" 0 "$(wait_for 30 "v6 rs2 weight 1" weight_is "[$VIP6]:80" "[fd00:56::4]:80" 1; echo $?)"
+
+# 7. delete removes the probe services and restores the director's sysctls.
+kill -TERM $SERVE
+wait $SERVE
+agent director delete -f /tmp/web.yaml -f /tmp/serve-api.yaml -f /tmp/more.yaml >/dev/null
 lab_assert_eq "no mark service left" "" "$(ns_exec director ipvsadm -Ln | grep FWM)"
 lab_assert_eq "accept_local restored" 0 "$(ns_exec director sysctl -n net.ipv4.conf.eth0.accept_local)"
 echo "--- serve log (tail)"
