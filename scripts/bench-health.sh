@@ -49,7 +49,7 @@ fi
 mkdir -p "$work/in"
 cp "$root/tests/bench/health-guest.sh" "$work/in/"
 load() { cut -d' ' -f1-3 /proc/loadavg; }
-echo "bench-health: $faults faults per kind and configuration, $vips x 10 real servers for ${window}s (TCG guest: expect ~15 minutes)"
+echo "bench-health: $faults faults per kind and configuration, $vips x 10 real servers for ${window}s (TCG guest: expect ~30 minutes)"
 echo "bench-health: $("$keepalived" --version 2>&1 | head -n1); agent $(git -C "$root" rev-parse --short=12 HEAD)$(git -C "$root" diff --quiet HEAD || echo ' (modified)')"
 echo "bench-health: host load average before: $(load) ($(nproc) CPUs)"
 set +e
@@ -79,7 +79,8 @@ function pct(a, n, p,   r) { r = int(p / 100 * n + 0.999999); if (r < 1) r = 1; 
 	for (i = 3; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
 	ag = f["agent"]; agents[++na] = ag
 	cpu[ag] = f["cpu_pct"]; rss[ag] = f["rss_kb"]; hwm[ag] = f["hwm_kb"]; rate[ag] = f["probes_per_s"]
-	idle = f["guest_idle_pct"]; win = f["window_s"]
+	cpus[ag] = f["cpu_s"]; usr[ag] = f["user_s"]; sys[ag] = f["sys_s"]; nprobes[ag] = f["probes"]
+	idle = f["guest_idle_pct"]; win = f["window_s"]; if ("asked_per_s" in f) nprobes_asked = f["asked_per_s"]
 }
 END {
 	if (nk) {
@@ -113,8 +114,15 @@ END {
 	}
 	if (na) {
 		printf "\nprobe load, window %.1f s (guest idle %.1f%%)\n", win, idle
-		printf "%-8s %8s %10s %10s %9s\n", "agent", "CPU %", "VmRSS MiB", "VmHWM MiB", "probes/s"
-		for (i = 1; i <= na; i++) { ag = agents[i]; printf "%-8s %8.2f %10.1f %10.1f %9.1f\n", ag, cpu[ag], rss[ag] / 1024, hwm[ag] / 1024, rate[ag] }
+		printf "%-8s %8s %7s %7s %10s %10s %9s %11s\n", "agent", "CPU %", "user s", "sys s", "VmRSS MiB", "VmHWM MiB", "probes/s", "CPU ms/probe"
+		for (i = 1; i <= na; i++) {
+			ag = agents[i]
+			printf "%-8s %8.2f %7.2f %7.2f %10.1f %10.1f %9.1f %11s\n", ag, cpu[ag], usr[ag], sys[ag], rss[ag] / 1024, hwm[ag] / 1024, rate[ag],
+				(nprobes[ag] > 0 ? sprintf("%.2f", cpus[ag] * 1000 / nprobes[ag]) : "-")
+		}
+		if (idle < 5)
+			printf "the guest was saturated (idle %.1f%%): the probes reached %.1f/s of the %.1f/s asked for, and CPU %% is the share the agent got\n", idle, rate["health"], nprobes_asked
+
 		if (("health" in cpu) && ("none" in cpu)) {
 			printf "target: CPU < 5%% of one core: %.2f%% (%s)\n", cpu["health"], cpu["health"] < 5 ? "met" : "MISSED"
 			printf "target: memory < 10 MB more than without checks: VmRSS +%.1f MiB (%.1f MB), VmHWM +%.1f MiB (%.1f MB) (%s)\n",

@@ -100,7 +100,10 @@ echo 4096 >"$T/buffer_size_kb"
 # TAI, when it equals the guest's UTC clock, puts trace times on the agent's log clock.
 TAI=0
 if echo tai >"$T/trace_clock" 2>/dev/null; then
+	# (trace_marker refuses writes while tracing is off)
+	echo 1 >"$T/tracing_on"
 	echo "hb clock" >"$T/trace_marker"
+	echo 0 >"$T/tracing_on"
 	now=$(date +%s)
 	mt=$(awk '/hb clock/ && match($0, / [0-9]+\.[0-9]+: /) {print int(substr($0, RSTART + 1, RLENGTH - 3))}' "$T/trace")
 	[ -n "$mt" ] && [ $((now - mt)) -le 1 ] && [ $((mt - now)) -le 1 ] && TAI=1
@@ -122,11 +125,18 @@ httpd_up() {
 }
 listening() { [ "$(ns_exec farm busybox netstat -ltn | grep -c ':80 ')" -ge "$1" ]; }
 
+# tcp_dests NS: "SERVICE DESTINATION WEIGHT" for each destination of NS's
+# TCP services; the destinations of tunlb's probe services (FWM) are not
+# client traffic and are left out.
+tcp_dests() {
+	ns_exec "$1" ipvsadm -Ln | awk '$1 == "TCP" {s = $2; next} $1 ~ /^[A-Z]+$/ {s = ""; next} $1 == "->" && s != "" {print s, $2, $4}'
+}
+
 # weights PREFIX W: how many faulted servers (10.20.x) of the services whose
 # VIP starts with PREFIX have weight W in the director's IPVS table.
 weights() {
-	ns_exec director ipvsadm -Ln | awk -v p="$1" -v w="$2" \
-		'/^TCP/ {s = $2} /->/ && index(s, p) == 1 && $2 ~ /^10\.20\./ && $4 == w {n++} END {print n + 0}'
+	tcp_dests director | awk -v p="$1" -v w="$2" \
+		'index($1, p) == 1 && $2 ~ /^10\.20\./ && $3 == w {n++} END {print n + 0}'
 }
 weights_are() { [ "$(weights "$1" "$2")" -eq "$FAULTS" ]; }
 
@@ -164,7 +174,7 @@ faults() {
 	done
 	wait_until 300 "$_c $_k: all faulted servers at weight 0" weights_are "$_p" 0
 	lab_assert_eq "$_c $_k: every faulted server at weight 0" "$FAULTS" "$(weights "$_p" 0)"
-	lab_assert_eq "$_c $_k: the stable server keeps weight 1" "$FAULTS" "$(ns_exec director ipvsadm -Ln | awk -v p="$_p" '/^TCP/ {s = $2} /->/ && index(s, p) == 1 && $2 == "'"$STABLE"':80" && $4 == 1' | wc -l)"
+	lab_assert_eq "$_c $_k: the stable server keeps weight 1" "$FAULTS" "$(tcp_dests director | awk -v p="$_p" -v d="$STABLE:80" 'index($1, p) == 1 && $2 == d && $3 == 1' | wc -l)"
 	cp "$T/trace" "/tmp/trace-$_c-$_k"
 	# With the trace clock on TAI (= UTC here: no leap-second offset is set
 	# in the guest), tunlb's log times each verdict on the same clock, which
@@ -197,7 +207,12 @@ faults() {
 				for (j = 1; j <= nv[a]; j++) if (vt[a, j] >= tod) { v = sprintf(" verdict_ms=%d", (vt[a, j] - tod) * 1000 + 0.5); break }
 				printf "RESULT detect config=%s kind=%s rip=%s ms=%s%s\n", c, k, a, (a in t1) ? sprintf("%d", (t1[a] - t0[a]) * 1000 + 0.5) : "none", v
 			}
-		}' $5 "/tmp/trace-$_c-$_k"
+		}' ${5:-} "/tmp/trace-$_c-$_k" | tee "/tmp/result-$_c-$_k"
+	# A fault with no weight-0 edit after its marker: show what the trace holds for it.
+	for _a in $(awk '/ ms=none/ {sub("rip=", "", $5); print $5}' "/tmp/result-$_c-$_k" | head -n 2); do
+		say "$_c $_k: trace lines of $_a:"
+		grep -F -e "$_a" -e "$(echo "$_a" | awk -F. '{printf "a0=%s a1=%s a2=%s a3=%s", $1, $2, $3, $4}')" "/tmp/trace-$_c-$_k" | head -n 8
+	done
 	restore "$_k"
 	wait_until 300 "$_c $_k: all faulted servers back at weight 1" weights_are "$_p" 1
 }
@@ -236,53 +251,56 @@ keepalived_conf() {
 	} >"$1"
 }
 
-detect_yaml /tmp/detect.yaml
-for n in rs1 farm; do
-	ns_exec "$n" "$AGENT" apply --node "$n" --state-dir "/tmp/state-$n" -f /tmp/detect.yaml >"/tmp/apply-$n.out" 2>&1 ||
-		{ say "apply on $n failed:"; cat "/tmp/apply-$n.out"; exit 1; }
-done
-i=1
-while [ "$i" -le "$FAULTS" ]; do httpd_up "$i"; i=$((i + 1)); done
-wait_until 30 "farm's httpds listening" listening "$((FAULTS * 2))" || exit 1
+# FAULTS 0: the probe load only.
+if [ "$FAULTS" -gt 0 ]; then
+	detect_yaml /tmp/detect.yaml
+	for n in rs1 farm; do
+		ns_exec "$n" "$AGENT" apply --node "$n" --state-dir "/tmp/state-$n" -f /tmp/detect.yaml >"/tmp/apply-$n.out" 2>&1 ||
+			{ say "apply on $n failed:"; cat "/tmp/apply-$n.out"; exit 1; }
+	done
+	i=1
+	while [ "$i" -le "$FAULTS" ]; do httpd_up "$i"; i=$((i + 1)); done
+	wait_until 30 "farm's httpds listening" listening "$((FAULTS * 2))" || exit 1
 
-# tunlb
-say "tunlb: serve in director"
-"$IP" netns exec director env TUNLB_LOG=info "$AGENT" serve --node director --state-dir /tmp/state-director --director \
-	-f /tmp/detect.yaml >/tmp/serve-detect.out 2>/tmp/serve-detect.log &
-SERVE=$!
-healthy_all() { [ "$(grep -c 'real server healthy' /tmp/serve-detect.log)" -ge "$((FAULTS * 2))" ]; }
-wait_until 120 "tunlb: every real server healthy" healthy_all || { tail -20 /tmp/serve-detect.log; exit 1; }
-sleep 4
-faults tunlb 10.30. refused 11 /tmp/serve-detect.log
-faults tunlb 10.30. timeout 12 /tmp/serve-detect.log
-kill -TERM "$SERVE"
-wait "$SERVE"
-ns_exec director "$AGENT" delete --node director --state-dir /tmp/state-director --director -f /tmp/detect.yaml >/dev/null 2>&1
-lab_assert_eq "tunlb: services removed" 0 "$(ns_exec director ipvsadm -Ln | grep -c '^[TF]')"
+	# tunlb
+	say "tunlb: serve in director"
+	"$IP" netns exec director env TUNLB_LOG=info "$AGENT" serve --node director --state-dir /tmp/state-director --director \
+		-f /tmp/detect.yaml >/tmp/serve-detect.out 2>/tmp/serve-detect.log &
+	SERVE=$!
+	healthy_all() { [ "$(grep -c 'real server healthy' /tmp/serve-detect.log)" -ge "$((FAULTS * 2))" ]; }
+	wait_until 120 "tunlb: every real server healthy" healthy_all || { tail -20 /tmp/serve-detect.log; exit 1; }
+	sleep 4
+	faults tunlb 10.30. refused 11 /tmp/serve-detect.log
+	faults tunlb 10.30. timeout 12 /tmp/serve-detect.log
+	kill -TERM "$SERVE"
+	wait "$SERVE"
+	ns_exec director "$AGENT" delete --node director --state-dir /tmp/state-director --director -f /tmp/detect.yaml >/dev/null 2>&1
+	lab_assert_eq "tunlb: services removed" 0 "$(ns_exec director ipvsadm -Ln | grep -c '^[TF]')"
 
-# keepalived_run CONFIG PREFIX SETTLE TIMING-LINES
-keepalived_run() {
-	keepalived_conf "/tmp/$1.conf" "$2" "$4"
-	say "$1: keepalived -C in director"
-	"$IP" netns exec director "$KA" -C -n -G -f "/tmp/$1.conf" -p "/tmp/$1.pid" -c "/tmp/$1-checkers.pid" >"/tmp/$1.log" 2>&1 &
-	KAPID=$!
-	wait_until 60 "$1: services programmed" weights_are "$2" 1 || { tail -30 "/tmp/$1.log"; return 1; }
-	# Let every checker run once (the first check waits a random warmup up
-	# to delay_loop).
-	sleep "$3"
-	faults "$1" "$2" refused 21
-	faults "$1" "$2" timeout 22
-	kill -TERM "$KAPID"
-	wait "$KAPID"
-	ns_exec director ipvsadm -C
-}
-keepalived_run ka-matched 10.31.0. 4 '  delay_loop 2
+	# keepalived_run CONFIG PREFIX SETTLE TIMING-LINES
+	keepalived_run() {
+		keepalived_conf "/tmp/$1.conf" "$2" "$4"
+		say "$1: keepalived -C in director"
+		"$IP" netns exec director "$KA" -C -n -G -f "/tmp/$1.conf" -p "/tmp/$1.pid" -c "/tmp/$1-checkers.pid" >"/tmp/$1.log" 2>&1 &
+		KAPID=$!
+		wait_until 60 "$1: services programmed" weights_are "$2" 1 || { tail -30 "/tmp/$1.log"; return 1; }
+		# Let every checker run once (the first check waits a random warmup up
+		# to delay_loop).
+		sleep "$3"
+		faults "$1" "$2" refused 21
+		faults "$1" "$2" timeout 22
+		kill -TERM "$KAPID"
+		wait "$KAPID"
+		ns_exec director ipvsadm -C
+	}
+	keepalived_run ka-matched 10.31.0. 4 '  delay_loop 2
   connect_timeout 1
   retry 1
   delay_before_retry 2
 '
-keepalived_run ka-default 10.32.0. 62 ''
-"$KA" --version 2>&1 | head -1
+	keepalived_run ka-default 10.32.0. 62 ''
+	"$KA" --version 2>&1 | head -1
+fi
 
 # --- 2. probe load ---------------------------------------------------------
 echo 0 >"$T/tracing_on"
@@ -308,6 +326,7 @@ load_yaml() {
 load_yaml /tmp/load.yaml '{type: tcp, intervalSeconds: 2, timeoutSeconds: 1, rise: 2, fall: 2}'
 load_yaml /tmp/load-none.yaml '{type: none}'
 awk -v n="$N" 'BEGIN {for (i = 0; i < n; i++) printf "addr add 10.21.%d.%d/32 dev eth0\n", int(i / 250), i % 250 + 1}' >/tmp/farm-load.ip
+say "load: $N addresses on farm, its VIPs by tunlb-agent apply"
 ns_exec farm "$IP" -batch /tmp/farm-load.ip
 ns_exec farm "$AGENT" apply --node farm --state-dir /tmp/state-farm -f /tmp/load.yaml >/tmp/apply-load.out 2>&1 ||
 	{ say "apply on farm failed:"; tail -20 /tmp/apply-load.out; exit 1; }
@@ -323,33 +342,36 @@ NONE=$!
 HEALTH=$!
 load_healthy() { [ "$(grep -c 'real server healthy' /tmp/serve-load.log)" -ge "$N" ]; }
 t0=$(uptime_s)
-wait_until 300 "load: every real server healthy" load_healthy || { tail -20 /tmp/serve-load.log; exit 1; }
+wait_until 900 "load: every real server healthy" load_healthy || { tail -20 /tmp/serve-load.log; exit 1; }
 say "load: all $N healthy $(awk -v a="$t0" -v b="$(uptime_s)" 'BEGIN {printf "%.1f", b - a}') s after start"
-programmed() { [ "$(ns_exec "$1" ipvsadm -Ln | awk '/->/ && $2 ~ /^10\.21\./' | wc -l)" -eq "$N" ]; }
+programmed() { [ "$(tcp_dests "$1" | awk '$2 ~ /^10\.21\./' | wc -l)" -eq "$N" ]; }
 wait_until 120 "load: dirnone programmed" programmed dirnone || exit 1
 sleep 20
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+uticks() { awk '{print $14}' "/proc/$1/stat"; }
 fwm_conns() { ns_exec director ipvsadm -Ln --stats --exact | awk '/^FWM/ {s += $3} END {print s + 0}'; }
 idle() { awk '/^cpu / {print $5; exit}' /proc/stat; }
 mem() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
 h0=$(ticks "$HEALTH") n0=$(ticks "$NONE") c0=$(fwm_conns) i0=$(idle) w0=$(uptime_s)
+hu0=$(uticks "$HEALTH") nu0=$(uticks "$NONE") u0=$(grep -c 'real server unhealthy' /tmp/serve-load.log)
 sleep "$WINDOW"
 h1=$(ticks "$HEALTH") n1=$(ticks "$NONE") c1=$(fwm_conns) i1=$(idle) w1=$(uptime_s)
-weight0=$(ns_exec director ipvsadm -Ln | awk '/->/ && $2 ~ /^10\.21\./ && $4 == 0' | wc -l)
+hu1=$(uticks "$HEALTH") nu1=$(uticks "$NONE") u1=$(grep -c 'real server unhealthy' /tmp/serve-load.log)
+weight0=$(tcp_dests director | awk '$2 ~ /^10\.21\./ && $3 == 0' | wc -l)
 unhealthy=$(grep -c 'real server unhealthy' /tmp/serve-load.log)
 tw=$(ns_exec director cat /proc/net/sockstat | awk '/^TCP:/ {for (i = 2; i < NF; i++) if ($i == "tw") print $(i + 1)}')
 marks=$(ns_exec director ipvsadm -Ln | grep -c '^FWM')
 for a in health none; do
-	if [ "$a" = health ]; then p=$HEALTH c=$((h1 - h0)); else p=$NONE c=$((n1 - n0)); fi
-	awk -v a="$a" -v c="$c" -v hz="$HZ" -v w0="$w0" -v w1="$w1" -v rss="$(mem "$p" VmRSS)" -v hwm="$(mem "$p" VmHWM)" \
-		-v probes="$([ "$a" = health ] && echo $((c1 - c0)) || echo 0)" -v idle=$((i1 - i0)) 'BEGIN {
+	if [ "$a" = health ]; then p=$HEALTH c=$((h1 - h0)) u=$((hu1 - hu0)); else p=$NONE c=$((n1 - n0)) u=$((nu1 - nu0)); fi
+	awk -v a="$a" -v c="$c" -v u="$u" -v hz="$HZ" -v w0="$w0" -v w1="$w1" -v rss="$(mem "$p" VmRSS)" -v hwm="$(mem "$p" VmHWM)" \
+		-v probes="$([ "$a" = health ] && echo $((c1 - c0)) || echo 0)" -v idle=$((i1 - i0)) -v n="$N" 'BEGIN {
 		w = w1 - w0
-		printf "RESULT load agent=%s window_s=%.2f cpu_s=%.2f cpu_pct=%.2f rss_kb=%d hwm_kb=%d probes=%d probes_per_s=%.1f guest_idle_pct=%.1f\n",
-			a, w, c / hz, c / hz / w * 100, rss, hwm, probes, probes / w, idle / hz / w * 100
+		printf "RESULT load agent=%s window_s=%.2f cpu_s=%.2f user_s=%.2f sys_s=%.2f cpu_pct=%.2f rss_kb=%d hwm_kb=%d probes=%d probes_per_s=%.1f asked_per_s=%.1f guest_idle_pct=%.1f\n",
+			a, w, c / hz, u / hz, (c - u) / hz, c / hz / w * 100, rss, hwm, probes, probes / w, n / 2, idle / hz / w * 100
 	}'
 done
-echo "load: mark services $marks, destinations at weight 0 $weight0, unhealthy verdicts $unhealthy, director TIME_WAIT sockets $tw"
+echo "load: mark services $marks, destinations at weight 0 $weight0, unhealthy verdicts $unhealthy ($((u1 - u0)) in the window), director TIME_WAIT sockets $tw"
 lab_assert_eq "load: one mark service per real server" "$N" "$marks"
 lab_assert_eq "load: no real server at weight 0" 0 "$weight0"
 lab_assert_eq "load: no unhealthy verdict" 0 "$unhealthy"

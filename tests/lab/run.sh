@@ -56,6 +56,11 @@ fi
 # Guest console: hide firmware/kernel noise before LAB-START (kept in the log,
 # shown on failure) and timestamped kernel lines after it, unless --verbose.
 log="$work/console.log"
+# mawk reads a pipe in large blocks unless -W interactive: without it the
+# guest's lines reach the terminal kilobytes late, a long quiet phase looks
+# like a hang.
+awk_lines=(awk)
+if awk -W version 2>&1 | grep -q mawk; then awk_lines=(awk -W interactive); fi
 set +e
 timeout -k 5 "$timeout_s" qemu-system-x86_64 \
 	-nographic -no-reboot -m "$mem" -smp 1 -cpu max \
@@ -63,7 +68,7 @@ timeout -k 5 "$timeout_s" qemu-system-x86_64 \
 	-append "console=ttyS0 quiet panic=-1" \
 	"${netargs[@]}" </dev/null 2>&1 |
 	tee "$log" |
-	awk -v verbose="$verbose" '
+	"${awk_lines[@]}" -v verbose="$verbose" '
 		{ sub(/\r$/, ""); gsub(/\033(\[[0-9;?]*[A-Za-z]|c)/, "") }
 		/LAB-START [0-9.]+$/ && !started { started = 1; if (!verbose) next }
 		verbose { print; fflush(); next }
