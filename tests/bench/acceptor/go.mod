@@ -1,0 +1,3 @@
+module tunlb.io/bench/acceptor
+
+go 1.22
