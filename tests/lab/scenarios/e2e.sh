@@ -160,15 +160,18 @@ spec:
   vip: 192.168.56.190
   ports: [{port: 80}]
   scheduler: rr
-  # Unchecked here: with checks, the director's weights for this object
-  # sometimes stay apart from status.realServers after the agent restart
-  # of section 5 (open in the health-check work).
-  healthCheck: {type: none}
   backends: {service: {name: shop}}
 YAML
 lab_assert_eq "Service-backed VirtualService becomes Ready" 0 "$(k wait --for=condition=Ready tvs/shop --timeout=60s >/dev/null 2>&1; echo $?)"
 lab_assert_eq "the director weights both nodes once they programmed shop" 0 \
 	"$(wait_for 30 "shop weights in IPVS" weighted shop; echo $?)"
+if ! weighted shop; then
+	# What a user would look at next: the kernel's weights, the object's
+	# status (probe verdicts per director) and the director agent's log.
+	ns_exec director ipvsadm -Ln
+	k get tvs shop -o yaml
+	tail -40 /tmp/agent-director.log
+fi
 got="$(requests 4 "http://192.168.56.190/")"
 echo "service backends -> $got"
 lab_assert_eq "both pods answer through their nodes" 2 "$(count pod-a "$got")"
