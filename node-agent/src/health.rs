@@ -9,7 +9,7 @@
 //! with them before programming, so an unhealthy server gets weight 0
 //! (connections it has continue) and comes back after `rise` passes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -337,6 +337,9 @@ pub struct FailureLabels {
 pub struct ProbeMetrics {
     up: Family<ServerLabels, Gauge>,
     latency: Family<ServerLabels, Histogram, fn() -> Histogram>,
+    /// Each destination's histogram in `latency`: a passed probe, the
+    /// common case, is observed without formatting its labels.
+    latency_of: Mutex<HashMap<ProbeKey, Histogram>>,
     failures: Family<FailureLabels, Counter>,
 }
 
@@ -349,6 +352,7 @@ impl ProbeMetrics {
         let m = ProbeMetrics {
             up: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
+            latency_of: Mutex::default(),
             failures: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("tunlb_agent");
@@ -380,10 +384,16 @@ impl ProbeMetrics {
     }
 
     fn observe(&self, key: &ProbeKey, result: &Result<Duration, Failure>) {
-        let l = Self::labels(key);
         match result {
-            Ok(took) => self.latency.get_or_create(&l).observe(took.as_secs_f64()),
+            Ok(took) => self
+                .latency_of
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(*key)
+                .or_insert_with(|| self.latency.get_or_create(&Self::labels(key)).clone())
+                .observe(took.as_secs_f64()),
             Err(f) => {
+                let l = Self::labels(key);
                 self.failures
                     .get_or_create(&FailureLabels {
                         vip: l.vip,
@@ -413,6 +423,10 @@ impl ProbeMetrics {
     }
 
     fn forget(&self, key: &ProbeKey) {
+        self.latency_of
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
         let l = Self::labels(key);
         self.up.remove(&l);
         self.latency.remove(&l);
@@ -541,7 +555,7 @@ async fn run(
                 let changed = {
                     let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
                     let changed = b.complete(&key, result);
-                    if let (Some(m), Some(r)) = (&metrics, b.records.get(&key)) {
+                    if let (true, Some(m), Some(r)) = (changed, &metrics, b.records.get(&key)) {
                         m.set_state(&key, r.state);
                     }
                     changed
@@ -667,24 +681,18 @@ async fn probe(key: ProbeKey, t: &Target) -> Result<Duration, Failure> {
     let vip = key.service.vip;
     let port = t.check.port;
     let dest = SocketAddr::new(vip, port);
-    let via = format!(
-        "{} through the tunnel to {}",
-        match vip {
-            IpAddr::V6(a) => format!("[{a}]:{port}"),
-            IpAddr::V4(a) => format!("{a}:{port}"),
-        },
-        key.server
-    );
+    // Words for a failure only: most probes pass.
+    let via = || format!("{dest} through the tunnel to {}", key.server);
     if let Some(why) = &t.blocked {
         return Err(Failure::new(
             Reason::Unprobeable,
-            format!("cannot probe {via}: {why}"),
+            format!("cannot probe {}: {why}", via()),
         ));
     }
     let (Some(mark), Some(source)) = (t.mark, t.source) else {
         return Err(Failure::new(
             Reason::Unprobeable,
-            format!("cannot probe {via}: no mark or source address"),
+            format!("cannot probe {}: no mark or source address", via()),
         ));
     };
     let timeout = t.check.timeout;
@@ -770,10 +778,10 @@ async fn probe(key: ProbeKey, t: &Target) -> Result<Duration, Failure> {
     };
     match tokio::time::timeout(timeout, work).await {
         Ok(Ok(())) => Ok(started.elapsed()),
-        Ok(Err(f)) => Err(Failure::new(f.reason, format!("{via}: {}", f.message))),
+        Ok(Err(f)) => Err(Failure::new(f.reason, format!("{}: {}", via(), f.message))),
         Err(_) => Err(Failure::new(
             Reason::Timeout,
-            format!("{via}: timed out after {secs} s"),
+            format!("{}: timed out after {secs} s", via()),
         )),
     }
 }

@@ -30,11 +30,13 @@
 #    so detection = edit timestamp - marker timestamp (no polling).
 # 2. Probe load. VIPS x 10 real servers (10.21.x.y, all addresses of farm,
 #    where one acceptor answers on :80): tunlb-agent serve with the default
-#    check in namespace director, and the same manifests with
-#    `healthCheck: {type: none}` in namespace dirnone, side by side. Over
-#    WINDOW seconds: each agent's CPU time (/proc/PID/stat utime+stime), its
-#    VmRSS and VmHWM, the probes that went through the mark services (IPVS
-#    Conns of the FWM services) and the guest's idle time.
+#    check in namespace director, the same manifests with
+#    `healthCheck: {type: none}` in namespace dirnone, and keepalived -C with
+#    TCP_CHECK at the same timing on the same servers in namespace kaload,
+#    side by side. Over WINDOW seconds: each one's CPU time (/proc/PID/stat
+#    utime+stime; keepalived's checker child), its VmRSS and VmHWM, the
+#    probes each made (connections the acceptor took from its address) and
+#    the guest's idle time.
 #
 # Prints "RESULT detect config=C kind=K rip=A ms=N" per fault, "RESULT load
 # agent=A ..." per agent, then "N passed, M failed" for the checks.
@@ -51,6 +53,7 @@ PER=10
 T=/sys/kernel/tracing
 STABLE=192.168.56.183
 FARM=192.168.56.184
+KALOAD=192.168.56.185
 HZ=100 # USER_HZ: /proc/PID/stat counts CPU time in 1/100 s
 
 say() { echo "bench-health: $*"; }
@@ -77,7 +80,8 @@ topo_add_ns director 192.168.56.181
 topo_add_ns dirnone 192.168.56.182
 topo_add_ns rs1 "$STABLE"
 topo_add_ns farm "$FARM"
-for n in director dirnone; do
+topo_add_ns kaload "$KALOAD"
+for n in director dirnone kaload; do
 	ns_exec "$n" "$IP" route add 10.20.0.0/16 via "$FARM"
 	ns_exec "$n" "$IP" route add 10.21.0.0/16 via "$FARM"
 done
@@ -334,6 +338,23 @@ ns_exec farm "$AGENT" apply --node farm --state-dir /tmp/state-farm -f /tmp/load
 ACC=$!
 say "load: $VIPS VIPs x $PER real servers = $N checked destinations"
 
+# The peer: keepalived's TCP_CHECK with the same timing on the same real
+# servers (straight to their addresses: keepalived has no tunnel path), in
+# namespace kaload beside the two agents.
+awk -v vips="$VIPS" -v per="$PER" 'BEGIN {
+	printf "global_defs {\n  router_id hload\n}\n"
+	for (k = 0; k < vips; k++) {
+		printf "virtual_server 10.41.%d.%d 80 {\n  delay_loop 2\n  lvs_sched rr\n  lvs_method TUN\n  protocol TCP\n  inhibit_on_failure\n", int(k / 250), k % 250 + 1
+		for (j = 0; j < per; j++) {
+			n = k * per + j
+			printf "  real_server 10.21.%d.%d 80 {\n    weight 1\n    TCP_CHECK {\n      connect_timeout 1\n      retry 1\n      delay_before_retry 2\n    }\n  }\n", int(n / 250), n % 250 + 1
+		}
+		printf "}\n"
+	}
+}' >/tmp/kaload.conf
+"$IP" netns exec kaload "$KA" -C -n -G -f /tmp/kaload.conf -p /tmp/kaload.pid -c /tmp/kaload-checkers.pid >/tmp/kaload.log 2>&1 &
+KALOADPID=$!
+
 "$IP" netns exec dirnone env TUNLB_LOG=info "$AGENT" serve --node dirnone --state-dir /tmp/state-dirnone --director \
 	-f /tmp/load-none.yaml >/tmp/serve-none.out 2>/tmp/serve-none.log &
 NONE=$!
@@ -346,38 +367,60 @@ wait_until 900 "load: every real server healthy" load_healthy || { tail -20 /tmp
 say "load: all $N healthy $(awk -v a="$t0" -v b="$(uptime_s)" 'BEGIN {printf "%.1f", b - a}') s after start"
 programmed() { [ "$(tcp_dests "$1" | awk '$2 ~ /^10\.21\./' | wc -l)" -eq "$N" ]; }
 wait_until 120 "load: dirnone programmed" programmed dirnone || exit 1
+wait_until 120 "load: keepalived programmed" programmed kaload || { tail -20 /tmp/kaload.log; exit 1; }
 sleep 20
+# The checker child does keepalived's checks; its parent only watches it.
+KACHECK=$(cat /tmp/kaload-checkers.pid)
+# accepted ADDR: connections the acceptor took from ADDR so far.
+accepted() {
+	_before=$(grep -c '^accepted end' /tmp/acceptor.log)
+	kill -USR1 "$ACC"
+	_i=0
+	while [ "$(grep -c '^accepted end' /tmp/acceptor.log)" -le "$_before" ] && [ "$_i" -lt 100 ]; do sleep 0.1; _i=$((_i + 1)); done
+	awk -v a="$1" '$1 == "accepted" && $2 == a {n = $3} END {print n + 0}' /tmp/acceptor.log
+}
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 uticks() { awk '{print $14}' "/proc/$1/stat"; }
 fwm_conns() { ns_exec director ipvsadm -Ln --stats --exact | awk '/^FWM/ {s += $3} END {print s + 0}'; }
 idle() { awk '/^cpu / {print $5; exit}' /proc/stat; }
 mem() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
-h0=$(ticks "$HEALTH") n0=$(ticks "$NONE") c0=$(fwm_conns) i0=$(idle) w0=$(uptime_s)
-hu0=$(uticks "$HEALTH") nu0=$(uticks "$NONE") u0=$(grep -c 'real server unhealthy' /tmp/serve-load.log)
+ta0=$(accepted 192.168.56.181) ka0=$(accepted "$KALOAD")
+h0=$(ticks "$HEALTH") n0=$(ticks "$NONE") k0=$(($(ticks "$KALOADPID") + $(ticks "$KACHECK"))) c0=$(fwm_conns) i0=$(idle) w0=$(uptime_s)
+hu0=$(uticks "$HEALTH") nu0=$(uticks "$NONE") ku0=$(($(uticks "$KALOADPID") + $(uticks "$KACHECK"))) u0=$(grep -c 'real server unhealthy' /tmp/serve-load.log)
 sleep "$WINDOW"
-h1=$(ticks "$HEALTH") n1=$(ticks "$NONE") c1=$(fwm_conns) i1=$(idle) w1=$(uptime_s)
-hu1=$(uticks "$HEALTH") nu1=$(uticks "$NONE") u1=$(grep -c 'real server unhealthy' /tmp/serve-load.log)
+h1=$(ticks "$HEALTH") n1=$(ticks "$NONE") k1=$(($(ticks "$KALOADPID") + $(ticks "$KACHECK"))) c1=$(fwm_conns) i1=$(idle) w1=$(uptime_s)
+hu1=$(uticks "$HEALTH") nu1=$(uticks "$NONE") ku1=$(($(uticks "$KALOADPID") + $(uticks "$KACHECK"))) u1=$(grep -c 'real server unhealthy' /tmp/serve-load.log)
+ta1=$(accepted 192.168.56.181) ka1=$(accepted "$KALOAD")
 weight0=$(tcp_dests director | awk '$2 ~ /^10\.21\./ && $3 == 0' | wc -l)
 unhealthy=$(grep -c 'real server unhealthy' /tmp/serve-load.log)
 tw=$(ns_exec director cat /proc/net/sockstat | awk '/^TCP:/ {for (i = 2; i < NF; i++) if ($i == "tw") print $(i + 1)}')
 marks=$(ns_exec director ipvsadm -Ln | grep -c '^FWM')
-for a in health none; do
-	if [ "$a" = health ]; then p=$HEALTH c=$((h1 - h0)) u=$((hu1 - hu0)); else p=$NONE c=$((n1 - n0)) u=$((nu1 - nu0)); fi
+# probes: connections the acceptor took from each checker's address (for
+# tunlb, also the IPVS connections of its mark services, as a cross-check).
+echo "load: tunlb probes through its mark services $((c1 - c0)), accepted from the director $((ta1 - ta0))"
+for a in health none keepalived; do
+	case "$a" in
+	health) p=$HEALTH c=$((h1 - h0)) u=$((hu1 - hu0)) probes=$((ta1 - ta0)) ;;
+	none) p=$NONE c=$((n1 - n0)) u=$((nu1 - nu0)) probes=0 ;;
+	keepalived) p=$KACHECK c=$((k1 - k0)) u=$((ku1 - ku0)) probes=$((ka1 - ka0)) ;;
+	esac
+	# Memory: the checking process (keepalived's checker child holds its checks).
 	awk -v a="$a" -v c="$c" -v u="$u" -v hz="$HZ" -v w0="$w0" -v w1="$w1" -v rss="$(mem "$p" VmRSS)" -v hwm="$(mem "$p" VmHWM)" \
-		-v probes="$([ "$a" = health ] && echo $((c1 - c0)) || echo 0)" -v idle=$((i1 - i0)) -v n="$N" 'BEGIN {
+		-v probes="$probes" -v idle=$((i1 - i0)) -v n="$N" 'BEGIN {
 		w = w1 - w0
-		printf "RESULT load agent=%s window_s=%.2f cpu_s=%.2f user_s=%.2f sys_s=%.2f cpu_pct=%.2f rss_kb=%d hwm_kb=%d probes=%d probes_per_s=%.1f asked_per_s=%.1f guest_idle_pct=%.1f\n",
-			a, w, c / hz, u / hz, (c - u) / hz, c / hz / w * 100, rss, hwm, probes, probes / w, n / 2, idle / hz / w * 100
+		printf "RESULT load agent=%s window_s=%.2f cpu_s=%.2f user_s=%.2f sys_s=%.2f cpu_pct=%.2f rss_kb=%d hwm_kb=%d probes=%d probes_per_s=%.1f asked_per_s=%.1f cpu_ms_per_probe=%.3f guest_idle_pct=%.1f\n",
+			a, w, c / hz, u / hz, (c - u) / hz, c / hz / w * 100, rss, hwm, probes, probes / w, n / 2, (probes > 0 ? c / hz * 1000 / probes : 0), idle / hz / w * 100
 	}'
 done
 echo "load: mark services $marks, destinations at weight 0 $weight0, unhealthy verdicts $unhealthy ($((u1 - u0)) in the window), director TIME_WAIT sockets $tw"
 lab_assert_eq "load: one mark service per real server" "$N" "$marks"
 lab_assert_eq "load: no real server at weight 0" 0 "$weight0"
 lab_assert_eq "load: no unhealthy verdict" 0 "$unhealthy"
-kill -TERM "$HEALTH" "$NONE"
+kill -TERM "$HEALTH" "$NONE" "$KALOADPID"
 wait "$HEALTH"
 wait "$NONE"
+wait "$KALOADPID"
 kill "$ACC"
 topo_cleanup
 lab_summary
