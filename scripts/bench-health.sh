@@ -114,10 +114,10 @@ END {
 	}
 	if (na) {
 		printf "\nprobe load, window %.1f s (guest idle %.1f%%)\n", win, idle
-		printf "%-8s %8s %7s %7s %10s %10s %9s %11s\n", "agent", "CPU %", "user s", "sys s", "VmRSS MiB", "VmHWM MiB", "probes/s", "CPU ms/probe"
+		printf "%-10s %8s %7s %7s %10s %10s %9s %11s\n", "agent", "CPU %", "user s", "sys s", "VmRSS MiB", "VmHWM MiB", "probes/s", "CPU ms/probe"
 		for (i = 1; i <= na; i++) {
 			ag = agents[i]
-			printf "%-8s %8.2f %7.2f %7.2f %10.1f %10.1f %9.1f %11s\n", ag, cpu[ag], usr[ag], sys[ag], rss[ag] / 1024, hwm[ag] / 1024, rate[ag],
+			printf "%-10s %8.2f %7.2f %7.2f %10.1f %10.1f %9.1f %11s\n", ag, cpu[ag], usr[ag], sys[ag], rss[ag] / 1024, hwm[ag] / 1024, rate[ag],
 				(nprobes[ag] > 0 ? sprintf("%.2f", cpus[ag] * 1000 / nprobes[ag]) : "-")
 		}
 		if (idle < 5)
@@ -129,6 +129,17 @@ END {
 				(rss["health"] - rss["none"]) / 1024, (rss["health"] - rss["none"]) * 1.024 / 1000,
 				(hwm["health"] - hwm["none"]) / 1024, (hwm["health"] - hwm["none"]) * 1.024 / 1000,
 				(hwm["health"] - hwm["none"]) * 1.024 / 1000 < 10 ? "met" : "MISSED"
+		}
+		if (nprobes["health"] > 0 && nprobes["keepalived"] > 0) {
+			# Per probe, the checker that sends fewer probes is not favoured;
+			# the tunlb figure includes the agent passes (the "none" row).
+			th = cpus["health"] / nprobes["health"]; tk = cpus["keepalived"] / nprobes["keepalived"]
+			printf "tunlb / keepalived, CPU per probe: %.2f (user %.2f, system %.2f); probes per second: %.2f\n", th / tk,
+				(usr["health"] / nprobes["health"]) / (usr["keepalived"] / nprobes["keepalived"]),
+				(sys["health"] / nprobes["health"]) / (sys["keepalived"] / nprobes["keepalived"]),
+				rate["health"] / rate["keepalived"]
+			printf "at the %.1f probes/s asked for, at these costs per probe: tunlb %.1f%%, keepalived %.1f%% of one guest core\n",
+				nprobes_asked, th * nprobes_asked * 100, tk * nprobes_asked * 100
 		}
 	}
 }' "$log"
