@@ -333,6 +333,10 @@ pub async fn run(
     let mut last_pass = Instant::now() - settings.resync;
     let mut draining = false;
     let mut checked = BTreeMap::new();
+    // When verdicts changed since the last pass: the pass that writes them
+    // to the status waits for a quiet spell, since a pass under way would
+    // hold up the next verdict's weights.
+    let mut verdicts_at: Option<Instant> = None;
     loop {
         // While servers drain, passes come often enough to delete each soon
         // after its connections end.
@@ -341,28 +345,36 @@ pub async fn run(
         } else {
             settings.resync
         };
+        let mut until = every.saturating_sub(last_pass.elapsed());
+        if let Some(t) = verdicts_at {
+            until = until
+                .min((t + crate::health::VERDICT_QUIET).saturating_duration_since(Instant::now()));
+        }
         tokio::select! {
             _ = wake.notified() => {
                 // Coalesce a burst of events into one pass.
                 tokio::time::sleep(settings.debounce).await;
             }
             _ = prober.changed() => {
-                // The kernel's weights first; the pass below writes the
-                // status and finds nothing more for the kernel.
+                // The kernel's weights now; a later pass writes the status
+                // and finds nothing more for the kernel.
                 let services =
                     crate::health::regate(&checked, &prober.book(), &prober.take_changes());
                 match dp.reweigh(&services).await {
                     Ok(n) => debug!(writes = n, "health verdicts applied"),
-                    Err(e) => warn!(error = %e, "cannot apply health verdicts; the pass below does"),
+                    Err(e) => warn!(error = %e, "cannot apply health verdicts; the next pass does"),
                 }
+                verdicts_at = Some(Instant::now());
+                continue;
             }
-            _ = tokio::time::sleep(every.saturating_sub(last_pass.elapsed())) => {}
+            _ = tokio::time::sleep(until) => {}
             _ = stop_rx.changed() => {
                 info!("shutting down; kernel state stays as programmed");
                 return Ok(());
             }
         }
         last_pass = Instant::now();
+        verdicts_at = None;
         (draining, checked) = pass(
             &client,
             &settings,

@@ -34,6 +34,10 @@ use crate::dataplane::probe::ProbeRoutes;
 /// Probes in flight at once, whatever the number of servers.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 
+/// How long verdicts stay quiet before a pass reports them: their weights
+/// are set at once, and a pass meanwhile would delay the next ones.
+pub const VERDICT_QUIET: Duration = Duration::from_secs(1);
+
 /// One checked destination: a service and one of its real servers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ProbeKey {

@@ -336,7 +336,6 @@ async fn command(cli: Cli) -> anyhow::Result<ExitCode> {
             dp.probing = true;
             let settings = standalone::ServeSettings {
                 resync: std::time::Duration::from_secs(resync_seconds.max(1)),
-                debounce: std::time::Duration::from_millis(100),
                 max_probes_in_flight: probes.max_probes_in_flight,
             };
             standalone::serve(

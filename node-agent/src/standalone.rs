@@ -523,8 +523,6 @@ pub async fn delete(
 pub struct ServeSettings {
     /// A pass at least this often: drift repair, drains, manifests re-read.
     pub resync: std::time::Duration,
-    /// Wait this long after a verdict changes, so that changes land together.
-    pub debounce: std::time::Duration,
     pub max_probes_in_flight: usize,
 }
 
@@ -558,23 +556,27 @@ pub async fn serve(
             }
             last = Some(shown);
         }
-        tokio::select! {
-            _ = prober.changed() => {
-                // The kernel's weights first, then a pass (status lines,
-                // fail open), which finds nothing more for the kernel.
-                let services =
-                    crate::health::regate(&out.checked, &prober.book(), &prober.take_changes());
-                let _lock = StateLock::acquire(state_dir)?;
-                match dp.reweigh(&services).await {
-                    Ok(n) => debug!(writes = n, "health verdicts applied"),
-                    Err(e) => warn!(error = %e, "cannot apply health verdicts; the pass does"),
+        let resync_at = tokio::time::Instant::now() + settings.resync;
+        // After verdicts, the pass (lines, fail open) waits for a quiet spell:
+        // a pass under way would hold up the next verdict's weights.
+        let mut pass_at = resync_at;
+        loop {
+            tokio::select! {
+                _ = prober.changed() => {
+                    let services =
+                        crate::health::regate(&out.checked, &prober.book(), &prober.take_changes());
+                    let _lock = StateLock::acquire(state_dir)?;
+                    match dp.reweigh(&services).await {
+                        Ok(n) => debug!(writes = n, "health verdicts applied"),
+                        Err(e) => warn!(error = %e, "cannot apply health verdicts; the pass does"),
+                    }
+                    pass_at = resync_at.min(tokio::time::Instant::now() + crate::health::VERDICT_QUIET);
                 }
-                tokio::time::sleep(settings.debounce).await;
-            }
-            _ = tokio::time::sleep(settings.resync) => {}
-            _ = &mut stop => {
-                info!("stopping; kernel state stays as programmed");
-                return Ok(());
+                _ = tokio::time::sleep_until(pass_at) => break,
+                _ = &mut stop => {
+                    info!("stopping; kernel state stays as programmed");
+                    return Ok(());
+                }
             }
         }
     }

@@ -133,6 +133,9 @@ pub struct Dataplane {
     /// A prober runs (long-running modes): checked destinations get their
     /// probe services. One-shot commands keep none.
     pub probing: bool,
+    /// The port-mapping rules last written: what a mapping keeps while its
+    /// new rules cannot be written.
+    nat_written: Option<nft::Written>,
 }
 
 impl Dataplane {
@@ -143,6 +146,7 @@ impl Dataplane {
             fou: None,
             probe_mark_base: probe::DEFAULT_MARK_BASE,
             probing: false,
+            nat_written: None,
         })
     }
 
@@ -278,24 +282,26 @@ impl Dataplane {
                 }
             }
         }
-        let (written, refused) = match nft::apply(&plan.dnat, &plan.mss).await {
-            Ok(applied) => {
-                report.writes.nft = applied.writes as u64;
-                for (vip, why) in &applied.refused {
-                    report.error_for(
-                        plan,
-                        |o| is_backend(o) && o.vip == Some(*vip),
-                        &format!("port mapping: {why}"),
-                    );
+        let (written, refused) =
+            match nft::apply(&plan.dnat, &plan.mss, self.nat_written.as_ref()).await {
+                Ok(applied) => {
+                    report.writes.nft = applied.writes as u64;
+                    for (vip, why) in &applied.refused {
+                        report.error_for(
+                            plan,
+                            |o| is_backend(o) && o.vip == Some(*vip),
+                            &format!("port mapping: {why}"),
+                        );
+                    }
+                    self.nat_written = Some(applied.written);
+                    (true, applied.refused)
                 }
-                (true, applied.refused)
-            }
-            Err(e) => {
-                report.fault = true;
-                report.error_for(plan, is_backend, &format!("port mapping: {e}"));
-                (false, BTreeMap::new())
-            }
-        };
+                Err(e) => {
+                    report.fault = true;
+                    report.error_for(plan, is_backend, &format!("port mapping: {e}"));
+                    (false, BTreeMap::new())
+                }
+            };
         let mapped = |vip: &IpAddr| written && !refused.contains_key(vip);
         let outcome = ipvs::sync(self.ipvs(), plan, state, journal, &mut report, unix_now()).await;
         let probe_client = if probe_paths.is_empty() && state.probe_services.is_empty() {

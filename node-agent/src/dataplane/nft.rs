@@ -440,50 +440,105 @@ pub fn diff(family: Family, desired: Option<&str>, current: Option<&str>) -> Opt
 /// left out and the rest of the table is written.
 const OPTIONAL_MODULES: [&str; 2] = ["nft_numgen", "nft_ct"];
 
+/// The rules in our tables, as this process last wrote them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Written {
+    pub dnat: Vec<DnatRule>,
+    pub mss: Vec<MssRule>,
+}
+
 /// What [`apply`] wrote.
 #[derive(Debug, Default)]
 pub struct Applied {
     /// nft transactions run.
     pub writes: usize,
-    /// VIPs with rules left out because the node lacks a module only those
+    /// VIPs with rules refused because the node lacks a module only those
     /// rules need, and why: one VirtualService that spreads over several
     /// endpoints, or clamps the MSS, does not hold up every other mapping.
     pub refused: BTreeMap<IpAddr, String>,
+    pub written: Written,
 }
 
-/// Makes our tables match `dnat`/`mss`.
-pub async fn apply(dnat: &[DnatRule], mss: &[MssRule]) -> Result<Applied, NatError> {
+/// Makes our tables match `dnat`/`mss`. A rule that needs a missing
+/// optional module is replaced by the rule `previous` had for the same
+/// port when that one can still be written (the mapping stays as it was),
+/// and left out otherwise.
+pub async fn apply(
+    dnat: &[DnatRule],
+    mss: &[MssRule],
+    previous: Option<&Written>,
+) -> Result<Applied, NatError> {
     match write_tables(dnat, mss).await {
         Ok(writes) => Ok(Applied {
             writes,
             refused: BTreeMap::new(),
+            written: Written {
+                dnat: dnat.to_vec(),
+                mss: mss.to_vec(),
+            },
         }),
         Err(NatError::MissingModules { missing, nft })
             if missing.iter().all(|m| OPTIONAL_MODULES.contains(&m.module)) =>
         {
-            let (dnat, mss, refused) = without_modules(dnat, mss, &missing);
-            tracing::warn!(%nft, vips = refused.len(), "port mappings left out for missing kernel modules; writing the rest");
-            let writes = write_tables(&dnat, &mss).await?;
-            Ok(Applied { writes, refused })
+            let (written, refused) = without_modules(dnat, mss, &missing, previous);
+            tracing::warn!(
+                %nft,
+                vips = refused.len(),
+                "port mappings that need missing kernel modules keep their previous rules or are left out; writing the rest"
+            );
+            let writes = write_tables(&written.dnat, &written.mss).await?;
+            Ok(Applied {
+                writes,
+                refused,
+                written,
+            })
         }
         Err(e) => Err(e),
     }
 }
 
-/// The rules that need none of `missing`, and for each VIP with rules that
-/// do, which modules those rules lack.
+/// The rules that need none of `missing` (a refused rule replaced by its
+/// counterpart in `previous` where that needs none either), and for each
+/// VIP with refused rules, which modules those rules lack.
 fn without_modules(
     dnat: &[DnatRule],
     mss: &[MssRule],
     missing: &[NeededModule],
-) -> (Vec<DnatRule>, Vec<MssRule>, BTreeMap<IpAddr, String>) {
+    previous: Option<&Written>,
+) -> (Written, BTreeMap<IpAddr, String>) {
     let lacks = |module: &str| missing.iter().any(|m| m.module == module);
-    let (cut_dnat, keep_dnat): (Vec<DnatRule>, Vec<DnatRule>) = dnat
-        .iter()
-        .cloned()
-        .partition(|r| lacks("nft_numgen") && spreads(r));
-    let (cut_mss, keep_mss): (Vec<MssRule>, Vec<MssRule>) =
-        mss.iter().copied().partition(|_| lacks("nft_ct"));
+    let dnat_ok = |r: &DnatRule| !(lacks("nft_numgen") && spreads(r));
+    let mss_ok = !lacks("nft_ct");
+    let (keep_dnat, cut_dnat): (Vec<DnatRule>, Vec<DnatRule>) =
+        dnat.iter().cloned().partition(|r| dnat_ok(r));
+    let (keep_mss, cut_mss): (Vec<MssRule>, Vec<MssRule>) =
+        mss.iter().copied().partition(|_| mss_ok);
+    let mut written = Written {
+        dnat: keep_dnat,
+        mss: keep_mss,
+    };
+    if let Some(prev) = previous {
+        let refused_port = |r: &DnatRule| {
+            cut_dnat
+                .iter()
+                .any(|c| (c.vip, c.protocol, c.port) == (r.vip, r.protocol, r.port))
+        };
+        written.dnat.extend(
+            prev.dnat
+                .iter()
+                .filter(|p| refused_port(p) && dnat_ok(p))
+                .cloned(),
+        );
+        written.dnat.sort();
+        if mss_ok {
+            written.mss.extend(
+                prev.mss
+                    .iter()
+                    .filter(|p| cut_mss.iter().any(|c| (c.vip, c.port) == (p.vip, p.port))),
+            );
+            written.mss.sort();
+        }
+    }
     let vips: BTreeSet<IpAddr> = cut_dnat
         .iter()
         .map(|r| r.vip)
@@ -502,7 +557,7 @@ fn without_modules(
             (vip, why.join("; "))
         })
         .collect();
-    (keep_dnat, keep_mss, refused)
+    (written, refused)
 }
 
 /// Writes both families' tables; returns the number of nft transactions run.
@@ -686,9 +741,9 @@ mod tests {
                 .collect()
         };
 
-        let (d, m, refused) = without_modules(&dnat, &[clamp], &missing(&["nft_numgen"]));
-        assert_eq!(d, vec![single.clone()]);
-        assert_eq!(m, vec![clamp]);
+        let (w, refused) = without_modules(&dnat, &[clamp], &missing(&["nft_numgen"]), None);
+        assert_eq!(w.dnat, vec![single.clone()]);
+        assert_eq!(w.mss, vec![clamp]);
         assert_eq!(
             refused.into_iter().collect::<Vec<_>>(),
             vec![(
@@ -697,14 +752,33 @@ mod tests {
             )]
         );
 
-        let (d, m, refused) = without_modules(&dnat, &[clamp], &missing(&["nft_ct"]));
-        assert_eq!(d, dnat.to_vec());
-        assert!(m.is_empty());
+        let (w, refused) = without_modules(&dnat, &[clamp], &missing(&["nft_ct"]), None);
+        assert_eq!(w.dnat, dnat.to_vec());
+        assert!(w.mss.is_empty());
         assert_eq!(
             refused.keys().copied().collect::<Vec<_>>(),
             vec![ip("192.168.56.191")]
         );
         assert!(refused[&ip("192.168.56.191")].contains("nft_ct"));
+
+        // A refused port keeps its previous rule when that can be written;
+        // a previous rule that needs the missing module cannot.
+        let before = rule("192.168.56.190", 80, &[("10.244.1.5", 8080)]);
+        let previous = Written {
+            dnat: vec![single.clone(), before.clone()],
+            mss: vec![],
+        };
+        let (w, refused) = without_modules(&dnat, &[], &missing(&["nft_numgen"]), Some(&previous));
+        let mut want = vec![single.clone(), before];
+        want.sort();
+        assert_eq!(w.dnat, want);
+        assert_eq!(refused.len(), 1, "still reported: {refused:?}");
+        let spread_before = Written {
+            dnat: vec![dnat[1].clone()],
+            mss: vec![],
+        };
+        let (w, _) = without_modules(&dnat, &[], &missing(&["nft_numgen"]), Some(&spread_before));
+        assert_eq!(w.dnat, vec![single]);
     }
 
     #[test]
