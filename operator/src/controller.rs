@@ -30,6 +30,7 @@ use crate::cache::{
 use crate::conditions::{self, Want};
 use crate::decide::{self, OperatorStatus, Policy, View};
 use crate::events::{self, Kind, Note, Publisher, Reporter};
+use crate::leader::{Fenced, Leadership};
 use crate::observed::{self, Observed};
 use crate::queue::{Next, Queue};
 use crate::telemetry::Metrics;
@@ -57,6 +58,18 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("object has no namespace or name")]
     MissingKey,
+    /// A write was refused, or cut short, because this replica no longer leads.
+    #[error("not the leader: write not sent")]
+    NotLeading,
+}
+
+impl From<Fenced<kube::Error>> for Error {
+    fn from(e: Fenced<kube::Error>) -> Self {
+        match e {
+            Fenced::NotLeading => Error::NotLeading,
+            Fenced::Write(e) => Error::Kube(e),
+        }
+    }
 }
 
 impl Error {
@@ -66,6 +79,7 @@ impl Error {
             Error::Kube(kube::Error::Api(s)) => format!("api_{}", s.code),
             Error::Kube(_) => "kube".into(),
             Error::MissingKey => "missing_key".into(),
+            Error::NotLeading => "not_leading".into(),
         }
     }
 }
@@ -115,7 +129,8 @@ pub struct Context {
     pub slices: Shared<Slices>,
     /// The VirtualServices themselves, indexed by VIP and Service.
     pub index: Shared<VirtualServices>,
-    pub leader: watch::Receiver<bool>,
+    /// Every write goes through its fence.
+    pub leader: Leadership,
     /// True once every cache has its initial list.
     pub synced: watch::Receiver<bool>,
     /// Queues VirtualServices for a reconcile.
@@ -134,6 +149,7 @@ fn jittered(resync: Duration) -> Duration {
 
 async fn patch_status(
     api: &Api<VirtualService>,
+    fence: &Leadership,
     name: &str,
     status: &OperatorStatus,
 ) -> Result<(), Error> {
@@ -142,19 +158,27 @@ async fn patch_status(
         "kind": "VirtualService",
         "status": status,
     });
-    api.patch_status(
-        name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await?;
+    let params = PatchParams::apply(MANAGER).force();
+    fence
+        .fence(api.patch_status(name, &params, &Patch::Apply(&body)))
+        .await?;
     Ok(())
 }
 
 async fn publish(ctx: &Context, regarding: &ObjectReference, notes: &[Note]) {
     for note in notes {
-        if let Err(e) = ctx.events.publish(regarding, note).await {
-            warn!(error = %e, reason = %note.reason, "could not publish event");
+        log_unpublished(ctx.events.publish(regarding, note).await, note);
+    }
+}
+
+fn log_unpublished(result: Result<(), Fenced<kube::Error>>, note: &Note) {
+    match result {
+        Ok(()) => {}
+        Err(Fenced::NotLeading) => {
+            debug!(reason = %note.reason, "event not published: no longer leading")
+        }
+        Err(Fenced::Write(e)) => {
+            warn!(error = %e, reason = %note.reason, "could not publish event")
         }
     }
 }
@@ -169,9 +193,7 @@ async fn publish_later(ctx: &Context, regarding: ObjectReference, notes: Vec<Not
     let events = ctx.events.clone();
     tokio::spawn(async move {
         for note in &notes {
-            if let Err(e) = events.publish(&regarding, note).await {
-                warn!(error = %e, reason = %note.reason, "could not publish event");
-            }
+            log_unpublished(events.publish(&regarding, note).await, note);
         }
         drop(permit);
     });
@@ -191,18 +213,17 @@ fn retrigger_sharing(ctx: &Context, vs: &VirtualService) {
 /// instead of being overwritten.
 async fn set_finalizers(
     api: &Api<VirtualService>,
+    fence: &Leadership,
     vs: &VirtualService,
     finalizers: Vec<String>,
 ) -> Result<VirtualService, Error> {
     let body = json!({
         "metadata": { "finalizers": finalizers, "resourceVersion": vs.resource_version() }
     });
-    let patched = api
-        .patch(
-            &vs.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&body),
-        )
+    let name = vs.name_any();
+    let params = PatchParams::default();
+    let patched = fence
+        .fence(api.patch(&name, &params, &Patch::Merge(&body)))
         .await?;
     Ok(patched)
 }
@@ -210,21 +231,26 @@ async fn set_finalizers(
 /// Returns the object as written.
 async fn add_finalizer(
     api: &Api<VirtualService>,
+    fence: &Leadership,
     vs: &VirtualService,
 ) -> Result<VirtualService, Error> {
     let mut list = vs.finalizers().to_vec();
     list.push(FINALIZER.to_string());
-    set_finalizers(api, vs, list).await
+    set_finalizers(api, fence, vs, list).await
 }
 
-async fn remove_finalizer(api: &Api<VirtualService>, vs: &VirtualService) -> Result<(), Error> {
+async fn remove_finalizer(
+    api: &Api<VirtualService>,
+    fence: &Leadership,
+    vs: &VirtualService,
+) -> Result<(), Error> {
     let list: Vec<String> = vs
         .finalizers()
         .iter()
         .filter(|f| *f != FINALIZER)
         .cloned()
         .collect();
-    set_finalizers(api, vs, list).await?;
+    set_finalizers(api, fence, vs, list).await?;
     Ok(())
 }
 
@@ -284,7 +310,7 @@ fn decide_from_caches(
 }
 
 pub async fn reconcile(vs: Arc<VirtualService>, ctx: Arc<Context>) -> Result<Next, Error> {
-    if !*ctx.leader.borrow() {
+    if !ctx.leader.is_leading() {
         // Followers keep their caches warm; a new leader reconciles everything.
         return Ok(Next::AwaitChange);
     }
@@ -308,7 +334,7 @@ pub async fn reconcile(vs: Arc<VirtualService>, ctx: Arc<Context>) -> Result<Nex
     } else {
         // Judged right away with the object as written, rather than on the
         // watch event the patch causes: one queue wait less for a new object.
-        let written = add_finalizer(&api, &vs).await?;
+        let written = add_finalizer(&api, &ctx.leader, &vs).await?;
         let observed = Observed::of(written.status.as_ref());
         (Arc::new(written), observed)
     };
@@ -324,7 +350,7 @@ pub async fn reconcile(vs: Arc<VirtualService>, ctx: Arc<Context>) -> Result<Nex
         vs.status.as_ref().and_then(|s| s.observed_generation) != vs.metadata.generation;
     let first_verdict = !observed.has(conditions::ACCEPTED);
     if observed::digest(&decision.status) != observed.digest {
-        patch_status(&api, &name, &decision.status).await?;
+        patch_status(&api, &ctx.leader, &name, &decision.status).await?;
         debug!(%ns, %name, accepted = decision.accepted, "status written");
     }
     let written: Vec<(String, HealthState)> = decision
@@ -427,12 +453,10 @@ async fn cleanup(
             if let Some(h) = &status.healthy {
                 body["status"]["healthy"] = json!(h);
             }
-            api.patch_status(
-                &vs.name_any(),
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&body),
-            )
-            .await?;
+            let (name, params) = (vs.name_any(), PatchParams::apply(MANAGER).force());
+            ctx.leader
+                .fence(api.patch_status(&name, &params, &Patch::Apply(&body)))
+                .await?;
         }
         return Ok(Next::Requeue(Duration::from_secs(5)));
     }
@@ -450,7 +474,7 @@ async fn cleanup(
         publish(ctx, &vs.object_ref(&()), &[note]).await;
         warn!(name = %vs.name_any(), nodes = ?remaining, "cleanup timed out");
     }
-    remove_finalizer(api, vs).await?;
+    remove_finalizer(api, &ctx.leader, vs).await?;
     if let Some(name) = VsName::of(vs) {
         ctx.written_health.forget(&name);
     }
@@ -460,6 +484,11 @@ async fn cleanup(
 }
 
 pub fn error_policy(name: &VsName, err: &Error, ctx: &Context) -> Next {
+    if matches!(err, Error::NotLeading) {
+        // Not a failure: a new term re-judges every object.
+        debug!(%name, "reconcile stopped: no longer leading");
+        return Next::AwaitChange;
+    }
     warn!(%name, error = %err, "reconcile failed");
     ctx.metrics.reconcile_failed(&err.metric_label());
     Next::Requeue(Duration::from_secs(15))
@@ -479,13 +508,13 @@ async fn reconcile_cached(name: VsName, ctx: Arc<Context>) -> Next {
 }
 
 /// Ticks once each time this replica becomes leader.
-fn on_leadership(rx: watch::Receiver<bool>) -> impl Stream<Item = ()> + Send {
+fn on_leadership(rx: Leadership) -> impl Stream<Item = ()> + Send {
     futures::stream::unfold((rx, false), |(mut rx, mut was)| async move {
         loop {
             if rx.changed().await.is_err() {
                 return None;
             }
-            let now = *rx.borrow();
+            let now = rx.is_leading();
             let fire = now && !was;
             was = now;
             if fire {
@@ -520,7 +549,7 @@ fn keep_readable(
 async fn report_unreadable(
     client: Client,
     mut rx: mpsc::UnboundedReceiver<InvalidObject>,
-    leader: watch::Receiver<bool>,
+    leader: Leadership,
     events: Publisher,
 ) {
     while let Some(bad) = rx.recv().await {
@@ -530,7 +559,7 @@ async fn report_unreadable(
         };
         let (ns, name): (String, String) = (ns, name);
         warn!(%ns, %name, error = %bad.error, "VirtualService cannot be read");
-        if !*leader.borrow() {
+        if !leader.is_leading() {
             continue;
         }
         let msg = format!("cannot read this VirtualService: {}", bad.error);
@@ -554,12 +583,9 @@ async fn report_unreadable(
             "status": { "observedGeneration": bad.metadata.generation, "conditions": conds },
         });
         let api: Api<DeserializeGuard<VirtualService>> = Api::namespaced(client.clone(), &ns);
-        let status_written = api
-            .patch_status(
-                &name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&body),
-            )
+        let params = PatchParams::apply(MANAGER).force();
+        let status_written = leader
+            .fence(api.patch_status(&name, &params, &Patch::Apply(&body)))
             .await;
         // The API server refuses status writes to an object that fails the
         // current schema, so an Event is the one place left to say why.
@@ -577,8 +603,11 @@ async fn report_unreadable(
             note: format!("cannot read this VirtualService: {}", bad.error),
             action: "Reconcile",
         };
-        if let Err(e) = events.publish(&reference, &note).await {
-            warn!(%ns, %name, error = %e, "cannot record an event for an unreadable VirtualService");
+        match events.publish(&reference, &note).await {
+            Ok(()) | Err(Fenced::NotLeading) => {}
+            Err(Fenced::Write(e)) => {
+                warn!(%ns, %name, error = %e, "cannot record an event for an unreadable VirtualService")
+            }
         }
         if let Err(e) = status_written {
             debug!(%ns, %name, error = %e, "status of an unreadable VirtualService not written");
@@ -670,7 +699,7 @@ pub async fn run(
     client: Client,
     settings: Settings,
     metrics: Arc<Metrics>,
-    leader: watch::Receiver<bool>,
+    leader: Leadership,
     ready: impl Fn(bool) + Send + Sync + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -741,6 +770,7 @@ pub async fn run(
             controller: MANAGER.into(),
             instance: settings.identity.clone(),
         },
+        leader.clone(),
     );
     tokio::spawn(report_unreadable(
         client.clone(),

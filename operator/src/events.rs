@@ -18,6 +18,7 @@ use kube::{Api, Client};
 
 use crate::conditions::{self, Want};
 use crate::health::Transition;
+use crate::leader::{Fenced, Leadership};
 use tunlb_api::HealthState;
 
 /// The API server refuses an events.k8s.io/v1 note longer than this.
@@ -82,31 +83,36 @@ impl Reporter {
     }
 }
 
-/// Creates Events on behalf of one controller instance.
+/// Creates Events on behalf of one controller instance, while it leads.
 #[derive(Clone)]
 pub struct Publisher {
     client: Client,
     reporter: Reporter,
+    leadership: Leadership,
 }
 
 impl Publisher {
-    pub fn new(client: Client, reporter: Reporter) -> Publisher {
-        Publisher { client, reporter }
+    pub fn new(client: Client, reporter: Reporter, leadership: Leadership) -> Publisher {
+        Publisher {
+            client,
+            reporter,
+            leadership,
+        }
     }
 
-    /// Creates the Event in the object's namespace.
+    /// Creates the Event in the object's namespace, through the leadership fence:
+    /// a replica that no longer leads reports nothing.
     pub async fn publish(
         &self,
         regarding: &ObjectReference,
         note: &Note,
-    ) -> Result<(), kube::Error> {
+    ) -> Result<(), Fenced<kube::Error>> {
         let ns = regarding.namespace.as_deref().unwrap_or("default");
         let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
-        api.create(
-            &PostParams::default(),
-            &self.reporter.event(regarding, note, Timestamp::now()),
-        )
-        .await?;
+        let event = self.reporter.event(regarding, note, Timestamp::now());
+        self.leadership
+            .fence(api.create(&PostParams::default(), &event))
+            .await?;
         Ok(())
     }
 }

@@ -1,13 +1,26 @@
-//! Lease-based leader election (coordination.k8s.io/v1 `Lease`).
+//! Lease-based leader election (coordination.k8s.io/v1 `Lease`) and the fence
+//! that keeps a replica that no longer leads from writing.
 //!
-//! Several operator replicas may run; only the one holding the Lease reconciles.
-//! Every write is a `replace` carrying the `resourceVersion` we last observed, so
-//! two replicas racing for the same Lease cannot both win: the loser gets a
-//! 409 Conflict from the API server.
+//! Several operator replicas may run; only the one holding the Lease writes.
+//! Every Lease write is a `replace` carrying the `resourceVersion` we last
+//! observed, so two replicas racing for the same Lease cannot both win: the
+//! loser gets a 409 Conflict from the API server.
 //!
-//! Expiry is judged from the Lease's `renewTime` + `leaseDurationSeconds` against
-//! the local wall clock, so replicas' clocks must agree to well within
-//! `lease_duration - renew_every` (NTP is plenty).
+//! Expiry is judged from the candidate's own observation, as client-go does: a
+//! candidate takes over a Lease held by someone else only once it has seen the
+//! same record (resourceVersion, holder, renewTime) unchanged for the record's
+//! `leaseDurationSeconds`, measured on its own monotonic clock from when it
+//! first read that record. The wall-clock times in the Lease are written for
+//! people and tools; no decision reads them, so replicas' clocks may disagree.
+//!
+//! Fencing: a leader's term ends `renew_deadline` after the *start* of its last
+//! successful renewal (or acquisition). A candidate reads that record after it
+//! landed, which is after the renewal started, and waits a full lease duration
+//! from then; the renew deadline is shorter than the lease duration, so the
+//! old term is over before the new one begins, with `renew_every` to spare for
+//! clock-rate drift and requests on the wire. Every API write the operator makes
+//! goes through [`Leadership::fence`]: refused outside the term, and dropped
+//! (the request cancelled) the moment the term ends while it is in flight.
 
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,7 +31,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, PostParams};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tracing::{debug, info, warn};
 
 /// How to elect a leader.
@@ -38,6 +51,11 @@ pub struct LeaseConfig {
     /// How often a non-leader checks whether it can take over, and how soon the leader
     /// retries a failed renewal.
     pub retry_every: Duration,
+    /// Test aid: added to the wall clock for the times this replica writes into the
+    /// Lease (`acquireTime`, `renewTime`). Zero in the operator. Tests set it to show
+    /// that a replica whose clock is off cannot take over a live Lease, as no
+    /// decision reads those times.
+    pub clock_offset: SignedDuration,
 }
 
 impl LeaseConfig {
@@ -54,12 +72,14 @@ impl LeaseConfig {
             lease_duration: Duration::from_secs(15),
             renew_every: Duration::from_secs(5),
             retry_every: Duration::from_secs(2),
+            clock_offset: SignedDuration::ZERO,
         }
     }
 
-    /// The leader steps down if it has not renewed successfully for this long. It is
-    /// shorter than the lease so that we stop acting before anyone else may take over.
-    fn renew_deadline(&self) -> Duration {
+    /// The leader's term ends this long after its last successful renewal
+    /// started. It is shorter than the lease so that we stop acting before
+    /// anyone else may take over.
+    pub fn renew_deadline(&self) -> Duration {
         if self.renew_every < self.lease_duration {
             self.lease_duration - self.renew_every
         } else {
@@ -72,6 +92,17 @@ impl LeaseConfig {
             .unwrap_or(i32::MAX)
             .max(1)
     }
+
+    /// The wall-clock time written into the Lease.
+    fn wall_now(&self) -> Timestamp {
+        // Timestamp::now needs jiff's "std" feature, which k8s-openapi does not promise.
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        let now = Timestamp::from_microsecond(micros).unwrap_or(Timestamp::UNIX_EPOCH);
+        now.saturating_add(self.clock_offset).unwrap_or(now)
+    }
 }
 
 /// What a candidate should do about a Lease it has just read.
@@ -81,23 +112,23 @@ pub enum Decision {
     Acquire,
     /// The lease names us as holder: renew it.
     Renew,
-    /// Someone else holds a live lease that expires in `expires_in`.
+    /// Someone else holds a lease that, unless it changes, we may take over in `expires_in`.
     Wait {
-        /// Time until the other holder's lease runs out, if it is not renewed.
+        /// Time until we have seen the other holder's record unchanged for its duration.
         expires_in: Duration,
     },
 }
 
-/// Decides what `identity` should do about a Lease with `spec`, at wall-clock `now`.
+/// Decides what `identity` should do about a Lease with `spec`, whose record it
+/// has seen unchanged for `unchanged_for` (on its own monotonic clock).
 ///
 /// `default_duration` applies when the Lease carries no `leaseDurationSeconds`.
-/// A holder with neither `renewTime` nor `acquireTime` counts as expired: there is
-/// no evidence it is alive.
+/// The times in the Lease are not read: they come from the holder's wall clock.
 pub fn decide(
     spec: Option<&LeaseSpec>,
     identity: &str,
     default_duration: Duration,
-    now: Timestamp,
+    unchanged_for: Duration,
 ) -> Decision {
     let Some(spec) = spec else {
         return Decision::Acquire;
@@ -109,51 +140,146 @@ pub fn decide(
     if holder == identity {
         return Decision::Renew;
     }
-    let Some(last) = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()) else {
-        return Decision::Acquire;
-    };
     let duration = match spec.lease_duration_seconds {
-        Some(secs) => SignedDuration::from_secs(i64::from(secs.max(0))),
-        None => SignedDuration::try_from(default_duration).unwrap_or(SignedDuration::MAX),
+        Some(secs) => Duration::from_secs(u64::try_from(secs).unwrap_or(0)),
+        None => default_duration,
     };
-    let expiry = last.0.saturating_add(duration).unwrap_or(Timestamp::MAX);
-    if expiry <= now {
-        return Decision::Acquire;
+    match duration.checked_sub(unchanged_for) {
+        Some(left) if !left.is_zero() => Decision::Wait { expires_in: left },
+        _ => Decision::Acquire,
     }
-    Decision::Wait {
-        expires_in: Duration::try_from(expiry.duration_since(now)).unwrap_or_default(),
+}
+
+/// The Lease record as a candidate last read it, and when it first read it.
+#[derive(Debug)]
+struct Observed {
+    resource_version: Option<String>,
+    spec: Option<LeaseSpec>,
+    since: Instant,
+}
+
+impl Observed {
+    /// Records a read of `lease` at `now`; returns how long the record has been
+    /// seen unchanged. Any change (a renewal, a new holder) restarts the count.
+    fn update(slot: &mut Option<Observed>, lease: &Lease, now: Instant) -> Duration {
+        let same = slot.as_ref().is_some_and(|o| {
+            o.resource_version == lease.metadata.resource_version && o.spec == lease.spec
+        });
+        if !same {
+            *slot = Some(Observed {
+                resource_version: lease.metadata.resource_version.clone(),
+                spec: lease.spec.clone(),
+                since: now,
+            });
+        }
+        slot.as_ref()
+            .map(|o| now.saturating_duration_since(o.since))
+            .unwrap_or_default()
     }
+}
+
+/// A write refused or cut short by the fence, or the write's own error.
+#[derive(Debug, thiserror::Error)]
+pub enum Fenced<E> {
+    /// This replica does not lead (or its term ended while the write was in flight,
+    /// and the request was cancelled).
+    #[error("not the leader: write not sent")]
+    NotLeading,
+    #[error(transparent)]
+    Write(E),
+}
+
+/// This replica's standing as leader, shared with everything that writes.
+///
+/// It carries the end of the current term (on the monotonic clock), or none
+/// while this replica does not lead. Each renewal moves the end further.
+#[derive(Clone, Debug)]
+pub struct Leadership {
+    term: watch::Receiver<Option<Instant>>,
+}
+
+impl Leadership {
+    /// True while this replica leads and its term has not run out.
+    pub fn is_leading(&self) -> bool {
+        term_open(*self.term.borrow())
+    }
+
+    /// Resolves on the next change: a new term, a renewal, or the end of leadership.
+    /// Fails once the elector is gone.
+    pub async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+        self.term.changed().await
+    }
+
+    /// Runs the API write `write` only while this replica leads.
+    ///
+    /// The check is made in the same poll that first polls `write`, so a write
+    /// is never sent outside the term; while it is in flight, it is dropped (its
+    /// request cancelled) as soon as the term ends, by step-down or by the
+    /// renew deadline passing.
+    pub async fn fence<T, E>(
+        &self,
+        write: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, Fenced<E>> {
+        let mut term = self.term.clone();
+        if !term_open(*term.borrow_and_update()) {
+            return Err(Fenced::NotLeading);
+        }
+        let ended = async move {
+            loop {
+                let Some(end) = *term.borrow_and_update() else {
+                    return;
+                };
+                tokio::select! {
+                    () = sleep_until(end) => return,
+                    changed = term.changed() => if changed.is_err() { return },
+                }
+            }
+        };
+        tokio::select! {
+            // The end of the term wins a tie: a write not yet sent is not sent.
+            biased;
+            () = ended => Err(Fenced::NotLeading),
+            result = write => result.map_err(Fenced::Write),
+        }
+    }
+}
+
+fn term_open(end: Option<Instant>) -> bool {
+    end.is_some_and(|end| Instant::now() < end)
 }
 
 /// Starts electing in the background.
 ///
-/// The returned receiver reads `true` while this replica leads; it flips to `false`
-/// as soon as leadership is lost or given up. Once `shutdown` completes, a leading
-/// replica sends `false` and then releases the Lease so another can take over at
-/// once; the task ends after that (the release is bounded by `lease_duration`).
+/// The returned [`Leadership`] leads while this replica holds the Lease; its
+/// term ends as soon as leadership is lost or given up, or when a renewal is
+/// overdue. Once `shutdown` completes, a leading replica ends its term and then
+/// releases the Lease so another can take over at once; the task ends after
+/// that (the release is bounded by `lease_duration`).
 pub fn spawn(
     client: kube::Client,
     cfg: LeaseConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> (watch::Receiver<bool>, JoinHandle<()>) {
-    let (tx, rx) = watch::channel(false);
+) -> (Leadership, JoinHandle<()>) {
+    let (tx, term) = watch::channel(None);
     let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
     let handle = tokio::spawn(run(api, cfg, tx, shutdown));
-    (rx, handle)
+    (Leadership { term }, handle)
 }
 
 async fn run(
     api: Api<Lease>,
     cfg: LeaseConfig,
-    tx: watch::Sender<bool>,
+    tx: watch::Sender<Option<Instant>>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let mut shutdown = std::pin::pin!(shutdown);
     let renew_deadline = cfg.renew_deadline();
-    // While leading: the Lease as we last wrote it, and when we must step down unless
-    // renewed by then. The deadline is measured from *before* the write, as the
-    // renewTime we wrote is that early.
+    // While leading: the Lease as we last wrote it, and the end of our term.
+    // The term is measured from *before* the write, as the record another
+    // candidate starts counting from landed after that.
     let mut held: Option<(Lease, Instant)> = None;
+    // While not leading: the record we last read, and since when.
+    let mut observed: Option<Observed> = None;
     info!(
         lease = %cfg.name, namespace = %cfg.namespace, identity = %cfg.identity,
         "starting leader election"
@@ -166,10 +292,12 @@ async fn run(
                 let remaining = deadline.saturating_duration_since(started);
                 // An in-flight renewal is not cancelled on shutdown: if it landed, we need
                 // its resourceVersion to release the lease.
-                match timeout(remaining, renew(&api, lease.clone())).await {
+                match timeout(remaining, renew(&api, &cfg, lease.clone())).await {
                     Ok(Ok(renewed)) => {
                         debug!(lease = %cfg.name, "renewed lease");
-                        held = Some((renewed, started + renew_deadline));
+                        let end = started + renew_deadline;
+                        tx.send_replace(Some(end));
+                        held = Some((renewed, end));
                         cfg.renew_every
                     }
                     Ok(Err(e)) if is_conflict(&e) => {
@@ -189,14 +317,16 @@ async fn run(
             }
             None => {
                 let started = Instant::now();
-                match timeout(renew_deadline, try_acquire(&api, &cfg)).await {
+                match timeout(renew_deadline, try_acquire(&api, &cfg, &mut observed)).await {
                     Ok(Ok(Some(lease))) => {
                         info!(
                             lease = %cfg.name, identity = %cfg.identity,
                             "acquired lease; now leading"
                         );
-                        tx.send_replace(true);
-                        held = Some((lease, started + renew_deadline));
+                        let end = started + renew_deadline;
+                        tx.send_replace(Some(end));
+                        held = Some((lease, end));
+                        observed = None;
                         cfg.renew_every
                     }
                     Ok(Ok(None)) => cfg.retry_every,
@@ -231,8 +361,8 @@ async fn run(
 
     if let Some((lease, _)) = held {
         // Stop acting as leader before anyone else can take over.
-        tx.send_replace(false);
-        match timeout(cfg.lease_duration, release(&api, lease)).await {
+        tx.send_replace(None);
+        match timeout(cfg.lease_duration, release(&api, &cfg, lease)).await {
             Ok(Ok(())) => info!(lease = %cfg.name, "released lease on shutdown"),
             Ok(Err(e)) => warn!(
                 lease = %cfg.name, error = %e,
@@ -247,8 +377,8 @@ async fn run(
     info!(lease = %cfg.name, "leader election stopped");
 }
 
-fn step_down(tx: &watch::Sender<bool>, cfg: &LeaseConfig, why: &str) {
-    tx.send_replace(false);
+fn step_down(tx: &watch::Sender<Option<Instant>>, cfg: &LeaseConfig, why: &str) {
+    tx.send_replace(None);
     warn!(lease = %cfg.name, identity = %cfg.identity, reason = why, "lost leadership");
 }
 
@@ -256,20 +386,15 @@ fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.is_conflict())
 }
 
-fn now() -> Timestamp {
-    // Timestamp::now needs jiff's "std" feature, which k8s-openapi does not promise.
-    let micros = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
-    Timestamp::from_microsecond(micros).unwrap_or(Timestamp::UNIX_EPOCH)
-}
-
 /// One attempt to become leader. `Ok(Some)` is the Lease as we wrote it; `Ok(None)`
 /// means someone else holds it or beat us to it.
-async fn try_acquire(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<Option<Lease>, kube::Error> {
-    let now = now();
+async fn try_acquire(
+    api: &Api<Lease>,
+    cfg: &LeaseConfig,
+    observed: &mut Option<Observed>,
+) -> Result<Option<Lease>, kube::Error> {
     let Some(mut lease) = api.get_opt(&cfg.name).await? else {
+        let now = cfg.wall_now();
         let lease = Lease {
             metadata: ObjectMeta {
                 name: Some(cfg.name.clone()),
@@ -294,8 +419,14 @@ async fn try_acquire(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<Option<Lease
             Err(e) => Err(e),
         };
     };
+    let unchanged_for = Observed::update(observed, &lease, Instant::now());
 
-    match decide(lease.spec.as_ref(), &cfg.identity, cfg.lease_duration, now) {
+    match decide(
+        lease.spec.as_ref(),
+        &cfg.identity,
+        cfg.lease_duration,
+        unchanged_for,
+    ) {
         Decision::Wait { expires_in } => {
             let holder = lease
                 .spec
@@ -308,6 +439,7 @@ async fn try_acquire(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<Option<Lease
             Ok(None)
         }
         Decision::Acquire | Decision::Renew => {
+            let now = cfg.wall_now();
             let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
             let was_ours = spec.holder_identity.as_deref() == Some(cfg.identity.as_str());
             if !was_ours {
@@ -335,19 +467,24 @@ async fn try_acquire(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<Option<Lease
 }
 
 /// Renews the Lease as we last wrote it; any change by someone else is a 409.
-async fn renew(api: &Api<Lease>, mut lease: Lease) -> Result<Lease, kube::Error> {
+async fn renew(
+    api: &Api<Lease>,
+    cfg: &LeaseConfig,
+    mut lease: Lease,
+) -> Result<Lease, kube::Error> {
     let name = lease.metadata.name.clone().unwrap_or_default();
-    lease.spec.get_or_insert_with(LeaseSpec::default).renew_time = Some(MicroTime(now()));
+    lease.spec.get_or_insert_with(LeaseSpec::default).renew_time = Some(MicroTime(cfg.wall_now()));
     api.replace(&name, &PostParams::default(), &lease).await
 }
 
-/// Gives the Lease up: an empty holder lets others acquire at once; the 1 s duration
-/// makes it expire at once for electors that only look at expiry (as client-go does).
-async fn release(api: &Api<Lease>, mut lease: Lease) -> Result<(), kube::Error> {
+/// Gives the Lease up: an empty holder lets others acquire at once (client-go
+/// does the same); the 1 s duration bounds the wait of an elector that goes by
+/// the duration alone.
+async fn release(api: &Api<Lease>, cfg: &LeaseConfig, mut lease: Lease) -> Result<(), kube::Error> {
     let name = lease.metadata.name.clone().unwrap_or_default();
     let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
     spec.holder_identity = None;
-    spec.renew_time = Some(MicroTime(now()));
+    spec.renew_time = Some(MicroTime(cfg.wall_now()));
     spec.lease_duration_seconds = Some(1);
     api.replace(&name, &PostParams::default(), &lease).await?;
     Ok(())
@@ -356,89 +493,117 @@ async fn release(api: &Api<Lease>, mut lease: Lease) -> Result<(), kube::Error> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     const DEFAULT: Duration = Duration::from_secs(15);
 
-    fn ts(secs: i64) -> Timestamp {
-        Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH)
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
     }
 
-    fn spec(holder: Option<&str>, renew: Option<i64>, duration: Option<i32>) -> LeaseSpec {
+    fn spec(holder: Option<&str>, duration: Option<i32>) -> LeaseSpec {
         LeaseSpec {
             holder_identity: holder.map(str::to_owned),
-            renew_time: renew.map(|s| MicroTime(ts(s))),
             lease_duration_seconds: duration,
             ..LeaseSpec::default()
         }
     }
 
+    fn lease(rv: &str, holder: &str, renew_micros: i64) -> Lease {
+        Lease {
+            metadata: ObjectMeta {
+                resource_version: Some(rv.to_owned()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(holder.to_owned()),
+                renew_time: Timestamp::from_microsecond(renew_micros)
+                    .ok()
+                    .map(MicroTime),
+                lease_duration_seconds: Some(15),
+                ..LeaseSpec::default()
+            }),
+        }
+    }
+
     #[test]
     fn no_spec_or_no_holder_is_acquired() {
-        let now = ts(1_000);
-        assert_eq!(decide(None, "me", DEFAULT, now), Decision::Acquire);
-        let s = spec(None, Some(999), Some(15));
-        assert_eq!(decide(Some(&s), "me", DEFAULT, now), Decision::Acquire);
-        let s = spec(Some(""), Some(999), Some(15));
-        assert_eq!(decide(Some(&s), "me", DEFAULT, now), Decision::Acquire);
+        assert_eq!(decide(None, "me", DEFAULT, secs(0)), Decision::Acquire);
+        let s = spec(None, Some(15));
+        assert_eq!(decide(Some(&s), "me", DEFAULT, secs(0)), Decision::Acquire);
+        let s = spec(Some(""), Some(15));
+        assert_eq!(decide(Some(&s), "me", DEFAULT, secs(0)), Decision::Acquire);
     }
 
     #[test]
-    fn own_lease_is_renewed_even_if_expired() {
-        let s = spec(Some("me"), Some(1_000), Some(15));
-        assert_eq!(decide(Some(&s), "me", DEFAULT, ts(1_001)), Decision::Renew);
-        assert_eq!(decide(Some(&s), "me", DEFAULT, ts(5_000)), Decision::Renew);
+    fn own_lease_is_renewed_whatever_its_age() {
+        let s = spec(Some("me"), Some(15));
+        assert_eq!(decide(Some(&s), "me", DEFAULT, secs(0)), Decision::Renew);
+        assert_eq!(decide(Some(&s), "me", DEFAULT, secs(500)), Decision::Renew);
     }
 
     #[test]
-    fn live_foreign_lease_is_waited_for() {
-        let s = spec(Some("other"), Some(1_000), Some(15));
+    fn foreign_lease_is_waited_for_until_seen_unchanged_for_its_duration() {
+        let s = spec(Some("other"), Some(15));
         assert_eq!(
-            decide(Some(&s), "me", DEFAULT, ts(1_010)),
+            decide(Some(&s), "me", DEFAULT, secs(0)),
             Decision::Wait {
-                expires_in: Duration::from_secs(5)
+                expires_in: secs(15)
             }
         );
-    }
-
-    #[test]
-    fn expired_foreign_lease_is_acquired() {
-        let s = spec(Some("other"), Some(1_000), Some(15));
-        // Exactly at expiry counts as expired.
         assert_eq!(
-            decide(Some(&s), "me", DEFAULT, ts(1_015)),
-            Decision::Acquire
+            decide(Some(&s), "me", DEFAULT, secs(10)),
+            Decision::Wait {
+                expires_in: secs(5)
+            }
         );
+        // Exactly the duration counts as expired.
+        assert_eq!(decide(Some(&s), "me", DEFAULT, secs(15)), Decision::Acquire);
         assert_eq!(
-            decide(Some(&s), "me", DEFAULT, ts(2_000)),
+            decide(Some(&s), "me", DEFAULT, secs(900)),
             Decision::Acquire
         );
     }
 
     #[test]
     fn missing_duration_uses_default() {
-        let s = spec(Some("other"), Some(1_000), None);
+        let s = spec(Some("other"), None);
         assert!(matches!(
-            decide(Some(&s), "me", DEFAULT, ts(1_014)),
+            decide(Some(&s), "me", DEFAULT, secs(14)),
             Decision::Wait { .. }
         ));
-        assert_eq!(
-            decide(Some(&s), "me", DEFAULT, ts(1_015)),
-            Decision::Acquire
-        );
+        assert_eq!(decide(Some(&s), "me", DEFAULT, secs(15)), Decision::Acquire);
     }
 
     #[test]
-    fn falls_back_to_acquire_time_then_treats_as_expired() {
-        let mut s = spec(Some("other"), None, Some(15));
-        assert_eq!(
-            decide(Some(&s), "me", DEFAULT, ts(1_000)),
-            Decision::Acquire
-        );
-        s.acquire_time = Some(MicroTime(ts(995)));
+    fn the_times_in_the_lease_are_not_read() {
+        // A renewTime far in the past (or the future) changes nothing: only
+        // how long this candidate has seen the record counts.
+        let mut s = spec(Some("other"), Some(15));
+        s.renew_time = Timestamp::from_second(0).ok().map(MicroTime);
         assert!(matches!(
-            decide(Some(&s), "me", DEFAULT, ts(1_000)),
+            decide(Some(&s), "me", DEFAULT, secs(1)),
             Decision::Wait { .. }
         ));
+        s.renew_time = Timestamp::from_second(4_000_000_000).ok().map(MicroTime);
+        assert_eq!(decide(Some(&s), "me", DEFAULT, secs(15)), Decision::Acquire);
+    }
+
+    #[test]
+    fn any_change_to_the_record_restarts_the_observation() {
+        let t0 = Instant::now();
+        let mut slot = None;
+        let a = lease("1", "other", 1_000);
+        assert_eq!(Observed::update(&mut slot, &a, t0), secs(0));
+        assert_eq!(Observed::update(&mut slot, &a, t0 + secs(7)), secs(7));
+        // A renewal: new resourceVersion and renewTime.
+        let b = lease("2", "other", 2_000);
+        assert_eq!(Observed::update(&mut slot, &b, t0 + secs(8)), secs(0));
+        assert_eq!(Observed::update(&mut slot, &b, t0 + secs(20)), secs(12));
+        // Same resourceVersion, other holder (a recreated object): a change too.
+        let c = lease("2", "third", 2_000);
+        assert_eq!(Observed::update(&mut slot, &c, t0 + secs(21)), secs(0));
     }
 
     #[test]
@@ -453,90 +618,88 @@ mod tests {
         assert_eq!(odd.renew_deadline(), Duration::from_millis(7_500));
     }
 
-    /// Two electors against a real API server:
-    /// `tests/controlplane/start.sh /tmp/lt-cp && . /tmp/lt-cp/env &&
-    ///  cargo test -p tunlb-operator --lib leader -- --ignored --nocapture`
-    #[tokio::test]
-    #[ignore = "needs a kube-apiserver via KUBECONFIG"]
-    async fn two_electors_against_apiserver() -> Result<(), Box<dyn std::error::Error>> {
-        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-        let client = kube::Client::try_default().await?;
-        let name = format!(
-            "lt-{}",
-            SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis()
-        );
-        let cfg = |id: &str| LeaseConfig {
-            lease_duration: Duration::from_secs(3),
-            renew_every: Duration::from_millis(1_000),
-            retry_every: Duration::from_millis(300),
-            ..LeaseConfig::new("default", name.clone(), id)
-        };
-        let (stop_a, a_stopped) = tokio::sync::oneshot::channel::<()>();
-        let (mut a, a_task) = spawn(client.clone(), cfg("a"), async move {
-            let _ = a_stopped.await;
-        });
-        timeout(Duration::from_secs(5), a.wait_for(|l| *l)).await??;
+    #[test]
+    fn clock_offset_shifts_only_the_written_times() {
+        let mut cfg = LeaseConfig::new("ns", "lease", "me");
+        let base = cfg.wall_now();
+        cfg.clock_offset = SignedDuration::from_secs(6);
+        let ahead = cfg.wall_now().duration_since(base);
+        assert!(ahead >= SignedDuration::from_secs(6), "{ahead:?}");
+        assert!(ahead < SignedDuration::from_secs(7), "{ahead:?}");
+    }
 
-        let (stop_b, b_stopped) = tokio::sync::oneshot::channel::<()>();
-        let (mut b, b_task) = spawn(client.clone(), cfg("b"), async move {
-            let _ = b_stopped.await;
-        });
-        // b must not lead while a renews, well past a's lease duration.
-        sleep(Duration::from_secs(5)).await;
-        assert!(*a.borrow());
-        assert!(!*b.borrow());
+    fn leadership(end: Option<Instant>) -> (watch::Sender<Option<Instant>>, Leadership) {
+        let (tx, term) = watch::channel(end);
+        (tx, Leadership { term })
+    }
 
-        // a releases on shutdown; b takes over well before the lease would expire.
-        let t0 = Instant::now();
-        let _ = stop_a.send(());
-        a_task.await?;
-        assert!(!*a.borrow());
-        timeout(Duration::from_secs(2), b.wait_for(|l| *l)).await??;
-        assert!(t0.elapsed() < Duration::from_secs(2));
-        let api: Api<Lease> = Api::namespaced(client.clone(), "default");
-        let spec = api.get(&name).await?.spec.unwrap_or_default();
-        assert_eq!(spec.holder_identity.as_deref(), Some("b"));
-        assert_eq!(spec.lease_transitions, Some(1));
-
-        // b dies without releasing; c takes over only after the lease expires.
-        b_task.abort();
-        let _ = b_task.await;
-        drop(stop_b);
-        let t1 = Instant::now();
-        let (stop_c, c_stopped) = tokio::sync::oneshot::channel::<()>();
-        let (mut c, c_task) = spawn(client.clone(), cfg("c"), async move {
-            let _ = c_stopped.await;
-        });
-        timeout(Duration::from_secs(6), c.wait_for(|l| *l)).await??;
-        assert!(t1.elapsed() >= Duration::from_secs(1));
-        assert_eq!(
-            api.get(&name)
-                .await?
-                .spec
-                .unwrap_or_default()
-                .lease_transitions,
-            Some(2)
-        );
-
-        // Someone else writes the lease (stealing it): c's next renewal conflicts and
-        // c steps down, then waits for the thief's lease.
-        let mut stolen = api.get(&name).await?;
-        if let Some(spec) = stolen.spec.as_mut() {
-            spec.holder_identity = Some("thief".to_owned());
-            spec.renew_time = Some(MicroTime(now()));
-            spec.lease_duration_seconds = Some(30);
+    /// A write that records whether it was ever polled, and takes `takes`.
+    fn write(polled: &Arc<AtomicBool>, takes: Duration) -> impl Future<Output = Result<(), ()>> {
+        let polled = polled.clone();
+        async move {
+            polled.store(true, Ordering::SeqCst);
+            sleep(takes).await;
+            Ok(())
         }
-        api.replace(&name, &PostParams::default(), &stolen).await?;
-        timeout(Duration::from_secs(3), c.wait_for(|l| !*l)).await??;
-        sleep(Duration::from_secs(1)).await;
-        assert!(!*c.borrow());
+    }
 
-        // Shutting down a non-leader leaves the lease alone.
-        let _ = stop_c.send(());
-        c_task.await?;
-        let spec = api.get(&name).await?.spec.unwrap_or_default();
-        assert_eq!(spec.holder_identity.as_deref(), Some("thief"));
-        api.delete(&name, &Default::default()).await?;
-        Ok(())
+    #[tokio::test(start_paused = true)]
+    async fn fence_refuses_a_write_outside_the_term() {
+        let polled = Arc::new(AtomicBool::new(false));
+        let (_tx, l) = leadership(None);
+        assert!(!l.is_leading());
+        let r = l.fence(write(&polled, secs(0))).await;
+        assert!(matches!(r, Err(Fenced::NotLeading)));
+        assert!(
+            !polled.load(Ordering::SeqCst),
+            "a refused write is not sent"
+        );
+
+        // A term that ended without a step-down (renewal overdue) counts as over.
+        let (_tx, l) = leadership(Some(Instant::now()));
+        assert!(!l.is_leading());
+        let r = l.fence(write(&polled, secs(0))).await;
+        assert!(matches!(r, Err(Fenced::NotLeading)));
+        assert!(!polled.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fence_cuts_a_write_short_at_the_end_of_the_term() {
+        let polled = Arc::new(AtomicBool::new(false));
+        let t0 = Instant::now();
+        let (_tx, l) = leadership(Some(t0 + secs(10)));
+        assert!(l.is_leading());
+        let r = l.fence(write(&polled, secs(30))).await;
+        assert!(matches!(r, Err(Fenced::NotLeading)));
+        assert!(polled.load(Ordering::SeqCst));
+        assert_eq!(Instant::now() - t0, secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fence_cuts_a_write_short_on_step_down() {
+        let polled = Arc::new(AtomicBool::new(false));
+        let t0 = Instant::now();
+        let (tx, l) = leadership(Some(t0 + secs(10)));
+        let stepped_down = async {
+            sleep(secs(2)).await;
+            tx.send_replace(None);
+        };
+        let (r, ()) = tokio::join!(l.fence(write(&polled, secs(30))), stepped_down);
+        assert!(matches!(r, Err(Fenced::NotLeading)));
+        assert_eq!(Instant::now() - t0, secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fence_lets_a_write_finish_across_a_renewal() {
+        let polled = Arc::new(AtomicBool::new(false));
+        let t0 = Instant::now();
+        let (tx, l) = leadership(Some(t0 + secs(10)));
+        let renewed = async {
+            sleep(secs(5)).await;
+            tx.send_replace(Some(t0 + secs(15)));
+        };
+        let (r, ()) = tokio::join!(l.fence(write(&polled, secs(12))), renewed);
+        assert!(matches!(r, Ok(())), "{r:?}");
+        assert_eq!(Instant::now() - t0, secs(12));
     }
 }

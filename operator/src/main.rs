@@ -140,7 +140,7 @@ async fn main() -> anyhow::Result<()> {
         let mut l = leading.clone();
         tokio::spawn(async move {
             while l.changed().await.is_ok() {
-                metrics.set_leader(*l.borrow());
+                metrics.set_leader(l.is_leading());
             }
         });
     }
