@@ -380,17 +380,20 @@ accepted() {
 	awk -v a="$1" '$1 == "accepted" && $2 == a {n = $3} END {print n + 0}' /tmp/acceptor.log
 }
 
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-uticks() { awk '{print $14}' "/proc/$1/stat"; }
+# cpu PID...: "TOTAL USER" ticks of the PIDs together, both from one read of
+# each stat file (two reads apart let user time outrun the total).
+cpu() { for _p in "$@"; do cat "/proc/$_p/stat"; done | awk '{t += $14 + $15; u += $14} END {print t, u}'; }
 fwm_conns() { ns_exec director ipvsadm -Ln --stats --exact | awk '/^FWM/ {s += $3} END {print s + 0}'; }
 idle() { awk '/^cpu / {print $5; exit}' /proc/stat; }
 mem() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
 ta0=$(accepted 192.168.56.181) ka0=$(accepted "$KALOAD")
-h0=$(ticks "$HEALTH") n0=$(ticks "$NONE") k0=$(($(ticks "$KALOADPID") + $(ticks "$KACHECK"))) c0=$(fwm_conns) i0=$(idle) w0=$(uptime_s)
-hu0=$(uticks "$HEALTH") nu0=$(uticks "$NONE") ku0=$(($(uticks "$KALOADPID") + $(uticks "$KACHECK"))) u0=$(grep -c 'real server unhealthy' /tmp/serve-load.log)
+set -- $(cpu "$HEALTH") $(cpu "$NONE") $(cpu "$KALOADPID" "$KACHECK")
+h0=$1 hu0=$2 n0=$3 nu0=$4 k0=$5 ku0=$6
+c0=$(fwm_conns) i0=$(idle) w0=$(uptime_s) u0=$(grep -c 'real server unhealthy' /tmp/serve-load.log)
 sleep "$WINDOW"
-h1=$(ticks "$HEALTH") n1=$(ticks "$NONE") k1=$(($(ticks "$KALOADPID") + $(ticks "$KACHECK"))) c1=$(fwm_conns) i1=$(idle) w1=$(uptime_s)
-hu1=$(uticks "$HEALTH") nu1=$(uticks "$NONE") ku1=$(($(uticks "$KALOADPID") + $(uticks "$KACHECK"))) u1=$(grep -c 'real server unhealthy' /tmp/serve-load.log)
+set -- $(cpu "$HEALTH") $(cpu "$NONE") $(cpu "$KALOADPID" "$KACHECK")
+h1=$1 hu1=$2 n1=$3 nu1=$4 k1=$5 ku1=$6
+c1=$(fwm_conns) i1=$(idle) w1=$(uptime_s) u1=$(grep -c 'real server unhealthy' /tmp/serve-load.log)
 ta1=$(accepted 192.168.56.181) ka1=$(accepted "$KALOAD")
 weight0=$(tcp_dests director | awk '$2 ~ /^10\.21\./ && $3 == 0' | wc -l)
 unhealthy=$(grep -c 'real server unhealthy' /tmp/serve-load.log)
