@@ -263,10 +263,19 @@ lab_assert_eq "every answer from rs1's ready pods" "a1:2 a2:2 a4:2 a5:2" "$(tall
 # 7. New endpoints: pod a6 starts on rs1, b2 on rs2. Both appear: rs1's
 #    weight and map grow, rs2 is a real server again (at weight 0 until its
 #    agent has programmed it once more).
+#    A client loop runs while rs2 joins: since rs2 gets weight only once its
+#    agent reports shop programmed, no request fails.
 add_pod a6 10.244.1.1 || exit 1
+(while :; do request client "$URL"; sleep 0.2; done) >/tmp/join-loop.log 2>&1 &
+join_loop=$!
 slice a1 a2 a3:false a4 a5 a6 b2
 settled "new endpoints a6, b2" "$RS1:80 5 $RS2:80 1" "$(expected_rule a1 a2 a4 a5 a6)" "$(expected_rule b2)" \
 	"director=true rs1=true rs2=true"
+kill "$join_loop"
+wait "$join_loop" 2>/dev/null
+echo "while rs2 joined: $(wc -l </tmp/join-loop.log) requests, answers $(sort /tmp/join-loop.log | uniq -c | awk '{printf "%s:%s ", $2, $1}')"
+lab_assert_eq "the client loop ran while rs2 joined" 0 "$([ "$(wc -l </tmp/join-loop.log)" -gt 0 ]; echo $?)"
+lab_assert_eq "no request failed while rs2 joined" "" "$(grep '^ERR' /tmp/join-loop.log | tr '\n' ' ')"
 got="$(from a 10)"
 echo "a6 and b2 added -> $got"
 lab_assert_eq "the new pod answers with the others" "a1:2 a2:2 a4:2 a5:2 a6:2" "$(tally a "$got")"
