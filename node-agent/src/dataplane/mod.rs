@@ -304,6 +304,21 @@ impl Dataplane {
             };
         let mapped = |vip: &IpAddr| written && !refused.contains_key(vip);
         let outcome = ipvs::sync(self.ipvs(), plan, state, journal, &mut report, unix_now()).await;
+        // After the services: IPVS's sysctls exist once its module is in.
+        if !plan.ipvs.is_empty() && outcome.read {
+            let director = sysctl::director_settings();
+            let mut originals = std::mem::take(&mut state.sysctl_originals);
+            let res = sysctl::apply(&director, &mut originals, |o| {
+                state.sysctl_originals = o.clone();
+                journal.record(state)
+            });
+            state.sysctl_originals = originals;
+            match res {
+                Ok(n) => report.writes.sysctls += n as u64,
+                Err(e) => report.node_errors.push(format!("IPVS settings: {e}")),
+            }
+            settings.extend(director);
+        }
         let probe_client = if probe_paths.is_empty() && state.probe_services.is_empty() {
             None
         } else {

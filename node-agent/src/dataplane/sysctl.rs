@@ -60,6 +60,19 @@ pub fn backend_settings(devices: &BTreeSet<TunnelDevice>) -> Vec<(String, String
     v
 }
 
+/// What a director needs of IPVS once it holds services:
+/// `expire_nodest_conn`, so that a packet of a connection whose real
+/// server was removed ends that entry and a new connection is scheduled
+/// afresh. Without it, a client that reuses its source port within the
+/// entry's timeout (up to 2 minutes in FIN_WAIT, which a tunnel's one-way
+/// view leaves a closed connection in) is sent to the removed server and
+/// times out.
+pub fn director_settings() -> Vec<(String, String)> {
+    vec![(EXPIRE_NODEST_CONN.to_string(), "1".to_string())]
+}
+
+const EXPIRE_NODEST_CONN: &str = "net.ipv4.vs.expire_nodest_conn";
+
 /// What a director that probes through the tunnel needs on each interface
 /// the servers' answers arrive on (see `probe`): `accept_local`, since the
 /// answers come from the VIP it holds, and loose `rp_filter` where the
@@ -90,6 +103,7 @@ const LOOSE: &str = "2";
 /// from the record of originals.
 pub fn every_setting(originals: &BTreeMap<String, String>) -> Vec<(String, String)> {
     let mut v = backend_settings(&TunnelDevice::ALL.into_iter().collect());
+    v.extend(director_settings());
     for name in originals.keys() {
         if v.iter().any(|(n, _)| n == name) {
             continue;

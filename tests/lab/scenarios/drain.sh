@@ -1,20 +1,25 @@
 #!/bin/sh
 # Graceful drain and no black holes, judged by what the kernel and a client
 # see:
-# (a) with net.ipv4.vs.expire_nodest_conn=1 (kube-proxy's IPVS mode sets it),
-#     a real server removed while a connection uses it stays at weight 0, new
+# (a) with net.ipv4.vs.expire_nodest_conn=1 (which the agent sets on directors,
+#     as kube-proxy's IPVS mode does), a real server removed while a connection uses it stays at weight 0, new
 #     connections go elsewhere, the open connection completes, and the server
 #     is deleted afterwards; with drainTimeoutSeconds: 0 the same connection
 #     is cut (the control that shows the first part can fail);
 # (b) a deleted VirtualService keeps its VIP and service at weight 0 while a
 #     connection drains (--no-wait), and a later run removes both;
 # (c) a director whose IPVS service the kernel refuses never puts the VIP on
-#     an interface (ip monitor sees no address event for it).
+#     an interface (ip monitor sees no address event for it);
+# (d) a client that reuses the source port of a closed connection after its
+#     server was deleted reaches a live server: the agent sets
+#     net.ipv4.vs.expire_nodest_conn=1 on directors (with it at 0 by hand,
+#     the same request times out: the control), and restores the original
+#     once the node directs nothing.
 . /scenarios/common.sh
 
 topo_setup || { echo "topology setup failed"; exit 1; }
 start_backends
-ns_exec director sysctl -qw net.ipv4.vs.expire_nodest_conn=1
+NODEST=net.ipv4.vs.expire_nodest_conn
 VIP2=192.168.56.191
 
 # web FILE DRAIN RS...: VirtualService "web" on $VIP2:80 with those servers.
@@ -175,6 +180,37 @@ lab_assert_contains "naming the missing scheduler" "scheduler \"$sched\" is not 
 lab_assert_contains "and the VIP it did not take" "VIP 192.168.56.192 is not held" "$out"
 lab_assert_eq "the VIP never appeared on any interface (ip monitor)" "" "$(echo "$events" | grep 192.168.56.192)"
 lab_assert_eq "no IPVS service left" "" "$(ipvs_rows director | grep 192.168.56.192)"
+
+# --- (d) a reused client port after its server was deleted --------------------
+# IPVS keeps a closed connection's entry for minutes: through a tunnel it sees
+# only the client's packets, so the entry stays in FIN_WAIT. A new connection
+# from the same client port matches that entry, not the scheduler.
+web /tmp/reuse.yaml 0 "$RS1" "$RS2"
+apply_all /tmp/reuse.yaml >/dev/null
+lab_assert_eq "the director runs with $NODEST=1" 1 "$(ns_exec director sysctl -n $NODEST)"
+# from_port PORT: one request from the client's source port PORT.
+from_port() {
+	ns_exec client curl -s --connect-timeout 3 --max-time 5 --local-port "$1" -H 'Connection: close' "http://$VIP2/" 2>/dev/null ||
+		echo "ERR:$?"
+}
+ports=""
+for p in 40001 40002 40003 40004; do
+	case "$(from_port "$p")" in rs2*) ports="$ports $p" ;; esac
+done
+set -- $ports
+lab_assert_eq "two of four connections went to rs2" 2 "$#"
+web /tmp/reuse.yaml 0 "$RS1"
+apply_all /tmp/reuse.yaml >/dev/null
+lab_assert_eq "rs2 is deleted at once (drainTimeoutSeconds 0)" "" "$(ipvs_rows director | grep "$RS2:80")"
+lab_assert_contains "IPVS still lists the closed connection to rs2" "$RS2:80" \
+	"$(ns_exec director ipvsadm -Lnc | grep "$CLIENT:$1 ")"
+ns_exec director sysctl -qw $NODEST=0
+lab_assert_eq "control, $NODEST=0 by hand: the reused port times out" "ERR:28" "$(from_port "$1")"
+apply_all /tmp/reuse.yaml >/dev/null
+lab_assert_eq "the agent sets $NODEST=1 again" 1 "$(ns_exec director sysctl -n $NODEST)"
+lab_assert_eq "the other reused port is answered by rs1" rs1 "$(from_port "$2")"
+delete_all /tmp/reuse.yaml /tmp/nosched.yaml >/dev/null
+lab_assert_eq "directing nothing, the original $NODEST=0 is back" 0 "$(ns_exec director sysctl -n $NODEST)"
 
 topo_cleanup
 lab_summary
