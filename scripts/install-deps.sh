@@ -4,8 +4,9 @@
 set -euo pipefail
 
 # buildah, skopeo, umoci: the images (scripts/build-images.sh) and unpacking them for tests.
+# keepalived: the peer of scripts/bench-health.sh (copied into the lab guest, never run on the host).
 pkgs=(qemu-system-x86 busybox-static ipvsadm nftables iproute2 curl cpio kmod xz-utils openssl time
-	buildah skopeo umoci)
+	buildah skopeo umoci keepalived)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

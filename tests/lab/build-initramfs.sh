@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Build the lab initramfs: OUT [--bin PATH]... [--dir SRC:DEST]...
+# Build the lab initramfs: OUT [--host-bin PATH]... [--bin PATH]... [--dir SRC:DEST]...
 # OUT = cached base image (busybox, ip, nft, ipvsadm, curl, modules, /init)
+#       + with --host-bin, a cached layer of those host programs (at their own
+#         paths) and the libraries the base lacks (e.g. /usr/sbin/keepalived,
+#         17 MB with its libraries: too big for every boot, so not in the base)
 #       + a cpio with the --bin/--dir payload, concatenated (the kernel unpacks
-#       concatenated archives in order). Both are uncompressed newc cpio:
+#       concatenated archives in order). All are uncompressed newc cpio:
 #       gunzip in the TCG guest costs more (~2 s) than loading 30 MB.
 # Env: TUNLB_CACHE (default ~/.cache/tunlb), TUNLB_KERNEL_DIR (default: kernel.sh).
 set -euo pipefail
@@ -12,7 +15,7 @@ cache="${TUNLB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tunlb}"
 PATH="$PATH:/usr/sbin:/sbin"
 
 usage() {
-	echo "usage: $0 OUT.cpio [--bin PATH]... [--dir SRC:DEST]..." >&2
+	echo "usage: $0 OUT.cpio [--host-bin PATH]... [--bin PATH]... [--dir SRC:DEST]..." >&2
 	exit 2
 }
 
@@ -21,8 +24,10 @@ out="$1"
 shift
 bins=()
 dirs=()
+extras=()
 while [ $# -gt 0 ]; do
 	case "$1" in
+	--host-bin) [ $# -ge 2 ] || usage; extras+=("$2"); shift 2 ;;
 	--bin) [ $# -ge 2 ] || usage; bins+=("$2"); shift 2 ;;
 	--dir) [ $# -ge 2 ] || usage; dirs+=("$2"); shift 2 ;;
 	*) usage ;;
@@ -191,19 +196,41 @@ if [ ! -f "$base" ]; then
 	(cd "$work/root" && find . -mindepth 1) >"$work/base.files"
 	# Zero-pad so the next archive starts 512-aligned (the kernel skips zeros).
 	truncate -s "%512" "$work/base.cpio"
-	find "$cache/initramfs" -maxdepth 1 -name "base-$kver-*" ! -name "base-$kver-$key.*" -delete
+	find "$cache/initramfs" -maxdepth 1 \( \( -name "base-$kver-*" ! -name "base-$kver-$key.*" \) \
+		-o \( -name "extra-$kver-*" ! -name "extra-$kver-$key-*" \) \) -delete
 	mv "$work/base.files" "${base%.cpio}.files"
 	mv "$work/base.cpio" "$base"
 	rm -rf "$work"
 	trap - EXIT
 fi
 
+skip_list="${base%.cpio}.files"
+
+# Extra host programs: a layer cached by the base and the programs' contents.
+extra=/dev/null
+if [ ${#extras[@]} -gt 0 ]; then
+	for f in "${extras[@]}"; do
+		[ -f "$f" ] || { echo "build-initramfs: no such host program: $f (scripts/install-deps.sh installs the lab's)" >&2; exit 1; }
+	done
+	ekey="$(printf '%s\n' "${extras[@]}" | cat - "${extras[@]}" | sha256sum | cut -c1-16)"
+	extra="$cache/initramfs/extra-$kver-$key-$ekey.cpio"
+	if [ ! -f "$extra" ]; then
+		ework="$(mktemp -d "$cache/initramfs/.extra.XXXXXX")"
+		trap 'rm -rf "$ework"' EXIT
+		for f in "${extras[@]}"; do copy_elf "$ework/root" "$f" "$f"; done
+		pack "$ework/root" >"$ework/extra.cpio"
+		truncate -s "%512" "$ework/extra.cpio"
+		mv "$ework/extra.cpio" "$extra"
+		rm -rf "$ework"
+		trap - EXIT
+	fi
+fi
+
 if [ ${#bins[@]} -eq 0 ] && [ ${#dirs[@]} -eq 0 ]; then
-	cp "$base" "$out"
+	cat "$base" "$extra" >"$out"
 	exit 0
 fi
 
-skip_list="${base%.cpio}.files"
 payload="$(mktemp -d)"
 trap 'rm -rf "$payload"' EXIT
 mkdir -p "$payload/root"
@@ -225,7 +252,7 @@ for d in "${dirs[@]}"; do
 	cp -a "$src/." "$payload/root/$dest/"
 done
 {
-	cat "$base"
+	cat "$base" "$extra"
 	pack "$payload/root"
 } >"$out.tmp"
 mv "$out.tmp" "$out"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Boot the lab kernel under QEMU (TCG) and run COMMAND in the guest.
 # usage: run.sh [--timeout SECS] [--net] [--verbose] [--mem MB] [--keep PATH]
-#               [--bin PATH]... [--dir SRC:DEST]... -- COMMAND...
+#               [--host-bin PATH]... [--bin PATH]... [--dir SRC:DEST]... -- COMMAND...
 # Exits with the guest command's exit code (from the `LAB-EXIT <code>` line);
 # 124 on timeout, 125 if the guest never printed LAB-EXIT.
 set -euo pipefail
@@ -22,7 +22,7 @@ while [ $# -gt 0 ]; do
 	--verbose | -v) verbose=1; shift ;;
 	--mem) [ $# -ge 2 ] || usage; mem="$2"; shift 2 ;;
 	--keep) [ $# -ge 2 ] || usage; keep="$2"; shift 2 ;;
-	--bin | --dir) [ $# -ge 2 ] || usage; args+=("$1" "$2"); shift 2 ;;
+	--bin | --dir | --host-bin) [ $# -ge 2 ] || usage; args+=("$1" "$2"); shift 2 ;;
 	--) shift; break ;;
 	*) usage ;;
 	esac
@@ -56,6 +56,11 @@ fi
 # Guest console: hide firmware/kernel noise before LAB-START (kept in the log,
 # shown on failure) and timestamped kernel lines after it, unless --verbose.
 log="$work/console.log"
+# mawk reads a pipe in large blocks unless -W interactive: without it the
+# guest's lines reach the terminal kilobytes late, a long quiet phase looks
+# like a hang.
+awk_lines=(awk)
+if awk -W version 2>&1 | grep -q mawk; then awk_lines=(awk -W interactive); fi
 set +e
 timeout -k 5 "$timeout_s" qemu-system-x86_64 \
 	-nographic -no-reboot -m "$mem" -smp 1 -cpu max \
@@ -63,7 +68,7 @@ timeout -k 5 "$timeout_s" qemu-system-x86_64 \
 	-append "console=ttyS0 quiet panic=-1" \
 	"${netargs[@]}" </dev/null 2>&1 |
 	tee "$log" |
-	awk -v verbose="$verbose" '
+	"${awk_lines[@]}" -v verbose="$verbose" '
 		{ sub(/\r$/, ""); gsub(/\033(\[[0-9;?]*[A-Za-z]|c)/, "") }
 		/LAB-START [0-9.]+$/ && !started { started = 1; if (!verbose) next }
 		verbose { print; fflush(); next }
