@@ -65,6 +65,8 @@ pub enum Action {
     /// Add the virtual addresses and announce them (gratuitous ARP,
     /// unsolicited neighbour advertisements).
     TakeAddresses,
+    /// Announce the virtual addresses again (they stay where they are).
+    AnnounceAddresses,
     /// Remove the virtual addresses.
     ReleaseAddresses,
     /// The state changed; for the log.
@@ -291,8 +293,18 @@ impl Machine {
                         },
                         &mut out,
                     );
+                } else {
+                    // Another router believes it is master (a healed
+                    // partition): the RFC discards its advert, but, as
+                    // keepalived does, we advertise at once so that it yields
+                    // now, and announce the addresses again, since its
+                    // gratuitous ARPs pointed the segment at itself.
+                    out.push(Action::SendAdvert {
+                        priority: self.config.priority,
+                    });
+                    out.push(Action::AnnounceAddresses);
+                    self.deadline = Some(now + centis(self.config.interval_cs));
                 }
-                // Else the other side yields once it hears us.
             }
         }
         out
@@ -460,8 +472,15 @@ mod tests {
         m.startup(ms(0));
         m.timer(m.deadline().unwrap());
         assert_eq!(m.state(), State::Master);
-        // Lower: ignored (the other side yields once it hears us).
-        assert!(m.advert(ms(400), ip("10.0.0.2"), 50, 10).is_empty());
+        // Lower: we stay, re-assert at once and re-announce the addresses.
+        assert_eq!(
+            m.advert(ms(400), ip("10.0.0.2"), 50, 10),
+            vec![
+                Action::SendAdvert { priority: 100 },
+                Action::AnnounceAddresses
+            ]
+        );
+        assert_eq!(m.deadline(), Some(ms(500)));
         assert_eq!(m.state(), State::Master);
         // Higher: release and back off, preemption setting aside.
         let a = m.advert(ms(500), ip("10.0.0.2"), 150, 20);
@@ -477,7 +496,8 @@ mod tests {
         m.startup(ms(0));
         m.timer(m.deadline().unwrap());
         // 10.0.0.0 < 10.0.0.1: we stay.
-        assert!(m.advert(ms(400), ip("10.0.0.0"), 100, 10).is_empty());
+        let a = m.advert(ms(400), ip("10.0.0.0"), 100, 10);
+        assert!(transitions(&a).is_empty());
         assert_eq!(m.state(), State::Master);
         // 10.0.0.2 > 10.0.0.1: we yield.
         let a = m.advert(ms(500), ip("10.0.0.2"), 100, 10);
@@ -515,7 +535,8 @@ mod tests {
         );
         // Nobody outranks the owner; an equal one with a higher address
         // would, which a correct configuration never has.
-        assert!(m.advert(ms(10), ip("10.0.0.0"), 254, 10).is_empty());
+        let a = m.advert(ms(10), ip("10.0.0.0"), 254, 10);
+        assert!(transitions(&a).is_empty());
         assert_eq!(m.state(), State::Master);
     }
 

@@ -278,6 +278,14 @@ impl Speaker {
             match a {
                 Action::SendAdvert { priority } => self.send_advert(priority).await,
                 Action::TakeAddresses => self.take().await,
+                Action::AnnounceAddresses => {
+                    // At most one burst at a time, so a peer that keeps
+                    // claiming mastership cannot make us flood the segment.
+                    if self.announcing.as_ref().is_none_or(JoinHandle::is_finished) {
+                        tracing::info!("another master on the segment: VIPs announced again");
+                        self.announce();
+                    }
+                }
                 Action::ReleaseAddresses => {
                     if let Err(e) = self.release().await {
                         tracing::error!(error = %e, "release VIPs");
@@ -362,6 +370,11 @@ impl Speaker {
                 Err(e) => tracing::error!(%vip, error = %e, "add VIP"),
             }
         }
+        self.announce();
+    }
+
+    /// Starts a burst of announcements (and its repeat), replacing one in progress.
+    fn announce(&mut self) {
         if let Some(t) = self.announcing.take() {
             t.abort();
         }
