@@ -41,6 +41,10 @@ pub enum Reason {
         priority: u8,
     },
     Shutdown,
+    /// The interface lost its carrier or went down.
+    InterfaceDown,
+    /// The interface works again.
+    InterfaceUp,
 }
 
 impl std::fmt::Display for Reason {
@@ -53,6 +57,8 @@ impl std::fmt::Display for Reason {
                 write!(f, "advertisement from {by} with priority {priority}")
             }
             Reason::Shutdown => f.write_str("shutdown"),
+            Reason::InterfaceDown => f.write_str("interface down"),
+            Reason::InterfaceUp => f.write_str("interface up"),
         }
     }
 }
@@ -221,6 +227,36 @@ impl Machine {
         }
         self.deadline = None;
         self.transition(State::Initialize, Reason::Shutdown, &mut out);
+        out
+    }
+
+    /// The interface went down (no carrier): as keepalived's FAULT state, the
+    /// router stops (Initialize) and a master gives up its addresses, so a
+    /// node cut off the segment does not keep a VIP it cannot serve. No
+    /// advert is sent: it could not leave.
+    pub fn interface_down(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        match self.state {
+            State::Initialize => return out,
+            State::Master => out.push(Action::ReleaseAddresses),
+            State::Backup => {}
+        }
+        self.deadline = None;
+        self.transition(State::Initialize, Reason::InterfaceDown, &mut out);
+        out
+    }
+
+    /// The interface works again: start over (as Backup, or Master for the
+    /// address owner), like at startup.
+    pub fn interface_up(&mut self, now: Duration) -> Vec<Action> {
+        let mut out = self.startup(now);
+        for a in &mut out {
+            if let Action::Transition { reason, .. } = a
+                && *reason == Reason::Startup
+            {
+                *reason = Reason::InterfaceUp;
+            }
+        }
         out
     }
 
@@ -559,6 +595,33 @@ mod tests {
         assert!(m.shutdown().is_empty());
         assert!(m.timer(ms(10_000)).is_empty());
         assert!(m.advert(ms(10_000), ip("10.0.0.2"), 1, 1).is_empty());
+    }
+
+    #[test]
+    fn interface_down_releases_and_up_starts_over() {
+        let mut m = machine(100, true);
+        m.startup(ms(0));
+        m.timer(m.deadline().unwrap());
+        let a = m.interface_down();
+        assert_eq!(a[0], Action::ReleaseAddresses);
+        assert!(!a.iter().any(|x| matches!(x, Action::SendAdvert { .. })));
+        assert_eq!(m.state(), State::Initialize);
+        assert_eq!(m.deadline(), None);
+        assert!(m.interface_down().is_empty());
+        let a = m.interface_up(ms(1000));
+        assert_eq!(
+            a,
+            vec![Action::Transition {
+                from: State::Initialize,
+                to: State::Backup,
+                reason: Reason::InterfaceUp
+            }]
+        );
+        assert_eq!(m.deadline(), Some(ms(1000) + m.master_down_interval()));
+        // A backup that loses its link just stops.
+        let a = m.interface_down();
+        assert_eq!(transitions(&a), vec![(State::Backup, State::Initialize)]);
+        assert!(!a.contains(&Action::ReleaseAddresses));
     }
 
     #[test]

@@ -23,6 +23,10 @@ use crate::link::{LinkError, LinkInfo, Links};
 /// (garp_master_delay), for switches that were still learning the first time.
 pub const ANNOUNCE_AGAIN_AFTER: Duration = Duration::from_secs(5);
 
+/// How often the interface's state is read: a lost carrier releases the
+/// VIPs within this (keepalived follows netlink events instead).
+const LINK_CHECK: Duration = Duration::from_millis(100);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpeakerConfig {
     pub interface: String,
@@ -197,8 +201,16 @@ impl Speaker {
             "VRRP speaker starting"
         );
         tokio::pin!(stop);
-        let actions = self.machine.startup(self.now());
+        let mut carrier = self.link.up && self.link.carrier;
+        let actions = if carrier {
+            self.machine.startup(self.now())
+        } else {
+            tracing::warn!(interface = %self.config.interface, "interface down: waiting for it");
+            Vec::new()
+        };
         self.execute(actions).await;
+        let mut link_check = tokio::time::interval(LINK_CHECK);
+        link_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self
                 .machine
@@ -212,6 +224,25 @@ impl Speaker {
                     self.execute(actions).await;
                 }
                 got = self.socket.recv() => self.received(got).await,
+                _ = link_check.tick() => {
+                    let now_carrier = match self.links.find(&self.config.interface).await {
+                        Ok(Some(l)) => l.up && l.carrier,
+                        Ok(None) => false,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "check the interface");
+                            carrier
+                        }
+                    };
+                    if now_carrier != carrier {
+                        carrier = now_carrier;
+                        let actions = if carrier {
+                            self.machine.interface_up(self.now())
+                        } else {
+                            self.machine.interface_down()
+                        };
+                        self.execute(actions).await;
+                    }
+                }
             }
         }
         let actions = self.machine.shutdown();

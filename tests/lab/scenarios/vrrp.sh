@@ -3,7 +3,7 @@
 # client .10, directors d1 .181 and d2 .182 (each runs an HTTP server that
 # answers its own name), VIP .185, VRID 51, 100 ms adverts, unicast peers.
 # (a) two tunlb speakers: one holder at a time; link cut -> the backup takes
-#     over within Master_Down_Interval; SIGTERM -> handover within about the
+#     over within Master_Down_Interval, the cut one lets go; SIGTERM -> handover within about the
 #     skew time; preemption on and off when the old master returns.
 # (b) tunlb and keepalived (vrrp_version 3, unicast) elect one master and
 #     fail over both ways.
@@ -116,8 +116,10 @@ wait_for 5 "gratuitous ARP moved the client's entry to d2" client_sees_mac "$(ma
 lab_assert_eq "gratuitous ARP: the client's entry names d2 before it asks" "yes" \
 	"$(client_sees_mac "$(mac_of d2)" && echo yes || echo "no: $(client_neigh)")"
 lab_assert_eq "the client reaches d2" "d2" "$(request client "http://$VIP/")"
+wait_for 5 "d1 releases the VIP without a carrier" only_holder d2
+lab_assert_eq "during the cut, one holder: d2 (d1 lost its carrier and let go)" "d2" "$(holders)"
 
-echo "-- restore d1's link: both are masters until they hear each other"
+echo "-- restore d1's link: d1 starts over as a backup and preempts"
 "$IP" link set v-d1 up
 wait_for 20 "d2 yields to the higher priority" only_holder d1
 lab_assert_eq "after the link returns, one holder: d1" "d1" "$(holders)"
