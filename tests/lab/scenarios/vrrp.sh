@@ -166,6 +166,7 @@ lab_assert_eq "stopped speakers leave no VIP behind" "" "$(holders)"
 echo "== (b) tunlb (d1, priority 100) and keepalived (d2, priority 150)"
 KA=/usr/sbin/keepalived
 mkdir -p /etc/keepalived /run/keepalived
+: >"$LOGS/keepalived.log"
 # keepalived_conf NOPREEMPT: a generated config for d2.
 keepalived_conf() {
 	cat >"$LOGS/keepalived.conf" <<CONF
@@ -192,7 +193,7 @@ CONF
 }
 # keepalived_start: runs it in d2; the parent's pid goes to KA_PID.
 keepalived_start() {
-	echo "--- start keepalived $1" >>"$LOGS/keepalived.log"
+	echo "--- start keepalived" >>"$LOGS/keepalived.log"
 	"$IP" netns exec d2 "$KA" --dont-fork --log-console --log-detail --no-syslog --vrrp \
 		-f "$LOGS/keepalived.conf" -p /run/keepalived/ka.pid -r /run/keepalived/vrrp.pid \
 		>>"$LOGS/keepalived.log" 2>&1 &
