@@ -13,4 +13,5 @@ pub mod standalone;
 pub mod state;
 pub mod status;
 pub mod timeouts;
+pub mod vrrp;
 pub mod wake;

@@ -507,6 +507,9 @@ pub struct LinkInfo {
     pub index: u32,
     pub name: String,
     pub up: bool,
+    /// The link has a carrier (IFF_LOWER_UP): a cable, or a veth whose
+    /// peer is up.
+    pub carrier: bool,
     pub mtu: Option<u32>,
 }
 
@@ -525,6 +528,7 @@ impl LinkInfo {
             index: msg.header.index,
             name,
             up: msg.header.flags.contains(LinkFlags::Up),
+            carrier: msg.header.flags.contains(LinkFlags::LowerUp),
             mtu,
         }
     }

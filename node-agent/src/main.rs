@@ -60,6 +60,78 @@ enum Command {
     Show,
     /// Kubernetes mode: watch VirtualServices and this Node, program the kernel, report status.
     Run(RunFlags),
+    /// A VRRP version 3 (RFC 5798) speaker: elects one master among the
+    /// directors on a segment (tunlb agents or keepalived), which alone holds
+    /// the VIPs on the interface. On SIGTERM a master advertises priority 0
+    /// (a backup takes over after its skew time) and removes the VIPs.
+    Vrrp(VrrpFlags),
+}
+
+#[derive(Args)]
+struct VrrpFlags {
+    /// The interface that carries adverts and the VIPs.
+    #[arg(long)]
+    interface: String,
+    /// Virtual router ID, 1-255, the same on every director of the VIPs.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..))]
+    vrid: u8,
+    /// 1-254; 255 claims ownership of the VIPs (master at once).
+    #[arg(long, default_value = "100", value_parser = clap::value_parser!(u8).range(1..))]
+    priority: u8,
+    /// Advertisement interval in milliseconds, a multiple of 10 (the wire
+    /// unit is the centisecond), at most 40950.
+    #[arg(long = "advert-ms", default_value = "1000", value_parser = parse_advert_ms)]
+    advert_cs: u16,
+    /// Unicast peers (repeat); without any, adverts go to the VRRP multicast group.
+    #[arg(long = "peer")]
+    peers: Vec<IpAddr>,
+    /// A virtual address (host prefix: /32 or /128, or none); repeat for more.
+    #[arg(long = "vip", required = true, value_parser = parse_vip)]
+    vips: Vec<IpAddr>,
+    /// Source address of adverts (default: the interface's first address of
+    /// the VIPs' family; link-local for IPv6 multicast).
+    #[arg(long)]
+    source: Option<IpAddr>,
+    /// Do not take over from a lower-priority master that is alive.
+    #[arg(long)]
+    no_preempt: bool,
+    /// Gratuitous ARPs / unsolicited neighbour advertisements per VIP on takeover.
+    #[arg(long, default_value = "5")]
+    garp_count: u32,
+    /// Spacing between them.
+    #[arg(long, default_value = "0")]
+    garp_interval_ms: u64,
+    /// Seconds after a takeover to send them again (0: never).
+    #[arg(long, default_value = "5")]
+    garp_repeat_after_s: u64,
+}
+
+/// Milliseconds on the command line, centiseconds on the wire.
+fn parse_advert_ms(s: &str) -> Result<u16, String> {
+    let ms: u32 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if ms == 0
+        || !ms.is_multiple_of(10)
+        || ms / 10 > u32::from(tunlb_agent::vrrp::packet::MAX_INTERVAL_CS)
+    {
+        return Err(format!(
+            "{ms} ms: the interval must be a multiple of 10 ms from 10 to 40950"
+        ));
+    }
+    u16::try_from(ms / 10).map_err(|e| e.to_string())
+}
+
+fn parse_vip(s: &str) -> Result<IpAddr, String> {
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let ip: IpAddr = addr.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    let host = if ip.is_ipv4() { "32" } else { "128" };
+    match prefix {
+        None => Ok(ip),
+        Some(p) if p == host => Ok(ip),
+        Some(p) => Err(format!("{s}: VIPs are host addresses (/{host}), not /{p}")),
+    }
 }
 
 #[derive(Args)]
@@ -356,6 +428,32 @@ async fn command(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(flags) => {
             drop(dp);
             run_cluster(flags).await?;
+            ExitCode::SUCCESS
+        }
+        Command::Vrrp(f) => {
+            use tunlb_agent::vrrp::{announce::Announce, socket::Destinations, speaker};
+            let config = speaker::SpeakerConfig {
+                interface: f.interface,
+                vrid: f.vrid,
+                priority: f.priority,
+                interval_cs: f.advert_cs,
+                preempt: !f.no_preempt,
+                destinations: if f.peers.is_empty() {
+                    Destinations::Multicast
+                } else {
+                    Destinations::Unicast(f.peers)
+                },
+                vips: f.vips,
+                source: f.source,
+                announce: Announce {
+                    count: f.garp_count,
+                    interval: std::time::Duration::from_millis(f.garp_interval_ms),
+                },
+                announce_again_after: (f.garp_repeat_after_s > 0)
+                    .then(|| std::time::Duration::from_secs(f.garp_repeat_after_s)),
+            };
+            let speaker = speaker::Speaker::new(config, dp.links().clone()).await?;
+            speaker.run(shutdown_signal()).await?;
             ExitCode::SUCCESS
         }
     };

@@ -249,6 +249,7 @@ pub fn run_in_cluster_lab_with(
             extra_dirs: std::iter::once((kube_dir, "/kube".into()))
                 .chain(opts.extra_dirs.iter().cloned())
                 .collect(),
+            host_bins: Vec::new(),
         },
     );
     Ok((lab, tail(&log_path, 20)))

@@ -60,6 +60,9 @@ pub struct LabOptions {
     pub net: bool,
     pub mem_mb: u32,
     pub extra_bins: Vec<PathBuf>,
+    /// Host programs copied to the same path in the guest, with their
+    /// libraries, as a cached image layer (run.sh --host-bin).
+    pub host_bins: Vec<PathBuf>,
     /// (host directory, guest path)
     pub extra_dirs: Vec<(PathBuf, String)>,
 }
@@ -71,6 +74,7 @@ impl Default for LabOptions {
             net: false,
             mem_mb: 1024,
             extra_bins: Vec::new(),
+            host_bins: Vec::new(),
             extra_dirs: Vec::new(),
         }
     }
@@ -113,6 +117,9 @@ pub fn run_scenario_with(name: &str, opts: &LabOptions) -> LabRun {
     cmd.arg("--mem").arg(opts.mem_mb.to_string());
     if opts.net {
         cmd.arg("--net");
+    }
+    for b in &opts.host_bins {
+        cmd.arg("--host-bin").arg(b);
     }
     cmd.arg("--bin").arg(&agent);
     for b in &opts.extra_bins {

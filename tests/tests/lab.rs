@@ -118,3 +118,25 @@ fn every_tunnel_type_and_family_carries_traffic() {
     println!("{}", run.output);
     assert!(run.passed > 0 && run.failed == 0 && run.exit_code == Some(0));
 }
+
+#[test]
+#[ignore = "boots the QEMU lab: run tests/run.sh"]
+fn vrrp_elects_one_director_fails_over_and_interoperates_with_keepalived() {
+    let run = tunlb_tests::run_scenario_with(
+        "vrrp",
+        &tunlb_tests::LabOptions {
+            timeout_s: 600,
+            host_bins: vec!["/usr/sbin/keepalived".into()],
+            ..tunlb_tests::LabOptions::default()
+        },
+    );
+    println!("{}", run.output);
+    assert!(
+        run.failed == 0 && run.exit_code == Some(0),
+        "{} failed, exit {:?}",
+        run.failed,
+        run.exit_code
+    );
+    // Both parts ran to the end.
+    assert!(run.passed >= 25, "every check ran: {} passed", run.passed);
+}

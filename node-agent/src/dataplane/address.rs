@@ -274,6 +274,7 @@ mod tests {
             index,
             name: name.into(),
             up: true,
+            carrier: true,
             mtu: Some(1500),
         }
     }

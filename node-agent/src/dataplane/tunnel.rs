@@ -280,6 +280,7 @@ mod tests {
             index: 7,
             name: "gre0".into(),
             up,
+            carrier: up,
             mtu: Some(1476),
         }
     }
