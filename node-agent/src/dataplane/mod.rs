@@ -138,6 +138,22 @@ pub struct Dataplane {
     nat_written: Option<nft::Written>,
 }
 
+/// Applies `settings`, the values to restore made durable before they are
+/// overwritten (a kill between the two would lose them).
+fn apply_sysctls(
+    settings: &[(String, String)],
+    state: &mut OwnedState,
+    journal: &Journal<'_>,
+) -> Result<usize, sysctl::ApplyError<crate::state::StateError>> {
+    let mut originals = std::mem::take(&mut state.sysctl_originals);
+    let res = sysctl::apply(settings, &mut originals, |o| {
+        state.sysctl_originals = o.clone();
+        journal.record(state)
+    });
+    state.sysctl_originals = originals;
+    res
+}
+
 impl Dataplane {
     pub fn new() -> Result<Dataplane, LinkError> {
         Ok(Dataplane {
@@ -266,15 +282,7 @@ impl Dataplane {
             }
         }
         if !settings.is_empty() {
-            // The values to restore are made durable before they are
-            // overwritten: a kill between the two would lose them.
-            let mut originals = std::mem::take(&mut state.sysctl_originals);
-            let res = sysctl::apply(&settings, &mut originals, |o| {
-                state.sysctl_originals = o.clone();
-                journal.record(state)
-            });
-            state.sysctl_originals = originals;
-            match res {
+            match apply_sysctls(&settings, state, journal) {
                 Ok(n) => report.writes.sysctls += n as u64,
                 Err(e) => {
                     report.fault = true;
@@ -307,13 +315,7 @@ impl Dataplane {
         // After the services: IPVS's sysctls exist once its module is in.
         if !plan.ipvs.is_empty() && outcome.read {
             let director = sysctl::director_settings();
-            let mut originals = std::mem::take(&mut state.sysctl_originals);
-            let res = sysctl::apply(&director, &mut originals, |o| {
-                state.sysctl_originals = o.clone();
-                journal.record(state)
-            });
-            state.sysctl_originals = originals;
-            match res {
+            match apply_sysctls(&director, state, journal) {
                 Ok(n) => report.writes.sysctls += n as u64,
                 Err(e) => report.node_errors.push(format!("IPVS settings: {e}")),
             }

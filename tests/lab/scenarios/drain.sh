@@ -185,25 +185,40 @@ lab_assert_eq "no IPVS service left" "" "$(ipvs_rows director | grep 192.168.56.
 # IPVS keeps a closed connection's entry for minutes: through a tunnel it sees
 # only the client's packets, so the entry stays in FIN_WAIT. A new connection
 # from the same client port matches that entry, not the scheduler.
-web /tmp/reuse.yaml 0 "$RS1" "$RS2"
-apply_all /tmp/reuse.yaml >/dev/null
-lab_assert_eq "the director runs with $NODEST=1" 1 "$(ns_exec director sysctl -n $NODEST)"
 # from_port PORT: one request from the client's source port PORT.
 from_port() {
 	ns_exec client curl -s --connect-timeout 3 --max-time 5 --local-port "$1" -H 'Connection: close' "http://$VIP2/" 2>/dev/null ||
 		echo "ERR:$?"
 }
-ports=""
-for p in 40001 40002 40003 40004; do
-	case "$(from_port "$p")" in rs2*) ports="$ports $p" ;; esac
-done
-set -- $ports
+# to_rs2 PORT...: the ports whose request rs2 answered.
+to_rs2() {
+	for _p in "$@"; do
+		case "$(from_port "$_p")" in rs2*) printf '%s ' "$_p" ;; esac
+	done
+}
+rs2_conns() { ns_exec director ipvsadm -Lnc | grep "$RS2:80"; }
+web /tmp/reuse.yaml 0 "$RS1" "$RS2"
+apply_all /tmp/reuse.yaml >/dev/null
+lab_assert_eq "the director runs with $NODEST=1" 1 "$(ns_exec director sysctl -n $NODEST)"
+set -- $(to_rs2 40001 40002 40003 40004)
 lab_assert_eq "two of four connections went to rs2" 2 "$#"
 web /tmp/reuse.yaml 0 "$RS1"
 apply_all /tmp/reuse.yaml >/dev/null
 lab_assert_eq "rs2 is deleted at once (drainTimeoutSeconds 0)" "" "$(ipvs_rows director | grep "$RS2:80")"
-lab_assert_contains "IPVS still lists the closed connection to rs2" "$RS2:80" \
-	"$(ns_exec director ipvsadm -Lnc | grep "$CLIENT:$1 ")"
+lab_assert_eq "with $NODEST=1 the kernel drops the deleted server's connection entries" 0 \
+	"$(wait_for 10 "no entry for rs2" sh -c "! $IP netns exec director ipvsadm -Lnc | grep -q '$RS2:80'"; echo $?)"
+lab_assert_eq "a reused port is answered by rs1" rs1 "$(from_port "$1")"
+# Entries left from a deletion while the setting was 0 (as before tunlb set
+# it): the reused port times out at 0 (the control), and is scheduled afresh
+# once the agent has set it again.
+web /tmp/reuse.yaml 0 "$RS1" "$RS2"
+apply_all /tmp/reuse.yaml >/dev/null
+set -- $(to_rs2 40011 40012 40013 40014)
+lab_assert_eq "two of four new connections went to rs2" 2 "$#"
+ns_exec director sysctl -qw $NODEST=0
+web /tmp/reuse.yaml 0 "$RS1"
+apply_all /tmp/reuse.yaml >/dev/null
+lab_assert_contains "deleted at 0: IPVS still lists a closed connection to rs2" "$CLIENT:$1 " "$(rs2_conns)"
 ns_exec director sysctl -qw $NODEST=0
 lab_assert_eq "control, $NODEST=0 by hand: the reused port times out" "ERR:28" "$(from_port "$1")"
 apply_all /tmp/reuse.yaml >/dev/null
