@@ -4,7 +4,8 @@
 set -euo pipefail
 
 # buildah, skopeo, umoci: the images (scripts/build-images.sh) and unpacking them for tests.
-# keepalived: the peer of scripts/bench-health.sh (copied into the lab guest, never run on the host).
+# keepalived: the VRRP peer of the vrrp lab test and of scripts/bench-health.sh (copied into the
+# lab guest by run.sh --host-bin, never run on the host).
 pkgs=(qemu-system-x86 busybox-static ipvsadm nftables iproute2 curl cpio kmod xz-utils openssl time
 	buildah skopeo umoci keepalived)
 missing=()
