@@ -2734,6 +2734,43 @@ mod lease {
         }
     }
 
+    async fn until_leading(l: &mut Leadership) {
+        timeout(Duration::from_secs(10), async {
+            while !l.is_leading() {
+                let _ = l.changed().await;
+            }
+        })
+        .await
+        .unwrap();
+    }
+
+    /// The end of a fencing test: the gate opens and the old leader gets a
+    /// second object (`names[1]` on `vip`) to act on; no write of its leaves
+    /// after `ended`, neither object carries one, and both are removed.
+    async fn nothing_more_from(
+        op: InProcess,
+        gate: &Gate,
+        ns: &str,
+        names: [&str; 2],
+        vip: &str,
+        finalized: bool,
+        ended: Instant,
+    ) {
+        gate.open();
+        fenced_vs(ns, names[1], vip, finalized);
+        sleep(Duration::from_secs(3)).await;
+        let sent = gate.sent_since(ended);
+        assert!(
+            sent.is_empty(),
+            "the old leader wrote after its term ended: {sent:?}"
+        );
+        for name in names {
+            assert_untouched(ns, name, finalized);
+        }
+        op.shut_down().await;
+        remove(ns, &names);
+    }
+
     impl InProcess {
         async fn shut_down(self) {
             self.stop.send_replace(true);
@@ -2804,13 +2841,7 @@ mod lease {
         let gate = Gate::closed(&format!("/namespaces/{ns}/"));
         let op = controller_behind(&gate, quick(&lease_ns, &name, "old-leader", 6)).await;
         let mut old = op.elector.leadership.clone();
-        timeout(Duration::from_secs(10), async {
-            while !old.is_leading() {
-                let _ = old.changed().await;
-            }
-        })
-        .await
-        .unwrap();
+        until_leading(&mut old).await;
 
         fenced_vs(&ns, "fenced", "192.168.56.150", true);
         let path = format!("/namespaces/{ns}/virtualservices/fenced/status");
@@ -2848,19 +2879,16 @@ mod lease {
             "writes outlived the term"
         );
 
-        // Open the way and give it something to do: nothing more is written.
-        gate.open();
-        fenced_vs(&ns, "fenced-2", "192.168.56.151", true);
-        sleep(Duration::from_secs(3)).await;
-        let sent = gate.sent_since(stolen_at);
-        assert!(
-            sent.is_empty(),
-            "the old leader wrote after the steal: {sent:?}"
-        );
-        assert_untouched(&ns, "fenced", true);
-        assert_untouched(&ns, "fenced-2", true);
-        op.shut_down().await;
-        remove(&ns, &["fenced", "fenced-2"]);
+        nothing_more_from(
+            op,
+            &gate,
+            &ns,
+            ["fenced", "fenced-2"],
+            "192.168.56.151",
+            true,
+            stolen_at,
+        )
+        .await;
         api.delete(&name, &Default::default()).await.unwrap();
     }
 
@@ -2881,13 +2909,7 @@ mod lease {
         let cfg = quick(&lease_ns, &name, "old-leader", 4);
         let op = controller_behind(&gate, cfg).await;
         let mut old = op.elector.leadership.clone();
-        timeout(Duration::from_secs(10), async {
-            while !old.is_leading() {
-                let _ = old.changed().await;
-            }
-        })
-        .await
-        .unwrap();
+        until_leading(&mut old).await;
         let mut new = Elector::spawn(
             client_with(None).await,
             quick(&lease_ns, &name, "new-leader", 4),
@@ -2922,18 +2944,16 @@ mod lease {
             "writes outlived the term"
         );
 
-        gate.open();
-        fenced_vs(&ns, "stalled-2", "192.168.56.153", false);
-        sleep(Duration::from_secs(3)).await;
-        let sent = gate.sent_since(old_end);
-        assert!(
-            sent.is_empty(),
-            "the old leader wrote after its term: {sent:?}"
-        );
-        assert_untouched(&ns, "stalled", false);
-        assert_untouched(&ns, "stalled-2", false);
-        op.shut_down().await;
-        remove(&ns, &["stalled", "stalled-2"]);
+        nothing_more_from(
+            op,
+            &gate,
+            &ns,
+            ["stalled", "stalled-2"],
+            "192.168.56.153",
+            false,
+            old_end,
+        )
+        .await;
         new.stop().await;
     }
 }
