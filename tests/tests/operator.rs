@@ -2734,16 +2734,6 @@ mod lease {
         }
     }
 
-    async fn until_leading(l: &mut Leadership) {
-        timeout(Duration::from_secs(10), async {
-            while !l.is_leading() {
-                let _ = l.changed().await;
-            }
-        })
-        .await
-        .unwrap();
-    }
-
     /// The end of a fencing test: the gate opens and the old leader gets a
     /// second object (`names[1]` on `vip`) to act on; no write of its leaves
     /// after `ended`, neither object carries one, and both are removed.
@@ -2839,9 +2829,9 @@ mod lease {
         let lease_ns = namespace("op-fence-lease");
         let name = unique("steal");
         let gate = Gate::closed(&format!("/namespaces/{ns}/"));
-        let op = controller_behind(&gate, quick(&lease_ns, &name, "old-leader", 6)).await;
+        let mut op = controller_behind(&gate, quick(&lease_ns, &name, "old-leader", 6)).await;
+        op.elector.wait(true, Duration::from_secs(10)).await;
         let mut old = op.elector.leadership.clone();
-        until_leading(&mut old).await;
 
         fenced_vs(&ns, "fenced", "192.168.56.150", true);
         let path = format!("/namespaces/{ns}/virtualservices/fenced/status");
@@ -2907,9 +2897,9 @@ mod lease {
         let name = unique("stall");
         let gate = Gate::closed(&format!("/namespaces/{ns}/"));
         let cfg = quick(&lease_ns, &name, "old-leader", 4);
-        let op = controller_behind(&gate, cfg).await;
+        let mut op = controller_behind(&gate, cfg).await;
+        op.elector.wait(true, Duration::from_secs(10)).await;
         let mut old = op.elector.leadership.clone();
-        until_leading(&mut old).await;
         let mut new = Elector::spawn(
             client_with(None).await,
             quick(&lease_ns, &name, "new-leader", 4),
