@@ -7,7 +7,7 @@ use crate::types::{HealthCheck, HealthCheckType, Protocol, ServicePort, VirtualS
 use crate::validate::FieldError;
 
 /// Seconds between probes when the spec gives none: a dead server is out
-/// within interval x fall + timeout = 5 s, at one probe per server port and
+/// after about interval x fall + timeout = 5 s, at one probe per server port and
 /// director every 2 s.
 pub const DEFAULT_INTERVAL_SECONDS: i32 = 2;
 pub const DEFAULT_TIMEOUT_SECONDS: i32 = 1;
