@@ -19,6 +19,14 @@ phase() {
 	[ "$1" = done ] || echo "== $1"
 }
 
+# The control plane (Go builds, niced) and the lab kernel download start now,
+# in the background: on a new machine they take about 15 minutes, mostly on the
+# cores cargo leaves idle while it compiles large crates one at a time.
+mkdir -p target
+prereq_log=target/run-prerequisites.log
+(tests/controlplane/build.sh >/dev/null && tests/lab/kernel.sh >/dev/null) >"$prereq_log" 2>&1 &
+prereq_pid=$!
+
 phase "format and lint"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
@@ -28,10 +36,13 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 phase "unit tests"
 cargo test --profile ci --workspace --quiet
 
-phase "ci-profile binaries, test control plane (etcd, kube-apiserver, kubectl, helm; cached), lab kernel (pinned)"
+phase "ci-profile binaries; waiting for the control plane (etcd, kube-apiserver, kubectl, helm; cached) and the lab kernel (pinned)"
 cargo build --profile ci --quiet -p tunlb-agent -p tunlb-operator
-tests/controlplane/build.sh >/dev/null
-tests/lab/kernel.sh >/dev/null
+if ! wait "$prereq_pid"; then
+	cat "$prereq_log" >&2
+	echo "tests/run.sh: building the control plane or fetching the lab kernel failed" >&2
+	exit 1
+fi
 
 phase "images (buildah), unpacked as a container runtime sees them"
 scripts/build-images.sh --bin-dir target/ci --out target/images
