@@ -5,10 +5,7 @@
 
 use serde::Deserialize;
 
-use crate::types::VirtualService;
-
-pub const API_VERSION: &str = "tunlb.io/v1alpha1";
-pub const KIND: &str = "VirtualService";
+use crate::types::{API_VERSION, GROUP, KIND, VirtualService};
 
 /// A problem with one document of a manifest file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,7 +76,7 @@ fn parse_one(
     let api_version = value.get("apiVersion").and_then(|k| k.as_str());
     match (kind, api_version) {
         (Some(KIND), Some(API_VERSION)) => {}
-        (Some(KIND), Some(v)) if v.starts_with("tunlb.io/") => {
+        (Some(KIND), Some(v)) if v.split_once('/').is_some_and(|(g, _)| g == GROUP) => {
             return Ok(Some(Err(err(
                 None,
                 format!("apiVersion: {v:?} is not served (use {API_VERSION})"),

@@ -9,6 +9,27 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+// The `#[kube]` attributes below take literals only: the test
+// `api_version_is_the_derived_one` holds them to these.
+macro_rules! group {
+    () => {
+        "tunlb.io"
+    };
+}
+macro_rules! version {
+    () => {
+        "v1alpha1"
+    };
+}
+/// The API group of tunlb's kinds.
+pub const GROUP: &str = group!();
+/// The version of tunlb's kinds.
+pub const VERSION: &str = version!();
+/// `apiVersion` of tunlb's kinds.
+pub const API_VERSION: &str = concat!(group!(), "/", version!());
+/// `kind` of a VirtualService.
+pub const KIND: &str = "VirtualService";
+
 /// The interface a director puts an IPv4 VIP on unless told otherwise.
 pub const DEFAULT_VIP_INTERFACE: &str = "tunl0";
 /// The interface a director puts an IPv6 VIP on unless told otherwise: the
@@ -728,4 +749,18 @@ pub struct NodeStatus {
 pub enum NodeRole {
     Director,
     Backend,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::Resource;
+
+    #[test]
+    fn api_version_is_the_derived_one() {
+        assert_eq!(VirtualService::group(&()), GROUP);
+        assert_eq!(VirtualService::version(&()), VERSION);
+        assert_eq!(VirtualService::api_version(&()), API_VERSION);
+        assert_eq!(VirtualService::kind(&()), KIND);
+    }
 }

@@ -539,8 +539,8 @@ async fn report_status(
                         Api::namespaced(client, &key.namespace);
                     let nodes: Vec<&NodeStatus> = desired.iter().collect();
                     let body = json!({
-                        "apiVersion": "tunlb.io/v1alpha1",
-                        "kind": "VirtualService",
+                        "apiVersion": tunlb_api::API_VERSION,
+                        "kind": tunlb_api::KIND,
                         "status": { "nodes": nodes },
                     });
                     let result = api

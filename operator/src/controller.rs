@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, info, warn};
@@ -27,7 +28,7 @@ use crate::cache::{
     self, Cache, Mirror, Nodes, ServiceKey, Services, Shared, Slices, Update, VirtualServices,
     VsName, ipvs_keys_of,
 };
-use crate::conditions::{self, Want};
+use crate::conditions;
 use crate::decide::{self, OperatorStatus, Policy, View};
 use crate::events::{self, Kind, Note, Publisher, Reporter};
 use crate::leader::{Fenced, Leadership};
@@ -147,15 +148,20 @@ fn jittered(resync: Duration) -> Duration {
     resync - quarter + Duration::from_millis(r % spread)
 }
 
-async fn patch_status(
-    api: &Api<VirtualService>,
+/// The one writer of the status fields the operator owns: a forced
+/// server-side apply as MANAGER, through the leadership fence.
+async fn write_status<K>(
+    api: &Api<K>,
     fence: &Leadership,
     name: &str,
     status: &OperatorStatus,
-) -> Result<(), Error> {
+) -> Result<(), Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
     let body = json!({
-        "apiVersion": "tunlb.io/v1alpha1",
-        "kind": "VirtualService",
+        "apiVersion": tunlb_api::API_VERSION,
+        "kind": tunlb_api::KIND,
         "status": status,
     });
     let params = PatchParams::apply(MANAGER).force();
@@ -350,12 +356,12 @@ pub async fn reconcile(vs: Arc<VirtualService>, ctx: Arc<Context>) -> Result<Nex
         vs.status.as_ref().and_then(|s| s.observed_generation) != vs.metadata.generation;
     let first_verdict = !observed.has(conditions::ACCEPTED);
     if observed::digest(&decision.status) != observed.digest {
-        patch_status(&api, &ctx.leader, &name, &decision.status).await?;
+        write_status(&api, &ctx.leader, &name, &decision.status).await?;
         debug!(%ns, %name, accepted = decision.accepted, "status written");
     }
     let written: Vec<(String, HealthState)> = decision
         .status
-        .real_servers
+        .servers()
         .iter()
         .filter_map(|r| Some((r.address.clone(), r.health.as_ref()?.state)))
         .collect();
@@ -397,66 +403,14 @@ async fn cleanup(
         .unwrap_or(0);
     let timed_out = waited >= ctx.finalizer_timeout.as_secs() as i64;
     if !remaining.is_empty() && !timed_out {
-        let msg = format!(
-            "waiting for nodes to remove their programming: {}",
-            remaining.join(", ")
-        );
-        // The cache has no conditions or realServers (see observed.rs); this
-        // apply restates them, so read them. Deletions are rare.
-        let status = api.get(&vs.name_any()).await?.status.unwrap_or_default();
-        let existing = status.conditions.as_slice();
-        let wants = [
-            Want::new(conditions::READY, false, "Terminating", msg.clone()),
-            Want::new(conditions::RECONCILING, true, "Terminating", msg.clone()),
-            Want::new(conditions::STALLED, false, "Terminating", ""),
-        ];
-        let (merged, transitions) = conditions::merge(
-            existing,
-            &wants,
-            vs.metadata.generation,
-            &Time(Timestamp::now()),
-        );
-        if !transitions.is_empty()
-            || conditions::get(existing, conditions::READY).map(|c| &c.message) != Some(&msg)
+        // The cache has no conditions or realServers (see observed.rs), which
+        // this write restates: read them. Deletions are rare.
+        let written = api.get(&vs.name_any()).await?.status.unwrap_or_default();
+        let now = Time(Timestamp::now());
+        if let Some(status) =
+            decide::terminating(&written, &remaining, vs.metadata.generation, &now)
         {
-            // An apply that omits a field this manager owns removes it: restate
-            // the rest of the status (realServers, Accepted...) as it was.
-            let mut conds: Vec<Condition> = existing
-                .iter()
-                .map(|c| {
-                    merged
-                        .iter()
-                        .find(|m| m.type_ == c.type_)
-                        .unwrap_or(c)
-                        .clone()
-                })
-                .collect();
-            for m in merged {
-                if !conds.iter().any(|c| c.type_ == m.type_) {
-                    conds.push(m);
-                }
-            }
-            let mut body = json!({
-                "apiVersion": "tunlb.io/v1alpha1",
-                "kind": "VirtualService",
-                "status": {
-                    "conditions": conds,
-                    "realServers": status.real_servers,
-                },
-            });
-            if let Some(g) = status.observed_generation {
-                body["status"]["observedGeneration"] = json!(g);
-            }
-            if let Some(n) = status.real_server_count {
-                body["status"]["realServerCount"] = json!(n);
-            }
-            if let Some(h) = &status.healthy {
-                body["status"]["healthy"] = json!(h);
-            }
-            let (name, params) = (vs.name_any(), PatchParams::apply(MANAGER).force());
-            ctx.leader
-                .fence(api.patch_status(&name, &params, &Patch::Apply(&body)))
-                .await?;
+            write_status(api, &ctx.leader, &vs.name_any(), &status).await?;
         }
         return Ok(Next::Requeue(Duration::from_secs(5)));
     }
@@ -562,36 +516,15 @@ async fn report_unreadable(
         if !leader.is_leading() {
             continue;
         }
-        let msg = format!("cannot read this VirtualService: {}", bad.error);
-        let now = Time(Timestamp::now());
-        let wants = [
-            Want::new(conditions::RESOLVED, false, "Unreadable", msg.clone()),
-            Want::new(conditions::ACCEPTED, false, "Unreadable", msg.clone()),
-            Want::new(conditions::READY, false, "Unreadable", msg.clone()),
-            Want::new(
-                conditions::RECONCILING,
-                false,
-                "Unreadable",
-                "waiting for the VirtualService to be fixed",
-            ),
-            Want::new(conditions::STALLED, true, "Unreadable", msg),
-        ];
-        let (conds, _) = conditions::merge(&[], &wants, bad.metadata.generation, &now);
-        let body = json!({
-            "apiVersion": "tunlb.io/v1alpha1",
-            "kind": "VirtualService",
-            "status": { "observedGeneration": bad.metadata.generation, "conditions": conds },
-        });
+        let status =
+            decide::unreadable(&bad.error, bad.metadata.generation, &Time(Timestamp::now()));
         let api: Api<DeserializeGuard<VirtualService>> = Api::namespaced(client.clone(), &ns);
-        let params = PatchParams::apply(MANAGER).force();
-        let status_written = leader
-            .fence(api.patch_status(&name, &params, &Patch::Apply(&body)))
-            .await;
+        let status_written = write_status(&api, &leader, &name, &status).await;
         // The API server refuses status writes to an object that fails the
         // current schema, so an Event is the one place left to say why.
         let reference = ObjectReference {
-            api_version: Some("tunlb.io/v1alpha1".into()),
-            kind: Some("VirtualService".into()),
+            api_version: Some(tunlb_api::API_VERSION.into()),
+            kind: Some(tunlb_api::KIND.into()),
             name: Some(name.clone()),
             namespace: Some(ns.clone()),
             uid: bad.metadata.uid.clone(),
@@ -600,7 +533,7 @@ async fn report_unreadable(
         let note = Note {
             kind: Kind::Warning,
             reason: "Unreadable".into(),
-            note: format!("cannot read this VirtualService: {}", bad.error),
+            note: decide::unreadable_message(&bad.error),
             action: "Reconcile",
         };
         match events.publish(&reference, &note).await {

@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use tunlb_api::plan::{ObjectKey, ipvs_keys};
-use tunlb_api::{HealthState, NodeStatus, RealServer, VirtualService, validate};
+use tunlb_api::{
+    HealthState, NodeStatus, RealServer, VirtualService, VirtualServiceStatus, validate,
+};
 
 use crate::conditions::{
     self, ACCEPTED, ALL_UNHEALTHY, CONFLICT, READY, RECONCILING, RESOLVED, STALLED, VIP_ALLOWED,
@@ -31,16 +33,30 @@ pub struct View<'a> {
     pub peers: &'a [Peer],
 }
 
-/// The status fields the operator owns (server-side apply, manager tunlb-operator).
+/// The status fields the operator owns (server-side apply, manager
+/// tunlb-operator). A field left `None` is not written, and so no longer
+/// owned: the API server removes what the operator wrote there before.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OperatorStatus {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     pub conditions: Vec<Condition>,
-    pub real_servers: Vec<RealServer>,
-    pub real_server_count: i32,
+    /// `None` only for an object that cannot be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub real_servers: Option<Vec<RealServer>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub real_server_count: Option<i32>,
     /// Healthy (or unchecked) real servers out of all, e.g. "2/3".
-    pub healthy: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<String>,
+}
+
+impl OperatorStatus {
+    /// The real servers written (none when not written).
+    pub fn servers(&self) -> &[RealServer] {
+        self.real_servers.as_deref().unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -333,13 +349,101 @@ pub fn decide(
         status: OperatorStatus {
             observed_generation: generation,
             conditions,
-            real_server_count: real_servers.len() as i32,
-            real_servers,
-            healthy: agg.summary(),
+            real_server_count: Some(real_servers.len() as i32),
+            real_servers: Some(real_servers),
+            healthy: Some(agg.summary()),
         },
         transitions,
         health,
         accepted,
+    }
+}
+
+/// The status of a VirtualService being deleted while the nodes in
+/// `remaining` still report programming it: not Ready, and Reconciling until
+/// they have removed it. `written` is the status as stored: the rest of it
+/// (realServers, Accepted...) is restated as it was, since an apply that
+/// omits a field this manager owns removes it. `None` when `written` says
+/// all this already.
+pub fn terminating(
+    written: &VirtualServiceStatus,
+    remaining: &[String],
+    generation: Option<i64>,
+    now: &Time,
+) -> Option<OperatorStatus> {
+    let msg = format!(
+        "waiting for nodes to remove their programming: {}",
+        remaining.join(", ")
+    );
+    let existing = written.conditions.as_slice();
+    let wants = [
+        Want::new(READY, false, "Terminating", msg.clone()),
+        Want::new(RECONCILING, true, "Terminating", msg.clone()),
+        Want::new(STALLED, false, "Terminating", ""),
+    ];
+    let (merged, transitions) = conditions::merge(existing, &wants, generation, now);
+    if transitions.is_empty() && conditions::get(existing, READY).map(|c| &c.message) == Some(&msg)
+    {
+        return None;
+    }
+    let mut conds: Vec<Condition> = existing
+        .iter()
+        .map(|c| {
+            merged
+                .iter()
+                .find(|m| m.type_ == c.type_)
+                .unwrap_or(c)
+                .clone()
+        })
+        .collect();
+    for m in merged {
+        if !conds.iter().any(|c| c.type_ == m.type_) {
+            conds.push(m);
+        }
+    }
+    Some(OperatorStatus {
+        observed_generation: written.observed_generation,
+        conditions: conds,
+        real_servers: Some(written.real_servers.clone()),
+        real_server_count: written.real_server_count,
+        healthy: written.healthy.clone(),
+    })
+}
+
+/// What is said of a VirtualService that cannot be read, in its conditions
+/// and its Event.
+pub fn unreadable_message(error: &impl std::fmt::Display) -> String {
+    format!("cannot read this VirtualService: {error}")
+}
+
+/// The status of a VirtualService that cannot be read: not resolved,
+/// accepted or ready, and stalled until it is fixed. Nothing is known of its
+/// real servers, so none are written.
+pub fn unreadable(
+    error: &impl std::fmt::Display,
+    generation: Option<i64>,
+    now: &Time,
+) -> OperatorStatus {
+    let msg = unreadable_message(error);
+    let wants = [
+        Want::new(RESOLVED, false, "Unreadable", msg.clone()),
+        Want::new(ACCEPTED, false, "Unreadable", msg.clone()),
+        Want::new(READY, false, "Unreadable", msg.clone()),
+        Want::new(
+            RECONCILING,
+            false,
+            "Unreadable",
+            "waiting for the VirtualService to be fixed",
+        ),
+        Want::new(STALLED, true, "Unreadable", msg),
+    ];
+    let (conditions, _) = conditions::merge(&[], &wants, generation, now);
+    OperatorStatus {
+        observed_generation: generation,
+        conditions,
+        real_servers: None,
+        real_server_count: None,
+        healthy: None,
     }
 }
 
@@ -389,7 +493,7 @@ mod tests {
     }
     fn weights(d: &Decision) -> Vec<(&str, i32)> {
         d.status
-            .real_servers
+            .servers()
             .iter()
             .map(|r| (r.address.as_str(), r.weight))
             .collect()
@@ -444,8 +548,8 @@ spec:
         let d = decide(&vs(WEB), &[], &[], &view, &policy(), &now());
         assert!(d.accepted);
         assert_eq!(d.status.observed_generation, Some(3));
-        assert_eq!(d.status.real_servers[0].node_name.as_deref(), Some("rs1"));
-        assert_eq!(d.status.real_servers[1].node_name, None);
+        assert_eq!(d.status.servers()[0].node_name.as_deref(), Some("rs1"));
+        assert_eq!(d.status.servers()[1].node_name, None);
         assert_eq!(cond(&d, RESOLVED).status, "True");
         let ready = cond(&d, READY);
         assert_eq!(
@@ -572,7 +676,7 @@ endpoints:
         };
         let d2 = decide(&obj, &[], &[], &view, &policy(), &now());
         assert!(d2.accepted);
-        let rs = &d2.status.real_servers;
+        let rs = d2.status.servers();
         assert_eq!(rs.len(), 1);
         // rs1 has not programmed it yet
         assert_eq!(
@@ -585,7 +689,7 @@ endpoints:
         );
         let obj = with_nodes(obj, vec![report("rs1", 3, true, &[NodeRole::Backend])]);
         let d2 = decide(&obj, &[], &[], &view, &policy(), &now());
-        let rs = &d2.status.real_servers;
+        let rs = d2.status.servers();
         assert_eq!(
             (rs[0].weight, rs[0].ready),
             (2, true),
@@ -642,11 +746,11 @@ endpoints:
         let none = Observed::of(None);
         assert_ne!(none.digest, digest(&d.status));
         let written = tunlb_api::VirtualServiceStatus {
-            healthy: Some(d.status.healthy.clone()),
+            healthy: d.status.healthy.clone(),
             observed_generation: d.status.observed_generation,
             conditions: d.status.conditions.clone(),
-            real_servers: d.status.real_servers.clone(),
-            real_server_count: Some(d.status.real_server_count),
+            real_servers: d.status.servers().to_vec(),
+            real_server_count: d.status.real_server_count,
             nodes: vec![],
         };
         let seen = Observed::of(Some(&written));
@@ -678,7 +782,7 @@ endpoints:
         // no report: rs1 waits at weight 0; the server outside the cluster is not gated
         let d = decide(&vs(WEB), &[], &[], &view, &policy(), &now());
         assert_eq!(weights(&d), [("192.168.56.183", 0), ("10.20.0.5", 2)]);
-        assert!(d.status.real_servers[0].ready, "only the weight says it");
+        assert!(d.status.servers()[0].ready, "only the weight says it");
 
         // programmed, but as a director only: its backend part is not there yet
         let obj = with_nodes(
@@ -755,7 +859,7 @@ endpoints:
             key: object_key(&obj),
             generation: obj.metadata.generation,
             spec: &obj.spec,
-            real_servers: Some(&d.status.real_servers),
+            real_servers: d.status.real_servers.as_deref(),
         };
         let rs1 = tunlb_api::NodeIdentity {
             name: "rs1".into(),
@@ -817,8 +921,8 @@ endpoints:
             ("10.20.0.5".to_string(), HealthState::Healthy),
         ];
         let d = decide(&obj, &[], &before, &view, &policy(), &now());
-        assert_eq!(d.status.healthy, "1/2");
-        let h = |i: usize| d.status.real_servers[i].health.clone().unwrap();
+        assert_eq!(d.status.healthy.as_deref().unwrap(), "1/2");
+        let h = |i: usize| d.status.servers()[i].health.clone().unwrap();
         assert_eq!(h(0).state, HealthState::Healthy);
         assert_eq!(
             (h(1).state, h(1).message.as_str(), h(1).since.as_deref()),
@@ -856,7 +960,7 @@ endpoints:
         ds.fail_open = true;
         let obj = with_nodes(vs(WEB), vec![ds, rs1]);
         let d = decide(&obj, &[], &[], &view, &policy(), &now());
-        assert_eq!(d.status.healthy, "0/2");
+        assert_eq!(d.status.healthy.as_deref().unwrap(), "0/2");
         assert_eq!(cond(&d, READY).status, "True");
         let c = cond(&d, ALL_UNHEALTHY);
         assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "FailOpen"));
@@ -875,8 +979,108 @@ endpoints:
             "scheduler: wrr\n  healthCheck: {type: none}",
         ));
         let d = decide(&obj, &[], &[], &view, &policy(), &now());
-        assert!(d.status.real_servers.iter().all(|r| r.health.is_none()));
-        assert_eq!(d.status.healthy, "2/2");
+        assert!(d.status.servers().iter().all(|r| r.health.is_none()));
+        assert_eq!(d.status.healthy.as_deref().unwrap(), "2/2");
         assert_eq!(cond(&d, ALL_UNHEALTHY).status, "False");
+    }
+
+    fn status_of(d: &Decision) -> VirtualServiceStatus {
+        VirtualServiceStatus {
+            healthy: d.status.healthy.clone(),
+            observed_generation: d.status.observed_generation,
+            conditions: d.status.conditions.clone(),
+            real_servers: d.status.servers().to_vec(),
+            real_server_count: d.status.real_server_count,
+            nodes: vec![],
+        }
+    }
+
+    #[test]
+    fn terminating_waits_for_nodes_and_restates_the_rest() {
+        let n = nodes();
+        let programmed = with_nodes(
+            vs(WEB),
+            vec![
+                report("ds", 3, true, &[NodeRole::Director]),
+                report("rs1", 3, true, &[NodeRole::Backend]),
+            ],
+        );
+        let judged = decide(&programmed, &[], &[], &static_view(&n), &policy(), &now());
+        assert_eq!(cond(&judged, READY).status, "True");
+        let written = status_of(&judged);
+        let later = Time(Timestamp::from_second(2_000).unwrap());
+
+        let s = terminating(&written, &["ds".into(), "rs1".into()], Some(3), &later)
+            .expect("a first write");
+        let c = |t: &str| conditions::get(&s.conditions, t).unwrap().clone();
+        let msg = "waiting for nodes to remove their programming: ds, rs1";
+        assert_eq!(
+            (c(READY).status.as_str(), c(READY).reason.as_str()),
+            ("False", "Terminating")
+        );
+        assert_eq!(c(READY).message, msg);
+        assert_eq!(
+            (
+                c(RECONCILING).status.as_str(),
+                c(RECONCILING).message.as_str()
+            ),
+            ("True", msg)
+        );
+        assert_eq!(
+            (c(STALLED).status.as_str(), c(STALLED).reason.as_str()),
+            ("False", "Terminating")
+        );
+        // the rest as judged, in the same order
+        assert_eq!(c(ACCEPTED), *cond(&judged, ACCEPTED));
+        let types = |cs: &[Condition]| cs.iter().map(|c| c.type_.clone()).collect::<Vec<_>>();
+        assert_eq!(types(&s.conditions), types(&judged.status.conditions));
+        assert_eq!(s.servers(), judged.status.servers());
+        assert_eq!(
+            (s.real_server_count, &s.healthy),
+            (Some(2), &judged.status.healthy)
+        );
+
+        // written once: nothing more until the list of nodes changes
+        let mut stored = written.clone();
+        stored.conditions = s.conditions.clone();
+        assert_eq!(
+            terminating(&stored, &["ds".into(), "rs1".into()], Some(3), &now()),
+            None
+        );
+        let s2 = terminating(&stored, &["rs1".into()], Some(3), &now()).expect("a new message");
+        let ready = conditions::get(&s2.conditions, READY).unwrap();
+        assert_eq!(
+            ready.message,
+            "waiting for nodes to remove their programming: rs1"
+        );
+        assert_eq!(ready.last_transition_time, later, "False since deleted");
+    }
+
+    #[test]
+    fn an_unreadable_object_is_stalled_and_has_no_real_servers() {
+        let s = unreadable(&"spec.ports: invalid type", Some(4), &now());
+        let got: Vec<(&str, &str, &str)> = s
+            .conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (RESOLVED, "False", "Unreadable"),
+                (ACCEPTED, "False", "Unreadable"),
+                (READY, "False", "Unreadable"),
+                (RECONCILING, "False", "Unreadable"),
+                (STALLED, "True", "Unreadable"),
+            ]
+        );
+        assert_eq!(
+            s.conditions[0].message,
+            "cannot read this VirtualService: spec.ports: invalid type"
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        let mut fields: Vec<&String> = json.as_object().unwrap().keys().collect();
+        fields.sort();
+        assert_eq!(fields, ["conditions", "observedGeneration"]);
     }
 }

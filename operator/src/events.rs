@@ -234,8 +234,8 @@ mod tests {
     #[test]
     fn event_fields() {
         let regarding = ObjectReference {
-            api_version: Some("tunlb.io/v1alpha1".into()),
-            kind: Some("VirtualService".into()),
+            api_version: Some(tunlb_api::API_VERSION.into()),
+            kind: Some(tunlb_api::KIND.into()),
             name: Some("web".into()),
             namespace: Some("default".into()),
             ..Default::default()

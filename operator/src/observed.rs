@@ -110,9 +110,9 @@ pub fn digest(status: &OperatorStatus) -> u64 {
     digest_of(
         status.observed_generation,
         status.conditions.iter(),
-        &status.real_servers,
-        Some(status.real_server_count),
-        Some(&status.healthy),
+        status.servers(),
+        status.real_server_count,
+        status.healthy.as_deref(),
     )
 }
 
@@ -200,9 +200,9 @@ mod tests {
         let status = OperatorStatus {
             observed_generation: Some(1),
             conditions: vec![cond(READY, "False", "waiting"), cond(ACCEPTED, "True", "")],
-            real_servers: vec![],
-            real_server_count: 0,
-            healthy: "0/0".into(),
+            real_servers: Some(vec![]),
+            real_server_count: Some(0),
+            healthy: Some("0/0".into()),
         };
         let written = VirtualServiceStatus {
             healthy: Some("0/0".into()),

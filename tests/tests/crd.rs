@@ -15,7 +15,7 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding, RoleRef, Subject};
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::ApiResource;
 use serde_json::{Value, json};
-use tunlb_api::{VirtualService, VirtualServiceSpec};
+use tunlb_api::{API_VERSION, GROUP, KIND, VirtualService, VirtualServiceSpec};
 use tunlb_tests::controlplane::ControlPlane;
 use tunlb_tests::workspace_root;
 
@@ -44,8 +44,8 @@ async fn untyped(ns: &str) -> Api<DynamicObject> {
 
 fn manifest(name: &str, spec: Value) -> Value {
     json!({
-        "apiVersion": "tunlb.io/v1alpha1",
-        "kind": "VirtualService",
+        "apiVersion": API_VERSION,
+        "kind": KIND,
         "metadata": {"name": name},
         "spec": spec,
     })
@@ -141,7 +141,7 @@ fn crd_is_established_explained_and_listed_with_columns() {
         .unwrap();
     // what an operator would report, so that BACKENDS and READY have values
     let status = json!({
-        "apiVersion": "tunlb.io/v1alpha1", "kind": "VirtualService",
+        "apiVersion": API_VERSION, "kind": KIND,
         "status": {
             "realServerCount": 2,
             "conditions": [{"type": "Ready", "status": "True", "reason": "Programmed",
@@ -858,7 +858,7 @@ async fn server_side_reapply_is_a_no_op() {
 }
 
 fn status_apply(status: Value) -> Value {
-    json!({"apiVersion": "tunlb.io/v1alpha1", "kind": "VirtualService", "status": status})
+    json!({"apiVersion": API_VERSION, "kind": KIND, "status": status})
 }
 
 fn node(name: &str) -> Value {
@@ -1038,7 +1038,7 @@ async fn status_nodes_and_conditions_are_list_maps_owned_per_manager() {
     );
 
     // status writes cannot change the spec, spec writes cannot change the status
-    let sneaky = json!({"apiVersion": "tunlb.io/v1alpha1", "kind": "VirtualService",
+    let sneaky = json!({"apiVersion": API_VERSION, "kind": KIND,
                         "spec": {"vip": "192.0.2.99"}, "status": {"nodes": [node("c")]}});
     api.patch_status("st", &PatchParams::apply("agent-c"), &Patch::Apply(&sneaky))
         .await
@@ -1080,8 +1080,8 @@ async fn service_account_token_is_subject_to_rbac() {
     let role: Role = serde_json::from_value(json!({
         "metadata": {"name": "agent"},
         "rules": [
-            {"apiGroups": ["tunlb.io"], "resources": ["virtualservices"], "verbs": ["get", "list", "watch"]},
-            {"apiGroups": ["tunlb.io"], "resources": ["virtualservices/status"], "verbs": ["patch"]},
+            {"apiGroups": [GROUP], "resources": ["virtualservices"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [GROUP], "resources": ["virtualservices/status"], "verbs": ["patch"]},
         ],
     }))
     .unwrap();

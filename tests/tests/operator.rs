@@ -27,6 +27,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tunlb_api::{API_VERSION, KIND};
 use tunlb_tests::controlplane::ControlPlane;
 use tunlb_tests::workspace_root;
 
@@ -376,7 +377,7 @@ fn static_vs(ns: &str, name: &str, vip: &str, ports: Value, backends: &[(&str, i
         .map(|(a, w)| json!({"address": a, "weight": w}))
         .collect();
     let manifest = json!({
-        "apiVersion": "tunlb.io/v1alpha1", "kind": "VirtualService",
+        "apiVersion": API_VERSION, "kind": KIND,
         "metadata": {"name": name, "namespace": ns},
         "spec": {"vip": vip, "ports": ports, "scheduler": "wrr", "backends": {"static": backends}},
     });
@@ -573,7 +574,7 @@ fn withdraw(ns: &str, vs: &str, node: &str) {
 
 fn agent_apply(ns: &str, vs: &str, node: &str, nodes: Value) {
     let body = json!({
-        "apiVersion": "tunlb.io/v1alpha1", "kind": "VirtualService",
+        "apiVersion": API_VERSION, "kind": KIND,
         "metadata": {"name": vs, "namespace": ns},
         "status": {"nodes": nodes},
     });
@@ -915,7 +916,7 @@ fn service_backends_follow_endpointslices() {
     // port 80 takes its target port from the Service port named "http";
     // port 443 fixes its own
     let vs = json!({
-        "apiVersion": "tunlb.io/v1alpha1", "kind": "VirtualService",
+        "apiVersion": API_VERSION, "kind": KIND,
         "metadata": {"name": "web"},
         "spec": {
             "vip": "192.168.56.30",
@@ -1498,7 +1499,7 @@ fn events_for_a_refused_vip() {
     assert_eq!(e["reportingController"], "tunlb-operator");
     assert_eq!(e["action"], "Reconcile");
     assert_eq!(e["regarding"]["kind"], "VirtualService");
-    assert_eq!(e["regarding"]["apiVersion"], "tunlb.io/v1alpha1");
+    assert_eq!(e["regarding"]["apiVersion"], API_VERSION);
 
     // no event storm: a re-judgement without a change publishes nothing new
     let before = core_events(&ns, "outside").len();
@@ -1856,7 +1857,7 @@ fn unreadable_object_is_reported_and_the_watch_goes_on() {
     kubectl_ok(&["patch", "crd", crd, "--type=json", "-p", &loose.to_string()]);
     std::thread::sleep(Duration::from_secs(2));
     let bad = json!({
-        "apiVersion": "tunlb.io/v1alpha1", "kind": "VirtualService",
+        "apiVersion": API_VERSION, "kind": KIND,
         "metadata": {"name": "unreadable", "namespace": ns},
         "spec": {"vip": "192.168.56.231", "ports": "eighty", "backends": {"static": [{"address": "172.16.9.1"}]}},
     });
@@ -2284,7 +2285,7 @@ mod lease {
     use tunlb_operator::leader::{self, Leadership, LeaseConfig};
     use tunlb_operator::telemetry::Metrics;
 
-    use super::{apply, cp, get_vs, kubectl_ok, namespace, new_events, serial};
+    use super::{API_VERSION, KIND, apply, cp, get_vs, kubectl_ok, namespace, new_events, serial};
 
     /// Runs a test body on a runtime of its own, one test at a time (see `serial`).
     fn in_runtime(body: impl Future<Output = ()>) {
@@ -2778,7 +2779,7 @@ mod lease {
             vec![]
         };
         let manifest = json!({
-            "apiVersion": "tunlb.io/v1alpha1", "kind": "VirtualService",
+            "apiVersion": API_VERSION, "kind": KIND,
             "metadata": {"name": name, "namespace": ns, "finalizers": finalizers},
             "spec": {
                 "vip": vip, "ports": [{"port": 80}], "scheduler": "wrr",
