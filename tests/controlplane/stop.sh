@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# stop.sh DIR -- stop the kube-apiserver and etcd started by start.sh DIR.
+# stop.sh DIR [NAME...] -- stop the kube-apiserver and etcd started by
+# start.sh DIR, or only those named (kube-apiserver, etcd; resume.sh starts
+# one again).
 # Only signals the PIDs in DIR/*.pid, and only if that process's command line
 # still mentions DIR (guards against recycled PIDs). State in DIR is kept;
 # `rm -rf DIR` afterwards if you want it gone.
 set -uo pipefail
-[[ $# -eq 1 ]] || { echo "usage: $0 DIR" >&2; exit 2; }
+[[ $# -ge 1 ]] || { echo "usage: $0 DIR [kube-apiserver|etcd]..." >&2; exit 2; }
 DIR=$(cd "$1" 2>/dev/null && pwd) || { echo "stop.sh: no such dir $1" >&2; exit 0; }
 
 ours() { # pid -> process exists and belongs to DIR
@@ -25,5 +27,11 @@ stop_one() {
   fi
   rm -f "$pidf"
 }
-stop_one kube-apiserver
-stop_one etcd
+NAMES=("${@:2}")
+[[ ${#NAMES[@]} -gt 0 ]] || NAMES=(kube-apiserver etcd)
+for name in "${NAMES[@]}"; do
+  case $name in
+    kube-apiserver | etcd) stop_one "$name" ;;
+    *) echo "stop.sh: unknown process $name" >&2; exit 2 ;;
+  esac
+done

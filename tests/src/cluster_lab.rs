@@ -3,12 +3,17 @@
 //! namespaces running `tunlb-agent run`). Operator and agents use the Helm
 //! chart's ServiceAccounts and RBAC, so their permissions are the shipped ones.
 
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::controlplane::ControlPlane;
+use crate::controlplane::{ControlPlane, Process, resume_process, stop_process};
 use crate::{LabOptions, LabRun, run_scenario_with, workspace_root};
 
 /// Kills the operator when dropped.
@@ -19,6 +24,113 @@ impl Drop for Operator {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// An HTTP endpoint on the host's loopback through which a guest scenario
+/// stops and resumes the control plane's processes, at the moment it chooses:
+/// `POST /stop/NAME` and `POST /resume/NAME` (NAME: kube-apiserver or etcd),
+/// answered 200 once done. The guest reaches it at 10.0.2.2 (QEMU user
+/// networking), its URL in /kube/control-plane-url. Stops serving when dropped.
+struct FaultControl {
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FaultControl {
+    /// Serves for the control plane in `dir`; returns it and its port.
+    fn start(dir: PathBuf) -> anyhow::Result<(FaultControl, u16)> {
+        let listener = TcpListener::bind("127.0.0.1:0").context("binding the fault control")?;
+        let port = listener.local_addr()?.port();
+        // Polled, so that a drop ends the thread without a connection.
+        listener.set_nonblocking(true)?;
+        let done = Arc::new(AtomicBool::new(false));
+        let stop = done.clone();
+        let thread = std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => serve_fault(conn, &dir),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(100))
+                    }
+                    Err(e) => eprintln!("cluster-lab: fault control: {e}"),
+                }
+            }
+        });
+        Ok((
+            FaultControl {
+                done,
+                thread: Some(thread),
+            },
+            port,
+        ))
+    }
+}
+
+impl Drop for FaultControl {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What `POST /ACTION/NAME` asks for.
+fn fault_request(line: &str) -> Option<(&str, Process)> {
+    let mut words = line.split_whitespace();
+    let (method, path) = (words.next()?, words.next()?);
+    if method != "POST" {
+        return None;
+    }
+    let (action, name) = path.strip_prefix('/')?.split_once('/')?;
+    let process = Process::from_name(name)?;
+    matches!(action, "stop" | "resume").then_some((action, process))
+}
+
+/// Answers one request of the fault control.
+fn serve_fault(mut conn: TcpStream, dir: &Path) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 512];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    let line = head.lines().next().unwrap_or_default();
+    let (status, body) = match fault_request(line) {
+        None => (
+            "400 Bad Request",
+            format!("want POST /stop|resume/kube-apiserver|etcd, got {line:?}\n"),
+        ),
+        Some((action, process)) => {
+            let started = Instant::now();
+            let result = match action {
+                "stop" => stop_process(dir, process),
+                _ => resume_process(dir, process),
+            };
+            let took = started.elapsed();
+            eprintln!(
+                "cluster-lab: {action} {}: {result:?} in {took:.1?}",
+                process.name()
+            );
+            match result {
+                Ok(()) => (
+                    "200 OK",
+                    format!("{action} {}: done in {took:.1?}\n", process.name()),
+                ),
+                Err(e) => ("500 Internal Server Error", format!("{e:#}\n")),
+            }
+        }
+    };
+    let reply = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = conn.write_all(reply.as_bytes());
 }
 
 /// The lab's Nodes: name, InternalIPs (IPv4, IPv6: dual stack), director label.
@@ -200,6 +312,11 @@ pub fn run_in_cluster_lab_with(
         dir.join("admin-guest.kubeconfig"),
         kube_dir.join("admin.kubeconfig"),
     )?;
+    let (_faults, faults_port) = FaultControl::start(dir.clone())?;
+    std::fs::write(
+        kube_dir.join("control-plane-url"),
+        format!("http://10.0.2.2:{faults_port}\n"),
+    )?;
 
     let log_path = dir.join("operator.log");
     let log = std::fs::File::create(&log_path)?;
@@ -253,4 +370,25 @@ pub fn run_in_cluster_lab_with(
         },
     );
     Ok((lab, tail(&log_path, 20)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_requests_name_an_action_and_a_process() {
+        assert_eq!(
+            fault_request("POST /stop/kube-apiserver HTTP/1.1"),
+            Some(("stop", Process::ApiServer))
+        );
+        assert_eq!(
+            fault_request("POST /resume/etcd HTTP/1.1"),
+            Some(("resume", Process::Etcd))
+        );
+        assert_eq!(fault_request("GET /stop/etcd HTTP/1.1"), None);
+        assert_eq!(fault_request("POST /kill/etcd HTTP/1.1"), None);
+        assert_eq!(fault_request("POST /stop/kubelet HTTP/1.1"), None);
+        assert_eq!(fault_request(""), None);
+    }
 }

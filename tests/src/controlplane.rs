@@ -99,6 +99,42 @@ fn run_script(name: &str, args: &[&OsStr]) -> anyhow::Result<Output> {
     Ok(out)
 }
 
+/// One process of the control plane, stopped and resumed on its own to test
+/// what clients do while it is away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Process {
+    ApiServer,
+    Etcd,
+}
+
+impl Process {
+    /// The name start.sh gives its files (DIR/NAME.pid, .log, .cmdline).
+    pub fn name(self) -> &'static str {
+        match self {
+            Process::ApiServer => "kube-apiserver",
+            Process::Etcd => "etcd",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Process> {
+        [Process::ApiServer, Process::Etcd]
+            .into_iter()
+            .find(|p| p.name() == name)
+    }
+}
+
+/// Stops `process` of the control plane in `dir` (SIGTERM, as a node's
+/// service manager does); its data and certificates stay.
+pub fn stop_process(dir: &Path, process: Process) -> anyhow::Result<()> {
+    run_script("stop.sh", &[dir.as_os_str(), OsStr::new(process.name())]).map(|_| ())
+}
+
+/// Starts `process` again as start.sh first ran it (same ports, data and
+/// certificates); returns once it answers its health check.
+pub fn resume_process(dir: &Path, process: Process) -> anyhow::Result<()> {
+    run_script("resume.sh", &[dir.as_os_str(), OsStr::new(process.name())]).map(|_| ())
+}
+
 impl ControlPlane {
     /// Builds (when needed) and starts a control plane in a fresh temp directory.
     pub fn start() -> anyhow::Result<ControlPlane> {
