@@ -7,6 +7,7 @@ pub mod plan;
 pub mod selector;
 pub mod types;
 pub mod validate;
+pub mod watch;
 
 pub use plan::{NodeIdentity, NodePlan, ObjectKey, PlanInput, Planner, plan_node};
 pub use types::*;

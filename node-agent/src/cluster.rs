@@ -279,7 +279,7 @@ pub async fn run(
     let mut relevant = Relevant::new(move |g| crate::wake::virtual_service(&node_name, g));
     tokio::spawn(
         watcher(vs_api, watcher::Config::default())
-            .default_backoff()
+            .backoff(tunlb_api::watch::backoff())
             .modify(move |g| crate::wake::strip(&strip_for, g))
             .reflect(vs_writer)
             .for_each(move |ev| {
@@ -300,7 +300,7 @@ pub async fn run(
             node_api,
             watcher::Config::default().fields(&format!("metadata.name={}", settings.node_name)),
         )
-        .default_backoff()
+        .backoff(tunlb_api::watch::backoff())
         .reflect(node_writer)
         .for_each(move |ev| {
             match &ev {

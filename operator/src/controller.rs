@@ -650,7 +650,8 @@ pub async fn run(
     // changes the real servers.
     let nodes = Shared::<Nodes>::default();
     let (mirror, nodes_synced) = Mirror::new(nodes.clone());
-    let node_events = watcher(Api::<Node>::all(client.clone()), wc.clone()).default_backoff();
+    let node_events =
+        watcher(Api::<Node>::all(client.clone()), wc.clone()).backoff(tunlb_api::watch::backoff());
     let all = judge_all.clone();
     tokio::spawn(follow("Node", node_events, mirror, move |u| {
         // Node labels pick directors and InternalIPs match static backends:
@@ -662,7 +663,8 @@ pub async fn run(
 
     let services = Shared::<Services>::default();
     let (mirror, services_synced) = Mirror::new(services.clone());
-    let svc_events = watcher(Api::<Service>::all(client.clone()), wc.clone()).default_backoff();
+    let svc_events = watcher(Api::<Service>::all(client.clone()), wc.clone())
+        .backoff(tunlb_api::watch::backoff());
     let (all, to_one, users) = (judge_all.clone(), queue.clone(), index.clone());
     tokio::spawn(follow("Service", svc_events, mirror, move |u| match u {
         Update::Nothing => {}
@@ -675,8 +677,8 @@ pub async fn run(
 
     let slices = Shared::<Slices>::default();
     let (mirror, slices_synced) = Mirror::new(slices.clone());
-    let slice_events =
-        watcher(Api::<EndpointSlice>::all(client.clone()), wc.clone()).default_backoff();
+    let slice_events = watcher(Api::<EndpointSlice>::all(client.clone()), wc.clone())
+        .backoff(tunlb_api::watch::backoff());
     let (all, to_one, users) = (judge_all.clone(), queue.clone(), index.clone());
     tokio::spawn(follow(
         "EndpointSlice",
@@ -714,7 +716,7 @@ pub async fn run(
     let (mirror, vs_synced) = Mirror::new(index.clone());
     let guarded: Api<DeserializeGuard<VirtualService>> = Api::all(client.clone());
     let vs_events = watcher(guarded, wc)
-        .default_backoff()
+        .backoff(tunlb_api::watch::backoff())
         .try_filter_map(move |ev| futures::future::ready(Ok(keep_readable(ev, &invalid_tx))))
         .modify(|vs| cache::strip_meta(&mut vs.metadata));
     tokio::spawn(follow_virtual_services(
