@@ -139,5 +139,5 @@ fn vrrp_elects_one_director_fails_over_and_interoperates_with_keepalived() {
         run.exit_code
     );
     // Every part ran to the end.
-    assert!(run.passed >= 37, "every check ran: {} passed", run.passed);
+    assert!(run.passed >= 44, "every check ran: {} passed", run.passed);
 }

@@ -300,11 +300,11 @@ mod tests {
     fn a_daemon_someone_else_started_is_reported_never_replaced() {
         let want = settings().daemons();
         let theirs = running(&SyncDaemon::new(SyncState::Backup, "eth1", 9));
-        let plan = diff(&want, &[theirs.clone()], &[]);
+        let plan = diff(&want, std::slice::from_ref(&theirs), &[]);
         assert_eq!(plan.changes, vec![Change::Start(want[0].clone())]);
         assert_eq!(plan.foreign, vec![(want[1].clone(), theirs.clone())]);
         // Not wanted: still left alone, and nothing to report.
-        let plan = diff(&[], &[theirs.clone()], &[]);
+        let plan = diff(&[], std::slice::from_ref(&theirs), &[]);
         assert_eq!(plan, Plan::default());
         // A record of tunlb's that the kernel's daemon no longer matches
         // (stopped and started again by someone else) is dropped, not obeyed.

@@ -372,11 +372,12 @@ kill "$HOLD_PID"
 wait "$HOLD_PID" 2>/dev/null
 
 echo "-- control: the same failover without the sync daemons"
-# A foreign daemon: tunlb must leave it running when it stops its own.
-ns_exec d2 ipvsadm --start-daemon backup --mcast-interface eth0 --syncid 9 2>/dev/null
 for _n in d1 d2; do director_apply "$_n"; done
 lab_assert_eq "without --ipvs-sync-*: tunlb stopped its daemons on d1" "" \
 	"$(ns_exec d1 ipvsadm -L --daemon)"
+# A daemon tunlb did not start: the next run leaves it running.
+ns_exec d2 ipvsadm --start-daemon backup --mcast-interface eth0 --syncid 9
+director_apply d2
 lab_assert_contains "d2 keeps the daemon tunlb did not start (sync id 9), and only it" \
 	"backup sync daemon (mcast=eth0, syncid=9" "$(ns_exec d2 ipvsadm -L --daemon | tr '\n' ' ')"
 lab_assert_eq "d2 runs no master daemon" "" "$(ns_exec d2 ipvsadm -L --daemon | grep master)"
