@@ -12,6 +12,7 @@ use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkPayload};
 use netlink_packet_generic::GenlMessage;
 use tokio::sync::{Mutex, MutexGuard};
 
+use crate::daemon::{SyncDaemon, SyncState};
 use crate::destination::{Destination, DestinationEntry};
 use crate::error::Error;
 use crate::info::{Info, Timeouts};
@@ -421,6 +422,46 @@ impl Client {
                 "set timeouts",
             )
             .await;
+        // A connection error means the request never left (one after it
+        // left is reported as Unacknowledged).
+        if !matches!(result, Err(Error::Connection(_))) {
+            self.inner.writes.fetch_add(1, Ordering::Relaxed);
+        }
+        result.map(drop)
+    }
+
+    /// The sync daemons running in this network namespace (at most one
+    /// master and one backup), with the kernel's defaults filled in.
+    pub async fn daemons(&self) -> Result<Vec<SyncDaemon>, Error> {
+        let op = "list sync daemons";
+        self.dump(IpvsMessage::new(IpvsCmd::GetDaemon, vec![]), op, |m| {
+            m.daemon_attrs()
+                .ok_or_else(|| Error::Decode(format!("{op}: reply without a daemon")))
+                .and_then(SyncDaemon::from_attrs)
+                .map(Some)
+        })
+        .await
+    }
+
+    /// Starts a sync daemon. The kernel answers EEXIST when one of that
+    /// state already runs, and EINVAL while any service has destinations of
+    /// another address family than its own (the sync protocol cannot carry
+    /// them).
+    pub async fn new_daemon(&self, daemon: &SyncDaemon) -> Result<(), Error> {
+        let op = format!("start {daemon}");
+        let msg = daemon.new_message()?;
+        self.write(msg, &op).await
+    }
+
+    /// Stops the sync daemon of `state`; ESRCH when none runs.
+    pub async fn del_daemon(&self, state: SyncState) -> Result<(), Error> {
+        let op = format!("stop the {state} sync daemon");
+        self.write(SyncDaemon::del_message(state), &op).await
+    }
+
+    /// One acknowledged write on the control socket, counted in `writes`.
+    async fn write(&self, msg: IpvsMessage, op: &str) -> Result<(), Error> {
+        let result = self.call(msg, NLM_F_REQUEST | NLM_F_ACK, op).await;
         // A connection error means the request never left (one after it
         // left is reported as Unacknowledged).
         if !matches!(result, Err(Error::Connection(_))) {

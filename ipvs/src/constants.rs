@@ -114,3 +114,21 @@ pub const IP_VS_TUNNEL_ENCAP_FLAG_NOCSUM: u16 = 0;
 pub const IP_VS_TUNNEL_ENCAP_FLAG_CSUM: u16 = 1 << 0;
 /// Remote checksum offload (`IP_VS_TUNNEL_ENCAP_FLAG_REMCSUM`).
 pub const IP_VS_TUNNEL_ENCAP_FLAG_REMCSUM: u16 = 1 << 1;
+
+// Sync daemon attributes (nested in IPVS_CMD_ATTR_DAEMON). Kernels before
+// 4.3 know only STATE, MCAST_IFN and SYNC_ID.
+pub const IPVS_DAEMON_ATTR_STATE: u16 = 1;
+pub const IPVS_DAEMON_ATTR_MCAST_IFN: u16 = 2;
+pub const IPVS_DAEMON_ATTR_SYNC_ID: u16 = 3;
+pub const IPVS_DAEMON_ATTR_SYNC_MAXLEN: u16 = 4;
+pub const IPVS_DAEMON_ATTR_MCAST_GROUP: u16 = 5;
+pub const IPVS_DAEMON_ATTR_MCAST_GROUP6: u16 = 6;
+pub const IPVS_DAEMON_ATTR_MCAST_PORT: u16 = 7;
+pub const IPVS_DAEMON_ATTR_MCAST_TTL: u16 = 8;
+
+/// `IP_VS_STATE_MASTER`: the daemon that sends this node's connections.
+pub const IP_VS_STATE_MASTER: u32 = 0x0001;
+/// `IP_VS_STATE_BACKUP`: the daemon that receives a peer's connections.
+pub const IP_VS_STATE_BACKUP: u32 = 0x0002;
+/// `IP_VS_IFNAME_MAXLEN`, counting the terminating NUL.
+pub const IP_VS_IFNAME_MAXLEN: usize = 16;

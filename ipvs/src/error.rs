@@ -41,6 +41,10 @@ pub enum Error {
     /// outcome is unknown: re-read the kernel state.
     #[error("{op}: outcome unknown: {reason}")]
     Unacknowledged { op: String, reason: String },
+
+    /// A request the kernel would refuse, caught before sending it.
+    #[error("invalid request: {0}")]
+    Invalid(String),
 }
 
 impl Error {
@@ -72,7 +76,9 @@ impl Error {
     pub fn is_transport(&self) -> bool {
         match self {
             Error::Connection(_) | Error::Timeout { .. } | Error::Unacknowledged { .. } => true,
-            Error::FamilyNotFound | Error::Kernel { .. } | Error::Decode(_) => false,
+            Error::FamilyNotFound | Error::Kernel { .. } | Error::Decode(_) | Error::Invalid(_) => {
+                false
+            }
         }
     }
 

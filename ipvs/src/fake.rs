@@ -18,6 +18,7 @@ use netlink_packet_core::{
 use netlink_packet_generic::GenlMessage;
 
 use crate::constants::IP_VS_SVC_F_HASHED;
+use crate::daemon::{DaemonAttr, SyncDaemon};
 use crate::destination::{DestAttr, Destination, DestinationEntry};
 use crate::error::Error;
 use crate::info::Timeouts;
@@ -38,6 +39,8 @@ pub(crate) struct State {
     next_seq: u32,
     pub services: Vec<(Service, Vec<Destination>)>,
     pub timeouts: Timeouts,
+    /// Running sync daemons, as the kernel reports them (defaults filled in).
+    pub daemons: Vec<SyncDaemon>,
     /// Messages per datagram, in send order.
     pub batches: Vec<usize>,
     /// Deliver acks of a batch in reverse order (order must not matter).
@@ -367,6 +370,50 @@ impl State {
                 }
                 Reply::Ack(0)
             }
+            IpvsCmd::NewDaemon | IpvsCmd::DelDaemon => {
+                let attrs = msg
+                    .attrs
+                    .iter()
+                    .find_map(|a| match a {
+                        CmdAttr::Daemon(d) => Some(d.as_slice()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                let state = attrs.iter().find_map(|a| match a {
+                    DaemonAttr::State(v) => crate::daemon::SyncState::from_u32(*v),
+                    _ => None,
+                });
+                let Some(state) = state else {
+                    return Reply::Ack(-EINVAL);
+                };
+                let at = self.daemons.iter().position(|d| d.state == state);
+                match (msg.cmd, at) {
+                    (IpvsCmd::DelDaemon, Some(i)) => {
+                        self.daemons.remove(i);
+                        Reply::Ack(0)
+                    }
+                    (IpvsCmd::DelDaemon, None) => Reply::Ack(-ESRCH),
+                    (_, Some(_)) => Reply::Ack(-EEXIST),
+                    (_, None) => match SyncDaemon::from_attrs(attrs) {
+                        Ok(mut d) => {
+                            d.max_len.get_or_insert(1472);
+                            d.group.get_or_insert([224, 0, 0, 81].into());
+                            d.port.get_or_insert(8848);
+                            d.ttl.get_or_insert(1);
+                            self.daemons.push(d);
+                            Reply::Ack(0)
+                        }
+                        Err(_) => Reply::Ack(-EINVAL),
+                    },
+                }
+            }
+            IpvsCmd::GetDaemon if dump => Reply::Dump(
+                self.daemons
+                    .iter()
+                    .filter_map(|d| d.to_attrs().ok())
+                    .map(|a| IpvsMessage::new(IpvsCmd::NewDaemon, vec![CmdAttr::Daemon(a)]))
+                    .collect(),
+            ),
             _ => Reply::Ack(-EINVAL),
         }
     }

@@ -28,6 +28,7 @@
 mod client;
 pub mod constants;
 mod ctrl;
+mod daemon;
 mod destination;
 mod dump_socket;
 mod error;
@@ -47,6 +48,7 @@ pub use constants::{
     IP_VS_SVC_F_SCHED2, IP_VS_SVC_F_SCHED3, IP_VS_TUNNEL_ENCAP_FLAG_CSUM,
     IP_VS_TUNNEL_ENCAP_FLAG_NOCSUM, IP_VS_TUNNEL_ENCAP_FLAG_REMCSUM,
 };
+pub use daemon::{DaemonAttr, SyncDaemon, SyncState};
 pub use destination::{DestAttr, Destination, DestinationEntry, ForwardMethod, TunnelType};
 pub use error::Error;
 pub use info::{Info, Timeouts};

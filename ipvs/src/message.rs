@@ -8,6 +8,7 @@ use netlink_packet_core::{
 use netlink_packet_generic::{GenlFamily, GenlHeader};
 
 use crate::constants::*;
+use crate::daemon::{DaemonAttr, attrs_len};
 use crate::destination::DestAttr;
 use crate::nla::{parse_lenient, put_u32};
 use crate::service::ServiceAttr;
@@ -92,6 +93,7 @@ impl From<u8> for IpvsCmd {
 pub enum CmdAttr {
     Service(Vec<ServiceAttr>),
     Dest(Vec<DestAttr>),
+    Daemon(Vec<DaemonAttr>),
     TimeoutTcp(u32),
     TimeoutTcpFin(u32),
     TimeoutUdp(u32),
@@ -113,6 +115,7 @@ impl Nla for CmdAttr {
         match self {
             CmdAttr::Service(a) => a.as_slice().buffer_len(),
             CmdAttr::Dest(a) => a.as_slice().buffer_len(),
+            CmdAttr::Daemon(a) => attrs_len(a),
             CmdAttr::TimeoutTcp(_)
             | CmdAttr::TimeoutTcpFin(_)
             | CmdAttr::TimeoutUdp(_)
@@ -126,6 +129,7 @@ impl Nla for CmdAttr {
         match self {
             CmdAttr::Service(_) => IPVS_CMD_ATTR_SERVICE,
             CmdAttr::Dest(_) => IPVS_CMD_ATTR_DEST,
+            CmdAttr::Daemon(_) => IPVS_CMD_ATTR_DAEMON,
             CmdAttr::TimeoutTcp(_) => IPVS_CMD_ATTR_TIMEOUT_TCP,
             CmdAttr::TimeoutTcpFin(_) => IPVS_CMD_ATTR_TIMEOUT_TCP_FIN,
             CmdAttr::TimeoutUdp(_) => IPVS_CMD_ATTR_TIMEOUT_UDP,
@@ -139,6 +143,7 @@ impl Nla for CmdAttr {
         match self {
             CmdAttr::Service(a) => a.as_slice().emit(buffer),
             CmdAttr::Dest(a) => a.as_slice().emit(buffer),
+            CmdAttr::Daemon(a) => a.as_slice().emit(buffer),
             CmdAttr::TimeoutTcp(v)
             | CmdAttr::TimeoutTcpFin(v)
             | CmdAttr::TimeoutUdp(v)
@@ -164,6 +169,11 @@ impl CmdAttr {
             (_, IPVS_CMD_ATTR_DEST) => CmdAttr::Dest(parse_lenient(payload, "destination", |n| {
                 DestAttr::parse(n)
             })),
+            (_, IPVS_CMD_ATTR_DAEMON) => {
+                CmdAttr::Daemon(parse_lenient(payload, "sync daemon", |n| {
+                    DaemonAttr::parse(n)
+                }))
+            }
             (_, IPVS_CMD_ATTR_TIMEOUT_TCP) => CmdAttr::TimeoutTcp(parse_u32(payload)?),
             (_, IPVS_CMD_ATTR_TIMEOUT_TCP_FIN) => CmdAttr::TimeoutTcpFin(parse_u32(payload)?),
             (_, IPVS_CMD_ATTR_TIMEOUT_UDP) => CmdAttr::TimeoutUdp(parse_u32(payload)?),
@@ -187,6 +197,13 @@ impl IpvsMessage {
     pub(crate) fn service_attrs(&self) -> Option<&[ServiceAttr]> {
         self.attrs.iter().find_map(|a| match a {
             CmdAttr::Service(s) => Some(s.as_slice()),
+            _ => None,
+        })
+    }
+
+    pub(crate) fn daemon_attrs(&self) -> Option<&[DaemonAttr]> {
+        self.attrs.iter().find_map(|a| match a {
+            CmdAttr::Daemon(d) => Some(d.as_slice()),
             _ => None,
         })
     }

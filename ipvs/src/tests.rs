@@ -431,6 +431,136 @@ fn hashed_flag_is_never_sent() {
     assert_eq!(flags, IP_VS_SVC_F_ONEPACKET);
 }
 
+#[rustfmt::skip]
+const NEW_DAEMON_ALL: &[u8] = &[
+    // nlmsghdr: len 96
+    96, 0, 0, 0,   0x23, 0x00,   0x05, 0x00,   1, 0, 0, 0,   0, 0, 0, 0,
+    // genlmsghdr: IPVS_CMD_NEW_DAEMON
+    9, 1, 0, 0,
+    // IPVS_CMD_ATTR_DAEMON (76 bytes, no NLA_F_NESTED)
+    76, 0, 3, 0,
+    8, 0, 1, 0,   2, 0, 0, 0,                         // STATE = IP_VS_STATE_BACKUP
+    9, 0, 2, 0,   b'e', b't', b'h', b'0', 0, 0, 0, 0, // MCAST_IFN "eth0\0" + pad
+    8, 0, 3, 0,   7, 0, 0, 0,                         // SYNC_ID = 7
+    6, 0, 4, 0,   0xdc, 0x05, 0, 0,                   // SYNC_MAXLEN = 1500 (u16) + pad
+    20, 0, 6, 0,  0xff, 0x02, 0, 0,  0, 0, 0, 0,      // MCAST_GROUP6 ff02::51
+                  0, 0, 0, 0,  0, 0, 0, 0x51,
+    6, 0, 7, 0,   0x90, 0x22, 0, 0,                   // MCAST_PORT = 8848, native + pad
+    5, 0, 8, 0,   2, 0, 0, 0,                         // MCAST_TTL = 2 (u8) + pad
+];
+
+#[rustfmt::skip]
+const NEW_DAEMON_V4_GROUP: &[u8] = &[
+    // IPVS_CMD_ATTR_DAEMON with only the IPv4 group besides the required three
+    40, 0, 3, 0,
+    8, 0, 1, 0,   1, 0, 0, 0,                         // STATE = IP_VS_STATE_MASTER
+    9, 0, 2, 0,   b'e', b't', b'h', b'1', 0, 0, 0, 0,
+    8, 0, 3, 0,   0, 1, 0, 0,                         // SYNC_ID = 256
+    8, 0, 5, 0,   239, 1, 2, 3,                       // MCAST_GROUP, network order
+];
+
+/// What the client puts on the wire for `msg` (seq 1).
+fn wire_msg(msg: IpvsMessage) -> Vec<u8> {
+    let mut genl = GenlMessage::from_payload(msg);
+    genl.set_resolved_family_id(FAMILY_ID);
+    let mut packet = transport::packet(genl, NLM_F_REQUEST | NLM_F_ACK);
+    packet.header.sequence_number = 1;
+    let mut buf = vec![0; packet.buffer_len()];
+    packet.serialize(&mut buf);
+    buf
+}
+
+#[test]
+#[cfg(target_endian = "little")]
+fn golden_new_daemon_every_attribute() {
+    let d = SyncDaemon {
+        state: SyncState::Backup,
+        interface: "eth0".into(),
+        sync_id: 7,
+        max_len: Some(1500),
+        group: Some(ip("ff02::51")),
+        port: Some(8848),
+        ttl: Some(2),
+    };
+    let bytes = wire_msg(d.new_message().unwrap());
+    assert_eq!(bytes, NEW_DAEMON_ALL);
+    let msg = payload(parse(NEW_DAEMON_ALL));
+    assert_eq!(msg.cmd, IpvsCmd::NewDaemon);
+    assert_eq!(
+        SyncDaemon::from_attrs(msg.daemon_attrs().unwrap()).unwrap(),
+        d
+    );
+}
+
+#[test]
+#[cfg(target_endian = "little")]
+fn golden_new_daemon_ipv4_group_and_defaults_left_to_the_kernel() {
+    let d = SyncDaemon {
+        group: Some(ip("239.1.2.3")),
+        ..SyncDaemon::new(SyncState::Master, "eth1", 256)
+    };
+    let bytes = wire_msg(d.new_message().unwrap());
+    // nlmsghdr (16) + genlmsghdr (4), then the daemon nest alone.
+    assert_eq!(&bytes[20..], NEW_DAEMON_V4_GROUP);
+    assert_eq!(bytes[16], 9, "IPVS_CMD_NEW_DAEMON");
+    let back = SyncDaemon::from_attrs(payload(parse(&bytes)).daemon_attrs().unwrap()).unwrap();
+    assert_eq!(back, d);
+}
+
+#[test]
+#[cfg(target_endian = "little")]
+fn golden_del_daemon_names_only_the_state() {
+    let bytes = wire_msg(SyncDaemon::del_message(SyncState::Master));
+    #[rustfmt::skip]
+    let expected: &[u8] = &[
+        32, 0, 0, 0,   0x23, 0x00,   0x05, 0x00,   1, 0, 0, 0,   0, 0, 0, 0,
+        10, 1, 0, 0,                                  // IPVS_CMD_DEL_DAEMON
+        12, 0, 3, 0,   8, 0, 1, 0,   1, 0, 0, 0,      // DAEMON { STATE = MASTER }
+    ];
+    assert_eq!(bytes, expected);
+}
+
+#[test]
+fn daemon_requests_the_kernel_would_refuse_are_caught_first() {
+    let long = SyncDaemon::new(SyncState::Master, "a-very-long-ifname", 1);
+    let err = long.new_message().unwrap_err();
+    assert!(err.to_string().contains("1 to 15 bytes"), "{err}");
+    assert!(
+        SyncDaemon::new(SyncState::Master, "", 1)
+            .new_message()
+            .is_err()
+    );
+    let unicast = SyncDaemon {
+        group: Some(ip("192.168.56.1")),
+        ..SyncDaemon::new(SyncState::Backup, "eth0", 1)
+    };
+    let err = unicast.new_message().unwrap_err();
+    assert!(err.to_string().contains("not a multicast address"), "{err}");
+}
+
+#[test]
+fn a_running_daemon_matches_what_was_asked_with_defaults_filled_in() {
+    let asked = SyncDaemon::new(SyncState::Master, "eth0", 7);
+    let running = SyncDaemon {
+        max_len: Some(1472),
+        group: Some(ip("224.0.0.81")),
+        port: Some(8848),
+        ttl: Some(1),
+        ..asked.clone()
+    };
+    assert!(asked.matches(&running));
+    // The kernel keeps the sync id's low 8 bits.
+    assert!(SyncDaemon::new(SyncState::Master, "eth0", 263).matches(&running));
+    assert!(!SyncDaemon::new(SyncState::Backup, "eth0", 7).matches(&running));
+    assert!(!SyncDaemon::new(SyncState::Master, "eth1", 7).matches(&running));
+    assert!(!SyncDaemon::new(SyncState::Master, "eth0", 8).matches(&running));
+    let other_port = SyncDaemon {
+        port: Some(9000),
+        ..asked.clone()
+    };
+    assert!(!other_port.matches(&running));
+}
+
 mod client {
     use super::*;
     use crate::fake::FakeKernel;
@@ -493,6 +623,36 @@ mod client {
         // Window 2: four datagrams, never one per op.
         kernel.with(|s| assert_eq!(s.batches, vec![2, 2, 2, 1]));
         assert_eq!(c.writes(), 7);
+    }
+
+    #[tokio::test]
+    async fn sync_daemons_start_list_and_stop() {
+        let kernel = FakeKernel::default();
+        let c = client(&kernel, Config::default()).await;
+        assert!(c.daemons().await.unwrap().is_empty());
+        let master = SyncDaemon::new(SyncState::Master, "eth0", 7);
+        let backup = SyncDaemon::new(SyncState::Backup, "eth0", 7);
+        c.new_daemon(&master).await.unwrap();
+        c.new_daemon(&backup).await.unwrap();
+        let err = c.new_daemon(&master).await.unwrap_err();
+        assert!(err.is_exists());
+        assert_eq!(
+            err.to_string(),
+            "start master sync daemon on eth0, sync id 7: File exists (os error 17)"
+        );
+        let running = c.daemons().await.unwrap();
+        assert_eq!(running.len(), 2);
+        assert!(master.matches(&running[0]) && backup.matches(&running[1]));
+        assert_eq!(
+            running[0].port,
+            Some(8848),
+            "the kernel's defaults come back"
+        );
+        c.del_daemon(SyncState::Master).await.unwrap();
+        let err = c.del_daemon(SyncState::Master).await.unwrap_err();
+        assert_eq!(err.errno(), Some(3), "ESRCH: none runs");
+        assert_eq!(c.daemons().await.unwrap(), vec![running[1].clone()]);
+        assert_eq!(c.writes(), 5);
     }
 
     #[tokio::test]

@@ -226,6 +226,58 @@ struct NodeFlags {
     /// leave them at weight 0; the next apply or delete removes them once idle.
     #[arg(long)]
     no_wait: bool,
+    #[command(flatten)]
+    sync: SyncFlags,
+}
+
+/// IPVS connection sync between directors. Like --director, give them to
+/// every apply and delete: a run without them stops the daemons tunlb
+/// started.
+#[derive(Args)]
+struct SyncFlags {
+    /// While this node directs, run the kernel's master and backup IPVS
+    /// sync daemons on this interface, so that established connections
+    /// survive a move of the VIP to another director running them too.
+    #[arg(long, env = "TUNLB_IPVS_SYNC_INTERFACE")]
+    ipvs_sync_interface: Option<String>,
+    /// Sync ID, 0-255: the same on the directors of one VIP, different from
+    /// other director groups sharing the segment.
+    #[arg(long, env = "TUNLB_IPVS_SYNC_ID", default_value = "0")]
+    ipvs_sync_id: u8,
+    /// Most bytes of sync payload per datagram (kernel default: from the MTU).
+    #[arg(long, requires = "ipvs_sync_interface")]
+    ipvs_sync_maxlen: Option<u16>,
+    /// Multicast group (kernel default 224.0.0.81).
+    #[arg(long, requires = "ipvs_sync_interface", value_parser = parse_multicast)]
+    ipvs_sync_group: Option<IpAddr>,
+    /// Base UDP port (kernel default 8848).
+    #[arg(long, requires = "ipvs_sync_interface")]
+    ipvs_sync_port: Option<u16>,
+    /// Multicast TTL (kernel default 1).
+    #[arg(long, requires = "ipvs_sync_interface")]
+    ipvs_sync_ttl: Option<u8>,
+}
+
+fn parse_multicast(s: &str) -> Result<IpAddr, String> {
+    let ip: IpAddr = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if ip.is_multicast() {
+        Ok(ip)
+    } else {
+        Err(format!("{ip} is not a multicast address"))
+    }
+}
+
+impl SyncFlags {
+    fn settings(&self) -> Option<tunlb_agent::dataplane::sync_daemon::Settings> {
+        Some(tunlb_agent::dataplane::sync_daemon::Settings {
+            interface: self.ipvs_sync_interface.clone()?,
+            sync_id: self.ipvs_sync_id,
+            max_len: self.ipvs_sync_maxlen,
+            group: self.ipvs_sync_group,
+            port: self.ipvs_sync_port,
+            ttl: self.ipvs_sync_ttl,
+        })
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -393,9 +445,11 @@ async fn command(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut dp = Dataplane::new().context("open rtnetlink")?;
     let code = match cli.command {
         Command::Apply { node, files } => {
+            dp.ipvs_sync = node.sync.settings();
             print(&standalone::apply(&mut dp, &node.state_dir, &node.node_args(), &files).await?)
         }
         Command::Delete { node, files } => {
+            dp.ipvs_sync = node.sync.settings();
             print(&standalone::delete(&mut dp, &node.state_dir, &node.node_args(), &files).await?)
         }
         Command::Serve {
@@ -406,6 +460,7 @@ async fn command(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             dp.probe_mark_base = probes.probe_mark_base;
             dp.probing = true;
+            dp.ipvs_sync = node.sync.settings();
             let settings = standalone::ServeSettings {
                 resync: std::time::Duration::from_secs(resync_seconds.max(1)),
                 max_probes_in_flight: probes.max_probes_in_flight,

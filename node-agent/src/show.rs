@@ -1,6 +1,6 @@
 //! `tunlb-agent show`: the node's IPVS table in the familiar `ipvsadm -Ln`
 //! layout (a tunnel destination also shows its encapsulation, which older
-//! ipvsadm versions do not), then the VIP addresses, GUE ports, the LVS-TUN
+//! ipvsadm versions do not) and the connection-sync daemons, then the VIP addresses, GUE ports, the LVS-TUN
 //! sysctls and tunlb's nft tables.
 
 use std::fmt::Write as _;
@@ -113,12 +113,26 @@ pub async fn ipvs_table(client: &Client) -> Result<String, tunlb_ipvs::Error> {
 pub async fn render(links: &Links) -> String {
     let mut out = String::new();
     match Client::connect_with(crate::timeouts::ipvs_config()).await {
-        Ok(client) => match ipvs_table(&client).await {
-            Ok(t) => out.push_str(&t),
-            Err(e) => {
-                let _ = writeln!(out, "IPVS: {e}");
+        Ok(client) => {
+            match ipvs_table(&client).await {
+                Ok(t) => out.push_str(&t),
+                Err(e) => {
+                    let _ = writeln!(out, "IPVS: {e}");
+                }
             }
-        },
+            out.push_str("\nIPVS sync daemons:\n");
+            match client.daemons().await {
+                Ok(d) if d.is_empty() => out.push_str("  (none)\n"),
+                Ok(daemons) => {
+                    for d in daemons {
+                        let _ = writeln!(out, "  {d}");
+                    }
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "  {e}");
+                }
+            }
+        }
         Err(e) => {
             let _ = writeln!(out, "IPVS: {e}");
         }

@@ -331,6 +331,9 @@ async fn apply_checked(
     }
     finish_drains(dp, &plan, &mut state, &journal, args, &mut report).await;
     drain_lines(&report, &mut out);
+    for d in &report.sync_daemons {
+        out.lines.push(format!("ipvs: {d}: running"));
+    }
     if let Some(p) = prober {
         p.update(crate::health::targets(&plan, &report.probe_routes));
         checked.retain(|k, _| state.ipvs_services.contains(&(*k).into()));

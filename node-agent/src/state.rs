@@ -138,6 +138,9 @@ pub struct OwnedState {
     /// servers of a deleted VirtualService drain for its own time.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drain_timeouts: Vec<ServiceDrain>,
+    /// IPVS connection-sync daemons tunlb started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sync_daemons: Vec<crate::dataplane::sync_daemon::OwnedDaemon>,
     /// Standalone mode: the VirtualServices applied so far, by namespace/name.
     #[serde(default)]
     pub objects: BTreeMap<String, StoredObject>,

@@ -7,6 +7,7 @@
 //! - [`sysctl`]: the ARP and rp_filter sysctls of backends;
 //! - [`nft`]: the DNAT and MSS table for port mapping;
 //! - [`ipvs`] (diff in [`ipvs_diff`]): IPVS services and destinations;
+//! - [`sync_daemon`]: the IPVS connection-sync daemons of directors;
 //! - [`address`]: VIP addresses on tunl0 and on directors' interfaces.
 //!
 //! [`Dataplane::sync`] runs them in that order. Backends get their sysctls
@@ -20,6 +21,7 @@ pub mod ipvs;
 pub mod ipvs_diff;
 pub mod nft;
 pub mod probe;
+pub mod sync_daemon;
 pub mod sysctl;
 pub mod tunnel;
 
@@ -66,6 +68,8 @@ pub struct SyncReport {
     pub fault: bool,
     /// How this node's health probes reach each checked real server.
     pub probe_routes: probe::ProbeRoutes,
+    /// The IPVS sync daemons tunlb runs on this node.
+    pub sync_daemons: Vec<tunlb_ipvs::SyncDaemon>,
 }
 
 impl SyncReport {
@@ -119,6 +123,7 @@ impl SyncReport {
         self.draining = later.draining;
         self.drains_pending = later.drains_pending;
         self.probe_routes = later.probe_routes;
+        self.sync_daemons = later.sync_daemons;
         self.fault |= later.fault;
     }
 }
@@ -136,6 +141,9 @@ pub struct Dataplane {
     /// The port-mapping rules last written: what a mapping keeps while its
     /// new rules cannot be written.
     nat_written: Option<nft::Written>,
+    /// Connection sync between directors: while this node directs, it runs
+    /// a master and a backup IPVS sync daemon with these settings.
+    pub ipvs_sync: Option<sync_daemon::Settings>,
 }
 
 /// Applies `settings`, the values to restore made durable before they are
@@ -163,6 +171,7 @@ impl Dataplane {
             probe_mark_base: probe::DEFAULT_MARK_BASE,
             probing: false,
             nat_written: None,
+            ipvs_sync: None,
         })
     }
 
@@ -321,6 +330,14 @@ impl Dataplane {
             }
             settings.extend(director);
         }
+        // After the services too: a backup daemon's connections find their
+        // real servers among them.
+        let wanted_daemons = match &self.ipvs_sync {
+            Some(s) if !plan.ipvs.is_empty() => s.daemons(),
+            _ => Vec::new(),
+        };
+        report.sync_daemons =
+            sync_daemon::sync(self.ipvs(), &wanted_daemons, state, journal, &mut report).await;
         let probe_client = if probe_paths.is_empty() && state.probe_services.is_empty() {
             None
         } else {

@@ -7,6 +7,11 @@
 #     skew time; preemption on and off when the old master returns.
 # (b) tunlb and keepalived (vrrp_version 3, unicast) elect one master and
 #     fail over both ways.
+# (c) IPVS connection sync: both directors run `tunlb-agent apply` for one
+#     VirtualService (real server rs .183) with --ipvs-sync-interface, the
+#     speakers move the VIP; 20 long-lived TCP connections (tcp-hold) keep
+#     working across a link-cut failover and back. The control without the
+#     sync daemons: the same failover resets them.
 # Times are read from `ip -ts monitor` (kernel notifications, wall clock).
 . /scenarios/common.sh
 
@@ -265,6 +270,130 @@ lab_assert_eq "tunlb leaves: keepalived takes over, one holder" "d2" "$(holders)
 within "keepalived took over on tunlb's priority 0 (skew 41 ms, down interval 341 ms)" 291 "$left" "$took"
 lab_assert_eq "the client reaches d2" "d2" "$(request client "http://$VIP/")"
 stop "$KA_PID"
+
+echo "== (c) IPVS connection sync across a failover"
+RS=192.168.56.183
+SYNC_PORT=7000
+HOLD=/usr/local/bin/tcp-hold
+topo_add_ns rs "$RS"
+cat >"$LOGS/chat.yaml" <<YAML
+apiVersion: tunlb.io/v1alpha1
+kind: VirtualService
+metadata:
+  name: chat
+spec:
+  vip: $VIP
+  ports:
+  - name: chat
+    port: $SYNC_PORT
+  scheduler: rr
+  backends:
+    static:
+    - address: $RS
+YAML
+# director_apply NS [FLAG...]: the agent programs NS as a director of chat.
+# The VIP it adds goes on tunl0, which with arp_ignore=1 on eth0 answers
+# no ARP: only the VRRP master's eth0 copy does.
+director_apply() {
+	_ns="$1"
+	shift
+	ns_exec "$_ns" "$AGENT" apply --node "$_ns" --state-dir "/tmp/state-$_ns" --director \
+		-f "$LOGS/chat.yaml" "$@" 2>&1 | sed "s/^/[$_ns] /"
+}
+SYNC_FLAGS="--ipvs-sync-interface eth0 --ipvs-sync-id $VRID"
+for _n in d1 d2; do
+	ns_exec "$_n" sysctl -qw net.ipv4.conf.eth0.arp_ignore=1
+	director_apply "$_n" $SYNC_FLAGS
+done
+ns_exec rs "$AGENT" apply --node rs --state-dir /tmp/state-rs -f "$LOGS/chat.yaml" 2>&1 | sed "s/^/[rs] /"
+for _n in d1 d2; do
+	lab_assert_contains "$_n: tunlb-agent show lists tunlb's master sync daemon" \
+		"master sync daemon on eth0, sync id $VRID" "$(ns_exec "$_n" "$AGENT" show)"
+	lab_assert_contains "$_n: ipvsadm lists the backup daemon tunlb started" \
+		"backup sync daemon (mcast=eth0, syncid=$VRID" "$(ns_exec "$_n" ipvsadm -L --daemon)"
+done
+"$IP" netns exec rs "$HOLD" serve "$SYNC_PORT" >"$LOGS/hold-server" 2>&1 &
+LAB_PIDS="$LAB_PIDS $!"
+listening() { ns_exec rs busybox netstat -ltn | grep -q ":$SYNC_PORT "; }
+wait_for 10 "the chat server listens" listening
+speaker d1 200 "$D2"
+wait_for 20 "d1 holds the VIP" only_holder d1
+speaker d2 100 "$D1"
+wait_for 20 "d2 is a backup" last_transition_is d2 "to=Backup"
+
+# status FILE KEY: a value from tcp-hold's status file.
+status() { sed -n "s/.* $2=\([0-9]*\).*/\1/p; s/^$2=\([0-9]*\) .*/\1/p" "$1" | head -n 1; }
+status_is() { [ "$(status "$1" "$2")" = "$3" ]; }
+replies_above() { [ "$(status "$1" replies)" -gt "$2" ]; }
+# synced NS FILE: how many of the held connections NS's IPVS lists as ESTABLISHED.
+synced() {
+	_ports=$(sed -n 's/^ports=//p' "$2" | tr ',' ' ')
+	_table=$(ns_exec "$1" ipvsadm -Lnc)
+	_c=0
+	for _p in $_ports; do
+		echo "$_table" | grep -q "ESTABLISHED *$CLIENT:$_p *$VIP:$SYNC_PORT" && _c=$((_c + 1))
+	done
+	echo "$_c"
+}
+synced_is() { [ "$(synced "$1" "$2")" = "$3" ]; }
+# hold FILE: 20 connections through the VIP, a line every 200 ms on each.
+hold() {
+	"$IP" netns exec client "$HOLD" hold "$VIP:$SYNC_PORT" 20 200 "$1" >"$1.log" 2>&1 &
+	HOLD_PID=$!
+	wait_for 20 "20 connections up" status_is "$1" alive 20
+	# Three packets make IPVS sync a connection (sync_threshold 3).
+	wait_for 10 "a few lines on every connection" replies_above "$1" 100
+}
+answered_or_failed() { status_is "$1" alive 0 || replies_above "$1" "$2"; }
+# failover FILE: cut d1's link; wait until d2 holds the VIP and the connections
+# have had 10 more answers each (or all failed); the caller restores the link.
+failover() {
+	_before=$(status "$1" replies)
+	"$IP" link set v-d1 down
+	wait_for 20 "d2 takes the VIP" holds d2
+	wait_for 15 "every connection answers again, or fails" answered_or_failed "$1" "$((_before + 200))"
+}
+
+ST="$LOGS/hold-sync"
+hold "$ST"
+wait_for 10 "d2's backup daemon learnt the 20 connections" synced_is d2 "$ST" 20
+lab_assert_eq "before the failover, d2 (backup director) lists the 20 connections, synced" "20" "$(synced d2 "$ST")"
+ns_exec d2 ipvsadm -Lnc | head -n 4
+failover "$ST"
+cat "$ST"
+lab_assert_eq "with sync: 20 of 20 connections alive after the failover to d2" "20" "$(status "$ST" alive)"
+lab_assert_eq "with sync: 0 of 20 reset" "0" "$(status "$ST" reset)"
+echo "measured: longest wait for an answer across the failover: $(status "$ST" max_gap_ms) ms"
+"$IP" link set v-d1 up
+wait_for 20 "d1 takes the VIP back" only_holder d1
+wait_for 10 "more answers after d1 is back" replies_above "$ST" "$(($(status "$ST" replies) + 100))"
+lab_assert_eq "with sync: still 20 of 20 alive after failing back to d1" "20" "$(status "$ST" alive)"
+kill "$HOLD_PID"
+wait "$HOLD_PID" 2>/dev/null
+
+echo "-- control: the same failover without the sync daemons"
+for _n in d1 d2; do director_apply "$_n"; done
+lab_assert_eq "without --ipvs-sync-*: tunlb stopped its daemons on d1" "" \
+	"$(ns_exec d1 ipvsadm -L --daemon)"
+# A daemon tunlb did not start: the next run leaves it running.
+ns_exec d2 ipvsadm --start-daemon backup --mcast-interface eth0 --syncid 9
+director_apply d2
+lab_assert_contains "d2 keeps the daemon tunlb did not start (sync id 9), and only it" \
+	"backup sync daemon (mcast=eth0, syncid=9" "$(ns_exec d2 ipvsadm -L --daemon | tr '\n' ' ')"
+lab_assert_eq "d2 runs no master daemon" "" "$(ns_exec d2 ipvsadm -L --daemon | grep master)"
+ST="$LOGS/hold-nosync"
+hold "$ST"
+lab_assert_eq "without sync: d2 knows none of the 20 connections" "0" "$(synced d2 "$ST")"
+failover "$ST"
+wait_for 15 "the connections fail" status_is "$ST" alive 0
+cat "$ST"
+lab_assert_eq "without sync: 20 of 20 connections reset by the new director" "20" "$(status "$ST" reset)"
+"$IP" link set v-d1 up
+kill "$HOLD_PID" 2>/dev/null
+wait "$HOLD_PID" 2>/dev/null
+ns_exec d2 ipvsadm --stop-daemon backup
+stop "$SPK_d1"
+stop "$SPK_d2"
 
 echo "== logs"
 for f in speaker-d1 speaker-d2 keepalived.log; do
