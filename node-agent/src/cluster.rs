@@ -629,14 +629,14 @@ pub enum EntryWrite {
     TookOver(String),
 }
 
-/// Writes this node's entry in `key`'s `status.nodes` by server-side apply as this node's field manager, without
-/// forcing: the apply names only this entry, so it can conflict only where
-/// another manager set fields inside this node's entry (a `kubectl edit` of
-/// the status, a tool writing with its own manager name). The entry is this
-/// node's report and nobody else's, so the agent then takes those fields back
-/// with a forced apply of the same entry, after logging whose they were; the
-/// cluster's admission policy keeps every other part of the object out of an
-/// agent's reach whatever it sends.
+/// Writes this node's entry in `key`'s `status.nodes` by server-side apply
+/// as this node's field manager, without forcing: the apply names only this
+/// entry, so it can conflict only where another manager set fields inside
+/// this node's entry (a `kubectl edit` of the status, a tool writing with its
+/// own manager name). The entry is this node's report and nobody else's, so
+/// the agent then takes those fields back with a forced apply of the same
+/// entry, after logging whose they were; the chart's admission policy keeps
+/// every other part of the object out of an agent's reach whatever it sends.
 pub async fn write_entry(
     client: Client,
     key: &ObjectKey,
