@@ -4,10 +4,11 @@
 set -euo pipefail
 
 # buildah, skopeo, umoci: the images (scripts/build-images.sh) and unpacking them for tests.
+# jq: tests/vm-tests.sh reads cargo's list of test executables.
 # keepalived: the VRRP peer of the vrrp lab test and of scripts/bench-health.sh (copied into the
 # lab guest by run.sh --host-bin, never run on the host).
 pkgs=(qemu-system-x86 busybox-static ipvsadm nftables iproute2 curl cpio kmod xz-utils openssl time
-	buildah skopeo umoci keepalived)
+	buildah skopeo umoci keepalived jq)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

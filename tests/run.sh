@@ -57,8 +57,8 @@ export TUNLB_AGENT_BIN="$PWD/target/ci/tunlb-agent"
 phase "API server tests: CRD admission, server-side apply, RBAC, Helm chart and images, operator"
 cargo test --profile ci --quiet --no-fail-fast -p tunlb-tests --test crd --test chart --test operator -- --include-ignored --test-threads 1
 
-phase "lab tests (QEMU, Debian kernel) and end to end"
-cargo test --profile ci --quiet --no-fail-fast -p tunlb-tests --test lab --test e2e -- --include-ignored --test-threads 2
+phase "lab tests (QEMU, Debian kernel) and end to end, in one pool, longest first"
+tests/vm-tests.sh
 
 phase done
 echo "tests/run.sh: all phases passed in $((SECONDS - t0)) s"
