@@ -489,18 +489,20 @@ async fn report_status(
     want: BTreeMap<ObjectKey, NodeStatus>,
     objects: &[Arc<DeserializeGuard<VirtualService>>],
 ) {
-    let exists: BTreeMap<ObjectKey, Option<&NodeStatus>> = objects
+    // Each object's entry for this node, and where it is in status.nodes.
+    let exists: BTreeMap<ObjectKey, Option<(usize, &NodeStatus)>> = objects
         .iter()
         .filter_map(|g| g.0.as_ref().ok())
         .map(|vs| {
-            let entry = vs
-                .status
-                .as_ref()
-                .and_then(|s| s.nodes.iter().find(|n| n.node_name == node));
+            let entry = vs.status.as_ref().and_then(|s| {
+                s.nodes
+                    .iter()
+                    .enumerate()
+                    .find(|(_, n)| n.node_name == node)
+            });
             (key_of(&vs.metadata), entry)
         })
         .collect();
-    let params = PatchParams::apply(&field_manager(node)).force();
     let mut targets: BTreeSet<ObjectKey> = want.keys().cloned().collect();
     targets.extend(memory.reported.keys().cloned());
     // Entries left from an earlier run of this agent also get withdrawn.
@@ -512,7 +514,8 @@ async fn report_status(
     );
     let mut writes = Vec::new();
     for key in targets {
-        let stored = exists.get(&key).copied().flatten();
+        let stored_at = exists.get(&key).copied().flatten();
+        let stored = stored_at.map(|(_, e)| e);
         let desired = want.get(&key);
         if desired == stored && memory.reported.get(&key) == desired {
             continue;
@@ -521,7 +524,7 @@ async fn report_status(
             memory.reported.remove(&key);
             continue;
         }
-        writes.push((key, desired.cloned()));
+        writes.push((key, desired.cloned(), stored_at.map(|(at, _)| at)));
     }
     if writes.is_empty() {
         return;
@@ -531,22 +534,16 @@ async fn report_status(
     // thousands of objects is not a long queue of them.
     let results: Vec<(ObjectKey, Option<NodeStatus>, Result<(), kube::Error>)> =
         futures::stream::iter(writes)
-            .map(|(key, desired)| {
-                let (client, params) = (client.clone(), &params);
+            .map(|(key, desired, stored_at)| {
+                let client = client.clone();
                 async move {
-                    // The guard type keeps a patch of an object we cannot parse from failing on the reply.
-                    let api: Api<DeserializeGuard<VirtualService>> =
-                        Api::namespaced(client, &key.namespace);
-                    let nodes: Vec<&NodeStatus> = desired.iter().collect();
-                    let body = json!({
-                        "apiVersion": tunlb_api::API_VERSION,
-                        "kind": tunlb_api::KIND,
-                        "status": { "nodes": nodes },
-                    });
-                    let result = api
-                        .patch_status(&key.name, params, &Patch::Apply(&body))
-                        .await
-                        .map(|_| ());
+                    let result = match (&desired, stored_at) {
+                        (Some(entry), _) => {
+                            write_entry(client, &key, node, entry).await.map(|_| ())
+                        }
+                        (None, Some(at)) => withdraw_entry(client, &key, node, at).await,
+                        (None, None) => Ok(()),
+                    };
                     (key, desired, result)
                 }
             })
@@ -573,6 +570,103 @@ async fn report_status(
             }
             Err(e) => warn!(object = %key, error = %e, "cannot report status; will retry"),
         }
+    }
+}
+
+/// Removes this node's entry, found at `at` in `key`'s `status.nodes`: a JSON
+/// patch that tests the entry there is this node's and removes it, so the
+/// entry goes whoever else set fields in it (an empty apply would leave their
+/// fields behind). If the list changed since it was read, the test fails and
+/// the next pass tries again with the newer object.
+pub async fn withdraw_entry(
+    client: Client,
+    key: &ObjectKey,
+    node: &str,
+    at: usize,
+) -> Result<(), kube::Error> {
+    let api: Api<DeserializeGuard<VirtualService>> = Api::namespaced(client, &key.namespace);
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        { "op": "test", "path": format!("/status/nodes/{at}/nodeName"), "value": node },
+        { "op": "remove", "path": format!("/status/nodes/{at}") },
+    ]))
+    .map_err(kube::Error::SerdeError)?;
+    let params = PatchParams {
+        field_manager: Some(field_manager(node)),
+        ..PatchParams::default()
+    };
+    api.patch_status(&key.name, &params, &Patch::<()>::Json(patch))
+        .await?;
+    Ok(())
+}
+
+/// `entry` with every field present, empty ones too, so this node's field
+/// manager owns all of them: a value another manager put in a field the
+/// agent would otherwise leave out cannot outlive the agent's next write.
+fn every_field(entry: &NodeStatus) -> serde_json::Value {
+    let mut v = json!({
+        "nodeName": entry.node_name,
+        "roles": entry.roles,
+        "programmed": entry.programmed,
+        "message": entry.message,
+        "draining": entry.draining,
+        "health": entry.health,
+        "failOpen": entry.fail_open,
+    });
+    if let Some(generation) = entry.observed_generation {
+        v["observedGeneration"] = generation.into();
+    }
+    v
+}
+
+/// How a status entry was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryWrite {
+    /// Applied: the fields were this node's manager's, or nobody's.
+    Applied,
+    /// Another field manager held some of them: the API server's conflict
+    /// message, which names that manager and the fields. The entry was then
+    /// taken back.
+    TookOver(String),
+}
+
+/// Writes this node's entry in `key`'s `status.nodes` by server-side apply
+/// as this node's field manager, without forcing: the apply names only this
+/// entry, so it can conflict only where another manager set fields inside
+/// this node's entry (a `kubectl edit` of the status, a tool writing with its
+/// own manager name). The entry is this node's report and nobody else's, so
+/// the agent then takes those fields back with a forced apply of the same
+/// entry, after logging whose they were; the chart's admission policy keeps
+/// every other part of the object out of an agent's reach whatever it sends.
+pub async fn write_entry(
+    client: Client,
+    key: &ObjectKey,
+    node: &str,
+    entry: &NodeStatus,
+) -> Result<EntryWrite, kube::Error> {
+    // The guard type keeps a patch of an object we cannot parse from failing on the reply.
+    let api: Api<DeserializeGuard<VirtualService>> = Api::namespaced(client, &key.namespace);
+    let body = json!({
+        "apiVersion": tunlb_api::API_VERSION,
+        "kind": tunlb_api::KIND,
+        "status": { "nodes": [every_field(entry)] },
+    });
+    let params = PatchParams::apply(&field_manager(node));
+    match api
+        .patch_status(&key.name, &params, &Patch::Apply(&body))
+        .await
+    {
+        Ok(_) => Ok(EntryWrite::Applied),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            warn!(
+                object = %key,
+                conflict = %e.message,
+                "another field manager wrote this node's status entry; taking the entry back"
+            );
+            api.patch_status(&key.name, &params.force(), &Patch::Apply(&body))
+                .await?;
+            Ok(EntryWrite::TookOver(e.message))
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -657,6 +751,44 @@ mod tests {
         assert!(m.accepted.is_empty());
         m.persist(&mut state);
         assert!(state.accepted.is_empty());
+    }
+
+    /// The status write names every field of an entry.
+    #[test]
+    fn an_entry_write_names_every_field() {
+        let full = NodeStatus {
+            node_name: "n1".into(),
+            roles: vec![tunlb_api::NodeRole::Director],
+            observed_generation: Some(3),
+            programmed: true,
+            message: "m".into(),
+            draining: vec!["10.0.0.1:80".into()],
+            health: vec![tunlb_api::ProbedServer {
+                address: "10.0.0.1".into(),
+                port: 80,
+                state: tunlb_api::HealthState::Healthy,
+                since: None,
+                message: String::new(),
+            }],
+            fail_open: true,
+        };
+        let keys = |v: serde_json::Value| -> Vec<String> {
+            v.as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        let serde = serde_json::to_value(&full).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(keys(every_field(&full)), keys(serde));
+        let empty = NodeStatus {
+            roles: Vec::new(),
+            message: String::new(),
+            draining: Vec::new(),
+            health: Vec::new(),
+            fail_open: false,
+            ..full
+        };
+        assert_eq!(every_field(&empty)["message"], "");
+        assert_eq!(every_field(&empty)["failOpen"], false);
     }
 
     /// A pass that changes nothing leaves nothing unsaved.
