@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -481,7 +481,7 @@ async fn pass(
 }
 
 /// Writes changed entries, and withdraws entries for objects this node no
-/// longer has a role in (an empty apply drops the manager's list item).
+/// longer has a role in.
 async fn report_status(
     client: &Client,
     node: &str,
@@ -489,17 +489,14 @@ async fn report_status(
     want: BTreeMap<ObjectKey, NodeStatus>,
     objects: &[Arc<DeserializeGuard<VirtualService>>],
 ) {
-    // Each object's entry for this node, and where it is in status.nodes.
-    let exists: BTreeMap<ObjectKey, Option<(usize, &NodeStatus)>> = objects
+    let exists: BTreeMap<ObjectKey, Option<&NodeStatus>> = objects
         .iter()
         .filter_map(|g| g.0.as_ref().ok())
         .map(|vs| {
-            let entry = vs.status.as_ref().and_then(|s| {
-                s.nodes
-                    .iter()
-                    .enumerate()
-                    .find(|(_, n)| n.node_name == node)
-            });
+            let entry = vs
+                .status
+                .as_ref()
+                .and_then(|s| s.nodes.iter().find(|n| n.node_name == node));
             (key_of(&vs.metadata), entry)
         })
         .collect();
@@ -514,8 +511,7 @@ async fn report_status(
     );
     let mut writes = Vec::new();
     for key in targets {
-        let stored_at = exists.get(&key).copied().flatten();
-        let stored = stored_at.map(|(_, e)| e);
+        let stored = exists.get(&key).copied().flatten();
         let desired = want.get(&key);
         if desired == stored && memory.reported.get(&key) == desired {
             continue;
@@ -524,7 +520,7 @@ async fn report_status(
             memory.reported.remove(&key);
             continue;
         }
-        writes.push((key, desired.cloned(), stored_at.map(|(at, _)| at)));
+        writes.push((key, desired.cloned()));
     }
     if writes.is_empty() {
         return;
@@ -534,15 +530,12 @@ async fn report_status(
     // thousands of objects is not a long queue of them.
     let results: Vec<(ObjectKey, Option<NodeStatus>, Result<(), kube::Error>)> =
         futures::stream::iter(writes)
-            .map(|(key, desired, stored_at)| {
+            .map(|(key, desired)| {
                 let client = client.clone();
                 async move {
-                    let result = match (&desired, stored_at) {
-                        (Some(entry), _) => {
-                            write_entry(client, &key, node, entry).await.map(|_| ())
-                        }
-                        (None, Some(at)) => withdraw_entry(client, &key, node, at).await,
-                        (None, None) => Ok(()),
+                    let result = match &desired {
+                        Some(entry) => write_entry(client, &key, node, entry).await.map(|_| ()),
+                        None => withdraw_entry(client, &key, node).await,
                     };
                     (key, desired, result)
                 }
@@ -573,30 +566,103 @@ async fn report_status(
     }
 }
 
-/// Removes this node's entry, found at `at` in `key`'s `status.nodes`: a JSON
-/// patch that tests the entry there is this node's and removes it, so the
-/// entry goes whoever else set fields in it (an empty apply would leave their
-/// fields behind). If the list changed since it was read, the test fails and
-/// the next pass tries again with the newer object.
+/// Removal patches tried before a withdrawal waits for the next pass.
+const WITHDRAW_ATTEMPTS: usize = 3;
+
+/// Removes this node's entry from `key`'s `status.nodes`.
+///
+/// First a server-side apply by this node's field manager that names no
+/// entry: that drops every field the manager owns, and with them the entry,
+/// whatever the other agents and the operator write meanwhile (the list is
+/// keyed by node name, not position). If another manager also set fields in
+/// this node's entry, those keep it alive (or the remains lack a required
+/// field and the apply is refused); then a JSON patch removes the entry at
+/// the index read from the object just returned by the API server, after a
+/// test that the entry there is this node's. A test that fails because the
+/// list moved in between is retried with a freshly read object.
 pub async fn withdraw_entry(
     client: Client,
     key: &ObjectKey,
     node: &str,
-    at: usize,
 ) -> Result<(), kube::Error> {
-    let api: Api<DeserializeGuard<VirtualService>> = Api::namespaced(client, &key.namespace);
-    let patch: json_patch::Patch = serde_json::from_value(json!([
+    // Untyped, so an object the agent cannot parse still shows its entries.
+    let resource = ApiResource::erase::<VirtualService>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(client, &key.namespace, &resource);
+    let manager = field_manager(node);
+    let body = json!({
+        "apiVersion": tunlb_api::API_VERSION,
+        "kind": tunlb_api::KIND,
+        "status": { "nodes": [] },
+    });
+    let mut fresh = match api
+        .patch_status(
+            &key.name,
+            &PatchParams::apply(&manager),
+            &Patch::Apply(&body),
+        )
+        .await
+    {
+        Ok(object) => object,
+        Err(kube::Error::Api(e)) if e.code == 422 => match read_fresh(&api, &key.name).await? {
+            Some(object) => object,
+            None => return Ok(()),
+        },
+        Err(e) => return Err(e),
+    };
+    let params = PatchParams {
+        field_manager: Some(manager),
+        ..PatchParams::default()
+    };
+    let mut attempt = 1;
+    while let Some(at) = entry_index(&fresh.data, node) {
+        debug!(object = %key, at, "another field manager keeps this node's entry; removing it");
+        match api
+            .patch_status(
+                &key.name,
+                &params,
+                &Patch::<()>::Json(removal(at, node).map_err(kube::Error::SerdeError)?),
+            )
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 422 && attempt < WITHDRAW_ATTEMPTS => {
+                attempt += 1;
+                match read_fresh(&api, &key.name).await? {
+                    Some(object) => fresh = object,
+                    None => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The object as stored now (None: it is gone), read by a list of that one
+/// name: the agent may list and watch VirtualServices, not get them.
+async fn read_fresh(
+    api: &Api<DynamicObject>,
+    name: &str,
+) -> Result<Option<DynamicObject>, kube::Error> {
+    let params = ListParams::default().fields(&format!("metadata.name={name}"));
+    Ok(api.list(&params).await?.items.into_iter().next())
+}
+
+/// Where `node`'s entry is in the `status.nodes` of an object's data.
+fn entry_index(data: &serde_json::Value, node: &str) -> Option<usize> {
+    data.pointer("/status/nodes")?
+        .as_array()?
+        .iter()
+        .position(|n| n.get("nodeName").and_then(|v| v.as_str()) == Some(node))
+}
+
+/// A JSON patch that removes `status.nodes[at]` if that entry is `node`'s,
+/// and fails otherwise.
+fn removal(at: usize, node: &str) -> Result<json_patch::Patch, serde_json::Error> {
+    serde_json::from_value(json!([
         { "op": "test", "path": format!("/status/nodes/{at}/nodeName"), "value": node },
         { "op": "remove", "path": format!("/status/nodes/{at}") },
     ]))
-    .map_err(kube::Error::SerdeError)?;
-    let params = PatchParams {
-        field_manager: Some(field_manager(node)),
-        ..PatchParams::default()
-    };
-    api.patch_status(&key.name, &params, &Patch::<()>::Json(patch))
-        .await?;
-    Ok(())
 }
 
 /// `entry` with every field present, empty ones too, so this node's field
@@ -751,6 +817,35 @@ mod tests {
         assert!(m.accepted.is_empty());
         m.persist(&mut state);
         assert!(state.accepted.is_empty());
+    }
+
+    /// A withdrawal finds this node's entry by name in whatever order the
+    /// list has, and removes only the entry it tested.
+    #[test]
+    fn a_withdrawal_removes_only_this_nodes_entry() {
+        let mut data = json!({"status": {"nodes": [
+            {"nodeName": "rs2", "programmed": true},
+            {"nodeName": "rs1", "programmed": true},
+        ]}});
+        assert_eq!(entry_index(&data, "rs1"), Some(1));
+        assert_eq!(entry_index(&data, "rs3"), None);
+        assert_eq!(entry_index(&json!({}), "rs1"), None);
+        assert_eq!(entry_index(&json!({"status": {}}), "rs1"), None);
+
+        let before = data.clone();
+        let stale = removal(0, "rs1").unwrap_or_else(|e| panic!("{e}"));
+        assert!(json_patch::patch(&mut data, &stale).is_err());
+        assert_eq!(data, before, "a stale index removed an entry");
+        let Some(at) = entry_index(&data, "rs1") else {
+            panic!("no entry");
+        };
+        let patch = removal(at, "rs1").unwrap_or_else(|e| panic!("{e}"));
+        json_patch::patch(&mut data, &patch).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            data,
+            json!({"status": {"nodes": [{"nodeName": "rs2", "programmed": true}]}})
+        );
+        assert_eq!(entry_index(&data, "rs1"), None);
     }
 
     /// The status write names every field of an entry.

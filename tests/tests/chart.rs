@@ -1265,17 +1265,29 @@ fn agent_token_writes_only_its_own_node_entry() {
         merge_status(
             r#"{"status":{"conditions":[{"type":"Accepted","status":"True","reason":"Forged","message":"","lastTransitionTime":"2026-01-01T00:00:00Z"}]}}"#,
         ),
-        "tunlb agent: status.conditions belong to the operator",
+        "tunlb agent: only the operator may change status.conditions;",
     );
     denied(
         "realServers",
         merge_status(r#"{"status":{"realServers":[{"address":"10.9.9.9","weight":100}]}}"#),
-        "tunlb agent: status.realServers belong to the operator",
+        "tunlb agent: only the operator may change status.realServers;",
     );
     denied(
         "observedGeneration",
         merge_status(r#"{"status":{"observedGeneration":7}}"#),
-        "status.observedGeneration, status.realServerCount and status.healthy belong to the operator",
+        "tunlb agent: only the operator may change status.observedGeneration;",
+    );
+    // Every status field but nodes, not a list of them: one set where there
+    // was none, one removed.
+    denied(
+        "healthy",
+        merge_status(r#"{"status":{"healthy":"9/9"}}"#),
+        "tunlb agent: only the operator may change status.healthy;",
+    );
+    denied(
+        "conditions removed",
+        merge_status(r#"{"status":{"conditions":null}}"#),
+        "tunlb agent: only the operator may change status.conditions;",
     );
     let others = "tunlb agent: the agent of node rs1 may change only its own entry, status.nodes[nodeName=rs1]";
     denied(
@@ -1379,29 +1391,33 @@ fn agent_token_writes_only_its_own_node_entry() {
     );
     assert_eq!(write(&entry("nft timed out")), EntryWrite::Applied);
     // Withdrawn: the entry goes, although "someone-else" still shares its
-    // key, and rs2's stays. At a stale index the patch does nothing.
-    let at = |v: &Value| {
-        v["status"]["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .position(|n| n["nodeName"] == "rs1")
-            .unwrap()
-    };
-    let withdraw = |at: usize| {
+    // key, and rs2's stays.
+    let withdraw = || {
         rt.block_on(tunlb_agent::cluster::withdraw_entry(
             client.clone(),
             &key,
             "rs1",
-            at,
         ))
+        .unwrap()
     };
-    let i = at(&status());
-    assert!(withdraw(1 - i).is_err(), "rs2's entry was withdrawn");
-    withdraw(i).unwrap();
+    let rs2_only =
+        serde_json::json!([{"nodeName": "rs2", "programmed": true, "observedGeneration": 1}]);
+    withdraw();
+    assert_eq!(status()["status"]["nodes"], rs2_only);
+    // An entry only the agent wrote goes too, wherever it is in the list;
+    // with nothing left to withdraw, a withdrawal changes nothing.
+    assert_eq!(write(&entry("")), EntryWrite::Applied);
+    admin_apply(
+        "tunlb-agent/rs3",
+        &nodes_apply(r#"[{"nodeName":"rs3","programmed":true}]"#),
+    );
+    withdraw();
     let now = status();
     assert!(rs1_entry(&now).is_none(), "{now}");
-    assert_eq!(now["status"]["nodes"][0]["nodeName"], "rs2");
+    withdraw();
+    assert_eq!(status()["status"], now["status"]);
+    admin_apply("tunlb-agent/rs3", &nodes_apply("[]"));
+    assert_eq!(status()["status"]["nodes"], rs2_only);
 
     // Cost: the policy compares every other node's entry. An object with 200
     // entries, each with a director's health list, stays writable.
