@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -481,7 +481,7 @@ async fn pass(
 }
 
 /// Writes changed entries, and withdraws entries for objects this node no
-/// longer has a role in (an empty apply drops the manager's list item).
+/// longer has a role in.
 async fn report_status(
     client: &Client,
     node: &str,
@@ -500,7 +500,6 @@ async fn report_status(
             (key_of(&vs.metadata), entry)
         })
         .collect();
-    let params = PatchParams::apply(&field_manager(node)).force();
     let mut targets: BTreeSet<ObjectKey> = want.keys().cloned().collect();
     targets.extend(memory.reported.keys().cloned());
     // Entries left from an earlier run of this agent also get withdrawn.
@@ -532,21 +531,12 @@ async fn report_status(
     let results: Vec<(ObjectKey, Option<NodeStatus>, Result<(), kube::Error>)> =
         futures::stream::iter(writes)
             .map(|(key, desired)| {
-                let (client, params) = (client.clone(), &params);
+                let client = client.clone();
                 async move {
-                    // The guard type keeps a patch of an object we cannot parse from failing on the reply.
-                    let api: Api<DeserializeGuard<VirtualService>> =
-                        Api::namespaced(client, &key.namespace);
-                    let nodes: Vec<&NodeStatus> = desired.iter().collect();
-                    let body = json!({
-                        "apiVersion": tunlb_api::API_VERSION,
-                        "kind": tunlb_api::KIND,
-                        "status": { "nodes": nodes },
-                    });
-                    let result = api
-                        .patch_status(&key.name, params, &Patch::Apply(&body))
-                        .await
-                        .map(|_| ());
+                    let result = match &desired {
+                        Some(entry) => write_entry(client, &key, node, entry).await.map(|_| ()),
+                        None => withdraw_entry(client, &key, node).await,
+                    };
                     (key, desired, result)
                 }
             })
@@ -573,6 +563,176 @@ async fn report_status(
             }
             Err(e) => warn!(object = %key, error = %e, "cannot report status; will retry"),
         }
+    }
+}
+
+/// Removal patches tried before a withdrawal waits for the next pass.
+const WITHDRAW_ATTEMPTS: usize = 3;
+
+/// Removes this node's entry from `key`'s `status.nodes`.
+///
+/// First a server-side apply by this node's field manager that names no
+/// entry: that drops every field the manager owns, and with them the entry,
+/// whatever the other agents and the operator write meanwhile (the list is
+/// keyed by node name, not position). If another manager also set fields in
+/// this node's entry, those keep it alive (or the remains lack a required
+/// field and the apply is refused); then a JSON patch removes the entry at
+/// the index read from the object just returned by the API server, after a
+/// test that the entry there is this node's. A test that fails because the
+/// list moved in between is retried with a freshly read object.
+pub async fn withdraw_entry(
+    client: Client,
+    key: &ObjectKey,
+    node: &str,
+) -> Result<(), kube::Error> {
+    // Untyped, so an object the agent cannot parse still shows its entries.
+    let resource = ApiResource::erase::<VirtualService>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(client, &key.namespace, &resource);
+    let manager = field_manager(node);
+    let body = json!({
+        "apiVersion": tunlb_api::API_VERSION,
+        "kind": tunlb_api::KIND,
+        "status": { "nodes": [] },
+    });
+    let mut fresh = match api
+        .patch_status(
+            &key.name,
+            &PatchParams::apply(&manager),
+            &Patch::Apply(&body),
+        )
+        .await
+    {
+        Ok(object) => object,
+        Err(kube::Error::Api(e)) if e.code == 422 => match read_fresh(&api, &key.name).await? {
+            Some(object) => object,
+            None => return Ok(()),
+        },
+        Err(e) => return Err(e),
+    };
+    let params = PatchParams {
+        field_manager: Some(manager),
+        ..PatchParams::default()
+    };
+    let mut attempt = 1;
+    while let Some(at) = entry_index(&fresh.data, node) {
+        debug!(object = %key, at, "another field manager keeps this node's entry; removing it");
+        match api
+            .patch_status(
+                &key.name,
+                &params,
+                &Patch::<()>::Json(removal(at, node).map_err(kube::Error::SerdeError)?),
+            )
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 422 && attempt < WITHDRAW_ATTEMPTS => {
+                attempt += 1;
+                match read_fresh(&api, &key.name).await? {
+                    Some(object) => fresh = object,
+                    None => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The object as stored now (None: it is gone), read by a list of that one
+/// name: the agent may list and watch VirtualServices, not get them.
+async fn read_fresh(
+    api: &Api<DynamicObject>,
+    name: &str,
+) -> Result<Option<DynamicObject>, kube::Error> {
+    let params = ListParams::default().fields(&format!("metadata.name={name}"));
+    Ok(api.list(&params).await?.items.into_iter().next())
+}
+
+/// Where `node`'s entry is in the `status.nodes` of an object's data.
+fn entry_index(data: &serde_json::Value, node: &str) -> Option<usize> {
+    data.pointer("/status/nodes")?
+        .as_array()?
+        .iter()
+        .position(|n| n.get("nodeName").and_then(|v| v.as_str()) == Some(node))
+}
+
+/// A JSON patch that removes `status.nodes[at]` if that entry is `node`'s,
+/// and fails otherwise.
+fn removal(at: usize, node: &str) -> Result<json_patch::Patch, serde_json::Error> {
+    serde_json::from_value(json!([
+        { "op": "test", "path": format!("/status/nodes/{at}/nodeName"), "value": node },
+        { "op": "remove", "path": format!("/status/nodes/{at}") },
+    ]))
+}
+
+/// `entry` with every field present, empty ones too, so this node's field
+/// manager owns all of them: a value another manager put in a field the
+/// agent would otherwise leave out cannot outlive the agent's next write.
+fn every_field(entry: &NodeStatus) -> serde_json::Value {
+    let mut v = json!({
+        "nodeName": entry.node_name,
+        "roles": entry.roles,
+        "programmed": entry.programmed,
+        "message": entry.message,
+        "draining": entry.draining,
+        "health": entry.health,
+        "failOpen": entry.fail_open,
+    });
+    if let Some(generation) = entry.observed_generation {
+        v["observedGeneration"] = generation.into();
+    }
+    v
+}
+
+/// How a status entry was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryWrite {
+    /// Applied: the fields were this node's manager's, or nobody's.
+    Applied,
+    /// Another field manager held some of them: the API server's conflict
+    /// message, which names that manager and the fields. The entry was then
+    /// taken back.
+    TookOver(String),
+}
+
+/// Writes this node's entry in `key`'s `status.nodes` by server-side apply
+/// as this node's field manager, without forcing: the apply names only this
+/// entry, so it can conflict only where another manager set fields inside
+/// this node's entry (a `kubectl edit` of the status, a tool writing with its
+/// own manager name). The entry is this node's report and nobody else's, so
+/// the agent then takes those fields back with a forced apply of the same
+/// entry, after logging whose they were; the chart's admission policy keeps
+/// every other part of the object out of an agent's reach whatever it sends.
+pub async fn write_entry(
+    client: Client,
+    key: &ObjectKey,
+    node: &str,
+    entry: &NodeStatus,
+) -> Result<EntryWrite, kube::Error> {
+    // The guard type keeps a patch of an object we cannot parse from failing on the reply.
+    let api: Api<DeserializeGuard<VirtualService>> = Api::namespaced(client, &key.namespace);
+    let body = json!({
+        "apiVersion": tunlb_api::API_VERSION,
+        "kind": tunlb_api::KIND,
+        "status": { "nodes": [every_field(entry)] },
+    });
+    let params = PatchParams::apply(&field_manager(node));
+    match api
+        .patch_status(&key.name, &params, &Patch::Apply(&body))
+        .await
+    {
+        Ok(_) => Ok(EntryWrite::Applied),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            warn!(
+                object = %key,
+                conflict = %e.message,
+                "another field manager wrote this node's status entry; taking the entry back"
+            );
+            api.patch_status(&key.name, &params.force(), &Patch::Apply(&body))
+                .await?;
+            Ok(EntryWrite::TookOver(e.message))
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -657,6 +817,73 @@ mod tests {
         assert!(m.accepted.is_empty());
         m.persist(&mut state);
         assert!(state.accepted.is_empty());
+    }
+
+    /// A withdrawal finds this node's entry by name in whatever order the
+    /// list has, and removes only the entry it tested.
+    #[test]
+    fn a_withdrawal_removes_only_this_nodes_entry() {
+        let mut data = json!({"status": {"nodes": [
+            {"nodeName": "rs2", "programmed": true},
+            {"nodeName": "rs1", "programmed": true},
+        ]}});
+        assert_eq!(entry_index(&data, "rs1"), Some(1));
+        assert_eq!(entry_index(&data, "rs3"), None);
+        assert_eq!(entry_index(&json!({}), "rs1"), None);
+        assert_eq!(entry_index(&json!({"status": {}}), "rs1"), None);
+
+        let before = data.clone();
+        let stale = removal(0, "rs1").unwrap_or_else(|e| panic!("{e}"));
+        assert!(json_patch::patch(&mut data, &stale).is_err());
+        assert_eq!(data, before, "a stale index removed an entry");
+        let Some(at) = entry_index(&data, "rs1") else {
+            panic!("no entry");
+        };
+        let patch = removal(at, "rs1").unwrap_or_else(|e| panic!("{e}"));
+        json_patch::patch(&mut data, &patch).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            data,
+            json!({"status": {"nodes": [{"nodeName": "rs2", "programmed": true}]}})
+        );
+        assert_eq!(entry_index(&data, "rs1"), None);
+    }
+
+    /// The status write names every field of an entry.
+    #[test]
+    fn an_entry_write_names_every_field() {
+        let full = NodeStatus {
+            node_name: "n1".into(),
+            roles: vec![tunlb_api::NodeRole::Director],
+            observed_generation: Some(3),
+            programmed: true,
+            message: "m".into(),
+            draining: vec!["10.0.0.1:80".into()],
+            health: vec![tunlb_api::ProbedServer {
+                address: "10.0.0.1".into(),
+                port: 80,
+                state: tunlb_api::HealthState::Healthy,
+                since: None,
+                message: String::new(),
+            }],
+            fail_open: true,
+        };
+        let keys = |v: serde_json::Value| -> Vec<String> {
+            v.as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        let serde = serde_json::to_value(&full).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(keys(every_field(&full)), keys(serde));
+        let empty = NodeStatus {
+            roles: Vec::new(),
+            message: String::new(),
+            draining: Vec::new(),
+            health: Vec::new(),
+            fail_open: false,
+            ..full
+        };
+        assert_eq!(every_field(&empty)["message"], "");
+        assert_eq!(every_field(&empty)["failOpen"], false);
     }
 
     /// A pass that changes nothing leaves nothing unsaved.

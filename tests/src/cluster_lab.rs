@@ -177,7 +177,8 @@ pub struct ClusterLabOptions {
 }
 
 /// Starts the control plane and the operator, then runs `/scenarios/<scenario>.sh`
-/// in the lab with /kube/admin.kubeconfig and /kube/agent.kubeconfig.
+/// in the lab with /kube/admin.kubeconfig and /kube/agent-NODE.kubeconfig
+/// (one per node, its token bound to that Node).
 pub fn run_in_cluster_lab(scenario: &str, timeout_s: u32) -> anyhow::Result<(LabRun, String)> {
     run_in_cluster_lab_with(
         scenario,
@@ -266,6 +267,8 @@ pub fn run_in_cluster_lab_with(
             "templates/agent-rbac.yaml",
             "--show-only",
             "templates/operator-rbac.yaml",
+            "--show-only",
+            "templates/agent-status-policy.yaml",
         ]);
     let rbac = run(&mut helm)?;
     cp.kubectl_stdin(["apply", "-f", "-"], &rbac)?;
@@ -294,20 +297,34 @@ pub fn run_in_cluster_lab_with(
     }
 
     let dir = cp.dir().to_path_buf();
-    let token = |sa: &str| -> anyhow::Result<PathBuf> {
-        run(Command::new(root.join("tests/controlplane/token.sh"))
-            .arg(&dir)
-            .args(["tunlb-system", sa]))?;
-        Ok(dir.join(format!("sa-tunlb-system-{sa}")))
+    // Each agent's token is bound to its Node, as the kubelet's projected
+    // token is bound to the agent's Pod: the chart's admission policy lets it
+    // write only that node's status entry.
+    let token = |sa: &str, node: Option<&str>| -> anyhow::Result<PathBuf> {
+        let mut cmd = Command::new(root.join("tests/controlplane/token.sh"));
+        cmd.arg(&dir).args(["tunlb-system", sa]);
+        if let Some(node) = node {
+            cmd.args(["24h", node]);
+        }
+        let path = run(&mut cmd)?;
+        Ok(PathBuf::from(path.trim()))
     };
-    let operator_kc = token("tunlb-operator")?.with_extension("kubeconfig");
-    let agent_base = token("tunlb-agent")?;
+    let operator_kc = token("tunlb-operator", None)?;
     let kube_dir = dir.join("guest-kube");
     std::fs::create_dir_all(&kube_dir)?;
-    std::fs::copy(
-        format!("{}-guest.kubeconfig", agent_base.display()),
-        kube_dir.join("agent.kubeconfig"),
-    )?;
+    for (node, ..) in NODES {
+        let host_kc = token("tunlb-agent", Some(node))?;
+        std::fs::copy(
+            host_kc.with_file_name(format!(
+                "{}-guest.kubeconfig",
+                host_kc
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or_default()
+            )),
+            kube_dir.join(format!("agent-{node}.kubeconfig")),
+        )?;
+    }
     std::fs::copy(
         dir.join("admin-guest.kubeconfig"),
         kube_dir.join("admin.kubeconfig"),

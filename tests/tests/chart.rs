@@ -183,34 +183,22 @@ fn operator_rules() -> BTreeSet<String> {
         "tunlb.io/virtualservices list",
         "tunlb.io/virtualservices watch",
         "tunlb.io/virtualservices patch",
-        "tunlb.io/virtualservices update",
-        "tunlb.io/virtualservices/status get",
         "tunlb.io/virtualservices/status patch",
-        "tunlb.io/virtualservices/status update",
-        "/services get",
         "/services list",
         "/services watch",
-        "/nodes get",
         "/nodes list",
         "/nodes watch",
-        "discovery.k8s.io/endpointslices get",
         "discovery.k8s.io/endpointslices list",
         "discovery.k8s.io/endpointslices watch",
         "events.k8s.io/events create",
-        "events.k8s.io/events patch",
-        "/events create",
-        "/events patch",
     ])
 }
 
 fn agent_rules() -> BTreeSet<String> {
     set(&[
-        "tunlb.io/virtualservices get",
         "tunlb.io/virtualservices list",
         "tunlb.io/virtualservices watch",
-        "tunlb.io/virtualservices/status get",
         "tunlb.io/virtualservices/status patch",
-        "/nodes get",
         "/nodes list",
         "/nodes watch",
     ])
@@ -263,6 +251,8 @@ fn renders_defaults() {
             "RoleBinding/tunlb-operator-leader-election",
             "ServiceAccount/tunlb-agent",
             "ServiceAccount/tunlb-operator",
+            "ValidatingAdmissionPolicy/tunlb-agent-status",
+            "ValidatingAdmissionPolicyBinding/tunlb-agent-status",
         ]
     );
     for d in &docs {
@@ -270,7 +260,13 @@ fn renders_defaults() {
         assert_eq!(labels["app.kubernetes.io/name"], "tunlb", "{d}");
         assert_eq!(labels["app.kubernetes.io/instance"], "tunlb", "{d}");
         assert_eq!(labels["app.kubernetes.io/managed-by"], "Helm", "{d}");
-        if d["kind"] != "ClusterRole" && d["kind"] != "ClusterRoleBinding" {
+        let cluster_scoped = [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
+        ];
+        if !cluster_scoped.iter().any(|k| d["kind"] == *k) {
             assert_eq!(d["metadata"]["namespace"], NS, "{d}");
         }
     }
@@ -401,6 +397,15 @@ fn renders_defaults() {
         "tunlb.io/virtualservices/status update",
     ] {
         assert!(!agent_role.contains(forbidden), "agent has {forbidden}");
+    }
+    for forbidden in [
+        "tunlb.io/virtualservices update",
+        "tunlb.io/virtualservices/status update",
+    ] {
+        assert!(
+            !operator_rules().contains(forbidden),
+            "operator has {forbidden}"
+        );
     }
     for role in docs
         .iter()
@@ -612,6 +617,8 @@ fn installs_into_a_real_apiserver() {
         "clusterrole/tunlb-agent",
         "clusterrolebinding/tunlb-operator",
         "clusterrolebinding/tunlb-agent",
+        "validatingadmissionpolicy/tunlb-agent-status",
+        "validatingadmissionpolicybinding/tunlb-agent-status",
     ];
     for obj in ns_objects {
         cp.kubectl_ok(["get", "-n", NS, obj]).unwrap();
@@ -711,7 +718,7 @@ fn installs_into_a_real_apiserver() {
         None
     ));
     assert!(can_i(&cp, op, "patch", "virtualservices.tunlb.io", None));
-    assert!(can_i(
+    assert!(!can_i(
         &cp,
         op,
         "update",
@@ -739,7 +746,7 @@ fn installs_into_a_real_apiserver() {
         "events.events.k8s.io",
         Some("chart-demo")
     ));
-    assert!(can_i(&cp, op, "create", "events", Some("chart-demo")));
+    assert!(!can_i(&cp, op, "create", "events", Some("chart-demo")));
     assert!(can_i(
         &cp,
         op,
@@ -1055,4 +1062,390 @@ fn helm_package_carries_the_crds() {
         );
     }
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// `kubectl ARGS` (stdin `input`) with the credentials of `kubeconfig`.
+fn kubectl_as(cp: &ControlPlane, kubeconfig: &str, args: &[&str], input: Option<&str>) -> Output {
+    let mut cmd = cp.kubectl_command();
+    cmd.env("KUBECONFIG", kubeconfig).args(args);
+    let Some(input) = input else {
+        return cmd.output().unwrap();
+    };
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// A token for the agent's ServiceAccount, bound to Node `node` (None: unbound),
+/// as a kubeconfig path.
+fn agent_token(cp: &ControlPlane, node: Option<&str>) -> String {
+    let mut cmd = Command::new(workspace_root().join("tests/controlplane/token.sh"));
+    cmd.args([
+        cp.dir().as_os_str(),
+        OsStr::new(NS),
+        OsStr::new("tunlb-agent"),
+    ]);
+    if let Some(node) = node {
+        cmd.args(["1h", node]);
+    }
+    let out = cmd.envs(cp.env()).stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "token.sh: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A server-side apply of `status.nodes` = `nodes` (JSON) to chart-demo/web.
+fn nodes_apply(nodes: &str) -> String {
+    format!(
+        r#"{{"apiVersion":"tunlb.io/v1alpha1","kind":"VirtualService","metadata":{{"name":"web","namespace":"chart-demo"}},"status":{{"nodes":{nodes}}}}}"#
+    )
+}
+
+/// The chart's ValidatingAdmissionPolicy, in a real API server: an agent's
+/// token, bound to its Node, may change that node's entry in status.nodes
+/// and nothing else; a token bound to no node may change nothing.
+#[test]
+#[ignore = "needs the test control plane: run tests/run.sh"]
+fn agent_token_writes_only_its_own_node_entry() {
+    let cp = ControlPlane::start().unwrap();
+    let chart = chart_dir();
+    helm_ok(
+        Some(&cp),
+        [
+            "install",
+            "tunlb",
+            chart.to_str().unwrap(),
+            "-n",
+            NS,
+            "--create-namespace",
+        ],
+    );
+    cp.kubectl_ok([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/virtualservices.tunlb.io",
+    ])
+    .unwrap();
+    for node in ["rs1", "rs2"] {
+        let obj = format!(
+            "{{\"apiVersion\":\"v1\",\"kind\":\"Node\",\"metadata\":{{\"name\":\"{node}\"}}}}"
+        );
+        let out = cp.kubectl_stdin(["create", "-f", "-"], &obj).unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    cp.create_namespace("chart-demo").unwrap();
+    let example = workspace_root().join("examples/seed/01-web.yaml");
+    cp.kubectl_ok(["apply", "-n", "chart-demo", "-f", example.to_str().unwrap()])
+        .unwrap();
+    // What the operator and rs2's agent would have written.
+    let operator_status = r#"{"apiVersion":"tunlb.io/v1alpha1","kind":"VirtualService","metadata":{"name":"web","namespace":"chart-demo"},"status":{"observedGeneration":1,"conditions":[{"type":"Accepted","status":"True","reason":"Ok","message":"","lastTransitionTime":"2026-01-01T00:00:00Z"}],"realServers":[{"address":"192.168.56.183","weight":1,"nodeName":"rs1"},{"address":"192.168.56.184","weight":1,"nodeName":"rs2"}]}}"#;
+    let admin_apply = |manager: &str, body: &str| {
+        let out = cp
+            .kubectl_stdin(
+                [
+                    "apply",
+                    "--server-side",
+                    "--force-conflicts",
+                    "--subresource=status",
+                    &format!("--field-manager={manager}"),
+                    "-f",
+                    "-",
+                ],
+                body,
+            )
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    };
+    admin_apply("tunlb-operator", operator_status);
+    admin_apply(
+        "tunlb-agent/rs2",
+        &nodes_apply(r#"[{"nodeName":"rs2","programmed":true,"observedGeneration":1}]"#),
+    );
+    let status = || {
+        cp.kubectl_ok(["get", "tvs", "web", "-n", "chart-demo", "-o", "json"])
+            .map(|s| serde_json::from_str::<Value>(&s).unwrap())
+            .unwrap()
+    };
+    let before = status();
+
+    // The tokens: who the API server says they are.
+    let rs1 = agent_token(&cp, Some("rs1"));
+    let unbound = agent_token(&cp, None);
+    let whoami = |kc: &str| -> Value {
+        let out = kubectl_as(&cp, kc, &["auth", "whoami", "-o", "json"], None);
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let extra = |v: &Value| {
+        v["status"]["userInfo"]["extra"]["authentication.kubernetes.io/node-name"].clone()
+    };
+    assert_eq!(extra(&whoami(&rs1)), serde_json::json!(["rs1"]));
+    assert!(extra(&whoami(&unbound)).is_null());
+
+    // Its own entry: allowed.
+    let apply_as = |kc: &str, body: &str| {
+        kubectl_as(
+            &cp,
+            kc,
+            &[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--subresource=status",
+                "--field-manager=tunlb-agent/rs1",
+                "-f",
+                "-",
+            ],
+            Some(body),
+        )
+    };
+    let own = nodes_apply(r#"[{"nodeName":"rs1","programmed":true,"observedGeneration":1}]"#);
+    let out = apply_as(&rs1, &own);
+    assert!(out.status.success(), "own entry refused: {}", text(&out));
+    let after = status();
+    assert_eq!(
+        after["status"]["nodes"],
+        serde_json::json!([
+            {"nodeName": "rs2", "programmed": true, "observedGeneration": 1},
+            {"nodeName": "rs1", "programmed": true, "observedGeneration": 1},
+        ])
+    );
+
+    // Everything else: denied, each with the policy's reason. Forcing only
+    // settles field ownership; the policy judges the result.
+    // kubectl patch reads the object first, which the agent may not: the
+    // merge patches go through a client with rs1's token.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt
+        .block_on(tunlb_tests::controlplane::client_from_kubeconfig(
+            Path::new(&rs1),
+        ))
+        .unwrap();
+    let merge_status = |patch: &str| -> Result<(), String> {
+        let api: kube::Api<tunlb_api::VirtualService> =
+            kube::Api::namespaced(client.clone(), "chart-demo");
+        let patch: Value = serde_json::from_str(patch).unwrap();
+        rt.block_on(api.patch_status(
+            "web",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        ))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    };
+    let outcome = |out: Output| -> Result<(), String> {
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(text(&out))
+        }
+    };
+    let denied = |what: &str, out: Result<(), String>, reason: &str| {
+        let Err(t) = out else {
+            panic!("{what} was allowed");
+        };
+        assert!(
+            t.contains("ValidatingAdmissionPolicy 'tunlb-agent-status'") && t.contains(reason),
+            "{what}: {t}"
+        );
+    };
+    denied(
+        "conditions",
+        merge_status(
+            r#"{"status":{"conditions":[{"type":"Accepted","status":"True","reason":"Forged","message":"","lastTransitionTime":"2026-01-01T00:00:00Z"}]}}"#,
+        ),
+        "tunlb agent: only the operator may change status.conditions;",
+    );
+    denied(
+        "realServers",
+        merge_status(r#"{"status":{"realServers":[{"address":"10.9.9.9","weight":100}]}}"#),
+        "tunlb agent: only the operator may change status.realServers;",
+    );
+    denied(
+        "observedGeneration",
+        merge_status(r#"{"status":{"observedGeneration":7}}"#),
+        "tunlb agent: only the operator may change status.observedGeneration;",
+    );
+    // Every status field but nodes, not a list of them: one set where there
+    // was none, one removed.
+    denied(
+        "healthy",
+        merge_status(r#"{"status":{"healthy":"9/9"}}"#),
+        "tunlb agent: only the operator may change status.healthy;",
+    );
+    denied(
+        "conditions removed",
+        merge_status(r#"{"status":{"conditions":null}}"#),
+        "tunlb agent: only the operator may change status.conditions;",
+    );
+    let others = "tunlb agent: the agent of node rs1 may change only its own entry, status.nodes[nodeName=rs1]";
+    denied(
+        "rs2's entry",
+        outcome(apply_as(
+            &rs1,
+            &nodes_apply(
+                r#"[{"nodeName":"rs1","programmed":true,"observedGeneration":1},{"nodeName":"rs2","programmed":false}]"#,
+            ),
+        )),
+        others,
+    );
+    denied(
+        "a new entry for another node",
+        outcome(apply_as(
+            &rs1,
+            &nodes_apply(
+                r#"[{"nodeName":"rs1","programmed":true,"observedGeneration":1},{"nodeName":"rs3","programmed":true}]"#,
+            ),
+        )),
+        others,
+    );
+    // The whole list, rs2's entry dropped (a JSON merge patch replaces lists).
+    denied(
+        "rs2's entry removed",
+        merge_status(r#"{"status":{"nodes":[{"nodeName":"rs1","programmed":true}]}}"#),
+        others,
+    );
+    // A token bound to no node: even its "own" entry.
+    denied(
+        "an unbound token",
+        outcome(apply_as(&unbound, &own)),
+        "tunlb agent: the token names no node (user extra authentication.kubernetes.io/node-name)",
+    );
+    // spec: RBAC refuses the object itself; on /status the API server keeps the spec.
+    let api: kube::Api<tunlb_api::VirtualService> =
+        kube::Api::namespaced(client.clone(), "chart-demo");
+    let spec_patch = serde_json::json!({"spec": {"vip": "192.168.56.99"}});
+    let out = rt.block_on(api.patch(
+        "web",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&spec_patch),
+    ));
+    match out {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 403, "{}", e.message),
+        other => panic!("the agent patched the spec: {other:?}"),
+    }
+    merge_status(r#"{"spec":{"vip":"192.168.56.99"}}"#).unwrap();
+    let now = status();
+    assert_eq!(now["spec"], before["spec"]);
+    assert_eq!(
+        now["status"], after["status"],
+        "a denied write changed the status"
+    );
+
+    // The agent's own write path: no force unless another manager wrote into
+    // this node's entry, and then it says whose fields it took back.
+    let key = tunlb_api::plan::ObjectKey::new("chart-demo", "web");
+    let entry = |message: &str| tunlb_api::NodeStatus {
+        node_name: "rs1".into(),
+        roles: vec![tunlb_api::NodeRole::Backend],
+        observed_generation: Some(1),
+        programmed: true,
+        message: message.into(),
+        draining: Vec::new(),
+        health: Vec::new(),
+        fail_open: false,
+    };
+    let write = |e: &tunlb_api::NodeStatus| {
+        rt.block_on(tunlb_agent::cluster::write_entry(
+            client.clone(),
+            &key,
+            "rs1",
+            e,
+        ))
+        .unwrap()
+    };
+    use tunlb_agent::cluster::EntryWrite;
+    assert_eq!(write(&entry("")), EntryWrite::Applied);
+    admin_apply(
+        "someone-else",
+        &nodes_apply(r#"[{"nodeName":"rs1","programmed":false,"message":"forged"}]"#),
+    );
+    match write(&entry("")) {
+        EntryWrite::TookOver(msg) => assert!(msg.contains("someone-else"), "{msg}"),
+        other => panic!("a foreign entry was overwritten silently: {other:?}"),
+    }
+    let rs1_entry = |v: &Value| {
+        v["status"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["nodeName"] == "rs1")
+            .cloned()
+    };
+    let got = rs1_entry(&status()).unwrap();
+    // Every field is the agent's again, the ones it leaves empty too.
+    assert_eq!(
+        (got["programmed"].clone(), got["message"].clone()),
+        (Value::Bool(true), Value::from(""))
+    );
+    assert_eq!(write(&entry("nft timed out")), EntryWrite::Applied);
+    // Withdrawn: the entry goes, although "someone-else" still shares its
+    // key, and rs2's stays.
+    let withdraw = || {
+        rt.block_on(tunlb_agent::cluster::withdraw_entry(
+            client.clone(),
+            &key,
+            "rs1",
+        ))
+        .unwrap()
+    };
+    let rs2_only =
+        serde_json::json!([{"nodeName": "rs2", "programmed": true, "observedGeneration": 1}]);
+    withdraw();
+    assert_eq!(status()["status"]["nodes"], rs2_only);
+    // An entry only the agent wrote goes too, wherever it is in the list;
+    // with nothing left to withdraw, a withdrawal changes nothing.
+    assert_eq!(write(&entry("")), EntryWrite::Applied);
+    admin_apply(
+        "tunlb-agent/rs3",
+        &nodes_apply(r#"[{"nodeName":"rs3","programmed":true}]"#),
+    );
+    withdraw();
+    let now = status();
+    assert!(rs1_entry(&now).is_none(), "{now}");
+    withdraw();
+    assert_eq!(status()["status"], now["status"]);
+    admin_apply("tunlb-agent/rs3", &nodes_apply("[]"));
+    assert_eq!(status()["status"]["nodes"], rs2_only);
+
+    // Cost: the policy compares every other node's entry. An object with 200
+    // entries, each with a director's health list, stays writable.
+    let many: Vec<Value> = (0..200)
+        .map(|i| {
+            let health: Vec<Value> = (0..8)
+                .map(|j| serde_json::json!({"address": format!("10.0.{i}.{j}"), "port": 80, "state": "Healthy", "since": "2026-01-01T00:00:00Z"}))
+                .collect();
+            serde_json::json!({"nodeName": format!("node-{i:03}"), "roles": ["director", "backend"], "programmed": true, "observedGeneration": 1, "health": health})
+        })
+        .collect();
+    admin_apply(
+        "tunlb-agent/others",
+        &nodes_apply(&Value::Array(many).to_string()),
+    );
+    let started = std::time::Instant::now();
+    assert_eq!(write(&entry("")), EntryWrite::Applied);
+    let took = started.elapsed();
+    eprintln!("own entry next to 200 others written in {took:?}");
+    assert_eq!(status()["status"]["nodes"].as_array().unwrap().len(), 202);
+    denied(
+        "rs2's entry among 200",
+        outcome(apply_as(
+            &rs1,
+            &nodes_apply(
+                r#"[{"nodeName":"rs1","programmed":true},{"nodeName":"rs2","programmed":false}]"#,
+            ),
+        )),
+        others,
+    );
 }

@@ -53,7 +53,7 @@ echo "bench: $N VirtualServices, kernel $(uname -r), $(awk '/MemTotal/ {print in
 
 # cluster path
 t0="$(now)"
-"$IP" netns exec director env KUBECONFIG=/kube/agent.kubeconfig NODE_NAME=director TUNLB_LOG=info,kube=warn \
+"$IP" netns exec director env KUBECONFIG=/kube/agent-director.kubeconfig NODE_NAME=director TUNLB_LOG=info,kube=warn \
 	"$AGENT" run --state-dir /tmp/state-director --metrics-addr 127.0.0.1:9090 \
 	>>/tmp/agent-director.log 2>&1 &
 pid=$!

@@ -260,7 +260,7 @@ cluster_setup
 # and debounce (100 ms).
 for n in director rs1 rs2; do
 	eval "kill \"\$AGENT_PID_$n\"; wait \"\$AGENT_PID_$n\" 2>/dev/null"
-	"$IP" netns exec "$n" env KUBECONFIG=/kube/agent.kubeconfig NODE_NAME="$n" TUNLB_LOG=info,kube=warn \
+	"$IP" netns exec "$n" env KUBECONFIG="/kube/agent-$n.kubeconfig" NODE_NAME="$n" TUNLB_LOG=info,kube=warn \
 		"$AGENT" run --state-dir "/tmp/state-$n" --metrics-addr 127.0.0.1:9090 \
 		>>"/tmp/agent-$n.log" 2>&1 &
 done

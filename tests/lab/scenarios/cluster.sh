@@ -1,7 +1,8 @@
 # shellcheck shell=sh
 # Shared by the cluster scenarios (e2e, demo-cluster): the seed topology whose
 # namespaces reach the host's API server, and helpers for kubectl and agents.
-# Expects /kube/admin.kubeconfig and /kube/agent.kubeconfig (https://10.0.2.2:PORT).
+# Expects /kube/admin.kubeconfig and /kube/agent-NODE.kubeconfig per node
+# (https://10.0.2.2:PORT; each agent token is bound to its Node).
 . /scenarios/common.sh
 export KUBECONFIG=/kube/admin.kubeconfig
 k() { kubectl --request-timeout=20s "$@"; }
@@ -11,7 +12,7 @@ k() { kubectl --request-timeout=20s "$@"; }
 # Not through the ns_exec function: a backgrounded function is a subshell, and
 # $! must be the agent itself (ip netns exec and env both exec).
 start_agent() {
-	"$IP" netns exec "$1" env KUBECONFIG=/kube/agent.kubeconfig NODE_NAME="$1" TUNLB_LOG=info,kube=warn \
+	"$IP" netns exec "$1" env KUBECONFIG="/kube/agent-$1.kubeconfig" NODE_NAME="$1" TUNLB_LOG=info,kube=warn \
 		"$AGENT" run --state-dir "/tmp/state-$1" --resync-seconds "${2:-3}" --metrics-addr 127.0.0.1:9090 \
 		>>"/tmp/agent-$1.log" 2>&1 &
 	eval "AGENT_PID_$1=$!"

@@ -3,7 +3,7 @@
 # host; in the guest, namespaces director/rs1/rs2 are the cluster's Nodes,
 # each running `tunlb-agent run` with the chart's agent ServiceAccount token.
 # Users act with kubectl (admin). Expects /kube/admin.kubeconfig and
-# /kube/agent.kubeconfig (server https://10.0.2.2:PORT).
+# /kube/agent-NODE.kubeconfig (server https://10.0.2.2:PORT).
 . /scenarios/cluster.sh
 cluster_setup
 
