@@ -812,29 +812,7 @@ fn installs_into_a_real_apiserver() {
         .unwrap();
     assert!(token.status.success(), "token.sh: {}", text(&token));
     let sa_kubeconfig = String::from_utf8_lossy(&token.stdout).trim().to_string();
-    let as_sa = |args: &[&str], input: Option<&str>| -> Output {
-        let mut cmd = cp.kubectl_command();
-        cmd.env("KUBECONFIG", &sa_kubeconfig).args(args);
-        match input {
-            Some(input) => {
-                use std::io::Write;
-                let mut child = cmd
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap();
-                child
-                    .stdin
-                    .take()
-                    .unwrap()
-                    .write_all(input.as_bytes())
-                    .unwrap();
-                child.wait_with_output().unwrap()
-            }
-            None => cmd.output().unwrap(),
-        }
-    };
+    let as_sa = |args: &[&str], input: Option<&str>| kubectl_as(&cp, &sa_kubeconfig, args, input);
     let out = as_sa(&["create", "-n", NS, "-f", "-"], Some(lease));
     assert!(out.status.success(), "create lease: {}", text(&out));
     let out = as_sa(
