@@ -596,13 +596,7 @@ fn installs_into_a_real_apiserver() {
 
     cp.kubectl_ok(["get", "crd", "virtualservices.tunlb.io"])
         .unwrap();
-    cp.kubectl_ok([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/virtualservices.tunlb.io",
-    ])
-    .unwrap();
+    wait_for_crd(&cp);
     let ns_objects = [
         "deployment/tunlb-operator",
         "daemonset/tunlb-agent",
@@ -1065,6 +1059,17 @@ fn kubectl_as(cp: &ControlPlane, kubeconfig: &str, args: &[&str], input: Option<
     child.wait_with_output().unwrap()
 }
 
+/// Waits until the API server serves the VirtualService CRD helm installed.
+fn wait_for_crd(cp: &ControlPlane) {
+    cp.kubectl_ok([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/virtualservices.tunlb.io",
+    ])
+    .unwrap();
+}
+
 /// A token for the agent's ServiceAccount, bound to Node `node` (None: unbound),
 /// as a kubeconfig path.
 fn agent_token(cp: &ControlPlane, node: Option<&str>) -> String {
@@ -1108,13 +1113,7 @@ fn agent_token_writes_only_its_own_node_entry() {
             "--create-namespace",
         ],
     );
-    cp.kubectl_ok([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/virtualservices.tunlb.io",
-    ])
-    .unwrap();
+    wait_for_crd(&cp);
     for node in ["rs1", "rs2"] {
         let obj = format!(
             "{{\"apiVersion\":\"v1\",\"kind\":\"Node\",\"metadata\":{{\"name\":\"{node}\"}}}}"
