@@ -525,19 +525,27 @@ fn renders_with_values() {
 #[ignore = "needs the test control plane: run tests/run.sh"]
 fn chart_crd_is_the_generated_crd() {
     let root = workspace_root();
-    let generated = std::fs::read(root.join("crds/virtualservice.yaml")).unwrap();
-    let in_chart = std::fs::read(root.join("charts/tunlb/crds/virtualservice.yaml")).unwrap();
-    assert!(
-        generated == in_chart,
-        "charts/tunlb/crds/virtualservice.yaml differs from crds/virtualservice.yaml: \
-         cp crds/virtualservice.yaml charts/tunlb/crds/"
-    );
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(root.join("crds")).unwrap() {
+        let name = entry.unwrap().file_name();
+        let generated = std::fs::read(root.join("crds").join(&name)).unwrap();
+        let in_chart =
+            std::fs::read(root.join("charts/tunlb/crds").join(&name)).unwrap_or_default();
+        assert!(
+            generated == in_chart,
+            "charts/tunlb/crds/{name:?} differs from crds/: run `cargo run -p tunlb-operator --bin crdgen`"
+        );
+        names.push(name);
+    }
     // and nothing else hides in the chart's crds/ (Helm would install it too)
-    let entries: Vec<_> = std::fs::read_dir(root.join("charts/tunlb/crds"))
+    let mut entries: Vec<_> = std::fs::read_dir(root.join("charts/tunlb/crds"))
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(entries, vec![OsStr::new("virtualservice.yaml")]);
+    entries.sort();
+    names.sort();
+    assert_eq!(entries, names);
+    assert!(names.iter().any(|n| n == OsStr::new("vippool.yaml")));
 }
 
 /// `kubectl auth can-i VERB RESOURCE[/NAME] [--subresource=SUB] --as=<NS/sa>`
@@ -1024,6 +1032,7 @@ fn helm_package_carries_the_crds() {
     let names = String::from_utf8_lossy(&list.stdout);
     for want in [
         "tunlb/crds/virtualservice.yaml",
+        "tunlb/crds/vippool.yaml",
         "tunlb/templates/agent-daemonset.yaml",
         "tunlb/templates/NOTES.txt",
         "tunlb/values.schema.json",
