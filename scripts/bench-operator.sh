@@ -66,9 +66,20 @@ start_cp() { # DIR
 	"$root/tests/controlplane/start.sh" "$cp_dir" >/dev/null 2>&1
 	# shellcheck disable=SC1091
 	. "$cp_dir/env"
-	kubectl apply -f "$root/crds/virtualservice.yaml" >/dev/null
-	kubectl wait --for condition=established crd/virtualservices.tunlb.io --timeout=60s >/dev/null
+	kubectl apply -f "$root/crds/" >/dev/null
+	kubectl wait --for condition=established crd/virtualservices.tunlb.io crd/vippools.tunlb.io --timeout=60s >/dev/null
 	kubectl create namespace tunlb-system >/dev/null
+	# The benchmark's VIPs (10.0.0.0/8) in a pool admitting its namespaces, as a
+	# cluster admin would give a tenant: every VirtualService is judged against it.
+	kubectl apply -f - >/dev/null <<-EOF
+		apiVersion: tunlb.io/v1alpha1
+		kind: VipPool
+		metadata: {name: bench}
+		spec:
+		  cidrs: [10.0.0.0/8]
+		  namespaces: [base, lat, scale]
+		  backends: {nodeSelector: {}, cidrs: [0.0.0.0/0]}
+	EOF
 }
 stop_cp() {
 	"$root/tests/controlplane/stop.sh" "$cp_dir" >/dev/null
@@ -77,7 +88,7 @@ stop_cp() {
 }
 start_operator() { # LOG
 	maddr="127.0.0.1:$(free_port)"
-	TUNLB_LOG="${TUNLB_LOG:-info}" "$op_bin" --vip-cidr 10.0.0.0/8 --service-cidr 10.96.0.0/12 \
+	TUNLB_LOG="${TUNLB_LOG:-info}" "$op_bin" --service-cidr 10.96.0.0/12 \
 		--lease-namespace tunlb-system --identity bench --metrics-addr "$maddr" ${OPERATOR_ARGS:-} >"$1" 2>&1 &
 	op_pid=$!
 	op_t0=$(date +%s.%N)

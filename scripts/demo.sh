@@ -35,5 +35,5 @@ export TUNLB_AGENT_IMAGE="$PWD/target/images/agent"
 export TUNLB_OPERATOR_IMAGE="$PWD/target/images/operator"
 export TUNLB_OPERATOR_BIN="$PWD/tests/images/run-operator.sh"
 phase "control plane, operator, and the lab VM with director, rs1, rs2 and client as nodes (about 1 min)"
-target/ci/cluster-lab demo-cluster
+target/ci/cluster-lab demo-cluster --no-lab-pool
 phase "done"

@@ -40,12 +40,12 @@ pub const POOL_KIND: &str = "VipPool";
 #[serde(rename_all = "camelCase")]
 pub struct VipPoolSpec {
     /// The VIP ranges, e.g. 192.168.56.0/24 or fd00:56::/64.
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(length(min = 1, max = 64), inner(length(max = 43)))]
     #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("every entry must be a CIDR such as 192.168.56.0/24 or fd00:56::/64"))]
     pub cidrs: Vec<String>,
     /// Namespaces whose VirtualServices may take VIPs from this pool, by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 63)))]
     pub namespaces: Vec<String>,
     /// Further namespaces, by their labels. A pool admits only the
     /// namespaces it names or selects; `{}` selects every namespace.
@@ -81,7 +81,7 @@ pub struct PoolDirectors {
     /// ip6tnl0, where holding it answers no ARP or neighbour solicitation
     /// on the directors' links beyond what tunnel-mode directors already do.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), inner(regex(pattern = r"^[^/:\s]{1,15}$")))]
     pub interfaces: Vec<String>,
 }
 
@@ -95,7 +95,7 @@ pub struct PoolBackends {
     pub node_selector: Option<LabelSelector>,
     /// Addresses outside the cluster that may be static backends. Unset: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(length(max = 43)))]
     #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("every entry must be a CIDR such as 10.0.0.0/8"))]
     pub cidrs: Vec<String>,
 }
@@ -353,8 +353,9 @@ impl VipPool {
 }
 
 /// The pool that admits all of `subject`: among the pools holding its VIP
-/// (by name), the first whose rules all pass. Refused: every holding pool's
-/// reason, or that none holds the VIP.
+/// (by name), the first whose rules all pass. Refused: that none holds the
+/// VIP, or the reasons of the holding pools that admit the namespace (those
+/// the namespace could use), or else that none admits the namespace.
 pub fn admit<'p>(pools: &'p [VipPool], subject: &Subject<'_>) -> Result<&'p VipPool, Refusal> {
     let vip = subject.service.vip;
     let mut holding: Vec<&VipPool> = pools.iter().filter(|p| p.holds(vip)).collect();
@@ -372,14 +373,24 @@ pub fn admit<'p>(pools: &'p [VipPool], subject: &Subject<'_>) -> Result<&'p VipP
             message,
         });
     }
-    let mut refusals = Vec::new();
+    let mut for_namespace = Vec::new();
+    let mut namespace_refusals = Vec::new();
     for pool in holding {
+        if let Err(r) = pool.admits_namespace(subject.namespace, subject.namespace_labels) {
+            namespace_refusals.push(r);
+            continue;
+        }
         match pool.check(subject) {
             Ok(()) => return Ok(pool),
-            Err(r) => refusals.push(r),
+            Err(r) => for_namespace.push(r),
         }
     }
-    let reason = refusals[0].reason;
+    let refusals = if for_namespace.is_empty() {
+        namespace_refusals
+    } else {
+        for_namespace
+    };
+    let reason = refusals.first().map_or("NoPool", |r| r.reason);
     let message = refusals
         .into_iter()
         .map(|r| r.message)

@@ -1,6 +1,7 @@
-//! Kubernetes mode (`tunlb-agent run`): watch VirtualServices and this
-//! node's Node object, program the kernel, and report this node's entry in
-//! each VirtualService's `status.nodes` by server-side apply.
+//! Kubernetes mode (`tunlb-agent run`): watch VirtualServices, this node's
+//! Node object, the VipPools and the Namespaces' labels, program the kernel
+//! with what the pools admit, and report this node's entry in each
+//! VirtualService's `status.nodes` by server-side apply.
 //!
 //! Bursts of changes are coalesced; a periodic resync repairs drift. If the
 //! API server is unreachable the last known state stays programmed: nothing
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, Store};
@@ -21,9 +22,10 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
-use tunlb_api::plan::{IpvsKey, IpvsService, NodeIdentity, ObjectKey, PlanInput, plan_node};
-use tunlb_api::{NodeStatus, RealServer, VirtualService, VirtualServiceSpec};
+use tunlb_api::plan::{IpvsKey, IpvsService, NodeIdentity, ObjectKey};
+use tunlb_api::{NodeStatus, RealServer, VipPool, VirtualService, VirtualServiceSpec};
 
+use crate::admission::{Object, Refused};
 use crate::dataplane::Dataplane;
 use crate::metrics::AgentMetrics;
 use crate::standalone::{object_key, store_key};
@@ -49,6 +51,8 @@ pub struct Settings {
     pub max_probes_in_flight: usize,
     /// The first firewall mark of the probe services.
     pub probe_mark_base: u32,
+    /// IPVS connection-sync daemons while this node directs.
+    pub ipvs_sync: Option<crate::dataplane::sync_daemon::Settings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +107,8 @@ struct Memory {
     reported: BTreeMap<ObjectKey, NodeStatus>,
     /// Fingerprint of the state last saved, so a quiet pass writes no file.
     saved: Option<u64>,
+    /// The objects the last pass refused, so each refusal is logged once.
+    refused: BTreeMap<ObjectKey, Refused>,
 }
 
 impl Memory {
@@ -265,6 +271,7 @@ pub async fn run(
     let mut dp = Dataplane::new()?;
     dp.probe_mark_base = settings.probe_mark_base;
     dp.probing = true;
+    dp.ipvs_sync = settings.ipvs_sync.clone();
     let mut state = OwnedState::load(&settings.state_dir)?;
     let mut memory = Memory::restore(&state);
     info!(node = %settings.node_name, owned_services = state.ipvs_services.len(), owned_addresses = state.addresses.len(), "agent starting; kernel state is kept as found");
@@ -312,19 +319,72 @@ pub async fn run(
         }),
     );
 
+    // What the pools admit decides what is programmed: read-only, and a
+    // pool that cannot be read admits nothing.
+    let pool_api: Api<DeserializeGuard<VipPool>> = Api::all(client.clone());
+    let (pool_store, pool_writer) = reflector::store();
+    let pool_wake = wake.clone();
+    let mut pool_relevant = Relevant::new(crate::wake::pool);
+    tokio::spawn(
+        watcher(pool_api, watcher::Config::default())
+            .backoff(tunlb_api::watch::backoff())
+            .modify(crate::wake::strip_pool)
+            .reflect(pool_writer)
+            .for_each(move |ev| {
+                match &ev {
+                    Ok(ev) if !pool_relevant.wakes(ev) => {}
+                    Ok(_) => pool_wake.notify_one(),
+                    Err(e) => {
+                        warn!(error = %e, "VipPool watch failed; keeping the last known pools")
+                    }
+                }
+                async {}
+            }),
+    );
+    // Pools select namespaces by their labels: only those are kept.
+    let ns_api: Api<Namespace> = Api::all(client.clone());
+    let (ns_store, ns_writer) = reflector::store();
+    let ns_wake = wake.clone();
+    let mut ns_relevant = Relevant::new(crate::wake::namespace);
+    tokio::spawn(
+        watcher(ns_api, watcher::Config::default())
+            .backoff(tunlb_api::watch::backoff())
+            .modify(crate::wake::strip_namespace)
+            .reflect(ns_writer)
+            .for_each(move |ev| {
+                match &ev {
+                    Ok(ev) if !ns_relevant.wakes(ev) => {}
+                    Ok(_) => ns_wake.notify_one(),
+                    Err(e) => {
+                        warn!(error = %e, "Namespace watch failed; keeping the last known labels")
+                    }
+                }
+                async {}
+            }),
+    );
+    let watched = Watched {
+        virtual_services: vs_store,
+        node: node_store,
+        pools: pool_store,
+        namespaces: ns_store,
+    };
+
     let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
 
-    // Until both initial lists are in, an empty store would read as "delete
-    // everything": wait, touching nothing, however long the API server is away.
-    info!("waiting for the initial VirtualService and Node lists");
+    // Until every initial list is in, an empty store would read as "delete
+    // everything" (an empty pool list as "refuse everything"): wait,
+    // touching nothing, however long the API server is away.
+    info!("waiting for the initial VirtualService, Node, VipPool and Namespace lists");
     tokio::select! {
         _ = async {
-            let _ = vs_store.wait_until_ready().await;
-            let _ = node_store.wait_until_ready().await;
+            let _ = watched.virtual_services.wait_until_ready().await;
+            let _ = watched.node.wait_until_ready().await;
+            let _ = watched.pools.wait_until_ready().await;
+            let _ = watched.namespaces.wait_until_ready().await;
         } => {}
         _ = stop_rx.changed() => return Ok(()),
     }
@@ -381,13 +441,22 @@ pub async fn run(
             &mut dp,
             &mut state,
             &mut memory,
-            &vs_store,
-            &node_store,
+            &watched,
             &metrics,
             &prober,
         )
         .await;
     }
+}
+
+/// The caches a pass reads.
+struct Watched {
+    virtual_services: Store<DeserializeGuard<VirtualService>>,
+    /// This node's Node object only.
+    node: Store<Node>,
+    pools: Store<DeserializeGuard<VipPool>>,
+    /// Names and labels only.
+    namespaces: Store<Namespace>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -397,16 +466,16 @@ async fn pass(
     dp: &mut Dataplane,
     state: &mut OwnedState,
     memory: &mut Memory,
-    vs_store: &Store<DeserializeGuard<VirtualService>>,
-    node_store: &Store<Node>,
+    watched: &Watched,
     metrics: &AgentMetrics,
     prober: &crate::health::Prober,
 ) -> (bool, BTreeMap<IpvsKey, IpvsService>) {
     let started = Instant::now();
-    let objects = vs_store.state();
+    let objects = watched.virtual_services.state();
     let invalid = memory.refresh(&objects);
 
-    let node = node_store
+    let node = watched
+        .node
         .state()
         .into_iter()
         .find(|n| n.name_any() == settings.node_name);
@@ -432,18 +501,34 @@ async fn pass(
         Err(e) => warn!(error = %e, "cannot read node addresses"),
     }
 
-    let mut ordered: Vec<(&ObjectKey, &Accepted)> = memory.accepted.iter().collect();
-    ordered.sort_by(|a, b| a.1.age.cmp(&b.1.age));
-    let inputs: Vec<PlanInput<'_>> = ordered
+    let mut ordered: Vec<Object<'_>> = memory
+        .accepted
         .iter()
-        .map(|(k, a)| PlanInput {
-            key: (*k).clone(),
-            generation: Some(a.generation),
+        .map(|(key, a)| Object {
+            key,
+            generation: a.generation,
             spec: &a.spec,
-            real_servers: Some(&a.real_servers),
+            real_servers: &a.real_servers,
+            age: &a.age,
         })
         .collect();
-    let mut plan = plan_node(&inputs, &identity);
+    ordered.sort_by(|a, b| a.age.cmp(b.age));
+    let pools: Vec<VipPool> = watched
+        .pools
+        .state()
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok().cloned())
+        .collect();
+    let namespaces = watched.namespaces.state();
+    let labels: BTreeMap<&str, &BTreeMap<String, String>> = namespaces
+        .iter()
+        .filter_map(|ns| Some((ns.metadata.name.as_deref()?, ns.metadata.labels.as_ref()?)))
+        .collect();
+    let verified = crate::admission::verify(&identity, &pools, &labels, &ordered);
+    let refused = verified.refused;
+    log_refusals(&memory.refused, &refused);
+    metrics.set_pool_refused(refused.len());
+    let mut plan = verified.plan;
     let mut checked = crate::health::checked(&plan, |_| true);
     let fail_open = crate::health::gate(&mut plan, &prober.book());
     memory.persist(state);
@@ -468,16 +553,36 @@ async fn pass(
     }
     debug!(writes = ?report.writes, objects = plan.objects.len(), "pass done");
 
-    let want = crate::status::entries(
+    let mut want = crate::status::entries(
         &settings.node_name,
         &plan,
         &report,
         invalid,
         Some((&prober.book(), &fail_open)),
     );
+    crate::status::add_refused(&settings.node_name, &mut want, &refused);
+    memory.refused = refused;
     report_status(client, &settings.node_name, memory, want, &objects).await;
     metrics.refresh_ipvs(dp, &plan).await;
     (report.drains_pending, checked)
+}
+
+/// Logs the refusals that are new or changed since the last pass, and the
+/// objects admitted again.
+fn log_refusals(before: &BTreeMap<ObjectKey, Refused>, now: &BTreeMap<ObjectKey, Refused>) {
+    for (key, r) in now {
+        if before.get(key) != Some(r) {
+            warn!(
+                object = %key,
+                reason = %r.refusal.reason,
+                message = %r.message(),
+                "no VipPool admits what this node would program for this VirtualService; it is not programmed here"
+            );
+        }
+    }
+    for key in before.keys().filter(|k| !now.contains_key(*k)) {
+        info!(object = %key, "VirtualService no longer refused by this node's VipPool check");
+    }
 }
 
 /// Writes changed entries, and withdraws entries for objects this node no

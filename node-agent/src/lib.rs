@@ -1,5 +1,6 @@
 //! tunlb node agent: programs a node's kernel from VirtualServices.
 
+pub mod admission;
 pub mod cluster;
 pub mod dataplane;
 pub mod health;

@@ -171,6 +171,8 @@ struct RunFlags {
     unhealthy_after_failed_passes: u32,
     #[command(flatten)]
     probes: ProbeFlags,
+    #[command(flatten)]
+    sync: SyncFlags,
 }
 
 #[derive(Args, Clone, Copy)]
@@ -230,9 +232,10 @@ struct NodeFlags {
     sync: SyncFlags,
 }
 
-/// IPVS connection sync between directors. Like --director, give them to
-/// every apply and delete: a run without them stops the daemons tunlb
-/// started.
+/// IPVS connection sync between directors. Standalone, like --director,
+/// give them to every apply and delete: a run without them stops the
+/// daemons tunlb started. In Kubernetes mode the chart's agent.ipvsSync
+/// sets them.
 #[derive(Args)]
 struct SyncFlags {
     /// While this node directs, run the kernel's master and backup IPVS
@@ -245,16 +248,16 @@ struct SyncFlags {
     #[arg(long, env = "TUNLB_IPVS_SYNC_ID", default_value = "0")]
     ipvs_sync_id: u8,
     /// Most bytes of sync payload per datagram (kernel default: from the MTU).
-    #[arg(long, requires = "ipvs_sync_interface")]
+    #[arg(long, env = "TUNLB_IPVS_SYNC_MAXLEN", requires = "ipvs_sync_interface")]
     ipvs_sync_maxlen: Option<u16>,
     /// Multicast group (kernel default 224.0.0.81).
-    #[arg(long, requires = "ipvs_sync_interface", value_parser = parse_multicast)]
+    #[arg(long, env = "TUNLB_IPVS_SYNC_GROUP", requires = "ipvs_sync_interface", value_parser = parse_multicast)]
     ipvs_sync_group: Option<IpAddr>,
     /// Base UDP port (kernel default 8848).
-    #[arg(long, requires = "ipvs_sync_interface")]
+    #[arg(long, env = "TUNLB_IPVS_SYNC_PORT", requires = "ipvs_sync_interface")]
     ipvs_sync_port: Option<u16>,
     /// Multicast TTL (kernel default 1).
-    #[arg(long, requires = "ipvs_sync_interface")]
+    #[arg(long, env = "TUNLB_IPVS_SYNC_TTL", requires = "ipvs_sync_interface")]
     ipvs_sync_ttl: Option<u8>,
 }
 
@@ -349,6 +352,7 @@ async fn run_cluster(flags: RunFlags) -> anyhow::Result<()> {
         ipvs_stats_max_destinations,
         unhealthy_after_failed_passes,
         probes,
+        sync,
     } = flags;
     use std::sync::Arc;
     use std::time::Duration;
@@ -387,6 +391,7 @@ async fn run_cluster(flags: RunFlags) -> anyhow::Result<()> {
         kernel: tunlb_agent::dataplane::kernel_version(),
         max_probes_in_flight: probes.max_probes_in_flight,
         probe_mark_base: probes.probe_mark_base,
+        ipvs_sync: sync.settings(),
     };
     let agent = tunlb_agent::cluster::run(client, settings, metrics, probe_metrics, stopped());
     tokio::pin!(agent);

@@ -58,6 +58,8 @@ pub struct AgentMetrics {
     /// Passes that failed in a row, up to the last one (0 after a good one).
     consecutive_failed: AtomicU32,
     consecutive_failed_gauge: Gauge,
+    /// Accepted VirtualServices this node refuses to program (see `admission`).
+    pool_refused: Gauge,
     last_stats: Mutex<Option<Instant>>,
 }
 
@@ -83,6 +85,7 @@ impl AgentMetrics {
             last_pass_unix: AtomicU64::new(0),
             consecutive_failed: AtomicU32::new(0),
             consecutive_failed_gauge: Gauge::default(),
+            pool_refused: Gauge::default(),
             last_stats: Mutex::new(None),
         };
         let r = registry.sub_registry_with_prefix("tunlb_agent");
@@ -100,6 +103,11 @@ impl AgentMetrics {
             "consecutive_failed_passes",
             "Sync passes that reported an error in a row, up to the last one (0 after a pass without errors)",
             m.consecutive_failed_gauge.clone(),
+        );
+        r.register(
+            "pool_refused_objects",
+            "Accepted VirtualServices this node does not program because no VipPool admits what it would program for them",
+            m.pool_refused.clone(),
         );
         r.register(
             "kernel_writes",
@@ -165,6 +173,12 @@ impl AgentMetrics {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         self.last_pass_unix.store(now, Ordering::Relaxed);
+    }
+
+    /// How many accepted VirtualServices the last pass refused to program.
+    pub fn set_pool_refused(&self, objects: usize) {
+        self.pool_refused
+            .set(i64::try_from(objects).unwrap_or(i64::MAX));
     }
 
     /// Seconds since the last sync pass finished (None before the first).

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use tunlb_api::plan::{NodePlan, ObjectKey};
 use tunlb_api::{NodeRole, NodeStatus};
 
+use crate::admission::Refused;
 use crate::dataplane::SyncReport;
 use crate::health::Book;
 
@@ -61,6 +62,31 @@ pub fn entries(
         );
     }
     want
+}
+
+/// Entries for the objects this node refuses to program (see
+/// [`crate::admission`]): not programmed, with the roles it would have had
+/// and why. They replace any entry `want` has for them.
+pub fn add_refused(
+    node: &str,
+    want: &mut BTreeMap<ObjectKey, NodeStatus>,
+    refused: &BTreeMap<ObjectKey, Refused>,
+) {
+    for (key, r) in refused {
+        want.insert(
+            key.clone(),
+            NodeStatus {
+                node_name: node.to_string(),
+                roles: r.roles.iter().copied().collect(),
+                observed_generation: r.generation,
+                programmed: false,
+                message: r.message(),
+                draining: Vec::new(),
+                health: Vec::new(),
+                fail_open: false,
+            },
+        );
+    }
 }
 
 #[cfg(test)]
@@ -131,6 +157,33 @@ mod tests {
             .insert(ObjectKey::new("a", "ok"), vec!["[2001:db8::3]:80".into()]);
         let e = entries("n1", &plan(), &report, BTreeMap::new(), None);
         assert!(e[&ObjectKey::new("a", "ok")].programmed);
+    }
+
+    #[test]
+    fn refused_objects_get_an_entry_that_says_why() {
+        let key = ObjectKey::new("a", "forged");
+        let refused = BTreeMap::from([(
+            key.clone(),
+            Refused {
+                generation: Some(7),
+                roles: BTreeSet::from([NodeRole::Director]),
+                refusal: tunlb_api::pool::Refusal {
+                    reason: "InterfaceNotAllowed",
+                    message: "VipPool lab: directors may hold its VIPs on tunl0 only".into(),
+                },
+            },
+        )]);
+        let mut e = entries("n1", &plan(), &SyncReport::default(), BTreeMap::new(), None);
+        add_refused("n1", &mut e, &refused);
+        let f = &e[&key];
+        assert!(!f.programmed);
+        assert_eq!(f.roles, vec![NodeRole::Director]);
+        assert_eq!(f.observed_generation, Some(7));
+        assert_eq!(
+            f.message,
+            "refused by this node: VipPool lab: directors may hold its VIPs on tunl0 only"
+        );
+        assert!(e[&ObjectKey::new("a", "ok")].programmed, "others untouched");
     }
 
     #[test]

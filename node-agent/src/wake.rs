@@ -8,12 +8,13 @@
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hasher};
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use kube::core::DeserializeGuard;
 use kube::runtime::watcher;
 use serde::Serialize;
-use tunlb_api::{NodeStatus, RealServer, VirtualService, VirtualServiceSpec};
+use tunlb_api::{NodeStatus, RealServer, VipPool, VirtualService, VirtualServiceSpec};
 
 /// What a pass reads of a VirtualService (see `cluster::Memory::refresh` and
 /// `report_status`).
@@ -74,6 +75,50 @@ pub fn virtual_service(node: &str, guard: &DeserializeGuard<VirtualService>) -> 
 pub fn node(node: &Node) -> u64 {
     let addresses = node.status.as_ref().and_then(|s| s.addresses.as_ref());
     hash_of(&(&node.metadata.labels, addresses))
+}
+
+/// The fingerprint of what a pass reads of a VipPool: its spec (the
+/// operator's `status.used` counts change with every acceptance).
+pub fn pool(guard: &DeserializeGuard<VipPool>) -> u64 {
+    match &guard.0 {
+        Ok(p) => hash_of(&p.spec),
+        Err(bad) => hash_of(&bad.error.to_string()),
+    }
+}
+
+/// Drops from a cached VipPool what no pass reads.
+pub fn strip_pool(guard: &mut DeserializeGuard<VipPool>) {
+    match &mut guard.0 {
+        Ok(p) => {
+            p.metadata.managed_fields = None;
+            p.metadata.annotations = None;
+        }
+        Err(bad) => {
+            bad.metadata.managed_fields = None;
+            bad.metadata.annotations = None;
+        }
+    }
+}
+
+/// The fingerprint of what a pass reads of a Namespace: its labels.
+pub fn namespace(ns: &Namespace) -> u64 {
+    hash_of(&ns.metadata.labels)
+}
+
+/// Keeps of a cached Namespace only its name and labels, which pools
+/// select namespaces by.
+pub fn strip_namespace(ns: &mut Namespace) {
+    let metadata = std::mem::take(&mut ns.metadata);
+    *ns = Namespace {
+        metadata: ObjectMeta {
+            name: metadata.name,
+            labels: metadata.labels,
+            resource_version: metadata.resource_version,
+            uid: metadata.uid,
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
 }
 
 /// Drops from a cached VirtualService what no pass of `node` reads: field
@@ -243,6 +288,44 @@ mod tests {
         assert_eq!(s.nodes, vec![entry("n1", false)]);
         assert_eq!(s.conditions.len(), 1);
         assert!(v.metadata.annotations.is_none());
+    }
+
+    #[test]
+    fn namespaces_wake_on_labels_and_keep_only_them() {
+        let mut r = Relevant::new(namespace);
+        let mut ns: Namespace = serde_yaml::from_str(
+            "metadata: {name: team-a, labels: {tenant: web}, annotations: {a: b}, finalizers: [x]}\nspec: {finalizers: [kubernetes]}\nstatus: {phase: Active}",
+        )
+        .unwrap();
+        assert!(r.wakes(&watcher::Event::Apply(ns.clone())), "first sight");
+        let before = namespace(&ns);
+        strip_namespace(&mut ns);
+        assert_eq!(namespace(&ns), before);
+        assert_eq!(ns.metadata.name.as_deref(), Some("team-a"));
+        assert!(ns.metadata.annotations.is_none() && ns.metadata.finalizers.is_none());
+        assert!(ns.spec.is_none() && ns.status.is_none());
+        assert!(!r.wakes(&watcher::Event::Apply(ns.clone())));
+        ns.metadata.labels = None;
+        assert!(r.wakes(&watcher::Event::Apply(ns)));
+    }
+
+    #[test]
+    fn pool_usage_counts_do_not_wake() {
+        let mut r = Relevant::new(pool);
+        let mut p: DeserializeGuard<VipPool> = DeserializeGuard(Ok(serde_yaml::from_str(
+            "apiVersion: tunlb.io/v1alpha1\nkind: VipPool\nmetadata: {name: lab}\nspec: {cidrs: [192.168.56.0/24]}\n",
+        )
+        .unwrap()));
+        assert!(r.wakes(&watcher::Event::Apply(p.clone())), "first sight");
+        if let Ok(v) = p.0.as_mut() {
+            v.status = Some(tunlb_api::VipPoolStatus { used: Some(3) });
+        }
+        assert!(!r.wakes(&watcher::Event::Apply(p.clone())));
+        if let Ok(v) = p.0.as_mut() {
+            v.spec.namespaces.push("team-a".into());
+        }
+        assert!(r.wakes(&watcher::Event::Apply(p.clone())));
+        assert!(r.wakes(&watcher::Event::Delete(p)));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The operator's caches, filled from watchers: only what deciding reads
-//! (NodeInfo, ServiceInfo, SliceInfo, the VirtualService index), keyed for
+//! (NodeInfo, ServiceInfo, SliceInfo, VipPools, namespaces' labels, the
+//! VirtualService index), keyed for
 //! the lookups a reconcile makes, so that a reconcile costs O(what it
 //! touches) instead of O(cluster).
 //!
@@ -7,16 +8,19 @@
 //! aside and swapped in whole when it completes, so readers never see half a
 //! list.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher;
 use tokio::sync::watch;
 use tunlb_api::plan::{IpvsKey, ipvs_keys};
-use tunlb_api::{VirtualService, validate};
+use tunlb_api::{VipPool, VirtualService, validate};
 
+use crate::conditions::ACCEPTED;
+use crate::decide::created;
 use crate::observed::{self, Observed};
 use crate::resolve::{NodeInfo, ServiceInfo, SliceInfo, slice_service_name};
 
@@ -173,6 +177,86 @@ impl Shared<Nodes> {
         let mut nodes = self.write();
         let list = Arc::new(nodes.by_name.values().cloned().collect::<Vec<_>>());
         nodes.list = Some(list.clone());
+        list
+    }
+}
+
+/// Namespaces' labels, which pools select namespaces by.
+#[derive(Default)]
+pub struct Namespaces {
+    labels: HashMap<String, BTreeMap<String, String>>,
+}
+
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
+impl Cache for Namespaces {
+    type Obj = Namespace;
+    type Touch = ();
+
+    fn put(&mut self, ns: &Namespace) -> Option<()> {
+        let name = ns.metadata.name.as_deref()?;
+        let labels = ns.metadata.labels.clone().unwrap_or_default();
+        if self.labels.get(name) == Some(&labels) {
+            return None;
+        }
+        self.labels.insert(name.to_string(), labels);
+        Some(())
+    }
+
+    fn remove(&mut self, ns: &Namespace) -> Option<()> {
+        self.labels.remove(ns.metadata.name.as_deref()?).map(|_| ())
+    }
+}
+
+impl Namespaces {
+    /// The labels of namespace `name`; none when it is not known.
+    pub fn labels(&self, name: &str) -> &BTreeMap<String, String> {
+        self.labels.get(name).unwrap_or(&NO_LABELS)
+    }
+}
+
+/// VipPools, with their status (whose `used` the operator keeps).
+#[derive(Default)]
+pub struct Pools {
+    by_name: BTreeMap<String, VipPool>,
+    /// The list handed to reconciles, rebuilt after a change.
+    list: Option<Arc<Vec<VipPool>>>,
+}
+
+impl Cache for Pools {
+    type Obj = VipPool;
+    /// Whether what pools admit may have changed (a spec, a pool added or
+    /// removed), or only a status.
+    type Touch = bool;
+
+    fn put(&mut self, pool: &VipPool) -> Option<bool> {
+        let name = pool.metadata.name.as_deref()?;
+        let admits_changed = match self.by_name.get(name) {
+            Some(old) if old.spec == pool.spec && old.status == pool.status => return None,
+            Some(old) => old.spec != pool.spec,
+            None => true,
+        };
+        self.by_name.insert(name.to_string(), pool.clone());
+        self.list = None;
+        Some(admits_changed)
+    }
+
+    fn remove(&mut self, pool: &VipPool) -> Option<bool> {
+        self.by_name.remove(pool.metadata.name.as_deref()?)?;
+        self.list = None;
+        Some(true)
+    }
+}
+
+impl Shared<Pools> {
+    /// All pools; built once per change rather than per reconcile.
+    pub fn list(&self) -> Arc<Vec<VipPool>> {
+        if let Some(list) = &self.read().list {
+            return list.clone();
+        }
+        let mut pools = self.write();
+        let list = Arc::new(pools.by_name.values().cloned().collect::<Vec<_>>());
+        pools.list = Some(list.clone());
         list
     }
 }
@@ -334,6 +418,10 @@ impl VsName {
             vs.metadata.name.as_deref()?,
         ))
     }
+
+    pub fn namespace(&self) -> &str {
+        self.0.split_once('/').map(|(ns, _)| ns).unwrap_or_default()
+    }
 }
 
 impl std::fmt::Display for VsName {
@@ -351,7 +439,14 @@ struct Entry {
     /// The Service it takes backends from, in its own namespace.
     service: Option<Box<str>>,
     observed: Observed,
+    /// Its VIP (when its spec is valid) and creation time in seconds: where
+    /// it stands among those whose namespace the VIP may belong to.
+    vip: Option<IpAddr>,
+    created: i64,
 }
+
+/// VirtualServices on one VIP, by namespace, oldest first.
+type OnVip = BTreeMap<Box<str>, BTreeSet<(i64, VsName)>>;
 
 /// VirtualServices by the IPVS services they occupy and by the Service they
 /// take backends from (which ones may conflict, and which ones a Service or
@@ -364,13 +459,21 @@ pub struct VirtualServices {
     /// peers.
     by_key: HashMap<IpvsKey, Vec<VsName>>,
     by_service: HashMap<ServiceKey, Vec<VsName>>,
+    /// Whose namespace a VIP belongs to: the oldest of each namespace are
+    /// looked at, not all of them.
+    by_vip: HashMap<IpAddr, OnVip>,
 }
 
 /// The IPVS services `vs` occupies; none when its spec is invalid.
 pub fn ipvs_keys_of(vs: &VirtualService) -> Box<[IpvsKey]> {
+    keys_and_vip(vs).0
+}
+
+/// The IPVS services `vs` occupies and its VIP; none when its spec is invalid.
+pub fn keys_and_vip(vs: &VirtualService) -> (Box<[IpvsKey]>, Option<IpAddr>) {
     match validate(&vs.spec) {
-        Ok(valid) => ipvs_keys(&valid).into(),
-        Err(_) => Box::default(),
+        Ok(valid) => (ipvs_keys(&valid).into(), Some(valid.vip)),
+        Err(_) => (Box::default(), None),
     }
 }
 
@@ -402,6 +505,50 @@ impl VirtualServices {
         names.sort_unstable();
         names.dedup();
         names
+    }
+
+    /// The others whose verdicts may change with `name`'s (at `keys` and
+    /// `vip`): those sharing an IPVS service with it and, when another
+    /// namespace uses the VIP, every other one on the VIP, since whose
+    /// namespace it belongs to may change.
+    pub fn related(&self, keys: &[IpvsKey], vip: Option<IpAddr>, name: &VsName) -> Vec<VsName> {
+        let mut names = self.sharing(keys, name);
+        let on_vip = vip.and_then(|v| self.by_vip.get(&v));
+        if let Some(on_vip) = on_vip
+            && on_vip.keys().any(|ns| &**ns != name.namespace())
+        {
+            names.extend(
+                on_vip
+                    .values()
+                    .flatten()
+                    .map(|(_, n)| n)
+                    .filter(|n| *n != name)
+                    .cloned(),
+            );
+            names.sort_unstable();
+            names.dedup();
+        }
+        names
+    }
+
+    /// Each namespace's VirtualServices on `vip`, oldest first.
+    pub fn on_vip(
+        &self,
+        vip: IpAddr,
+    ) -> impl Iterator<Item = (&str, impl Iterator<Item = &VsName>)> {
+        self.by_vip
+            .get(&vip)
+            .into_iter()
+            .flatten()
+            .map(|(ns, list)| (&**ns, list.iter().map(|(_, n)| n)))
+    }
+
+    /// Each VirtualService last seen Accepted, with its VIP.
+    pub fn accepted(&self) -> impl Iterator<Item = (&VsName, IpAddr)> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.observed.is_true(ACCEPTED))
+            .filter_map(|(name, e)| Some((name, e.vip?)))
     }
 
     pub fn using_service(&self, key: &ServiceKey) -> Vec<VsName> {
@@ -437,8 +584,24 @@ impl VirtualServices {
             unlink(&mut self.by_key, key, name);
         }
         if let Some(svc) = &old.service {
-            let (ns, _) = name.0.split_once('/').unwrap_or_default();
-            unlink(&mut self.by_service, &ServiceKey::new(ns, svc), name);
+            unlink(
+                &mut self.by_service,
+                &ServiceKey::new(name.namespace(), svc),
+                name,
+            );
+        }
+        if let Some(vip) = old.vip
+            && let Some(on_vip) = self.by_vip.get_mut(&vip)
+        {
+            if let Some(list) = on_vip.get_mut(name.namespace()) {
+                list.remove(&(old.created, name.clone()));
+                if list.is_empty() {
+                    on_vip.remove(name.namespace());
+                }
+            }
+            if on_vip.is_empty() {
+                self.by_vip.remove(&vip);
+            }
         }
         Some(old)
     }
@@ -446,9 +609,9 @@ impl VirtualServices {
 
 impl Cache for VirtualServices {
     type Obj = VirtualService;
-    /// The others whose conflict verdicts may change: those sharing an IPVS
-    /// service with it before or after. (Its own change triggers its own
-    /// reconcile.)
+    /// The others whose verdicts may change: those related to it (see
+    /// [`VirtualServices::related`]) before or after. (Its own change
+    /// triggers its own reconcile.)
     type Touch = Vec<VsName>;
 
     fn put(&mut self, vs: &VirtualService) -> Option<Vec<VsName>> {
@@ -461,9 +624,12 @@ impl Cache for VirtualServices {
                 return None;
             }
         };
+        let (keys, vip) = keys_and_vip(vs);
         let entry = Entry {
             object,
-            keys: ipvs_keys_of(vs),
+            keys,
+            vip,
+            created: created(vs),
             service: vs
                 .spec
                 .backends
@@ -482,15 +648,28 @@ impl Cache for VirtualServices {
         }
         let mut touched = self
             .forget(&name)
-            .map(|old| self.sharing(&old.keys, &name))
+            .map(|old| self.related(&old.keys, old.vip, &name))
             .unwrap_or_default();
-        touched.extend(self.sharing(&entry.keys, &name));
+        touched.extend(self.related(&entry.keys, entry.vip, &name));
+        touched.sort_unstable();
+        touched.dedup();
         for key in &entry.keys {
             link(&mut self.by_key, *key, name.clone());
         }
         if let Some(svc) = &entry.service {
-            let ns = vs.metadata.namespace.as_deref().unwrap_or_default();
-            link(&mut self.by_service, ServiceKey::new(ns, svc), name.clone());
+            link(
+                &mut self.by_service,
+                ServiceKey::new(name.namespace(), svc),
+                name.clone(),
+            );
+        }
+        if let Some(vip) = entry.vip {
+            self.by_vip
+                .entry(vip)
+                .or_default()
+                .entry(name.namespace().into())
+                .or_default()
+                .insert((entry.created, name.clone()));
         }
         self.entries.insert(name, entry);
         (!touched.is_empty()).then_some(touched)
@@ -499,7 +678,7 @@ impl Cache for VirtualServices {
     fn remove(&mut self, vs: &VirtualService) -> Option<Vec<VsName>> {
         let name = VsName::of(vs)?;
         let old = self.forget(&name)?;
-        let touched = self.sharing(&old.keys, &name);
+        let touched = self.related(&old.keys, old.vip, &name);
         (!touched.is_empty()).then_some(touched)
     }
 }
@@ -671,5 +850,159 @@ mod tests {
         let mut names = shared.read().names();
         names.sort();
         assert_eq!(names, vec![a, name("c")]);
+    }
+
+    fn in_ns(ns: &str, name: &str, port: u16, created: &str) -> VirtualService {
+        let mut v = vs_on(name, "10.0.0.1", port, None);
+        v.metadata.namespace = Some(ns.into());
+        v.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            created.parse().unwrap(),
+        ));
+        v
+    }
+
+    #[test]
+    fn a_vip_used_across_namespaces_relates_all_on_it() {
+        let shared = Shared::<VirtualServices>::default();
+        let (mut m, _) = Mirror::new(shared.clone());
+        m.apply(&watcher::Event::Init);
+        m.apply(&watcher::Event::InitApply(in_ns(
+            "a",
+            "old",
+            80,
+            "2024-01-01T00:00:00Z",
+        )));
+        m.apply(&watcher::Event::InitApply(in_ns(
+            "a",
+            "new",
+            81,
+            "2025-01-01T00:00:00Z",
+        )));
+        m.apply(&watcher::Event::InitDone);
+        // one namespace on the VIP: only those on the same port are related
+        assert_eq!(
+            m.apply(&watcher::Event::Apply(in_ns(
+                "a",
+                "third",
+                82,
+                "2026-01-01T00:00:00Z"
+            ))),
+            Update::Nothing
+        );
+        // another namespace arrives: everyone on the VIP may change
+        let b = in_ns("b", "x", 90, "2023-01-01T00:00:00Z");
+        assert_eq!(
+            m.apply(&watcher::Event::Apply(b.clone())),
+            Update::Touched(vec![
+                VsName::new("a", "new"),
+                VsName::new("a", "old"),
+                VsName::new("a", "third")
+            ])
+        );
+        let index = shared.read();
+        let by_ns: Vec<(String, Vec<String>)> = index
+            .on_vip("10.0.0.1".parse().unwrap())
+            .map(|(ns, names)| (ns.to_string(), names.map(ToString::to_string).collect()))
+            .collect();
+        assert_eq!(
+            by_ns,
+            [
+                (
+                    "a".to_string(),
+                    vec!["a/old".to_string(), "a/new".into(), "a/third".into()]
+                ),
+                ("b".to_string(), vec!["b/x".to_string()]),
+            ]
+        );
+        drop(index);
+        // it goes: again everyone
+        assert_eq!(
+            m.apply(&watcher::Event::Delete(b)),
+            Update::Touched(vec![
+                VsName::new("a", "new"),
+                VsName::new("a", "old"),
+                VsName::new("a", "third")
+            ])
+        );
+        assert!(
+            shared
+                .read()
+                .on_vip("10.0.0.1".parse().unwrap())
+                .all(|(ns, _)| ns == "a")
+        );
+    }
+
+    #[test]
+    fn only_accepted_ones_count_as_used() {
+        let shared = Shared::<VirtualServices>::default();
+        let (mut m, _) = Mirror::new(shared.clone());
+        m.apply(&watcher::Event::Init);
+        m.apply(&watcher::Event::InitDone);
+        let mut ok = vs("ok", "10.0.0.1", None);
+        ok.status = Some(serde_yaml::from_str(
+            "conditions: [{type: Accepted, status: 'True', reason: Accepted, message: '', lastTransitionTime: '2026-01-01T00:00:00Z'}]",
+        ).unwrap());
+        let mut refused = vs("refused", "10.0.0.2", None);
+        refused.status = Some(serde_yaml::from_str(
+            "conditions: [{type: Accepted, status: 'False', reason: NoPool, message: '', lastTransitionTime: '2026-01-01T00:00:00Z'}]",
+        ).unwrap());
+        m.apply(&watcher::Event::Apply(ok));
+        m.apply(&watcher::Event::Apply(refused));
+        m.apply(&watcher::Event::Apply(vs("new", "10.0.0.3", None)));
+        let index = shared.read();
+        let used: Vec<(String, IpAddr)> = index
+            .accepted()
+            .map(|(n, vip)| (n.to_string(), vip))
+            .collect();
+        assert_eq!(used, [("ns/ok".to_string(), "10.0.0.1".parse().unwrap())]);
+    }
+
+    #[test]
+    fn namespaces_and_pools_touch_only_on_what_judgements_read() {
+        let namespaces = Shared::<Namespaces>::default();
+        let (mut m, _) = Mirror::new(namespaces.clone());
+        m.apply(&watcher::Event::Init);
+        m.apply(&watcher::Event::InitDone);
+        let mut ns: Namespace = serde_yaml::from_str("metadata: {name: team-a}").unwrap();
+        assert_eq!(
+            m.apply(&watcher::Event::Apply(ns.clone())),
+            Update::Touched(())
+        );
+        assert!(namespaces.read().labels("team-a").is_empty());
+        ns.metadata.resource_version = Some("2".into());
+        assert_eq!(m.apply(&watcher::Event::Apply(ns.clone())), Update::Nothing);
+        ns.metadata.labels = Some([("tier".to_string(), "web".to_string())].into());
+        assert_eq!(
+            m.apply(&watcher::Event::Apply(ns.clone())),
+            Update::Touched(())
+        );
+        assert_eq!(namespaces.read().labels("team-a")["tier"], "web");
+        assert_eq!(m.apply(&watcher::Event::Delete(ns)), Update::Touched(()));
+        assert!(namespaces.read().labels("team-a").is_empty());
+
+        let pools = Shared::<Pools>::default();
+        let (mut m, _) = Mirror::new(pools.clone());
+        m.apply(&watcher::Event::Init);
+        m.apply(&watcher::Event::InitDone);
+        let mut p: VipPool =
+            serde_yaml::from_str("metadata: {name: p}\nspec: {cidrs: [10.0.0.0/8]}").unwrap();
+        assert_eq!(
+            m.apply(&watcher::Event::Apply(p.clone())),
+            Update::Touched(true)
+        );
+        p.status = Some(tunlb_api::VipPoolStatus { used: Some(3) });
+        assert_eq!(
+            m.apply(&watcher::Event::Apply(p.clone())),
+            Update::Touched(false)
+        );
+        assert_eq!(pools.list()[0].status.as_ref().unwrap().used, Some(3));
+        assert_eq!(m.apply(&watcher::Event::Apply(p.clone())), Update::Nothing);
+        p.spec.namespaces = vec!["team-a".into()];
+        assert_eq!(
+            m.apply(&watcher::Event::Apply(p.clone())),
+            Update::Touched(true)
+        );
+        assert_eq!(m.apply(&watcher::Event::Delete(p)), Update::Touched(true));
+        assert!(pools.list().is_empty());
     }
 }

@@ -1,15 +1,17 @@
-//! The VirtualService controller: watches VirtualServices, Nodes, Services
-//! and EndpointSlices, maps each change to the VirtualServices it affects,
-//! and writes the operator-owned part of the status by server-side apply.
+//! The VirtualService controller: watches VirtualServices, Nodes, Services,
+//! EndpointSlices, VipPools and Namespaces, maps each change to the
+//! VirtualServices it affects, and writes the operator-owned part of the
+//! status by server-side apply; and keeps each VipPool's `status.used`.
 
-use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Node, ObjectReference, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -18,19 +20,21 @@ use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tracing::{debug, info, warn};
-use tunlb_api::{HealthState, VirtualService};
+use tunlb_api::{HealthState, VipPool, VipPoolStatus, VirtualService, validate};
 
 use crate::cache::{
-    self, Cache, Mirror, Nodes, ServiceKey, Services, Shared, Slices, Update, VirtualServices,
-    VsName, ipvs_keys_of,
+    self, Cache, Mirror, Namespaces, Nodes, Pools, ServiceKey, Services, Shared, Slices, Update,
+    VirtualServices, VsName, keys_and_vip,
 };
 use crate::conditions;
-use crate::decide::{self, OperatorStatus, Policy, View};
+use crate::decide::{self, Policy, View};
 use crate::events::{self, Kind, Note, Publisher, Reporter};
+use crate::judge::{self, Peer};
 use crate::leader::{Fenced, Leadership};
 use crate::observed::{self, Observed};
 use crate::queue::{Next, Queue};
@@ -47,6 +51,12 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
 
 /// Events being published at once, off the reconciles (see `publish_later`).
 const EVENTS_IN_FLIGHT: usize = 8;
+
+/// VipPools' usage is counted this long after a change, so that a burst of
+/// changes (a start, a pool edit that re-judges everything) is counted once.
+const USAGE_SETTLE: Duration = Duration::from_secs(1);
+/// And at least this often, which also retries a failed write.
+const USAGE_RECOUNT: Duration = Duration::from_secs(60);
 
 /// Finalizer held until every node has removed its programming.
 pub const FINALIZER: &str = "tunlb.io/cleanup";
@@ -128,6 +138,8 @@ pub struct Context {
     pub nodes: Shared<Nodes>,
     pub services: Shared<Services>,
     pub slices: Shared<Slices>,
+    pub pools: Shared<Pools>,
+    pub namespaces: Shared<Namespaces>,
     /// The VirtualServices themselves, indexed by VIP and Service.
     pub index: Shared<VirtualServices>,
     /// Every write goes through its fence.
@@ -137,6 +149,8 @@ pub struct Context {
     /// Queues VirtualServices for a reconcile.
     pub queue: Arc<Queue>,
     pub written_health: Arc<WrittenHealth>,
+    /// Wakes the VipPool usage count (see `maintain_pool_usage`).
+    pub usage: Arc<Notify>,
 }
 
 /// The resync interval drawn from [3/4, 1] x `resync`: objects judged in one
@@ -148,20 +162,21 @@ fn jittered(resync: Duration) -> Duration {
     resync - quarter + Duration::from_millis(r % spread)
 }
 
-/// The one writer of the status fields the operator owns: a forced
-/// server-side apply as MANAGER, through the leadership fence.
+/// The one writer of the status fields the operator owns (a
+/// VirtualService's, a VipPool's `used`): a forced server-side apply as
+/// MANAGER, through the leadership fence.
 async fn write_status<K>(
     api: &Api<K>,
     fence: &Leadership,
     name: &str,
-    status: &OperatorStatus,
+    status: &impl Serialize,
 ) -> Result<(), Error>
 where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
     let body = json!({
-        "apiVersion": tunlb_api::API_VERSION,
-        "kind": tunlb_api::KIND,
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
         "status": status,
     });
     let params = PatchParams::apply(MANAGER).force();
@@ -205,12 +220,14 @@ async fn publish_later(ctx: &Context, regarding: ObjectReference, notes: Vec<Not
     });
 }
 
-/// Others that share an IPVS service with it: their conflict verdicts may change with ours.
+/// Others that share an IPVS service or, across namespaces, the VIP with
+/// it: their conflict and VIP verdicts may change with ours.
 fn retrigger_sharing(ctx: &Context, vs: &VirtualService) {
     let Some(me) = VsName::of(vs) else {
         return;
     };
-    let others = ctx.index.read().sharing(&ipvs_keys_of(vs), &me);
+    let (keys, vip) = keys_and_vip(vs);
+    let others = ctx.index.read().related(&keys, vip, &me);
     ctx.queue.trigger_all(others);
 }
 
@@ -260,6 +277,56 @@ async fn remove_finalizer(
     Ok(())
 }
 
+/// The others that bear on `vs`'s verdict (see `View::peers`): those on
+/// its IPVS services, which it may clash with, and the oldest holder of
+/// each namespace on its VIP, whose namespace the VIP belongs to. It costs
+/// what `vs` touches, not every VirtualService on the VIP.
+fn peers_of(
+    vs: &VirtualService,
+    ctx: &Context,
+    pools: &[VipPool],
+    namespaces: &Namespaces,
+    nodes: &[crate::resolve::NodeInfo],
+) -> Vec<Peer> {
+    let Some(me) = VsName::of(vs) else {
+        return Vec::new();
+    };
+    let as_peer = |o: &VirtualService| {
+        // Agents stop programming a VirtualService once it is being deleted.
+        if o.metadata.deletion_timestamp.is_some() {
+            return None;
+        }
+        let labels = namespaces.labels(o.metadata.namespace.as_deref().unwrap_or_default());
+        decide::peer(o, &ctx.policy, pools, labels, nodes)
+    };
+    let (keys, vip) = keys_and_vip(vs);
+    let index = ctx.index.read();
+    let mut peers: Vec<Peer> = index
+        .sharing(&keys, &me)
+        .iter()
+        .filter_map(|r| index.object(r))
+        .filter_map(|o| as_peer(&o))
+        .collect();
+    let Some(vip) = vip else {
+        return peers;
+    };
+    for (ns, names) in index.on_vip(vip) {
+        if !judge::namespace_may_hold(pools, vip, ns, namespaces.labels(ns)) {
+            continue;
+        }
+        let oldest = names
+            .filter(|n| **n != me)
+            .filter_map(|n| index.object(n))
+            .find_map(|o| as_peer(&o));
+        if let Some(p) = oldest
+            && !peers.iter().any(|q| q.key() == p.key())
+        {
+            peers.push(p);
+        }
+    }
+    peers
+}
+
 /// The decision for `vs` from the caches (no I/O). It costs what `vs`
 /// touches: the others on its VIP, its Service and that Service's slices.
 fn decide_from_caches(
@@ -270,21 +337,9 @@ fn decide_from_caches(
     ns: &str,
 ) -> decide::Decision {
     let nodes = ctx.nodes.infos();
-    // Only one that occupies the same IPVS service can clash.
-    let peers: Vec<_> = match VsName::of(vs) {
-        Some(me) => {
-            let index = ctx.index.read();
-            let sharing = index.sharing(&ipvs_keys_of(vs), &me);
-            sharing
-                .iter()
-                .filter_map(|r| index.object(r))
-                // Agents stop programming a VirtualService once it is being deleted.
-                .filter(|o| o.metadata.deletion_timestamp.is_none())
-                .filter_map(|o| decide::peer(&o, &ctx.policy, &nodes))
-                .collect()
-        }
-        None => Vec::new(),
-    };
+    let pools = ctx.pools.list();
+    let namespaces = ctx.namespaces.read();
+    let peers = peers_of(vs, ctx, &pools, &namespaces, &nodes);
     let service_key = vs
         .spec
         .backends
@@ -300,6 +355,8 @@ fn decide_from_caches(
         .unwrap_or_default();
     let view = View {
         nodes: &nodes,
+        pools: &pools,
+        namespace_labels: namespaces.labels(ns),
         service: service.as_deref(),
         slices: slices.iter().map(AsRef::as_ref).collect(),
         peers: &peers,
@@ -548,6 +605,66 @@ async fn report_unreadable(
     }
 }
 
+/// Each VipPool's `status.used` from the caches: the distinct VIPs of the
+/// VirtualServices last seen Accepted that it admits. Where one pool holds
+/// a VIP, an accepted VirtualService on it is that pool's; only where pools
+/// overlap is the object read and judged again to find which one admits it.
+fn pool_usage(ctx: &Context, pools: &[VipPool]) -> BTreeMap<String, i32> {
+    let nodes = ctx.nodes.infos();
+    let namespaces = ctx.namespaces.read();
+    let index = ctx.index.read();
+    let name_of = |p: &VipPool| p.metadata.name.clone().unwrap_or_default();
+    let accepted: Vec<(IpAddr, String)> = index
+        .accepted()
+        .filter_map(|(name, vip)| {
+            let mut holding = pools.iter().filter(|p| p.holds(vip));
+            let first = holding.next()?;
+            if holding.next().is_none() {
+                return Some((vip, name_of(first)));
+            }
+            let vs = index.object(name)?;
+            let valid = validate(&vs.spec).ok()?;
+            let ns = name.namespace();
+            judge::admit(ns, namespaces.labels(ns), &vs.spec, &valid, pools, &nodes)
+                .ok()
+                .map(|p| (vip, name_of(p)))
+        })
+        .collect();
+    judge::pool_usage(pools, accepted.iter().map(|(v, p)| (*v, p.as_str())))
+}
+
+/// Keeps each VipPool's `status.used` (see `pool_usage`): counted a moment
+/// after anything it depends on changes, and written by the leader where
+/// it differs from what the pool says.
+async fn maintain_pool_usage(ctx: Arc<Context>) {
+    let api: Api<VipPool> = Api::all(ctx.client.clone());
+    loop {
+        let _ = tokio::time::timeout(USAGE_RECOUNT, ctx.usage.notified()).await;
+        tokio::time::sleep(USAGE_SETTLE).await;
+        if !ctx.leader.is_leading() || !*ctx.synced.borrow() {
+            continue;
+        }
+        let pools = ctx.pools.list();
+        let used = pool_usage(&ctx, &pools);
+        for pool in pools.iter() {
+            let Some(name) = pool.metadata.name.as_deref() else {
+                continue;
+            };
+            let want = used.get(name).copied().unwrap_or(0);
+            if pool.status.as_ref().and_then(|s| s.used) == Some(want) {
+                continue;
+            }
+            let status = VipPoolStatus { used: Some(want) };
+            match write_status(&api, &ctx.leader, name, &status).await {
+                Ok(()) => debug!(pool = name, used = want, "pool usage written"),
+                Err(Error::NotLeading) => break,
+                // Retried at the next count.
+                Err(e) => warn!(pool = name, error = %e, "cannot write pool usage"),
+            }
+        }
+    }
+}
+
 /// Settings for `run`.
 pub struct Settings {
     pub policy: Policy,
@@ -598,6 +715,7 @@ async fn follow_virtual_services(
     mut mirror: Mirror<VirtualServices>,
     index: Shared<VirtualServices>,
     queue: Arc<Queue>,
+    usage: Arc<Notify>,
 ) {
     let mut events = std::pin::pin!(events);
     let mut listing = Instant::now();
@@ -612,6 +730,10 @@ async fn follow_virtual_services(
         log_list_progress("VirtualService", &ev, &mut listing);
         if let Update::Touched(others) = mirror.apply(&ev) {
             queue.trigger_all(others);
+        }
+        // Acceptance is read back from the statuses written.
+        if !matches!(ev, watcher::Event::Init | watcher::Event::InitApply(_)) {
+            usage.notify_one();
         }
         match &ev {
             // A list is in the index once complete: then all of it is judged.
@@ -645,6 +767,7 @@ pub async fn run(
         let (queue, index) = (queue.clone(), index.clone());
         move || queue.trigger_all(index.read().names())
     };
+    let usage = Arc::new(Notify::new());
 
     // Deletions must trigger too: a deleted EndpointSlice, Service or Node
     // changes the real servers.
@@ -696,6 +819,41 @@ pub async fn run(
         },
     ));
 
+    // A pool's spec decides what it admits; every VirtualService may change.
+    // Its status (`used`, written here) changes no verdict.
+    let pools = Shared::<Pools>::default();
+    let (mirror, pools_synced) = Mirror::new(pools.clone());
+    let pool_events = watcher(Api::<VipPool>::all(client.clone()), wc.clone())
+        .backoff(tunlb_api::watch::backoff())
+        .modify(|p| cache::strip_meta(&mut p.metadata));
+    let (all, recount) = (judge_all.clone(), usage.clone());
+    tokio::spawn(follow("VipPool", pool_events, mirror, move |u| {
+        match u {
+            Update::Nothing => return,
+            Update::Touched(false) => {}
+            Update::Touched(true) | Update::Relisted => all(),
+        }
+        recount.notify_one();
+    }));
+
+    // Pools select namespaces by their labels: only those are kept.
+    let namespaces = Shared::<Namespaces>::default();
+    let (mirror, namespaces_synced) = Mirror::new(namespaces.clone());
+    let ns_events = watcher(Api::<Namespace>::all(client.clone()), wc.clone())
+        .backoff(tunlb_api::watch::backoff())
+        .modify(|ns| {
+            cache::strip_meta(&mut ns.metadata);
+            ns.spec = None;
+            ns.status = None;
+        });
+    let (all, recount) = (judge_all.clone(), usage.clone());
+    tokio::spawn(follow("Namespace", ns_events, mirror, move |u| {
+        if u != Update::Nothing {
+            all();
+            recount.notify_one();
+        }
+    }));
+
     // One object that no longer parses (stored under an older schema, edited
     // in etcd) must not stall the watch for all others: it is reported instead.
     let (invalid_tx, invalid_rx) = mpsc::unbounded_channel();
@@ -724,18 +882,20 @@ pub async fn run(
         mirror,
         index.clone(),
         queue.clone(),
+        usage.clone(),
     ));
 
     // A new leader judges everything, from what the cluster holds.
     let written_health = Arc::new(WrittenHealth::default());
     let leadership = on_leadership(leader.clone());
-    let all = judge_all.clone();
+    let (all, recount) = (judge_all.clone(), usage.clone());
     let forget_written = written_health.clone();
     tokio::spawn(async move {
         let mut leadership = std::pin::pin!(leadership);
         while leadership.next().await.is_some() {
             forget_written.clear();
             all();
+            recount.notify_one();
         }
     });
 
@@ -743,7 +903,16 @@ pub async fn run(
     let (synced_tx, synced) = watch::channel(false);
     tokio::spawn(async move {
         let mut ok = true;
-        for mut rx in [nodes_synced, services_synced, slices_synced, vs_synced] {
+        // Judged before the pools and namespaces are in, every VirtualService
+        // would be refused for a moment.
+        for mut rx in [
+            nodes_synced,
+            services_synced,
+            slices_synced,
+            pools_synced,
+            namespaces_synced,
+            vs_synced,
+        ] {
             ok &= rx.wait_for(|s| *s).await.is_ok();
         }
         if ok {
@@ -766,12 +935,16 @@ pub async fn run(
         nodes,
         services,
         slices,
+        pools,
+        namespaces,
         index,
         leader,
         synced,
         queue: queue.clone(),
         written_health,
+        usage,
     });
+    tokio::spawn(maintain_pool_usage(ctx.clone()));
     queue
         .run(
             MAX_CONCURRENT_RECONCILES,

@@ -1,12 +1,12 @@
 //! The deciding part of a reconcile: VirtualService + a view of the cluster
 //! -> the status the operator owns. No I/O, so it is unit-tested directly.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use tunlb_api::plan::{ObjectKey, ipvs_keys};
 use tunlb_api::{
-    HealthState, NodeStatus, RealServer, VirtualService, VirtualServiceStatus, validate,
+    HealthState, NodeStatus, RealServer, VipPool, VirtualService, VirtualServiceStatus, validate,
 };
 
 use crate::conditions::{
@@ -14,22 +14,27 @@ use crate::conditions::{
     Want,
 };
 use crate::health::{self, Aggregate};
-use crate::judge::{self, Peer, Readiness};
+use crate::judge::{self, Age, Peer, Readiness};
 use crate::resolve::{self, NodeInfo, ServiceInfo, SliceInfo};
 
 /// Operator settings that shape judgements.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
-    pub vip_pools: Vec<ipnet::IpNet>,
     pub service_cidrs: Vec<ipnet::IpNet>,
 }
 
 /// What the reconcile read from its caches.
 pub struct View<'a> {
     pub nodes: &'a [NodeInfo],
+    pub pools: &'a [VipPool],
+    /// The labels of the VirtualService's namespace (none when it is not known).
+    pub namespace_labels: &'a BTreeMap<String, String>,
     pub service: Option<&'a ServiceInfo>,
     pub slices: Vec<&'a SliceInfo>,
-    /// Other VirtualServices that are valid and VIP-allowed.
+    /// Other VirtualServices on its VIP that are valid, VIP-allowed and
+    /// admitted by a pool (see [`peer`]): those occupying one of its IPVS
+    /// services, and the oldest of each namespace on the VIP (whose
+    /// namespace the VIP belongs to).
     pub peers: &'a [Peer],
 }
 
@@ -76,25 +81,43 @@ pub fn object_key(vs: &VirtualService) -> ObjectKey {
     )
 }
 
-/// Age ordering for conflicts: creation time, then namespace/name.
-pub fn age(vs: &VirtualService) -> (i64, ObjectKey) {
-    let t = vs
-        .metadata
+/// Age ordering for conflicts and VIP ownership: creation time, then
+/// namespace/name.
+pub fn age(vs: &VirtualService) -> Age {
+    Age {
+        created: created(vs),
+        key: object_key(vs),
+    }
+}
+
+/// The creation time in seconds; unset (never so in a cluster) is youngest.
+pub fn created(vs: &VirtualService) -> i64 {
+    vs.metadata
         .creation_timestamp
         .as_ref()
         .map(|t| t.0.as_second())
-        .unwrap_or(i64::MAX);
-    (t, object_key(vs))
+        .unwrap_or(i64::MAX)
 }
 
-/// Builds a Peer when the object is valid and its VIP allowed.
-pub fn peer(vs: &VirtualService, policy: &Policy, nodes: &[NodeInfo]) -> Option<Peer> {
+/// Builds a Peer when the object is valid, its VIP allowed and a pool
+/// admits it: the checks `decide` makes, so that an object refused never
+/// blocks another. `namespace_labels`: those of its own namespace.
+pub fn peer(
+    vs: &VirtualService,
+    policy: &Policy,
+    pools: &[VipPool],
+    namespace_labels: &BTreeMap<String, String>,
+    nodes: &[NodeInfo],
+) -> Option<Peer> {
     let valid = validate(&vs.spec).ok()?;
-    judge::vip_allowed(valid.vip, &policy.vip_pools, &policy.service_cidrs, nodes).ok()?;
+    judge::vip_allowed(valid.vip, &policy.service_cidrs, nodes).ok()?;
+    let namespace = vs.metadata.namespace.as_deref().unwrap_or_default();
+    let pool = judge::admit(namespace, namespace_labels, &vs.spec, &valid, pools, nodes).ok()?;
     Some(Peer {
-        key: object_key(vs),
         age: age(vs),
+        vip: valid.vip,
         keys: ipvs_keys(&valid).into_iter().collect(),
+        pool: pool.metadata.name.clone().unwrap_or_default(),
     })
 }
 
@@ -193,29 +216,56 @@ pub fn decide(
                 .filter(|(_, h)| h.is_some())
                 .map(|(p, _)| i32::from(p.port))
                 .collect();
-            match judge::vip_allowed(
-                valid.vip,
-                &policy.vip_pools,
-                &policy.service_cidrs,
-                view.nodes,
-            ) {
-                Ok(()) => wants.push(Want::new(
+            let namespace = vs.metadata.namespace.as_deref().unwrap_or_default();
+            let admitted = judge::vip_allowed(valid.vip, &policy.service_cidrs, view.nodes)
+                .and_then(|()| {
+                    judge::admit(
+                        namespace,
+                        view.namespace_labels,
+                        &vs.spec,
+                        &valid,
+                        view.pools,
+                        view.nodes,
+                    )
+                });
+            let me = Peer {
+                age: age(vs),
+                vip: valid.vip,
+                keys: ipvs_keys(&valid).into_iter().collect(),
+                pool: admitted
+                    .as_ref()
+                    .ok()
+                    .and_then(|p| p.metadata.name.clone())
+                    .unwrap_or_default(),
+            };
+            // The VIP belongs to the namespace of its oldest admitted VirtualService.
+            let oldest = judge::oldest(view.peers.iter().chain(admitted.is_ok().then_some(&me)));
+            let allowed = admitted.and_then(|pool| match judge::vip_taken(pool, &me, oldest) {
+                Some(v) => Err(v),
+                None => Ok(pool),
+            });
+            match allowed {
+                Ok(pool) => wants.push(Want::new(
                     VIP_ALLOWED,
                     true,
                     "InPool",
-                    format!("VIP {} is allowed", valid.vip),
+                    format!(
+                        "VIP {} is in VipPool {}",
+                        valid.vip,
+                        pool.metadata.name.as_deref().unwrap_or_default()
+                    ),
                 )),
                 Err(v) => {
                     wants.push(Want::new(VIP_ALLOWED, false, v.reason, v.message.clone()));
                     block = Some((v.reason.into(), v.message));
                 }
             }
-            let me = Peer {
-                key: object_key(vs),
-                age: age(vs),
-                keys: ipvs_keys(&valid).into_iter().collect(),
-            };
-            match judge::conflict(&me, view.peers) {
+            // Only peers that hold their VIP themselves occupy its ports.
+            let holding = view
+                .peers
+                .iter()
+                .filter(|p| judge::holds_vip(p, view.pools, oldest));
+            match judge::conflict(&me, holding) {
                 None => wants.push(Want::new(
                     CONFLICT,
                     false,
@@ -454,6 +504,7 @@ mod tests {
     use k8s_openapi::api::core::v1::Service;
     use k8s_openapi::api::discovery::v1::EndpointSlice;
     use k8s_openapi::jiff::Timestamp;
+    use std::sync::LazyLock;
     use tunlb_api::{NodeRole, NodeStatus, ProbedServer};
 
     fn vs(yaml: &str) -> VirtualService {
@@ -517,9 +568,22 @@ mod tests {
     }
     fn policy() -> Policy {
         Policy {
-            vip_pools: vec!["192.168.56.0/24".parse().unwrap()],
             service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
         }
+    }
+    static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+    fn pool(name: &str, yaml: &str) -> VipPool {
+        VipPool::new(name, serde_yaml::from_str(yaml).unwrap())
+    }
+    /// A pool that admits everything the tests use (as tests/controlplane/open-pool.yaml).
+    fn open() -> &'static [VipPool] {
+        static OPEN: LazyLock<Vec<VipPool>> = LazyLock::new(|| {
+            vec![pool(
+                "open",
+                "cidrs: [192.168.56.0/24]\nnamespaceSelector: {}\ndirectors: {nodeSelector: {}}\nbackends: {nodeSelector: {}, cidrs: [0.0.0.0/0]}\ntargetPorts: [{from: 1, to: 65535}]\n",
+            )]
+        });
+        &OPEN
     }
     const WEB: &str = r#"
 apiVersion: tunlb.io/v1alpha1
@@ -541,6 +605,8 @@ spec:
         let n = nodes();
         let view = View {
             nodes: &n,
+            pools: open(),
+            namespace_labels: &NO_LABELS,
             service: None,
             slices: vec![],
             peers: &[],
@@ -574,6 +640,8 @@ spec:
         });
         let view = View {
             nodes: &n,
+            pools: open(),
+            namespace_labels: &NO_LABELS,
             service: None,
             slices: vec![],
             peers: &[],
@@ -588,24 +656,224 @@ spec:
         );
     }
 
-    #[test]
-    fn vip_outside_pool_and_no_pool() {
-        let n = nodes();
-        let view = View {
-            nodes: &n,
+    fn view_with<'a>(n: &'a [NodeInfo], pools: &'a [VipPool], peers: &'a [Peer]) -> View<'a> {
+        View {
+            nodes: n,
+            pools,
+            namespace_labels: &NO_LABELS,
             service: None,
             slices: vec![],
-            peers: &[],
-        };
-        let d = decide(&vs(WEB), &[], &[], &view, &Policy::default(), &now());
-        assert!(!d.accepted);
-        let c = cond(&d, VIP_ALLOWED);
-        assert_eq!(
-            (c.status.as_str(), c.reason.as_str()),
-            ("False", "NoPoolConfigured")
+            peers,
+        }
+    }
+
+    /// VipAllowed, Accepted and Stalled as (status, reason).
+    fn verdict(d: &Decision) -> [(String, String); 3] {
+        [VIP_ALLOWED, ACCEPTED, STALLED].map(|t| {
+            let c = cond(d, t);
+            (c.status.clone(), c.reason.clone())
+        })
+    }
+
+    fn refused(reason: &str) -> [(String, String); 3] {
+        [
+            ("False".into(), reason.into()),
+            ("False".into(), reason.into()),
+            ("True".into(), reason.into()),
+        ]
+    }
+
+    #[test]
+    fn a_vip_in_no_pool_is_refused_and_the_pool_that_admits_it_is_named() {
+        let n = nodes();
+        let d = decide(
+            &vs(WEB),
+            &[],
+            &[],
+            &view_with(&n, open(), &[]),
+            &policy(),
+            &now(),
         );
-        assert_eq!(cond(&d, STALLED).status, "True");
-        assert_eq!(cond(&d, ACCEPTED).reason, "NoPoolConfigured");
+        assert!(d.accepted);
+        let c = cond(&d, VIP_ALLOWED);
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "InPool"));
+        assert_eq!(c.message, "VIP 192.168.56.185 is in VipPool open");
+
+        // the pool is deleted: refused, with the rule that refused
+        let d2 = decide(
+            &vs(WEB),
+            &d.status.conditions,
+            &[],
+            &view_with(&n, &[], &[]),
+            &policy(),
+            &now(),
+        );
+        assert!(!d2.accepted);
+        assert_eq!(verdict(&d2), refused("NoPool"));
+        assert_eq!(
+            cond(&d2, ACCEPTED).message,
+            "VIP 192.168.56.185 is in no VipPool: none exists; a cluster admin creates one (kind VipPool) holding it"
+        );
+        assert_eq!(cond(&d2, READY).reason, "NoPool");
+        let changed: Vec<&str> = d2.transitions.iter().map(|w| w.type_).collect();
+        assert!(
+            changed.contains(&VIP_ALLOWED) && changed.contains(&ACCEPTED),
+            "{changed:?}"
+        );
+
+        // node addresses and the Service range come first, pool or not
+        let on_node = vs(&WEB.replace("vip: 192.168.56.185", "vip: 192.168.56.181"));
+        let d = decide(
+            &on_node,
+            &[],
+            &[],
+            &view_with(&n, open(), &[]),
+            &policy(),
+            &now(),
+        );
+        assert_eq!(verdict(&d), refused("NodeAddress"));
+    }
+
+    #[test]
+    fn each_pool_rule_refuses_with_its_reason() {
+        let n = nodes();
+        let judge = |obj: &VirtualService, yaml: &str| {
+            let pools = [pool("team", yaml)];
+            let d = decide(
+                obj,
+                &[],
+                &[],
+                &view_with(&n, &pools, &[]),
+                &policy(),
+                &now(),
+            );
+            (verdict(&d), cond(&d, VIP_ALLOWED).message.clone())
+        };
+        let team_b = "cidrs: [192.168.56.0/24]\nnamespaces: [team-b]\n";
+        let (v, msg) = judge(&vs(WEB), team_b);
+        assert_eq!(v, refused("NamespaceNotAllowed"));
+        assert!(msg.starts_with("VipPool team: namespace default"), "{msg}");
+
+        // rs1 (192.168.56.183) is a node: the pool admits no node as a backend
+        let default =
+            "cidrs: [192.168.56.0/24]\nnamespaces: [default]\nbackends: {cidrs: [10.0.0.0/8]}\n";
+        let (v, msg) = judge(&vs(WEB), default);
+        assert_eq!(v, refused("BackendNotAllowed"));
+        assert!(
+            msg.contains("static backend 192.168.56.183 is node rs1"),
+            "{msg}"
+        );
+        let without_rs1 = WEB.replace("{address: 192.168.56.183}, ", "");
+        assert_eq!(judge(&vs(&without_rs1), default).0[0].1, "InPool");
+
+        let eth0 = vs(&without_rs1.replace(
+            "scheduler: wrr",
+            "scheduler: wrr\n  directors: {interface: eth0}",
+        ));
+        assert_eq!(judge(&eth0, default).0, refused("InterfaceNotAllowed"));
+
+        let mapped = vs(&without_rs1.replace("{port: 80}", "{port: 80, targetPort: 10250}"));
+        let (v, msg) = judge(&mapped, default);
+        assert_eq!(v, refused("TargetPortNotAllowed"));
+        assert!(msg.contains("may not map to 10250"), "{msg}");
+
+        let cp_director = vs(&without_rs1.replace(
+            "scheduler: wrr",
+            "scheduler: wrr\n  directors: {nodeSelector: {matchExpressions: [{key: tunlb.io/director, operator: DoesNotExist}]}}",
+        ));
+        let (v, msg) = judge(&cp_director, default);
+        assert_eq!(v, refused("DirectorNotAllowed"));
+        assert!(msg.contains("node rs1 may not direct"), "{msg}");
+    }
+
+    fn in_namespace(ns: &str, name: &str, year: u32, port: u16) -> VirtualService {
+        vs(&WEB
+            .replace(
+                "name: web, namespace: default",
+                &format!("name: {name}, namespace: {ns}"),
+            )
+            .replace("2026-01-01", &format!("{year}-01-01"))
+            .replace("{port: 80}", &format!("{{port: {port}}}")))
+    }
+
+    #[test]
+    fn a_vip_belongs_to_its_oldest_namespace_and_a_refused_peer_blocks_nothing() {
+        let n = nodes();
+        let closed = [pool(
+            "closed",
+            "cidrs: [192.168.56.0/24]\nnamespaceSelector: {}\nbackends: {nodeSelector: {}, cidrs: [10.0.0.0/8]}\n",
+        )];
+        let as_peer = |o: &VirtualService| peer(o, &policy(), &closed, &NO_LABELS, &n).unwrap();
+        // team-b's, older, on another port of the VIP
+        let theirs = in_namespace("team-b", "theirs", 2024, 8080);
+        let peers = [as_peer(&theirs)];
+        let d = decide(
+            &vs(WEB),
+            &[],
+            &[],
+            &view_with(&n, &closed, &peers),
+            &policy(),
+            &now(),
+        );
+        assert_eq!(verdict(&d), refused("VipInUse"));
+        assert_eq!(
+            cond(&d, VIP_ALLOWED).message,
+            "VipPool closed: VIP 192.168.56.185 belongs to namespace team-b (team-b/theirs), and spec.shareAcrossNamespaces is off"
+        );
+        assert!(!d.accepted);
+        // the younger one is refused, not the older
+        let d = decide(
+            &theirs,
+            &[],
+            &[],
+            &view_with(&n, &closed, &[as_peer(&vs(WEB))]),
+            &policy(),
+            &now(),
+        );
+        assert!(d.accepted, "{:?}", verdict(&d));
+        // a pool that shares the VIP admits both
+        let shared = [pool(
+            "shared",
+            "cidrs: [192.168.56.0/24]\nnamespaceSelector: {}\nshareAcrossNamespaces: true\nbackends: {nodeSelector: {}, cidrs: [10.0.0.0/8]}\n",
+        )];
+        let peers = [peer(&theirs, &policy(), &shared, &NO_LABELS, &n).unwrap()];
+        let d = decide(
+            &vs(WEB),
+            &[],
+            &[],
+            &view_with(&n, &shared, &peers),
+            &policy(),
+            &now(),
+        );
+        assert!(d.accepted, "{:?}", verdict(&d));
+
+        // default's own, oldest, holds the VIP: team-b's on port 80 is refused
+        // it, and so does not block web on port 80 either
+        let ours = in_namespace("default", "ours", 2023, 443);
+        let on_80 = in_namespace("team-b", "on-80", 2024, 80);
+        let peers = [as_peer(&ours), as_peer(&on_80)];
+        let d = decide(
+            &vs(WEB),
+            &[],
+            &[],
+            &view_with(&n, &closed, &peers),
+            &policy(),
+            &now(),
+        );
+        assert!(d.accepted, "{:?}", verdict(&d));
+        assert_eq!(cond(&d, CONFLICT).reason, "NoConflict");
+        // without ours, team-b's holds the VIP and port 80
+        let peers = [as_peer(&on_80)];
+        let d = decide(
+            &vs(WEB),
+            &[],
+            &[],
+            &view_with(&n, &closed, &peers),
+            &policy(),
+            &now(),
+        );
+        assert_eq!(verdict(&d), refused("VipInUse"));
+        assert_eq!(cond(&d, CONFLICT).reason, "PortInUse");
     }
 
     #[test]
@@ -614,9 +882,11 @@ spec:
         let older = vs(&WEB
             .replace("name: web", "name: old")
             .replace("2026-01-01", "2025-01-01"));
-        let peers = vec![peer(&older, &policy(), &n).unwrap()];
+        let peers = vec![peer(&older, &policy(), open(), &NO_LABELS, &n).unwrap()];
         let view = View {
             nodes: &n,
+            pools: open(),
+            namespace_labels: &NO_LABELS,
             service: None,
             slices: vec![],
             peers: &peers,
@@ -640,6 +910,8 @@ spec:
         ));
         let view = View {
             nodes: &n,
+            pools: open(),
+            namespace_labels: &NO_LABELS,
             service: None,
             slices: vec![],
             peers: &[],
@@ -670,6 +942,8 @@ endpoints:
         );
         let view = View {
             nodes: &n,
+            pools: open(),
+            namespace_labels: &NO_LABELS,
             service: Some(&svc),
             slices: vec![&slice],
             peers: &[],
@@ -719,6 +993,8 @@ endpoints:
         let svc = ServiceInfo::from_service(&svc);
         let view = View {
             nodes: &n,
+            pools: open(),
+            namespace_labels: &NO_LABELS,
             service: Some(&svc),
             slices: vec![],
             peers: &[],
@@ -737,6 +1013,8 @@ endpoints:
         let n = nodes();
         let view = View {
             nodes: &n,
+            pools: open(),
+            namespace_labels: &NO_LABELS,
             service: None,
             slices: vec![],
             peers: &[],
@@ -769,6 +1047,8 @@ endpoints:
     fn static_view(n: &[NodeInfo]) -> View<'_> {
         View {
             nodes: n,
+            pools: open(),
+            namespace_labels: &NO_LABELS,
             service: None,
             slices: vec![],
             peers: &[],

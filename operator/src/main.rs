@@ -12,14 +12,11 @@ use tunlb_operator::decide::Policy;
 use tunlb_operator::leader::{self, LeaseConfig};
 use tunlb_operator::telemetry::{self, Health, Metrics};
 
-/// tunlb operator: resolves VirtualService backends, judges VIPs and conflicts,
-/// and reports status.
+/// tunlb operator: resolves VirtualService backends, judges VIPs against the
+/// cluster's VipPools and conflicts, and reports status.
 #[derive(Parser)]
 #[command(name = "tunlb-operator", version)]
 struct Args {
-    /// CIDRs VIPs may come from (repeat, or comma-separate). With none, every VIP is refused.
-    #[arg(long = "vip-cidr", env = "TUNLB_VIP_CIDRS", value_delimiter = ',')]
-    vip_cidrs: Vec<IpNet>,
     /// The cluster's Service CIDRs: VIPs inside them are refused.
     #[arg(
         long = "service-cidr",
@@ -99,11 +96,6 @@ async fn main() -> anyhow::Result<()> {
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "tunlb-operator".into())
     });
-    if args.vip_cidrs.is_empty() {
-        tracing::warn!(
-            "no --vip-cidr configured: every VirtualService will be refused (VipAllowed=False)"
-        );
-    }
 
     // One shutdown broadcast, fanned out to every task.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -147,7 +139,6 @@ async fn main() -> anyhow::Result<()> {
 
     let settings = Settings {
         policy: Policy {
-            vip_pools: args.vip_cidrs,
             service_cidrs: args.service_cidrs,
         },
         finalizer_timeout: Duration::from_secs(args.finalizer_timeout),

@@ -103,6 +103,13 @@ impl Observed {
             .iter()
             .any(|(i, _, _)| OWNED[usize::from(*i)] == type_)
     }
+
+    /// Whether condition `type_` was written True.
+    pub fn is_true(&self, type_: &str) -> bool {
+        self.conditions
+            .iter()
+            .any(|(i, status, _)| *status && OWNED[usize::from(*i)] == type_)
+    }
 }
 
 /// The digest `Observed` compares with: equal when writing `status` would change nothing.

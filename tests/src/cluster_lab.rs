@@ -28,8 +28,9 @@ impl Drop for Operator {
 
 /// An HTTP endpoint on the host's loopback through which a guest scenario
 /// stops and resumes the control plane's processes, at the moment it chooses:
-/// `POST /stop/NAME` and `POST /resume/NAME` (NAME: kube-apiserver or etcd),
-/// answered 200 once done. The guest reaches it at 10.0.2.2 (QEMU user
+/// `POST /stop/NAME` and `POST /resume/NAME` (NAME: kube-apiserver or etcd,
+/// stopped and started again; or operator, frozen with SIGSTOP and thawed
+/// with SIGCONT, its connections kept), answered 200 once done. The guest reaches it at 10.0.2.2 (QEMU user
 /// networking), its URL in /kube/control-plane-url. Stops serving when dropped.
 struct FaultControl {
     done: Arc<AtomicBool>,
@@ -38,7 +39,7 @@ struct FaultControl {
 
 impl FaultControl {
     /// Serves for the control plane in `dir`; returns it and its port.
-    fn start(dir: PathBuf) -> anyhow::Result<(FaultControl, u16)> {
+    fn start(dir: PathBuf, operator: u32) -> anyhow::Result<(FaultControl, u16)> {
         let listener = TcpListener::bind("127.0.0.1:0").context("binding the fault control")?;
         let port = listener.local_addr()?.port();
         // Polled, so that a drop ends the thread without a connection.
@@ -48,7 +49,7 @@ impl FaultControl {
         let thread = std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((conn, _)) => serve_fault(conn, &dir),
+                    Ok((conn, _)) => serve_fault(conn, &dir, operator),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(100))
                     }
@@ -75,20 +76,36 @@ impl Drop for FaultControl {
     }
 }
 
+/// What a fault request acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    ControlPlane(Process),
+    Operator,
+}
+
 /// What `POST /ACTION/NAME` asks for.
-fn fault_request(line: &str) -> Option<(&str, Process)> {
+fn fault_request(line: &str) -> Option<(&str, Target)> {
     let mut words = line.split_whitespace();
     let (method, path) = (words.next()?, words.next()?);
     if method != "POST" {
         return None;
     }
     let (action, name) = path.strip_prefix('/')?.split_once('/')?;
-    let process = Process::from_name(name)?;
-    matches!(action, "stop" | "resume").then_some((action, process))
+    let target = match name {
+        "operator" => Target::Operator,
+        _ => Target::ControlPlane(Process::from_name(name)?),
+    };
+    matches!(action, "stop" | "resume").then_some((action, target))
+}
+
+/// SIGSTOP or SIGCONT to the operator.
+fn signal_operator(pid: u32, action: &str) -> anyhow::Result<()> {
+    let signal = if action == "stop" { "-STOP" } else { "-CONT" };
+    run(Command::new("kill").args([signal, &pid.to_string()])).map(|_| ())
 }
 
 /// Answers one request of the fault control.
-fn serve_fault(mut conn: TcpStream, dir: &Path) {
+fn serve_fault(mut conn: TcpStream, dir: &Path, operator: u32) {
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     let mut head = Vec::new();
@@ -104,24 +121,24 @@ fn serve_fault(mut conn: TcpStream, dir: &Path) {
     let (status, body) = match fault_request(line) {
         None => (
             "400 Bad Request",
-            format!("want POST /stop|resume/kube-apiserver|etcd, got {line:?}\n"),
+            format!("want POST /stop|resume/kube-apiserver|etcd|operator, got {line:?}\n"),
         ),
-        Some((action, process)) => {
+        Some((action, target)) => {
             let started = Instant::now();
-            let result = match action {
-                "stop" => stop_process(dir, process),
-                _ => resume_process(dir, process),
+            let (result, name) = match target {
+                Target::Operator => (signal_operator(operator, action), "operator"),
+                Target::ControlPlane(process) => (
+                    match action {
+                        "stop" => stop_process(dir, process),
+                        _ => resume_process(dir, process),
+                    },
+                    process.name(),
+                ),
             };
             let took = started.elapsed();
-            eprintln!(
-                "cluster-lab: {action} {}: {result:?} in {took:.1?}",
-                process.name()
-            );
+            eprintln!("cluster-lab: {action} {name}: {result:?} in {took:.1?}");
             match result {
-                Ok(()) => (
-                    "200 OK",
-                    format!("{action} {}: done in {took:.1?}\n", process.name()),
-                ),
+                Ok(()) => ("200 OK", format!("{action} {name}: done in {took:.1?}\n")),
                 Err(e) => ("500 Internal Server Error", format!("{e:#}\n")),
             }
         }
@@ -133,7 +150,8 @@ fn serve_fault(mut conn: TcpStream, dir: &Path) {
     let _ = conn.write_all(reply.as_bytes());
 }
 
-/// The lab's Nodes: name, InternalIPs (IPv4, IPv6: dual stack), director label.
+/// The lab's Nodes: name, InternalIPs (IPv4, IPv6: dual stack), director
+/// label (the others are labelled as static backends, as the seed's pool asks).
 pub const NODES: &[(&str, &str, &str, bool)] = &[
     ("director", "192.168.56.181", "fd00:56::2", true),
     ("rs1", "192.168.56.183", "fd00:56::3", false),
@@ -168,8 +186,10 @@ pub struct ClusterLabOptions {
     /// A manifest created (in `default`) before the guest boots; the guest
     /// starts once the operator has judged every object in it.
     pub populate: Option<PathBuf>,
-    /// VIP CIDRs for the operator besides the lab's 192.168.56.0/24 and fd00:56::/64.
+    /// CIDRs for the lab's VipPool besides 192.168.56.0/24 and fd00:56::/64.
     pub vip_cidrs: Vec<String>,
+    /// No lab VipPool: the scenario brings its own, as a user would.
+    pub no_lab_pool: bool,
     /// (host directory, guest path)
     pub extra_dirs: Vec<(PathBuf, String)>,
     /// More programs for the guest's /usr/local/bin.
@@ -243,6 +263,34 @@ fn populate(cp: &ControlPlane, manifest: &std::path::Path) -> anyhow::Result<()>
     }
 }
 
+/// The lab's VipPool: the `default` namespace (where the scenarios create
+/// their VirtualServices) may take VIPs from `cidrs`, direct them from any
+/// lab node on the interfaces the scenarios name, use any node or address as
+/// a static backend and map any port. Scenarios about the pool rules
+/// themselves create stricter pools for other namespaces.
+fn lab_pool(cidrs: &[String]) -> String {
+    format!(
+        "apiVersion: tunlb.io/v1alpha1\nkind: VipPool\nmetadata: {{name: lab}}\nspec:\n  \
+         cidrs: [{}]\n  namespaces: [default]\n  \
+         directors: {{nodeSelector: {{}}, interfaces: [tunl0, ip6tnl0, eth0, eth9]}}\n  \
+         backends: {{nodeSelector: {{}}, cidrs: [0.0.0.0/0, '::/0']}}\n  \
+         targetPorts: [{{from: 1, to: 65535}}]\n",
+        cidrs.join(", ")
+    )
+}
+
+/// `kubectl apply -f -` of `manifest`, failing with kubectl's words.
+fn apply_checked(cp: &ControlPlane, manifest: &str) -> anyhow::Result<()> {
+    let out = cp.kubectl_stdin(["apply", "-f", "-"], manifest)?;
+    if !out.status.success() {
+        bail!(
+            "kubectl apply: {}\n{manifest}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// `run_in_cluster_lab` with more to set up.
 pub fn run_in_cluster_lab_with(
     scenario: &str,
@@ -277,7 +325,7 @@ pub fn run_in_cluster_lab_with(
         let labels = if *director {
             "{\"tunlb.io/director\": \"true\"}"
         } else {
-            "{}"
+            "{\"tunlb.io/backend\": \"true\"}"
         };
         let node =
             format!("apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {labels}}}\n");
@@ -329,23 +377,18 @@ pub fn run_in_cluster_lab_with(
         dir.join("admin-guest.kubeconfig"),
         kube_dir.join("admin.kubeconfig"),
     )?;
-    let (_faults, faults_port) = FaultControl::start(dir.clone())?;
-    std::fs::write(
-        kube_dir.join("control-plane-url"),
-        format!("http://10.0.2.2:{faults_port}\n"),
-    )?;
-
     let log_path = dir.join("operator.log");
     let log = std::fs::File::create(&log_path)?;
     let mut vip_cidrs = vec!["192.168.56.0/24".to_string(), "fd00:56::/64".to_string()];
     vip_cidrs.extend(opts.vip_cidrs.iter().cloned());
+    if !opts.no_lab_pool {
+        apply_checked(&cp, &lab_pool(&vip_cidrs))?;
+    }
     let child = Command::new(binary(
         "TUNLB_OPERATOR_BIN",
         "target/release/tunlb-operator",
     ))
     .args([
-        "--vip-cidr",
-        &vip_cidrs.join(","),
         "--service-cidr",
         "10.96.0.0/12",
         "--lease-namespace",
@@ -362,6 +405,11 @@ pub fn run_in_cluster_lab_with(
     .spawn()
     .context("starting the operator")?;
     let _operator = Operator(child);
+    let (_faults, faults_port) = FaultControl::start(dir.clone(), _operator.0.id())?;
+    std::fs::write(
+        kube_dir.join("control-plane-url"),
+        format!("http://10.0.2.2:{faults_port}\n"),
+    )?;
     if let Some(manifest) = &opts.populate {
         populate(&cp, manifest)?;
     }
@@ -397,11 +445,15 @@ mod tests {
     fn fault_requests_name_an_action_and_a_process() {
         assert_eq!(
             fault_request("POST /stop/kube-apiserver HTTP/1.1"),
-            Some(("stop", Process::ApiServer))
+            Some(("stop", Target::ControlPlane(Process::ApiServer)))
         );
         assert_eq!(
             fault_request("POST /resume/etcd HTTP/1.1"),
-            Some(("resume", Process::Etcd))
+            Some(("resume", Target::ControlPlane(Process::Etcd)))
+        );
+        assert_eq!(
+            fault_request("POST /stop/operator HTTP/1.1"),
+            Some(("stop", Target::Operator))
         );
         assert_eq!(fault_request("GET /stop/etcd HTTP/1.1"), None);
         assert_eq!(fault_request("POST /kill/etcd HTTP/1.1"), None);

@@ -191,6 +191,11 @@ fn operator_rules() -> BTreeSet<String> {
         "discovery.k8s.io/endpointslices list",
         "discovery.k8s.io/endpointslices watch",
         "events.k8s.io/events create",
+        "tunlb.io/vippools list",
+        "tunlb.io/vippools watch",
+        "tunlb.io/vippools/status patch",
+        "/namespaces list",
+        "/namespaces watch",
     ])
 }
 
@@ -201,6 +206,10 @@ fn agent_rules() -> BTreeSet<String> {
         "tunlb.io/virtualservices/status patch",
         "/nodes list",
         "/nodes watch",
+        "tunlb.io/vippools list",
+        "tunlb.io/vippools watch",
+        "/namespaces list",
+        "/namespaces watch",
     ])
 }
 
@@ -218,13 +227,15 @@ fn chart_lints() {
             "--strict",
             chart,
             "--set",
-            "vipCIDRs={192.168.56.0/24}",
+            "pools.web.cidrs={192.168.56.0/24}",
         ],
     );
-    // The schema catches typos and bad CIDRs.
+    // The schema catches typos, bad CIDRs and pools without any.
     for bad in [
-        "vipCidrs={192.168.56.0/24}",
-        "vipCIDRs={banana}",
+        "pool.web.cidrs={192.168.56.0/24}",
+        "pools.web.cidrs={banana}",
+        "pools.web.namespaces={default}",
+        "pools.Web_1.cidrs={192.168.56.0/24}",
         "operator.replicas=two",
     ] {
         let out = helm(None, ["template", "t", chart, "--set", bad]);
@@ -302,7 +313,8 @@ fn renders_defaults() {
         env_value(op, "POD_NAMESPACE").unwrap()["valueFrom"]["fieldRef"]["fieldPath"],
         "metadata.namespace"
     );
-    // No pools by default: the variable is left out (an empty value would not parse).
+    // No pools by default; VIP ranges live in VipPools, not in the operator's settings.
+    assert!(docs.iter().all(|d| d["kind"] != "VipPool"));
     assert!(env_value(op, "TUNLB_VIP_CIDRS").is_none());
     assert_eq!(
         env_value(op, "TUNLB_SERVICE_CIDRS").unwrap()["value"],
@@ -338,6 +350,8 @@ fn renders_defaults() {
         1
     );
     let agent = container(ds, "agent");
+    // No connection sync unless an interface is given.
+    assert!(env_value(agent, "TUNLB_IPVS_SYNC_INTERFACE").is_none());
     assert_eq!(agent["image"], "ghcr.io/tunlb/tunlb-agent:0.1.0");
     assert_eq!(agent["args"], serde_json::json!(["run"]));
     let sc = &agent["securityContext"];
@@ -445,7 +459,9 @@ fn renders_defaults() {
 fn renders_with_values() {
     let docs = render(&[
         "--set",
-        "vipCIDRs={192.168.56.0/24,10.10.0.0/16}",
+        "pools.web.cidrs={192.168.56.0/24,10.10.0.0/16}",
+        "--set",
+        "pools.web.namespaces={default,team-a}",
         "--set",
         "operator.replicas=1",
         "--set",
@@ -458,15 +474,24 @@ fn renders_with_values() {
         "agent.loadModules.enabled=true",
         "--set",
         "agent.image.tag=dev",
+        "--set",
+        "agent.ipvsSync.interface=eth1",
+        "--set",
+        "agent.ipvsSync.syncId=42",
+        "--set",
+        "agent.ipvsSync.maxLen=1400",
     ]);
     let deploy = find(&docs, "Deployment", "tunlb-operator");
     assert_eq!(deploy["spec"]["replicas"], 1);
     // One replica: no PodDisruptionBudget (it would block every drain).
     assert!(docs.iter().all(|d| d["kind"] != "PodDisruptionBudget"));
     let op = container(deploy, "operator");
+    let pool = find(&docs, "VipPool", "web");
+    assert_eq!(pool["apiVersion"], "tunlb.io/v1alpha1");
+    assert!(pool["metadata"]["namespace"].is_null(), "{pool}");
     assert_eq!(
-        env_value(op, "TUNLB_VIP_CIDRS").unwrap()["value"],
-        "192.168.56.0/24,10.10.0.0/16"
+        pool["spec"],
+        serde_json::json!({"cidrs": ["192.168.56.0/24", "10.10.0.0/16"], "namespaces": ["default", "team-a"]})
     );
     assert_eq!(env_value(op, "TUNLB_LOG").unwrap()["value"], "debug");
     assert!(
@@ -481,6 +506,20 @@ fn renders_with_values() {
     let agent = container(ds, "agent");
     assert_eq!(agent["image"], "ghcr.io/tunlb/tunlb-agent:dev");
     assert_eq!(env_value(agent, "TUNLB_LOG_JSON").unwrap()["value"], "true");
+    // Connection sync: the interface and sync ID always, the rest when set.
+    for (name, value) in [
+        ("TUNLB_IPVS_SYNC_INTERFACE", Some("eth1")),
+        ("TUNLB_IPVS_SYNC_ID", Some("42")),
+        ("TUNLB_IPVS_SYNC_MAXLEN", Some("1400")),
+        ("TUNLB_IPVS_SYNC_GROUP", None),
+        ("TUNLB_IPVS_SYNC_PORT", None),
+    ] {
+        assert_eq!(
+            env_value(agent, name).map(|e| e["value"].clone()),
+            value.map(serde_json::Value::from),
+            "{name}"
+        );
+    }
     // SYS_MODULE only in the init container that runs modprobe.
     assert_eq!(
         agent["securityContext"]["capabilities"]["add"],
@@ -596,7 +635,9 @@ fn installs_into_a_real_apiserver() {
             NS,
             "--create-namespace",
             "--set",
-            "vipCIDRs={192.168.56.0/24}",
+            "pools.web.cidrs={192.168.56.0/24}",
+            "--set",
+            "pools.web.namespaces={default}",
         ],
     );
     let status = helm_ok(Some(&cp), ["status", "tunlb", "-n", NS]);
@@ -636,10 +677,21 @@ fn installs_into_a_real_apiserver() {
             NS,
             "deployment/tunlb-operator",
             "-o",
-            "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].env[?(@.name==\"TUNLB_VIP_CIDRS\")].value}",
+            "jsonpath={.spec.replicas}",
         ])
         .unwrap();
-    assert_eq!(vip, "2 192.168.56.0/24");
+    assert_eq!(vip, "2");
+    // The pool the values asked for, as the API server stored it.
+    let pool = cp
+        .kubectl_ok([
+            "get",
+            "vippool",
+            "web",
+            "-o",
+            "jsonpath={.spec.cidrs} {.spec.namespaces}",
+        ])
+        .unwrap();
+    assert_eq!(pool, r#"["192.168.56.0/24"] ["default"]"#);
     let host_net = cp
         .kubectl_ok([
             "get",
@@ -687,6 +739,17 @@ fn installs_into_a_real_apiserver() {
     assert!(can_i(&cp, agent, "watch", "virtualservices.tunlb.io", None));
     assert!(can_i(&cp, agent, "list", "nodes", None));
     assert!(!can_i(&cp, agent, "update", "nodes", None));
+    // The pools it checks every VirtualService against, read-only.
+    assert!(can_i(&cp, agent, "watch", "vippools.tunlb.io", None));
+    assert!(can_i(&cp, agent, "watch", "namespaces", None));
+    assert!(!can_i(&cp, agent, "patch", "vippools.tunlb.io", None));
+    assert!(!can_i(
+        &cp,
+        agent,
+        "patch",
+        "vippools.tunlb.io sub=status",
+        None
+    ));
     assert!(!can_i(
         &cp,
         agent,
@@ -802,6 +865,18 @@ fn installs_into_a_real_apiserver() {
     assert!(!can_i(&cp, op, "get", "secrets", Some(NS)));
     assert!(!can_i(&cp, op, "get", "secrets", None));
     assert!(!can_i(&cp, op, "patch", "nodes", None));
+    // Pools: read, and only their status written; never the spec.
+    assert!(can_i(&cp, op, "watch", "vippools.tunlb.io", None));
+    assert!(can_i(
+        &cp,
+        op,
+        "patch",
+        "vippools.tunlb.io sub=status",
+        None
+    ));
+    assert!(!can_i(&cp, op, "patch", "vippools.tunlb.io", None));
+    assert!(!can_i(&cp, op, "create", "vippools.tunlb.io", None));
+    assert!(can_i(&cp, op, "list", "namespaces", None));
 
     // And with a real token (authentication, not impersonation): the operator's
     // SA can take its Lease exactly as the leader election does.

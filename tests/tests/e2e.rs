@@ -39,6 +39,12 @@ fn seed_scenario_through_kubectl() {
 
 #[test]
 #[ignore = "needs the QEMU lab and the test control plane: run tests/run.sh"]
+fn tenants_cannot_reach_past_their_vip_pools() {
+    assert_cluster_scenario("e2e-tenants");
+}
+
+#[test]
+#[ignore = "needs the QEMU lab and the test control plane: run tests/run.sh"]
 fn faults_unprogrammable_object_api_outage_and_legacy_object() {
     assert_cluster_scenario("e2e-faults");
 }

@@ -11,9 +11,10 @@
 //! server-side applying `status.nodes` entries as `tunlb-agent/<node>`.
 //!
 //! The operator binary comes from `TUNLB_OPERATOR_BIN` (else
-//! target/release/tunlb-operator). All tests share one control plane; each
-//! works in its own namespace with its own VIPs and Nodes, and starts its own
-//! operator process(es). Operators reconcile every namespace, so the tests take
+//! target/release/tunlb-operator). All tests share one control plane, with
+//! the permissive VipPool tests/controlplane/open-pool.yaml; each works in its
+//! own namespace with its own VIPs and Nodes, and starts its own operator
+//! process(es). Operators reconcile every namespace, so the tests take
 //! a process-wide lock and never overlap, whatever `--test-threads` says.
 //! Ignored by a plain `cargo test`; run with `-- --include-ignored`.
 
@@ -23,7 +24,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -38,11 +39,25 @@ const STARTUP: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------- harness
 
+/// The shared control plane, with the open pool applied.
 fn cp() -> &'static ControlPlane {
-    match ControlPlane::shared() {
+    static OPEN_POOL: OnceLock<()> = OnceLock::new();
+    let cp = match ControlPlane::shared() {
         Ok(cp) => cp,
         Err(e) => panic!("{e:#}"),
-    }
+    };
+    OPEN_POOL.get_or_init(|| apply_open_pool(cp));
+    cp
+}
+
+/// The VipPool that admits everything the tests use (tests that exercise
+/// the pool rules create their own, on VIPs of their own).
+const OPEN_POOL: &str = "tests-open";
+
+fn apply_open_pool(cp: &ControlPlane) {
+    let file = workspace_root().join("tests/controlplane/open-pool.yaml");
+    cp.kubectl_ok(["apply", "-f", file.to_str().unwrap()])
+        .unwrap();
 }
 
 /// Operators act on every namespace: one test at a time.
@@ -112,8 +127,6 @@ struct Operator {
 /// The flags every test uses; `lease_ns` keeps each test's Lease apart.
 fn flags(lease_ns: &str, finalizer_timeout: u32) -> Vec<String> {
     [
-        "--vip-cidr",
-        "192.168.56.0/24",
         "--service-cidr",
         "10.96.0.0/12",
         "--lease-namespace",
@@ -145,7 +158,6 @@ impl Operator {
             .env("TUNLB_LOG", "info,tunlb_operator=debug,kube=warn")
             .env_remove("POD_NAME")
             .env_remove("POD_NAMESPACE")
-            .env_remove("TUNLB_VIP_CIDRS")
             .env_remove("TUNLB_SERVICE_CIDRS")
             .stdin(Stdio::null())
             // tracing writes to stdout
@@ -788,9 +800,9 @@ fn static_backends_resolve_update_and_delete() {
     assert!(get_vs(&ns, "web").is_none());
 }
 
-/// VIP pool judgements: OutsidePool, NodeAddress, ServiceRange, and
-/// NoPoolConfigured when the operator runs without --vip-cidr; good objects
-/// stay Accepted throughout.
+/// VIP judgements against the open pool: NoPool (a VIP no pool holds),
+/// NodeAddress, ServiceRange; the pool that admits a good object is named,
+/// and without any pool every VIP is refused until one is created again.
 #[test]
 #[ignore = "needs the test control plane: run tests/run.sh"]
 fn vip_pool_refusals() {
@@ -798,7 +810,7 @@ fn vip_pool_refusals() {
     let ns = namespace("op-pool");
     let mut nodes = Nodes::default();
     nodes.add("pool-n1", "172.16.2.1", &[]);
-    let mut op = Operator::start("pool", &flags(&ns, 10));
+    let _op = Operator::start("pool", &flags(&ns, 10));
     let port = json!([{"port": 80}]);
     static_vs(
         &ns,
@@ -829,21 +841,11 @@ fn vip_pool_refusals() {
         &[("203.0.113.1", 1)],
     );
 
-    let refused = |v: &Value, reason: &str| {
-        judged(v)
-            && has(v, "VipAllowed", "False", reason)
-            && has(v, "Accepted", "False", reason)
-            && has(v, "Stalled", "True", reason)
-            && has(v, "Ready", "False", reason)
-            && has(v, "Reconciling", "False", reason)
-    };
-    let vs = wait_vs(&ns, "outside", "OutsidePool", REACT, |v| {
-        refused(v, "OutsidePool")
-    });
+    let vs = wait_vs(&ns, "outside", "NoPool", REACT, |v| refused(v, "NoPool"));
     println!("{}", serde_yaml::to_string(&vs["status"]).unwrap());
     assert_eq!(
         message(&vs, "VipAllowed"),
-        "VIP 192.168.57.20 is outside the allowed pools (192.168.56.0/24); use a VIP inside them or extend --vip-cidr"
+        "VIP 192.168.57.20 is in no VipPool's spec.cidrs"
     );
     assert_eq!(message(&vs, "Accepted"), message(&vs, "VipAllowed"));
     // backends still resolve: the refusal is about the VIP only
@@ -856,6 +858,7 @@ fn vip_pool_refusals() {
         message(&vs, "VipAllowed"),
         "VIP 172.16.2.1 is the InternalIP of node pool-n1; a VIP must be an address of its own"
     );
+    // 10.0.0.0/8 is in the open pool, but the Service range comes first
     let vs = wait_vs(&ns, "svcrange", "ServiceRange", REACT, |v| {
         refused(v, "ServiceRange")
     });
@@ -866,36 +869,357 @@ fn vip_pool_refusals() {
     );
     let vs = wait_vs(&ns, "good", "Accepted", REACT, accepted);
     assert!(has(&vs, "VipAllowed", "True", "InPool"));
+    assert_eq!(
+        message(&vs, "VipAllowed"),
+        format!("VIP 192.168.56.20 is in VipPool {OPEN_POOL}")
+    );
     // on a node whose agent has not programmed it: weight 0 for now
     assert_eq!(real_servers(&vs), [rs("172.16.2.1", 0, Some("pool-n1"))]);
 
-    // the same operator without any --vip-cidr: every VIP is refused, and the
-    // message says what to configure
-    op.stop();
-    let no_pool: Vec<String> = flags(&ns, 10)
-        .into_iter()
-        .skip(2) // --vip-cidr 192.168.56.0/24
-        .collect();
-    assert!(!no_pool.iter().any(|f| f.contains("vip-cidr")));
-    let _op = Operator::start("pool-none", &no_pool);
-    let vs = wait_vs(&ns, "good", "NoPoolConfigured", REACT, |v| {
-        refused(v, "NoPoolConfigured")
-    });
-    let msg = message(&vs, "VipAllowed");
-    assert!(msg.contains("--vip-cidr"), "{msg}");
-    assert!(msg.contains("no VIP pool is configured"), "{msg}");
-    let vs = wait_vs(&ns, "outside", "NoPoolConfigured", REACT, |v| {
-        refused(v, "NoPoolConfigured")
-    });
-    assert!(message(&vs, "Accepted").contains("--vip-cidr"));
+    // no pool at all: every VIP is refused, and the message says what to create
+    let restore = Restore(|| apply_open_pool(cp()));
+    kubectl_ok(&["delete", "vippool", OPEN_POOL]);
+    let vs = wait_vs(&ns, "good", "NoPool", REACT, |v| refused(v, "NoPool"));
+    assert_eq!(
+        message(&vs, "VipAllowed"),
+        "VIP 192.168.56.20 is in no VipPool: none exists; a cluster admin creates one (kind VipPool) holding it"
+    );
     // node addresses and the Service range are refused first, pool or not
     let vs = get_vs(&ns, "nodeaddr").unwrap();
     assert!(refused(&vs, "NodeAddress"), "{vs:#}");
     let vs = get_vs(&ns, "svcrange").unwrap();
     assert!(refused(&vs, "ServiceRange"), "{vs:#}");
+    drop(restore);
+    wait_vs(&ns, "good", "Accepted again", REACT, accepted);
+}
+
+/// Runs its closure when dropped, also when the test fails on the way.
+struct Restore<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Restore<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
+
+/// Refused with `reason`: VipAllowed, Accepted, Ready False, Stalled True.
+fn refused(v: &Value, reason: &str) -> bool {
+    judged(v)
+        && has(v, "VipAllowed", "False", reason)
+        && has(v, "Accepted", "False", reason)
+        && has(v, "Stalled", "True", reason)
+        && has(v, "Ready", "False", reason)
+        && has(v, "Reconciling", "False", reason)
+}
+
+/// A VirtualService from its spec, in the namespace it names.
+fn vs_with(ns: &str, name: &str, spec: Value) {
+    let manifest = json!({
+        "apiVersion": API_VERSION, "kind": KIND,
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec,
+    });
+    apply(ns, &manifest.to_string());
+}
+
+/// `kubectl get vippool NAME`'s USED column.
+fn used(pool: &str) -> String {
+    let table = kubectl_ok(&["get", "vippools", pool]);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let row: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let at = header
+        .iter()
+        .position(|h| *h == "USED")
+        .unwrap_or_else(|| panic!("no USED column:\n{table}"));
+    row.get(at).unwrap_or(&"").to_string()
+}
+
+fn wait_used(pool: &str, want: &str) {
+    let deadline = Instant::now() + REACT;
+    loop {
+        let got = used(pool);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "VipPool {pool}: USED {got}, not {want}, after {REACT:?}:\n{}",
+            kubectl_ok(&["get", "vippools", "-o", "yaml"])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Pools confine tenants: each rule of a pool that admits team-a only
+/// refuses with its reason, as a user of team-a would meet it; a VIP of
+/// team-a is refused to team-b unless the pool shares it; a pool edit that
+/// drops team-a withdraws its acceptance; USED counts the VIPs in use; and
+/// that user cannot create a pool.
+#[test]
+#[ignore = "needs the test control plane: run tests/run.sh"]
+fn vip_pools_confine_tenants() {
+    let _serial = serial();
+    let a = namespace("team-a");
+    let b = namespace("team-b");
+    let mut nodes = Nodes::default();
+    nodes.add(
+        "tenant-director",
+        "172.16.20.1",
+        &[("tunlb.io/director", "true")],
+    );
+    nodes.add("tenant-rs", "172.16.20.2", &[]);
+    nodes.add(
+        "tenant-cp",
+        "172.16.20.3",
+        &[("node-role.kubernetes.io/control-plane", "")],
+    );
+    let _pools = Restore(|| {
+        let _ = cp().kubectl([
+            "delete",
+            "vippool",
+            "team-a-only",
+            "team-a-b",
+            "--ignore-not-found",
+        ]);
+    });
+    let _op = Operator::start("tenants", &flags(&a, 10));
+    let outside = json!([{"address": "203.0.113.5"}]);
+    let spec = |vip: &str, port: i64| json!({"vip": vip, "ports": [{"port": port}], "backends": {"static": outside}});
+
+    // no pool holds 192.168.60.0/24 yet
+    vs_with(&a, "early", spec("192.168.60.10", 80));
+    let vs = wait_vs(&a, "early", "NoPool", REACT, |v| refused(v, "NoPool"));
+    assert_eq!(
+        message(&vs, "VipAllowed"),
+        "VIP 192.168.60.10 is in no VipPool's spec.cidrs"
+    );
+
+    // a pool for team-a: the safe defaults (directors labelled
+    // tunlb.io/director on tunl0, no node as a backend, no port mapping)
+    let pool = json!({
+        "apiVersion": API_VERSION, "kind": "VipPool",
+        "metadata": {"name": "team-a-only"},
+        "spec": {
+            "cidrs": ["192.168.60.0/24"],
+            "namespaces": ["team-a"],
+            "backends": {"cidrs": ["203.0.113.0/24"]},
+        },
+    });
+    apply("default", &pool.to_string());
+    let vs = wait_vs(&a, "early", "Accepted", REACT, accepted);
+    assert_eq!(
+        message(&vs, "VipAllowed"),
+        "VIP 192.168.60.10 is in VipPool team-a-only"
+    );
+    wait_used("team-a-only", "1");
+
+    // as a user allowed VirtualServices in team-a only
+    let rbac = json!({
+        "apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+             "metadata": {"name": "tenant", "namespace": a},
+             "rules": [{"apiGroups": ["tunlb.io"], "resources": ["virtualservices"],
+                        "verbs": ["create", "get", "list", "watch"]}]},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+             "metadata": {"name": "tenant", "namespace": a},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tenant"},
+             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "tenant-a"}]},
+        ],
+    });
+    apply(&a, &rbac.to_string());
+    let as_tenant = |name: &str, spec: Value| {
+        let manifest = json!({
+            "apiVersion": API_VERSION, "kind": KIND,
+            "metadata": {"name": name, "namespace": a},
+            "spec": spec,
+        });
+        let out = cp()
+            .kubectl_stdin(
+                ["--as=tenant-a", "-n", &a, "create", "-f", "-"],
+                &manifest.to_string(),
+            )
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tenant-a cannot create {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+
+    as_tenant(
+        "eth0",
+        json!({"vip": "192.168.60.11", "ports": [{"port": 80}],
+               "directors": {"interface": "eth0"}, "backends": {"static": outside}}),
+    );
+    let vs = wait_vs(&a, "eth0", "InterfaceNotAllowed", REACT, |v| {
+        refused(v, "InterfaceNotAllowed")
+    });
+    assert_eq!(
+        message(&vs, "VipAllowed"),
+        "VipPool team-a-only: directors may hold its VIPs on tunl0, ip6tnl0 only (spec.directors.interfaces), not on eth0"
+    );
+
+    as_tenant(
+        "on-cp",
+        json!({"vip": "192.168.60.12", "ports": [{"port": 80}],
+               "directors": {"nodeSelector": {"matchLabels": {"node-role.kubernetes.io/control-plane": ""}}},
+               "backends": {"static": outside}}),
+    );
+    let vs = wait_vs(&a, "on-cp", "DirectorNotAllowed", REACT, |v| {
+        refused(v, "DirectorNotAllowed")
+    });
+    assert_eq!(
+        message(&vs, "VipAllowed"),
+        "VipPool team-a-only: node tenant-cp may not direct its VIPs (spec.directors.nodeSelector)"
+    );
+
+    // a node's InternalIP as a static backend, mapped to the kubelet's port
+    as_tenant(
+        "kubelet",
+        json!({"vip": "192.168.60.13", "ports": [{"port": 80, "targetPort": 10250}],
+               "backends": {"static": [{"address": "172.16.20.2"}]}}),
+    );
+    let vs = wait_vs(&a, "kubelet", "BackendNotAllowed", REACT, |v| {
+        refused(v, "BackendNotAllowed")
+    });
+    assert_eq!(
+        message(&vs, "VipAllowed"),
+        "VipPool team-a-only: static backend 172.16.20.2 is node tenant-rs, which spec.backends.nodeSelector does not admit"
+    );
+    as_tenant(
+        "mapped",
+        json!({"vip": "192.168.60.14", "ports": [{"port": 80, "targetPort": 10250}],
+               "backends": {"static": outside}}),
+    );
+    let vs = wait_vs(&a, "mapped", "TargetPortNotAllowed", REACT, |v| {
+        refused(v, "TargetPortNotAllowed")
+    });
+    assert_eq!(
+        message(&vs, "VipAllowed"),
+        "VipPool team-a-only: port 80/TCP may not map to 10250 (spec.targetPorts: none)"
+    );
+
+    // team-b on team-a's pool
+    vs_with(&b, "intruder", spec("192.168.60.10", 8080));
+    let vs = wait_vs(&b, "intruder", "NamespaceNotAllowed", REACT, |v| {
+        refused(v, "NamespaceNotAllowed")
+    });
+    assert_eq!(
+        message(&vs, "VipAllowed"),
+        "VipPool team-a-only: namespace team-b is neither listed in spec.namespaces nor selected by spec.namespaceSelector"
+    );
+
+    // a pool for both that does not share VIPs across namespaces: team-b
+    // is refused a free port of team-a's VIP
+    let both = json!({
+        "apiVersion": API_VERSION, "kind": "VipPool",
+        "metadata": {"name": "team-a-b"},
+        "spec": {
+            "cidrs": ["192.168.61.0/24"],
+            "namespaces": ["team-a", "team-b"],
+            "backends": {"cidrs": ["203.0.113.0/24"]},
+        },
+    });
+    apply("default", &both.to_string());
+    as_tenant("owner", spec("192.168.61.10", 80));
+    wait_vs(&a, "owner", "Accepted", REACT, accepted);
+    // creationTimestamp has whole seconds
+    std::thread::sleep(Duration::from_millis(1100));
+    vs_with(&b, "squatter", spec("192.168.61.10", 8080));
+    let vs = wait_vs(&b, "squatter", "VipInUse", REACT, |v| {
+        refused(v, "VipInUse")
+    });
+    assert_eq!(
+        message(&vs, "VipAllowed"),
+        "VipPool team-a-b: VIP 192.168.61.10 belongs to namespace team-a (team-a/owner), and spec.shareAcrossNamespaces is off"
+    );
+    let owner = get_vs(&a, "owner").unwrap();
+    assert!(accepted(&owner), "the older keeps it: {owner:#}");
+    // on a VIP of its own, team-b is welcome
+    vs_with(&b, "own", spec("192.168.61.20", 8080));
+    wait_vs(&b, "own", "Accepted", REACT, accepted);
+    wait_used("team-a-b", "2");
+    // a pool that shares admits both on the VIP
+    kubectl_ok(&[
+        "patch",
+        "vippool",
+        "team-a-b",
+        "--type=merge",
+        "-p",
+        r#"{"spec": {"shareAcrossNamespaces": true}}"#,
+    ]);
+    wait_vs(&b, "squatter", "Accepted once shared", REACT, accepted);
+    wait_used("team-a-b", "2");
+
+    // USED: distinct VIPs of accepted VirtualServices
+    vs_with(&a, "second", spec("192.168.60.20", 443));
+    wait_vs(&a, "second", "Accepted", REACT, accepted);
+    wait_used("team-a-only", "2");
+
+    // the pool drops team-a: its VirtualServices lose their acceptance
+    let t0 = Instant::now();
+    kubectl_ok(&[
+        "patch",
+        "vippool",
+        "team-a-only",
+        "--type=merge",
+        "-p",
+        r#"{"spec": {"namespaces": ["team-c"]}}"#,
+    ]);
+    let vs = wait_vs(&a, "early", "NamespaceNotAllowed", REACT, |v| {
+        refused(v, "NamespaceNotAllowed")
+    });
+    elapsed_within(t0, REACT, "pool edit -> Accepted=False");
+    assert_eq!(
+        message(&vs, "Accepted"),
+        "VipPool team-a-only: namespace team-a is neither listed in spec.namespaces nor selected by spec.namespaceSelector"
+    );
+    wait_vs(&a, "second", "NamespaceNotAllowed", REACT, |v| {
+        refused(v, "NamespaceNotAllowed")
+    });
+    wait_used("team-a-only", "0");
+    // the status is the operator's, written by server-side apply on /status
+    let pool: Value = serde_json::from_str(&kubectl_ok(&[
+        "get",
+        "vippool",
+        "team-a-only",
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]))
+    .unwrap();
+    let managers: Vec<(&Value, &Value)> = pool["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["subresource"] == "status")
+        .map(|m| (&m["manager"], &m["operation"]))
+        .collect();
+    assert_eq!(managers, [(&json!("tunlb-operator"), &json!("Apply"))]);
+
+    // and that user cannot make a pool of its own
+    let mine = json!({
+        "apiVersion": API_VERSION, "kind": "VipPool",
+        "metadata": {"name": "tenant-a-own"},
+        "spec": {"cidrs": ["0.0.0.0/0"], "namespaces": ["team-a"]},
+    });
+    let out = cp()
+        .kubectl_stdin(["--as=tenant-a", "create", "-f", "-"], &mine.to_string())
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "tenant-a created a VipPool");
     assert!(
-        _op.log_text().contains("no --vip-cidr configured"),
-        "the operator warns at startup"
+        err.contains("Forbidden") && err.contains("vippools"),
+        "{err}"
     );
 }
 
@@ -1479,13 +1803,13 @@ fn events_for_a_refused_vip() {
         json!([{"port": 80}]),
         &[("203.0.113.70", 1)],
     );
-    wait_vs(&ns, "outside", "OutsidePool", REACT, |v| {
-        has(v, "VipAllowed", "False", "OutsidePool")
+    wait_vs(&ns, "outside", "NoPool", REACT, |v| {
+        has(v, "VipAllowed", "False", "NoPool")
     });
-    let (_, _, msg) = wait_event(&ns, "outside", "Warning", "OutsidePool", REACT);
-    assert!(
-        msg.starts_with("VipAllowed is False: VIP 192.168.99.70 is outside the allowed pools"),
-        "{msg}"
+    let (_, _, msg) = wait_event(&ns, "outside", "Warning", "NoPool", REACT);
+    assert_eq!(
+        msg,
+        "VipAllowed is False: VIP 192.168.99.70 is in no VipPool's spec.cidrs"
     );
     let events = core_events(&ns, "outside");
     println!("{events:#?}");
@@ -1493,8 +1817,8 @@ fn events_for_a_refused_vip() {
     println!("{new:#?}");
     let e = new
         .iter()
-        .find(|e| e["reason"] == "OutsidePool")
-        .unwrap_or_else(|| panic!("no events.k8s.io OutsidePool event: {new:#?}"));
+        .find(|e| e["reason"] == "NoPool")
+        .unwrap_or_else(|| panic!("no events.k8s.io NoPool event: {new:#?}"));
     assert_eq!(e["type"], "Warning");
     assert_eq!(e["reportingController"], "tunlb-operator");
     assert_eq!(e["action"], "Reconcile");
@@ -1529,7 +1853,10 @@ fn events_for_a_refused_vip() {
     ]);
     wait_vs(&ns, "outside", "Accepted", REACT, accepted);
     let (_, _, msg) = wait_event(&ns, "outside", "Normal", "InPool", REACT);
-    assert_eq!(msg, "VipAllowed is True: VIP 192.168.56.70 is allowed");
+    assert_eq!(
+        msg,
+        format!("VipAllowed is True: VIP 192.168.56.70 is in VipPool {OPEN_POOL}")
+    );
     wait_event(&ns, "outside", "Normal", "Accepted", REACT);
 }
 
@@ -1635,8 +1962,8 @@ fn restart_converges() {
         judged(v) && has(v, "Conflict", "True", "PortInUse")
     });
     assert!(message(&dup, "Conflict").contains("op-restart/one"));
-    wait_vs(&ns, "bad", "OutsidePool", REACT, |v| {
-        judged(v) && has(v, "Accepted", "False", "OutsidePool")
+    wait_vs(&ns, "bad", "NoPool", REACT, |v| {
+        judged(v) && has(v, "Accepted", "False", "NoPool")
     });
     wait_gone(&ns, "gone", REACT);
     elapsed_within(t0, Duration::from_secs(15), "restart -> converged");

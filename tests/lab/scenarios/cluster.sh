@@ -8,11 +8,13 @@ export KUBECONFIG=/kube/admin.kubeconfig
 k() { kubectl --request-timeout=20s "$@"; }
 
 # start_agent NODE [RESYNC_SECONDS]: `tunlb-agent run` in NODE's namespace
-# with the agent's ServiceAccount, resyncing every 3 s unless told otherwise.
+# with the agent's ServiceAccount, resyncing every 3 s unless told otherwise;
+# AGENT_ENV adds VAR=VALUE words to its environment.
 # Not through the ns_exec function: a backgrounded function is a subshell, and
 # $! must be the agent itself (ip netns exec and env both exec).
 start_agent() {
-	"$IP" netns exec "$1" env KUBECONFIG="/kube/agent-$1.kubeconfig" NODE_NAME="$1" TUNLB_LOG=info,kube=warn \
+	# shellcheck disable=SC2086 # one word per variable
+	"$IP" netns exec "$1" env KUBECONFIG="/kube/agent-$1.kubeconfig" NODE_NAME="$1" TUNLB_LOG=info,kube=warn ${AGENT_ENV:-} \
 		"$AGENT" run --state-dir "/tmp/state-$1" --resync-seconds "${2:-3}" --metrics-addr 127.0.0.1:9090 \
 		>>"/tmp/agent-$1.log" 2>&1 &
 	eval "AGENT_PID_$1=$!"

@@ -2,7 +2,7 @@
 //! `cargo run -p tunlb-tests --bin cluster-lab -- demo`.
 //!
 //! usage: cluster-lab [SCENARIO] [--timeout SECONDS] [--populate MANIFEST]
-//!        [--vip-cidr CIDR]... [--dir HOST_DIR:GUEST_PATH]... [--bin PATH]...
+//!        [--vip-cidr CIDR]... [--no-lab-pool] [--dir HOST_DIR:GUEST_PATH]... [--bin PATH]...
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +23,7 @@ fn main() -> anyhow::Result<ExitCode> {
             "--timeout" => opts.timeout_s = value()?.parse().context("--timeout")?,
             "--populate" => opts.populate = Some(PathBuf::from(value()?)),
             "--vip-cidr" => opts.vip_cidrs.push(value()?),
+            "--no-lab-pool" => opts.no_lab_pool = true,
             "--bin" => opts.extra_bins.push(PathBuf::from(value()?)),
             "--dir" => {
                 let v = value()?;
