@@ -8,7 +8,7 @@
 //! aside and swapped in whole when it completes, so readers never see half a
 //! list.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -445,8 +445,10 @@ struct Entry {
     created: i64,
 }
 
-/// VirtualServices on one VIP, by namespace, oldest first.
-type OnVip = BTreeMap<Box<str>, BTreeSet<(i64, VsName)>>;
+/// VirtualServices on one VIP, oldest first (creation time, then name; the
+/// namespace is in the name). Most VIPs have one, so a sorted vector: a
+/// map per VIP would cost two tree nodes each.
+type OnVip = Vec<(i64, VsName)>;
 
 /// VirtualServices by the IPVS services they occupy and by the Service they
 /// take backends from (which ones may conflict, and which ones a Service or
@@ -515,12 +517,13 @@ impl VirtualServices {
         let mut names = self.sharing(keys, name);
         let on_vip = vip.and_then(|v| self.by_vip.get(&v));
         if let Some(on_vip) = on_vip
-            && on_vip.keys().any(|ns| &**ns != name.namespace())
+            && on_vip
+                .iter()
+                .any(|(_, n)| n.namespace() != name.namespace())
         {
             names.extend(
                 on_vip
-                    .values()
-                    .flatten()
+                    .iter()
                     .map(|(_, n)| n)
                     .filter(|n| *n != name)
                     .cloned(),
@@ -536,11 +539,13 @@ impl VirtualServices {
         &self,
         vip: IpAddr,
     ) -> impl Iterator<Item = (&str, impl Iterator<Item = &VsName>)> {
-        self.by_vip
-            .get(&vip)
+        let mut by_namespace: BTreeMap<&str, Vec<&VsName>> = BTreeMap::new();
+        for (_, n) in self.by_vip.get(&vip).into_iter().flatten() {
+            by_namespace.entry(n.namespace()).or_default().push(n);
+        }
+        by_namespace
             .into_iter()
-            .flatten()
-            .map(|(ns, list)| (&**ns, list.iter().map(|(_, n)| n)))
+            .map(|(ns, names)| (ns, names.into_iter()))
     }
 
     /// Each VirtualService last seen Accepted, with its VIP.
@@ -593,11 +598,9 @@ impl VirtualServices {
         if let Some(vip) = old.vip
             && let Some(on_vip) = self.by_vip.get_mut(&vip)
         {
-            if let Some(list) = on_vip.get_mut(name.namespace()) {
-                list.remove(&(old.created, name.clone()));
-                if list.is_empty() {
-                    on_vip.remove(name.namespace());
-                }
+            let at = (old.created, name.clone());
+            if let Ok(i) = on_vip.binary_search(&at) {
+                on_vip.remove(i);
             }
             if on_vip.is_empty() {
                 self.by_vip.remove(&vip);
@@ -664,12 +667,11 @@ impl Cache for VirtualServices {
             );
         }
         if let Some(vip) = entry.vip {
-            self.by_vip
-                .entry(vip)
-                .or_default()
-                .entry(name.namespace().into())
-                .or_default()
-                .insert((entry.created, name.clone()));
+            let on_vip = self.by_vip.entry(vip).or_default();
+            let at = (entry.created, name.clone());
+            if let Err(i) = on_vip.binary_search(&at) {
+                on_vip.insert(i, at);
+            }
         }
         self.entries.insert(name, entry);
         (!touched.is_empty()).then_some(touched)
