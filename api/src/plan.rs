@@ -10,9 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::health::ValidHealthCheck;
 use crate::selector::selector_matches;
-use crate::types::{
-    DEFAULT_DIRECTOR_LABEL, NodeRole, Protocol, RealServer, TunnelKind, VirtualServiceSpec,
-};
+use crate::types::{NodeRole, Protocol, RealServer, TunnelKind, VirtualServiceSpec};
 use crate::validate::{ValidService, ValidTunnel, validate};
 
 /// Namespace/name of a VirtualService (or a file-derived name). Shared
@@ -340,16 +338,7 @@ impl NodePlan {
 
 /// The director selector in effect.
 fn director_selector(spec: &VirtualServiceSpec) -> LabelSelector {
-    spec.directors
-        .node_selector
-        .clone()
-        .unwrap_or_else(|| LabelSelector {
-            match_labels: Some(BTreeMap::from([(
-                DEFAULT_DIRECTOR_LABEL.to_string(),
-                "true".to_string(),
-            )])),
-            match_expressions: None,
-        })
+    spec.directors.selector()
 }
 
 /// The IPVS virtual services a valid spec occupies, in the order of spec.ports.

@@ -16,7 +16,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::selector::selector_matches;
-use crate::types::{DEFAULT_DIRECTOR_LABEL, DEFAULT_VIP_INTERFACE, DEFAULT_VIP_INTERFACE_V6};
+use crate::types::{DEFAULT_VIP_INTERFACE, DEFAULT_VIP_INTERFACE_V6, default_director_selector};
 use crate::validate::ValidService;
 
 /// `kind` of a VipPool.
@@ -185,13 +185,6 @@ fn matches(
     field: &str,
 ) -> Result<bool, String> {
     selector_matches(selector, labels).map_err(|e| format!("{field}.{e}"))
-}
-
-fn default_director_selector() -> LabelSelector {
-    LabelSelector {
-        match_labels: Some([(DEFAULT_DIRECTOR_LABEL.to_string(), "true".to_string())].into()),
-        match_expressions: None,
-    }
 }
 
 impl VipPool {

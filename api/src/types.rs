@@ -520,7 +520,23 @@ pub struct Directors {
     pub interface: Option<String>,
 }
 
+/// The selector of nodes labelled `tunlb.io/director: "true"`: directors of
+/// a VirtualService without a node selector, and of a VipPool without one.
+pub fn default_director_selector() -> LabelSelector {
+    LabelSelector {
+        match_labels: Some([(DEFAULT_DIRECTOR_LABEL.to_string(), "true".to_string())].into()),
+        match_expressions: None,
+    }
+}
+
 impl Directors {
+    /// The director selector in effect.
+    pub fn selector(&self) -> LabelSelector {
+        self.node_selector
+            .clone()
+            .unwrap_or_else(default_director_selector)
+    }
+
     /// The interface that holds a VIP of this family (`ipv6`) on directors.
     pub fn vip_interface(&self, ipv6: bool) -> &str {
         match (&self.interface, ipv6) {

@@ -7,12 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use tunlb_api::plan::{IpvsKey, ObjectKey};
 use tunlb_api::pool::{self, PoolNode, Refusal, Subject, VipPool};
 use tunlb_api::selector::selector_matches;
 use tunlb_api::validate::ValidService;
-use tunlb_api::{DEFAULT_DIRECTOR_LABEL, NodeRole, NodeStatus, RealServer, VirtualServiceSpec};
+use tunlb_api::{NodeRole, NodeStatus, RealServer, VirtualServiceSpec};
 
 use crate::resolve::NodeInfo;
 
@@ -65,14 +64,7 @@ pub fn director_nodes<'n>(
     spec: &VirtualServiceSpec,
     nodes: &'n [NodeInfo],
 ) -> Result<Vec<&'n NodeInfo>, String> {
-    let selector = spec
-        .directors
-        .node_selector
-        .clone()
-        .unwrap_or_else(|| LabelSelector {
-            match_labels: Some([(DEFAULT_DIRECTOR_LABEL.to_string(), "true".to_string())].into()),
-            match_expressions: None,
-        });
+    let selector = spec.directors.selector();
     let mut out = Vec::new();
     for n in nodes {
         if selector_matches(&selector, &n.labels)
@@ -341,7 +333,10 @@ mod tests {
     fn node(name: &str, addr: &str, director: bool) -> NodeInfo {
         let mut labels = std::collections::BTreeMap::new();
         if director {
-            labels.insert(DEFAULT_DIRECTOR_LABEL.to_string(), "true".to_string());
+            labels.insert(
+                tunlb_api::DEFAULT_DIRECTOR_LABEL.to_string(),
+                "true".to_string(),
+            );
         }
         NodeInfo {
             name: name.into(),
