@@ -43,6 +43,33 @@ pub struct LabRun {
     pub failed: u32,
 }
 
+impl LabRun {
+    /// The guest's failed assertions and timed-out waits, one a line: the
+    /// panic message carries them, since a long run's output is often read
+    /// only from its end.
+    pub fn failures(&self) -> String {
+        self.output
+            .lines()
+            .filter(|l| l.starts_with("not ok - ") || l.starts_with("timed out after "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Panics unless the guest ran `name` to its end with at least
+    /// `min_passed` passing assertions and none failing.
+    pub fn assert_passed(&self, name: &str, min_passed: u32) {
+        assert!(
+            self.failed == 0 && self.exit_code == Some(0) && self.passed >= min_passed.max(1),
+            "scenario {name}: {} passed (at least {} expected), {} failed, exit {:?}:\n{}",
+            self.passed,
+            min_passed.max(1),
+            self.failed,
+            self.exit_code,
+            self.failures()
+        );
+    }
+}
+
 /// Parses the guest's closing `N passed, M failed` line.
 pub fn parse_summary(output: &str) -> Option<(u32, u32)> {
     output.lines().rev().find_map(|l| {
@@ -163,26 +190,12 @@ pub fn run_scenario_with(name: &str, opts: &LabOptions) -> LabRun {
 pub fn assert_scenario(name: &str) {
     let run = run_scenario(name, &[], 300);
     println!("{}", run.output);
-    assert!(
-        run.passed > 0,
-        "scenario {name} reported no passing assertion"
-    );
-    assert_eq!(
-        run.failed, 0,
-        "scenario {name}: {} assertions failed",
-        run.failed
-    );
-    assert_eq!(
-        run.exit_code,
-        Some(0),
-        "scenario {name} exited {:?}",
-        run.exit_code
-    );
+    run.assert_passed(name, 1);
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_summary;
+    use super::{LabRun, parse_summary};
 
     #[test]
     fn summary_line() {
@@ -191,5 +204,23 @@ mod tests {
             Some((3, 1))
         );
         assert_eq!(parse_summary("nothing"), None);
+    }
+
+    #[test]
+    fn failures_are_named() {
+        let run = LabRun {
+            exit_code: Some(1),
+            output: "ok - a\ntimed out after 30s: weight 3\nnot ok - b (expected '0', got '1')\n"
+                .into(),
+            passed: 1,
+            failed: 1,
+        };
+        assert_eq!(
+            run.failures(),
+            "timed out after 30s: weight 3\nnot ok - b (expected '0', got '1')"
+        );
+        let panic = std::panic::catch_unwind(|| run.assert_passed("x", 1)).unwrap_err();
+        let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(message.contains("not ok - b"), "{message}");
     }
 }

@@ -13,12 +13,7 @@ fn assert_cluster_scenario_with(name: &str, opts: &ClusterLabOptions) {
         Err(e) => panic!("cluster lab did not start: {e:#}"),
     };
     println!("{}\n--- operator log (tail)\n{operator_log}", run.output);
-    assert!(
-        run.passed > 0,
-        "scenario {name} reported no passing assertion"
-    );
-    assert_eq!(run.failed, 0, "{} assertions of {name} failed", run.failed);
-    assert_eq!(run.exit_code, Some(0));
+    run.assert_passed(name, 1);
 }
 
 fn assert_cluster_scenario(name: &str) {

@@ -8,7 +8,7 @@ use tunlb_tests::assert_scenario;
 fn lab_itself_reproduces_the_manual_seed() {
     let run = tunlb_tests::run_scenario("../lab/seed-manual", &[], 300);
     println!("{}", run.output);
-    assert!(run.passed > 0 && run.failed == 0 && run.exit_code == Some(0));
+    run.assert_passed("../lab/seed-manual", 1);
 }
 
 #[test]
@@ -65,14 +65,12 @@ fn pinned_kernel_and_the_agent_image() {
         },
     );
     println!("{}", run.output);
-    assert!(
-        run.failed == 0 && run.exit_code == Some(0),
-        "{} failed",
-        run.failed
-    );
-    if tunlb_tests::agent_image().is_some() {
-        assert!(run.passed >= 6, "image checks ran: {} passed", run.passed);
-    }
+    let image_checks = if tunlb_tests::agent_image().is_some() {
+        6
+    } else {
+        1
+    };
+    run.assert_passed("release", image_checks);
 }
 
 #[test]
@@ -82,7 +80,7 @@ fn sigkill_and_damaged_state_leave_nothing_foreign() {
     // under TCG: more than the usual five minutes.
     let run = tunlb_tests::run_scenario("crash", &[], 900);
     println!("{}", run.output);
-    assert!(run.passed > 0 && run.failed == 0 && run.exit_code == Some(0));
+    run.assert_passed("crash", 1);
 }
 
 #[test]
@@ -91,7 +89,7 @@ fn removed_servers_drain_and_vips_follow_their_services() {
     // Two 30-second drains run to their end under TCG.
     let run = tunlb_tests::run_scenario("drain", &[], 600);
     println!("{}", run.output);
-    assert!(run.passed > 0 && run.failed == 0 && run.exit_code == Some(0));
+    run.assert_passed("drain", 1);
 }
 
 #[test]
@@ -101,13 +99,8 @@ fn hung_nft_times_out_is_killed_and_the_next_run_repairs() {
     // a hanging nft), else from the bare binary (a hanging nft first in PATH).
     let run = tunlb_tests::run_scenario("self-repair", &[], 300);
     println!("{}", run.output);
-    assert!(
-        run.failed == 0 && run.exit_code == Some(0),
-        "{} failed, exit {:?}",
-        run.failed,
-        run.exit_code
-    );
-    assert!(run.passed >= 13, "every check ran: {} passed", run.passed);
+    // Every check ran.
+    run.assert_passed("self-repair", 13);
 }
 
 #[test]
@@ -116,7 +109,7 @@ fn every_tunnel_type_and_family_carries_traffic() {
     let udp_echo = std::path::PathBuf::from(env!("CARGO_BIN_EXE_udp-echo"));
     let run = tunlb_tests::run_scenario("tunnels", &[udp_echo], 600);
     println!("{}", run.output);
-    assert!(run.passed > 0 && run.failed == 0 && run.exit_code == Some(0));
+    run.assert_passed("tunnels", 1);
 }
 
 #[test]
@@ -132,12 +125,6 @@ fn vrrp_elects_one_director_fails_over_and_interoperates_with_keepalived() {
         },
     );
     println!("{}", run.output);
-    assert!(
-        run.failed == 0 && run.exit_code == Some(0),
-        "{} failed, exit {:?}",
-        run.failed,
-        run.exit_code
-    );
     // Every part ran to the end.
-    assert!(run.passed >= 44, "every check ran: {} passed", run.passed);
+    run.assert_passed("vrrp", 44);
 }
