@@ -47,8 +47,8 @@ weighted() {
 	_rows="$(ipvs_rows director)"
 	# One kubectl for all: under TCG each one costs the guest seconds.
 	_objs="$(k get tvs -o jsonpath='{range .items[*]}{.metadata.name}|{.spec.vip}|{.spec.ports[*].port}|{range .status.realServers[*]}{.address}={.weight} {end}{"\n"}{end}')" || return 1
-	for _t in "$@"; do
-		_line="$(echo "$_objs" | grep "^$_t|")" || return 1
+	for _name in "$@"; do
+		_line="$(echo "$_objs" | grep "^$_name|")" || return 1
 		_vip="$(echo "$_line" | cut -d'|' -f2)"
 		_ports="$(echo "$_line" | cut -d'|' -f3)"
 		_rs="$(echo "$_line" | cut -d'|' -f4)"

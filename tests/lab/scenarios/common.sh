@@ -40,18 +40,20 @@ delete_all() {
 	done
 }
 
-# wait_for SECONDS DESCRIPTION CMD...: retries CMD until it succeeds.
+# wait_for SECONDS DESCRIPTION CMD...: retries CMD until it succeeds. Its
+# variables carry a prefix of their own: CMD runs in this shell, and a
+# function that set the same names would end the wait early.
 wait_for() {
-	_t="$1"
-	_d="$2"
+	_wait_for_s="$1"
+	_wait_for_what="$2"
 	shift 2
-	_i=0
-	while [ "$_i" -lt "$((_t * 4))" ]; do
+	_wait_for_i=0
+	while [ "$_wait_for_i" -lt "$((_wait_for_s * 4))" ]; do
 		"$@" >/dev/null 2>&1 && return 0
 		sleep 0.25
-		_i=$((_i + 1))
+		_wait_for_i=$((_wait_for_i + 1))
 	done
-	echo "timed out after ${_t}s: $_d"
+	echo "timed out after ${_wait_for_s}s: $_wait_for_what"
 	return 1
 }
 

@@ -387,17 +387,17 @@ api_settled() {
 # wait_until SECONDS DESCRIPTION CMD...: retries CMD until it succeeds or
 # SECONDS of wall time have passed (CMD itself may take seconds here).
 wait_until() {
-	_t="$1"
-	_end="$(awk -v t="$1" '{ print int($1 + t) }' /proc/uptime)"
-	_d="$2"
+	_wait_until_s="$1"
+	_wait_until_end="$(awk -v t="$1" '{ print int($1 + t) }' /proc/uptime)"
+	_wait_until_what="$2"
 	shift 2
 	while :; do
 		"$@" >/dev/null 2>&1 && return 0
-		read -r _now _ </proc/uptime
-		[ "${_now%.*}" -lt "$_end" ] || break
+		read -r _wait_until_now _ </proc/uptime
+		[ "${_wait_until_now%.*}" -lt "$_wait_until_end" ] || break
 		sleep 0.5
 	done
-	echo "timed out after $_t s: $_d"
+	echo "timed out after $_wait_until_s s: $_wait_until_what"
 	return 1
 }
 
