@@ -56,6 +56,7 @@ pub const DEFAULT_DIRECTOR_LABEL: &str = "tunlb.io/director";
     printcolumn = r#"{"name":"Backends","type":"integer","jsonPath":".status.realServerCount"}"#,
     printcolumn = r#"{"name":"Healthy","type":"string","jsonPath":".status.healthy"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Active","type":"string","jsonPath":".status.election.activeDirector"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(
@@ -518,6 +519,72 @@ pub struct Directors {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[^/:\s]{1,15}$"))]
     pub interface: Option<String>,
+    /// How two or more selected directors elect the one that holds the VIP
+    /// (VRRP version 3, RFC 5798, unicast between the directors' InternalIPs):
+    /// the others keep the IPVS services programmed and hold no VIP, so only
+    /// one answers ARP for it, and a backup takes over without the API
+    /// server. With one director nothing is elected. VirtualServices on one
+    /// VIP elect alike: a younger one whose directors or settings differ is
+    /// refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub election: Option<Election>,
+}
+
+/// VRRP settings of a director election.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Election {
+    /// Advertisement interval in milliseconds, a multiple of 10 (VRRP
+    /// counts centiseconds). A backup takes over after 3 intervals plus a
+    /// skew below one interval. Defaults to 200.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 40950))]
+    #[x_kube(validation = Rule::new("self % 10 == 0").message("must be a multiple of 10: VRRP counts centiseconds"))]
+    pub advert_interval_ms: Option<u32>,
+    /// Whether a director with a higher priority takes the VIP back when it
+    /// returns. Defaults to true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preempt: Option<bool>,
+    /// The director that holds the VIP whenever it is up. By default the
+    /// VIPs' masters are spread over the directors by a hash of the VIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub preferred_node: Option<String>,
+    /// The VRRP virtual router id, unique among the VRRP speakers on the
+    /// directors' segment. By default the operator assigns one per director
+    /// set, interface and master (shown in status.election).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 255))]
+    pub virtual_router_id: Option<u8>,
+    /// Gratuitous ARPs (IPv6: unsolicited neighbour advertisements) a new
+    /// master sends per VIP. Defaults to 5, as keepalived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub announce_count: Option<u32>,
+    /// Milliseconds between them. Defaults to 0 (back to back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub announce_interval_ms: Option<u32>,
+}
+
+/// Advertisement interval of an election without one, milliseconds.
+pub const DEFAULT_ADVERT_INTERVAL_MS: u32 = 200;
+/// Gratuitous ARPs a new master sends by default (keepalived's default).
+pub const DEFAULT_ANNOUNCE_COUNT: u32 = 5;
+
+impl Election {
+    pub fn advert_interval_ms(&self) -> u32 {
+        self.advert_interval_ms
+            .unwrap_or(DEFAULT_ADVERT_INTERVAL_MS)
+    }
+
+    pub fn preempt(&self) -> bool {
+        self.preempt.unwrap_or(true)
+    }
+
+    pub fn announce_count(&self) -> u32 {
+        self.announce_count.unwrap_or(DEFAULT_ANNOUNCE_COUNT)
+    }
 }
 
 /// The selector of nodes labelled `tunlb.io/director: "true"`: directors of
@@ -630,6 +697,38 @@ pub struct VirtualServiceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["nodeName".into()]))]
     pub nodes: Vec<NodeStatus>,
+    /// The director election, set by the operator when two or more nodes
+    /// direct this service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub election: Option<ElectionStatus>,
+}
+
+/// One VRRP virtual router: the directors, their priorities and where they
+/// send adverts, as the agents run it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ElectionStatus {
+    pub virtual_router_id: u8,
+    pub advert_interval_ms: u32,
+    pub preempt: bool,
+    pub announce_count: u32,
+    #[serde(default)]
+    pub announce_interval_ms: u32,
+    /// The directors, highest priority first.
+    pub directors: Vec<ElectionMember>,
+    /// The director whose agent reports holding the VIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_director: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ElectionMember {
+    pub node_name: String,
+    /// The InternalIP of the VIP's family that adverts come from.
+    pub address: String,
+    /// VRRP priority, 1-254 (higher wins).
+    pub priority: u8,
 }
 
 /// A resolved real server.
@@ -756,6 +855,20 @@ pub struct NodeStatus {
     /// and the director keeps sending to them anyway (fail open).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fail_open: bool,
+    /// Directors in an election: whether this one holds the VIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub director_state: Option<DirectorState>,
+}
+
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DirectorState {
+    /// VRRP master: holds the VIP and answers for it.
+    Active,
+    /// VRRP backup: IPVS programmed, no VIP.
+    Standby,
 }
 
 #[derive(

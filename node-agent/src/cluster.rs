@@ -23,7 +23,9 @@ use serde_json::json;
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 use tunlb_api::plan::{IpvsKey, IpvsService, NodeIdentity, ObjectKey};
-use tunlb_api::{NodeStatus, RealServer, VipPool, VirtualService, VirtualServiceSpec};
+use tunlb_api::{
+    ElectionStatus, NodeStatus, RealServer, VipPool, VirtualService, VirtualServiceSpec,
+};
 
 use crate::admission::{Object, Refused};
 use crate::dataplane::Dataplane;
@@ -70,6 +72,9 @@ struct Accepted {
     generation: i64,
     spec: VirtualServiceSpec,
     real_servers: Vec<RealServer>,
+    /// The director election, without its active director (which the
+    /// agents' own reports set).
+    election: Option<ElectionStatus>,
     /// Creation order for conflict resolution.
     age: (i64, ObjectKey),
 }
@@ -119,19 +124,28 @@ impl Memory {
         let mut memory = Memory::default();
         for (skey, stored) in &state.accepted {
             let key = object_key(skey);
-            let parsed =
-                serde_json::from_str::<VirtualServiceSpec>(stored.spec.get()).and_then(|spec| {
+            let parsed = serde_json::from_str::<VirtualServiceSpec>(stored.spec.get())
+                .and_then(|spec| {
                     serde_json::from_str::<Vec<RealServer>>(stored.real_servers.get())
                         .map(|rs| (spec, rs))
+                })
+                .and_then(|(spec, rs)| {
+                    stored
+                        .election
+                        .as_ref()
+                        .map(|e| serde_json::from_str::<ElectionStatus>(e.get()))
+                        .transpose()
+                        .map(|e| (spec, rs, e))
                 });
             match parsed {
-                Ok((spec, real_servers)) => {
+                Ok((spec, real_servers, election)) => {
                     memory.accepted.insert(
                         key.clone(),
                         Accepted {
                             generation: stored.generation,
                             spec,
                             real_servers,
+                            election,
                             age: (stored.created, key),
                         },
                     );
@@ -153,11 +167,19 @@ impl Memory {
                 state.accepted.remove(&skey);
                 continue;
             };
-            let stored = serde_json::value::to_raw_value(&a.spec).and_then(|spec| {
-                serde_json::value::to_raw_value(&a.real_servers).map(|rs| (spec, rs))
-            });
+            let stored = serde_json::value::to_raw_value(&a.spec)
+                .and_then(|spec| {
+                    serde_json::value::to_raw_value(&a.real_servers).map(|rs| (spec, rs))
+                })
+                .and_then(|(spec, rs)| {
+                    a.election
+                        .as_ref()
+                        .map(serde_json::value::to_raw_value)
+                        .transpose()
+                        .map(|e| (spec, rs, e))
+                });
             match stored {
-                Ok((spec, real_servers)) => {
+                Ok((spec, real_servers, election)) => {
                     state.accepted.insert(
                         skey,
                         AcceptedObject {
@@ -165,6 +187,7 @@ impl Memory {
                             created: a.age.0,
                             spec,
                             real_servers,
+                            election,
                         },
                     );
                 }
@@ -235,6 +258,12 @@ impl Memory {
                                 real_servers: status
                                     .map(|s| s.real_servers.clone())
                                     .unwrap_or_default(),
+                                election: status.and_then(|s| s.election.as_ref()).map(|e| {
+                                    ElectionStatus {
+                                        active_director: None,
+                                        ..e.clone()
+                                    }
+                                }),
                                 age: (creation, key),
                             },
                         );
@@ -390,6 +419,7 @@ pub async fn run(
     }
     info!("caches synced; programming");
 
+    let mut elections = crate::election::Elections::new(dp.links().clone(), wake.clone());
     let mut last_pass = Instant::now() - settings.resync;
     let mut draining = false;
     let mut checked = BTreeMap::new();
@@ -429,6 +459,8 @@ pub async fn run(
             }
             _ = tokio::time::sleep(until) => {}
             _ = stop_rx.changed() => {
+                // Masters hand their VIPs over at once (priority 0).
+                elections.shutdown().await;
                 info!("shutting down; kernel state stays as programmed");
                 return Ok(());
             }
@@ -444,6 +476,7 @@ pub async fn run(
             &watched,
             &metrics,
             &prober,
+            &mut elections,
         )
         .await;
     }
@@ -469,6 +502,7 @@ async fn pass(
     watched: &Watched,
     metrics: &AgentMetrics,
     prober: &crate::health::Prober,
+    elections: &mut crate::election::Elections,
 ) -> (bool, BTreeMap<IpvsKey, IpvsService>) {
     let started = Instant::now();
     let objects = watched.virtual_services.state();
@@ -532,8 +566,37 @@ async fn pass(
     let mut checked = crate::health::checked(&plan, |_| true);
     let fail_open = crate::health::gate(&mut plan, &prober.book());
     memory.persist(state);
+    // The VIPs of elected objects belong to their speakers, whatever the
+    // pass's outcome.
+    let directed = |failed: &dyn Fn(&ObjectKey) -> bool| {
+        memory
+            .accepted
+            .iter()
+            .filter(|(k, _)| {
+                plan.objects
+                    .get(*k)
+                    .is_some_and(|o| o.roles.contains(&tunlb_api::NodeRole::Director))
+            })
+            .filter_map(|(k, a)| {
+                Some(crate::election::Directed {
+                    key: k,
+                    spec: &a.spec,
+                    election: a.election.as_ref()?,
+                    failed: failed(k),
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let (routers, _) = crate::election::wanted(&settings.node_name, directed(&|_| false));
+    dp.elected = elections.elected(&routers);
     let journal = Journal::new(&settings.state_dir);
     let report = dp.sync(&plan, state, &journal).await;
+    let (routers, mut election_errors) = crate::election::wanted(
+        &settings.node_name,
+        directed(&|k| report.errors.contains_key(k)),
+    );
+    elections.apply(routers).await;
+    election_errors.extend(elections.errors().clone());
     prober.update(crate::health::targets(&plan, &report.probe_routes));
     checked.retain(|k, _| state.ipvs_services.contains(&(*k).into()));
     let fingerprint = state.fingerprint();
@@ -559,6 +622,8 @@ async fn pass(
         &report,
         invalid,
         Some((&prober.book(), &fail_open)),
+        &elections.states(),
+        &election_errors,
     );
     crate::status::add_refused(&settings.node_name, &mut want, &refused);
     memory.refused = refused;
@@ -786,6 +851,9 @@ fn every_field(entry: &NodeStatus) -> serde_json::Value {
     if let Some(generation) = entry.observed_generation {
         v["observedGeneration"] = generation.into();
     }
+    if let Some(state) = entry.director_state {
+        v["directorState"] = json!(state);
+    }
     v
 }
 
@@ -916,6 +984,7 @@ mod tests {
                     .unwrap_or_else(|e| panic!("{e}")),
                 real_servers: serde_json::value::RawValue::from_string("[]".into())
                     .unwrap_or_else(|e| panic!("{e}")),
+                election: None,
             },
         );
         let mut m = Memory::restore(&state);
@@ -971,6 +1040,7 @@ mod tests {
                 message: String::new(),
             }],
             fail_open: true,
+            director_state: Some(tunlb_api::DirectorState::Active),
         };
         let keys = |v: serde_json::Value| -> Vec<String> {
             v.as_object()

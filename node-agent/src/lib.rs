@@ -3,6 +3,7 @@
 pub mod admission;
 pub mod cluster;
 pub mod dataplane;
+pub mod election;
 pub mod health;
 pub mod link;
 pub mod load;

@@ -494,6 +494,7 @@ async fn command(cli: Cli) -> anyhow::Result<ExitCode> {
             use tunlb_agent::vrrp::{announce::Announce, socket::Destinations, speaker};
             let config = speaker::SpeakerConfig {
                 interface: f.interface,
+                vip_interface: None,
                 vrid: f.vrid,
                 priority: f.priority,
                 interval_cs: f.advert_cs,

@@ -208,6 +208,10 @@ pub struct AcceptedObject {
     pub created: i64,
     pub spec: Box<RawValue>,
     pub real_servers: Box<RawValue>,
+    /// The director election the operator set, so that a restart without
+    /// the API server still elects rather than holding the VIP alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub election: Option<Box<RawValue>>,
 }
 
 impl PartialEq for AcceptedObject {
@@ -216,6 +220,7 @@ impl PartialEq for AcceptedObject {
             && self.created == other.created
             && self.spec.get() == other.spec.get()
             && self.real_servers.get() == other.real_servers.get()
+            && self.election.as_ref().map(|e| e.get()) == other.election.as_ref().map(|e| e.get())
     }
 }
 
@@ -788,6 +793,10 @@ mod tests {
                 spec: RawValue::from_string(r#"{"vip":"192.168.56.185"}"#.into())
                     .unwrap_or_else(|e| panic!("{e}")),
                 real_servers: RawValue::from_string("[]".into()).unwrap_or_else(|e| panic!("{e}")),
+                election: Some(
+                    RawValue::from_string(r#"{"virtualRouterId":7}"#.into())
+                        .unwrap_or_else(|e| panic!("{e}")),
+                ),
             },
         );
         s.save(&dir).unwrap_or_else(|e| panic!("{e}"));

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use tunlb_api::plan::{NodePlan, ObjectKey};
-use tunlb_api::{NodeRole, NodeStatus};
+use tunlb_api::{DirectorState, NodeRole, NodeStatus};
 
 use crate::admission::Refused;
 use crate::dataplane::SyncReport;
@@ -13,12 +13,17 @@ use crate::health::Book;
 
 /// This node's entries: one for every object it has a role in, and one for
 /// every object it cannot read (`invalid`: generation and reason).
+/// `directing`: the objects whose VIP this node's director election holds
+/// (active) or waits for (standby); `election_errors`: why an election
+/// cannot run here.
 pub fn entries(
     node: &str,
     plan: &NodePlan,
     report: &SyncReport,
     invalid: BTreeMap<ObjectKey, (Option<i64>, String)>,
     health: Option<(&Book, &BTreeSet<ObjectKey>)>,
+    directing: &BTreeMap<ObjectKey, DirectorState>,
+    election_errors: &BTreeMap<ObjectKey, String>,
 ) -> BTreeMap<ObjectKey, NodeStatus> {
     let mut want = BTreeMap::new();
     for (key, op) in &plan.objects {
@@ -27,6 +32,7 @@ pub fn entries(
         }
         let mut msgs: Vec<String> = op.error.iter().cloned().collect();
         msgs.extend(report.errors.get(key).cloned().unwrap_or_default());
+        msgs.extend(election_errors.get(key).cloned());
         // A node-level failure may concern any object: none is claimed.
         msgs.extend(report.node_errors.iter().cloned());
         want.insert(
@@ -43,6 +49,7 @@ pub fn entries(
                     .map(|(book, _)| crate::health::probed(book, plan, key))
                     .unwrap_or_default(),
                 fail_open: health.is_some_and(|(_, open)| open.contains(key)),
+                director_state: directing.get(key).copied(),
             },
         );
     }
@@ -58,6 +65,7 @@ pub fn entries(
                 draining: Vec::new(),
                 health: Vec::new(),
                 fail_open: false,
+                director_state: None,
             },
         );
     }
@@ -84,6 +92,7 @@ pub fn add_refused(
                 draining: Vec::new(),
                 health: Vec::new(),
                 fail_open: false,
+                director_state: None,
             },
         );
     }
@@ -119,7 +128,15 @@ mod tests {
     #[test]
     fn programmed_only_without_any_problem() {
         let report = SyncReport::default();
-        let e = entries("n1", &plan(), &report, BTreeMap::new(), None);
+        let e = entries(
+            "n1",
+            &plan(),
+            &report,
+            BTreeMap::new(),
+            None,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        );
         assert_eq!(e.len(), 2, "no entry where the node has no role");
         let ok = &e[&ObjectKey::new("a", "ok")];
         assert!(ok.programmed && ok.message.is_empty());
@@ -138,7 +155,15 @@ mod tests {
         report
             .draining
             .insert(ObjectKey::new("a", "ok"), vec!["10.0.0.3:80".into()]);
-        let e = entries("n1", &plan(), &report, BTreeMap::new(), None);
+        let e = entries(
+            "n1",
+            &plan(),
+            &report,
+            BTreeMap::new(),
+            None,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        );
         let ok = &e[&ObjectKey::new("a", "ok")];
         assert!(!ok.programmed);
         assert_eq!(ok.message, "scheduler missing; nft timed out");
@@ -155,7 +180,15 @@ mod tests {
         report
             .draining
             .insert(ObjectKey::new("a", "ok"), vec!["[2001:db8::3]:80".into()]);
-        let e = entries("n1", &plan(), &report, BTreeMap::new(), None);
+        let e = entries(
+            "n1",
+            &plan(),
+            &report,
+            BTreeMap::new(),
+            None,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        );
         assert!(e[&ObjectKey::new("a", "ok")].programmed);
     }
 
@@ -173,7 +206,15 @@ mod tests {
                 },
             },
         )]);
-        let mut e = entries("n1", &plan(), &SyncReport::default(), BTreeMap::new(), None);
+        let mut e = entries(
+            "n1",
+            &plan(),
+            &SyncReport::default(),
+            BTreeMap::new(),
+            None,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        );
         add_refused("n1", &mut e, &refused);
         let f = &e[&key];
         assert!(!f.programmed);
@@ -192,7 +233,15 @@ mod tests {
             ObjectKey::new("a", "broken"),
             (Some(2), "spec.vip: must be an IP".to_string()),
         )]);
-        let e = entries("n1", &plan(), &SyncReport::default(), invalid, None);
+        let e = entries(
+            "n1",
+            &plan(),
+            &SyncReport::default(),
+            invalid,
+            None,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        );
         let b = &e[&ObjectKey::new("a", "broken")];
         assert!(!b.programmed && b.roles.is_empty());
         assert_eq!(b.observed_generation, Some(2));

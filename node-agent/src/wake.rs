@@ -14,7 +14,9 @@ use kube::ResourceExt;
 use kube::core::DeserializeGuard;
 use kube::runtime::watcher;
 use serde::Serialize;
-use tunlb_api::{NodeStatus, RealServer, VipPool, VirtualService, VirtualServiceSpec};
+use tunlb_api::{
+    ElectionStatus, NodeStatus, RealServer, VipPool, VirtualService, VirtualServiceSpec,
+};
 
 /// What a pass reads of a VirtualService (see `cluster::Memory::refresh` and
 /// `report_status`).
@@ -28,6 +30,8 @@ struct VsInputs<'a> {
     real_servers: &'a [RealServer],
     spec: &'a VirtualServiceSpec,
     own_entry: Option<&'a NodeStatus>,
+    /// Without its active director, which the agents' reports move.
+    election: Option<ElectionStatus>,
     /// Why it cannot be read, when it cannot.
     unreadable: Option<String>,
 }
@@ -63,6 +67,12 @@ pub fn virtual_service(node: &str, guard: &DeserializeGuard<VirtualService>) -> 
                     .unwrap_or_default(),
                 spec: &vs.spec,
                 own_entry: status.and_then(|s| s.nodes.iter().find(|n| n.node_name == node)),
+                election: status
+                    .and_then(|s| s.election.as_ref())
+                    .map(|e| ElectionStatus {
+                        active_director: None,
+                        ..e.clone()
+                    }),
                 unreadable: None,
             })
         }
@@ -214,6 +224,7 @@ mod tests {
             draining: vec![],
             health: vec![],
             fail_open: false,
+            director_state: None,
         }
     }
 

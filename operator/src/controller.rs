@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tracing::{debug, info, warn};
-use tunlb_api::{HealthState, VipPool, VipPoolStatus, VirtualService, validate};
+use tunlb_api::{ElectionStatus, HealthState, VipPool, VipPoolStatus, VirtualService, validate};
 
 use crate::cache::{
     self, Cache, Mirror, Namespaces, Nodes, Pools, ServiceKey, Services, Shared, Slices, Update,
@@ -33,6 +33,7 @@ use crate::cache::{
 };
 use crate::conditions;
 use crate::decide::{self, Policy, View};
+use crate::election;
 use crate::events::{self, Kind, Note, Publisher, Reporter};
 use crate::judge::{self, Peer};
 use crate::leader::{Fenced, Leadership};
@@ -151,6 +152,8 @@ pub struct Context {
     pub written_health: Arc<WrittenHealth>,
     /// Wakes the VipPool usage count (see `maintain_pool_usage`).
     pub usage: Arc<Notify>,
+    /// Virtual router ids of the director elections.
+    pub elections: Mutex<election::Registry>,
 }
 
 /// The resync interval drawn from [3/4, 1] x `resync`: objects judged in one
@@ -360,6 +363,7 @@ fn decide_from_caches(
         service: service.as_deref(),
         slices: slices.iter().map(AsRef::as_ref).collect(),
         peers: &peers,
+        election: elect(vs, &nodes, &ctx.elections),
     };
     let now = Time(Timestamp::now());
     decide::decide(
@@ -370,6 +374,34 @@ fn decide_from_caches(
         &ctx.policy,
         &now,
     )
+}
+
+/// The election `vs`'s directors run, with its virtual router id from
+/// `registry`. An object that does not validate or whose selector does not
+/// parse has none (its conditions say why).
+fn elect(
+    vs: &VirtualService,
+    nodes: &[crate::resolve::NodeInfo],
+    registry: &Mutex<election::Registry>,
+) -> Result<Option<ElectionStatus>, election::ElectionError> {
+    let key = decide::object_key(vs);
+    let mut registry = registry.lock().unwrap_or_else(|p| p.into_inner());
+    let group = match (validate(&vs.spec), judge::director_nodes(&vs.spec, nodes)) {
+        (Ok(valid), Ok(directors)) => {
+            election::wanted(valid.vip, &vs.spec, &directors)?.map(|g| (valid.vip, g))
+        }
+        _ => None,
+    };
+    let Some((vip, group)) = group else {
+        registry.forget(&key);
+        return Ok(None);
+    };
+    let prior = vs
+        .status
+        .as_ref()
+        .and_then(|s| s.election.as_ref())
+        .map(|e| e.virtual_router_id);
+    registry.assign(&key, vip, group, prior).map(Some)
 }
 
 pub async fn reconcile(vs: Arc<VirtualService>, ctx: Arc<Context>) -> Result<Next, Error> {
@@ -408,6 +440,13 @@ pub async fn reconcile(vs: Arc<VirtualService>, ctx: Arc<Context>) -> Result<Nex
         .get(&vs_name)
         .unwrap_or_else(|| observed.health());
     let decision = decide_from_caches(&vs, &observed, &health_before, &ctx, &ns);
+    if decision.status.election.is_none() {
+        // Refused, or fewer than two directors: it holds no virtual router id.
+        ctx.elections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .forget(&decide::object_key(&vs));
+    }
 
     let spec_changed =
         vs.status.as_ref().and_then(|s| s.observed_generation) != vs.metadata.generation;
@@ -447,6 +486,10 @@ async fn cleanup(
     // gone races with the watch: a re-judgement that still sees it finds the
     // conflict and nothing triggers another.)
     retrigger_sharing(ctx, vs);
+    ctx.elections
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .forget(&decide::object_key(vs));
     let remaining: Vec<String> = vs
         .status
         .as_ref()
@@ -943,6 +986,7 @@ pub async fn run(
         queue: queue.clone(),
         written_health,
         usage,
+        elections: Mutex::default(),
     });
     tokio::spawn(maintain_pool_usage(ctx.clone()));
     queue

@@ -6,13 +6,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use tunlb_api::plan::{ObjectKey, ipvs_keys};
 use tunlb_api::{
-    HealthState, NodeStatus, RealServer, VipPool, VirtualService, VirtualServiceStatus, validate,
+    DirectorState, ElectionStatus, HealthState, NodeStatus, RealServer, VipPool, VirtualService,
+    VirtualServiceStatus, validate,
 };
 
 use crate::conditions::{
     self, ACCEPTED, ALL_UNHEALTHY, CONFLICT, READY, RECONCILING, RESOLVED, STALLED, VIP_ALLOWED,
     Want,
 };
+use crate::election::ElectionError;
 use crate::health::{self, Aggregate};
 use crate::judge::{self, Age, Peer, Readiness};
 use crate::resolve::{self, NodeInfo, ServiceInfo, SliceInfo};
@@ -36,6 +38,9 @@ pub struct View<'a> {
     /// services, and the oldest of each namespace on the VIP (whose
     /// namespace the VIP belongs to).
     pub peers: &'a [Peer],
+    /// The director election its directors run (see `election`), or why
+    /// none can be formed.
+    pub election: Result<Option<ElectionStatus>, ElectionError>,
 }
 
 /// The status fields the operator owns (server-side apply, manager
@@ -55,6 +60,8 @@ pub struct OperatorStatus {
     /// Healthy (or unchecked) real servers out of all, e.g. "2/3".
     #[serde(skip_serializing_if = "Option::is_none")]
     pub healthy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub election: Option<ElectionStatus>,
 }
 
 impl OperatorStatus {
@@ -141,6 +148,16 @@ fn admit(
         }
     }
     waiting
+}
+
+/// The directors whose agents report holding the VIP at `generation`.
+fn active_directors(reports: &[NodeStatus], generation: Option<i64>) -> Vec<String> {
+    reports
+        .iter()
+        .filter(|r| r.director_state == Some(DirectorState::Active))
+        .filter(|r| r.observed_generation == generation)
+        .map(|r| r.node_name.clone())
+        .collect()
 }
 
 /// The AllRealServersUnhealthy condition.
@@ -304,8 +321,18 @@ pub fn decide(
                     block.get_or_insert((u.reason.into(), u.message));
                 }
             }
+            if let Err(e) = &view.election {
+                block.get_or_insert((e.reason().into(), e.to_string()));
+            }
         }
     }
+    let election = match (&block, &view.election) {
+        (None, Ok(Some(e))) => Some(ElectionStatus {
+            active_director: active_directors(reports, generation).first().cloned(),
+            ..e.clone()
+        }),
+        _ => None,
+    };
 
     let waiting = admit(&mut real_servers, reports, generation);
     let agg = health::aggregate(&checked, &real_servers, reports);
@@ -352,6 +379,19 @@ pub fn decide(
                                 waiting.iter().cloned().collect::<Vec<_>>().join(", ")
                             ),
                         ),
+                        Readiness::Ready { .. }
+                            if election.is_some()
+                                && active_directors(reports, generation).len() > 1 =>
+                        {
+                            (
+                                false,
+                                "SplitBrain".into(),
+                                format!(
+                                    "more than one director holds the VIP: {} (check that VRRP adverts pass between them)",
+                                    active_directors(reports, generation).join(", ")
+                                ),
+                            )
+                        }
                         Readiness::Ready { nodes } => (
                             true,
                             "Programmed".into(),
@@ -402,6 +442,7 @@ pub fn decide(
             real_server_count: Some(real_servers.len() as i32),
             real_servers: Some(real_servers),
             healthy: Some(agg.summary()),
+            election,
         },
         transitions,
         health,
@@ -457,6 +498,7 @@ pub fn terminating(
         real_servers: Some(written.real_servers.clone()),
         real_server_count: written.real_server_count,
         healthy: written.healthy.clone(),
+        election: written.election.clone(),
     })
 }
 
@@ -494,6 +536,7 @@ pub fn unreadable(
         real_servers: None,
         real_server_count: None,
         healthy: None,
+        election: None,
     }
 }
 
@@ -524,6 +567,7 @@ mod tests {
                 "tunnel device missing".into()
             },
             draining: vec![],
+            director_state: None,
         }
     }
     fn probe(address: &str, state: HealthState, message: &str) -> ProbedServer {
@@ -610,6 +654,7 @@ spec:
             service: None,
             slices: vec![],
             peers: &[],
+            election: Ok(None),
         };
         let d = decide(&vs(WEB), &[], &[], &view, &policy(), &now());
         assert!(d.accepted);
@@ -645,6 +690,7 @@ spec:
             service: None,
             slices: vec![],
             peers: &[],
+            election: Ok(None),
         };
         let d = decide(&obj, &[], &[], &view, &policy(), &now());
         assert_eq!(cond(&d, READY).status, "True");
@@ -664,6 +710,7 @@ spec:
             service: None,
             slices: vec![],
             peers,
+            election: Ok(None),
         }
     }
 
@@ -890,6 +937,7 @@ spec:
             service: None,
             slices: vec![],
             peers: &peers,
+            election: Ok(None),
         };
         let d = decide(&vs(WEB), &[], &[], &view, &policy(), &now());
         let c = cond(&d, CONFLICT);
@@ -915,6 +963,7 @@ spec:
             service: None,
             slices: vec![],
             peers: &[],
+            election: Ok(None),
         };
         let d = decide(&obj, &[], &[], &view, &policy(), &now());
         let c = cond(&d, RESOLVED);
@@ -947,6 +996,7 @@ endpoints:
             service: Some(&svc),
             slices: vec![&slice],
             peers: &[],
+            election: Ok(None),
         };
         let d2 = decide(&obj, &[], &[], &view, &policy(), &now());
         assert!(d2.accepted);
@@ -998,6 +1048,7 @@ endpoints:
             service: Some(&svc),
             slices: vec![],
             peers: &[],
+            election: Ok(None),
         };
         let d = decide(&obj, &[], &[], &view, &policy(), &now());
         assert_eq!(cond(&d, RESOLVED).reason, "PortNotFound");
@@ -1018,6 +1069,7 @@ endpoints:
             service: None,
             slices: vec![],
             peers: &[],
+            election: Ok(None),
         };
         let obj = vs(WEB);
         let d = decide(&obj, &[], &[], &view, &policy(), &now());
@@ -1030,6 +1082,7 @@ endpoints:
             real_servers: d.status.servers().to_vec(),
             real_server_count: d.status.real_server_count,
             nodes: vec![],
+            election: None,
         };
         let seen = Observed::of(Some(&written));
         let d2 = decide(
@@ -1052,6 +1105,7 @@ endpoints:
             service: None,
             slices: vec![],
             peers: &[],
+            election: Ok(None),
         }
     }
 
@@ -1272,6 +1326,7 @@ endpoints:
             real_servers: d.status.servers().to_vec(),
             real_server_count: d.status.real_server_count,
             nodes: vec![],
+            election: None,
         }
     }
 

@@ -291,6 +291,7 @@ mod tests {
             draining: vec![],
             health,
             fail_open: false,
+            director_state: None,
         }
     }
 

@@ -590,6 +590,7 @@ mod tests {
             programmed: ok,
             message: String::new(),
             draining: vec![],
+            director_state: None,
         };
         let backend = [NodeRole::Backend];
         assert!(!admitted("r", &[], Some(2)), "no report yet");
@@ -625,6 +626,7 @@ mod tests {
             programmed: ok,
             message: m.into(),
             draining: vec![],
+            director_state: None,
         };
         assert_eq!(
             readiness(&expected, &[rep("d", 2, true, "")], 2),

@@ -11,7 +11,7 @@ use std::hash::Hasher;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde::Serialize;
-use tunlb_api::{HealthState, RealServer, VirtualService, VirtualServiceStatus};
+use tunlb_api::{ElectionStatus, HealthState, RealServer, VirtualService, VirtualServiceStatus};
 
 use crate::conditions::{
     ACCEPTED, ALL_UNHEALTHY, CONFLICT, READY, RECONCILING, RESOLVED, STALLED, VIP_ALLOWED,
@@ -43,7 +43,7 @@ impl Observed {
     pub fn of(status: Option<&VirtualServiceStatus>) -> Observed {
         let Some(s) = status else {
             return Observed {
-                digest: digest_of(None, [].iter(), &[], None, None),
+                digest: digest_of(None, [].iter(), &[], None, None, None),
                 conditions: Box::new([]),
                 health: Box::new([]),
             };
@@ -68,6 +68,7 @@ impl Observed {
                 &s.real_servers,
                 s.real_server_count,
                 s.healthy.as_deref(),
+                s.election.as_ref(),
             ),
             conditions,
             health,
@@ -120,6 +121,7 @@ pub fn digest(status: &OperatorStatus) -> u64 {
         status.servers(),
         status.real_server_count,
         status.healthy.as_deref(),
+        status.election.as_ref(),
     )
 }
 
@@ -134,6 +136,8 @@ pub fn stripped(vs: &VirtualService) -> VirtualService {
         real_servers: Vec::new(),
         real_server_count: s.real_server_count,
         nodes: s.nodes.clone(),
+        // Small, and the next judgement keeps its virtual router id.
+        election: s.election.clone(),
     });
     copy
 }
@@ -158,6 +162,7 @@ struct Canonical<'a> {
     real_servers: &'a [RealServer],
     real_server_count: Option<i32>,
     healthy: Option<&'a str>,
+    election: Option<&'a ElectionStatus>,
 }
 
 fn digest_of<'a>(
@@ -166,6 +171,7 @@ fn digest_of<'a>(
     real_servers: &'a [RealServer],
     real_server_count: Option<i32>,
     healthy: Option<&'a str>,
+    election: Option<&'a ElectionStatus>,
 ) -> u64 {
     // Only the operator's conditions, in a fixed order: others are not ours to compare.
     let mut owned: Vec<(usize, &Condition)> = conditions
@@ -178,6 +184,7 @@ fn digest_of<'a>(
         real_servers,
         real_server_count,
         healthy,
+        election,
     };
     // DefaultHasher::new() has fixed keys: digests compare within a process.
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -210,6 +217,7 @@ mod tests {
             real_servers: Some(vec![]),
             real_server_count: Some(0),
             healthy: Some("0/0".into()),
+            election: None,
         };
         let written = VirtualServiceStatus {
             healthy: Some("0/0".into()),
@@ -223,6 +231,7 @@ mod tests {
             real_servers: vec![],
             real_server_count: Some(0),
             nodes: vec![],
+            election: None,
         };
         let seen = Observed::of(Some(&written));
         assert_eq!(seen.digest, digest(&status));

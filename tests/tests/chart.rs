@@ -359,7 +359,10 @@ fn renders_defaults() {
     assert_eq!(sc["allowPrivilegeEscalation"], false);
     assert_eq!(sc["readOnlyRootFilesystem"], true);
     assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
-    assert_eq!(sc["capabilities"]["add"], serde_json::json!(["NET_ADMIN"]));
+    assert_eq!(
+        sc["capabilities"]["add"],
+        serde_json::json!(["NET_ADMIN", "NET_RAW"])
+    );
     assert_eq!(
         env_value(agent, "NODE_NAME").unwrap()["valueFrom"]["fieldRef"]["fieldPath"],
         "spec.nodeName"
@@ -523,7 +526,7 @@ fn renders_with_values() {
     // SYS_MODULE only in the init container that runs modprobe.
     assert_eq!(
         agent["securityContext"]["capabilities"]["add"],
-        serde_json::json!(["NET_ADMIN"])
+        serde_json::json!(["NET_ADMIN", "NET_RAW"])
     );
     let init = &ds["spec"]["template"]["spec"]["initContainers"][0];
     assert_eq!(init["name"], "load-modules");
@@ -1416,6 +1419,7 @@ fn agent_token_writes_only_its_own_node_entry() {
         draining: Vec::new(),
         health: Vec::new(),
         fail_open: false,
+        director_state: None,
     };
     let write = |e: &tunlb_api::NodeStatus| {
         rt.block_on(tunlb_agent::cluster::write_entry(

@@ -89,6 +89,7 @@ pub fn adoptable(addrs: &[Address]) -> Vec<OwnedAddress> {
 /// each VIP the plan asks for but that is not held, why.
 pub fn wanted(
     plan: &NodePlan,
+    elected: &BTreeSet<Binding>,
     owned: &BTreeSet<OwnedAddress>,
     in_kernel: &[Address],
     served: Option<&BTreeSet<IpAddr>>,
@@ -111,6 +112,9 @@ pub fn wanted(
     match served {
         Some(served) => {
             for b in &plan.director_vips {
+                if elected.contains(&(b.interface.clone(), b.address)) {
+                    continue;
+                }
                 if served.contains(&b.address) {
                     want.insert((b.interface.clone(), b.address));
                 } else {
@@ -141,12 +145,15 @@ pub fn wanted(
     (want, withheld)
 }
 
-/// Brings the node's VIP addresses in line with `plan`. Returns whether the
+/// Brings the node's VIP addresses in line with `plan`, leaving the
+/// `elected` ones to their director election. Returns whether the
 /// kernel's addresses were read (a rebuild of ownership took place if one
 /// was due).
+#[allow(clippy::too_many_arguments)]
 pub async fn sync(
     links: &Links,
     plan: &NodePlan,
+    elected: &BTreeSet<Binding>,
     served: Option<&BTreeSet<IpAddr>>,
     mapped: &dyn Fn(&IpAddr) -> bool,
     state: &mut OwnedState,
@@ -175,9 +182,15 @@ pub async fn sync(
             );
         }
     }
+    // An elected VIP changes hands: its speaker adopts the labelled
+    // address (or removes it on a standby), so only the record goes here.
+    state
+        .addresses
+        .retain(|o| !elected.contains(&(o.interface.clone(), o.address)));
     let service_vips: BTreeSet<IpAddr> = state.ipvs_services.iter().map(|k| k.vip).collect();
     let (want, withheld) = wanted(
         plan,
+        elected,
         &state.addresses,
         &addrs,
         served,
@@ -359,9 +372,15 @@ mod tests {
     fn a_director_holds_only_served_vips() {
         let plan = director_plan(&["10.0.0.1", "10.0.0.2"]);
         let served = BTreeSet::from([ip("10.0.0.1")]);
-        let (want, withheld) = wanted(&plan, &BTreeSet::new(), &[], Some(&served), &served, |_| {
-            true
-        });
+        let (want, withheld) = wanted(
+            &plan,
+            &BTreeSet::new(),
+            &BTreeSet::new(),
+            &[],
+            Some(&served),
+            &served,
+            |_| true,
+        );
         assert_eq!(
             want,
             BTreeSet::from([binding("eth0", "10.0.0.1"), binding(TUNL0, "10.9.9.9")])
@@ -384,7 +403,15 @@ mod tests {
             ("eth1", "10.0.0.7"),
         ]);
         let served = BTreeSet::from([ip("10.0.0.5"), ip("10.0.0.7")]);
-        let (want, _) = wanted(&plan, &mine, &[], Some(&served), &served, |_| true);
+        let (want, _) = wanted(
+            &plan,
+            &BTreeSet::new(),
+            &mine,
+            &[],
+            Some(&served),
+            &served,
+            |_| true,
+        );
         assert!(want.contains(&binding(TUNL0, "10.0.0.5")));
         assert!(!want.contains(&binding("eth0", "10.0.0.6")));
         // A planned VIP that moved interface is held only where planned.
@@ -407,7 +434,15 @@ mod tests {
         ]);
         // 10.0.0.4 has no service of ours: it is not a director VIP of ours.
         let service_vips = BTreeSet::from([ip("10.0.0.1"), ip("10.0.0.2"), ip("10.0.0.3")]);
-        let (want, withheld) = wanted(&plan, &mine, &kernel, None, &service_vips, |_| true);
+        let (want, withheld) = wanted(
+            &plan,
+            &BTreeSet::new(),
+            &mine,
+            &kernel,
+            None,
+            &service_vips,
+            |_| true,
+        );
         // Held ones stay, nothing new is added, nothing is reported withheld.
         assert_eq!(
             want,
@@ -427,10 +462,26 @@ mod tests {
         let kernel = in_kernel(&[(TUNL0, "10.9.9.9")]);
         let mine = owned(&[(TUNL0, "10.9.9.9")]);
         let none = BTreeSet::new();
-        let (want, _) = wanted(&plan, &mine, &kernel, Some(&none), &none, |_| false);
+        let (want, _) = wanted(
+            &plan,
+            &BTreeSet::new(),
+            &mine,
+            &kernel,
+            Some(&none),
+            &none,
+            |_| false,
+        );
         // The one already held stays; the new one waits for its DNAT.
         assert_eq!(want, BTreeSet::from([binding(TUNL0, "10.9.9.9")]));
-        let (want, _) = wanted(&plan, &mine, &kernel, Some(&none), &none, |_| true);
+        let (want, _) = wanted(
+            &plan,
+            &BTreeSet::new(),
+            &mine,
+            &kernel,
+            Some(&none),
+            &none,
+            |_| true,
+        );
         assert_eq!(want.len(), 2);
     }
 }

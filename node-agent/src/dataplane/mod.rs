@@ -144,6 +144,9 @@ pub struct Dataplane {
     /// Connection sync between directors: while this node directs, it runs
     /// a master and a backup IPVS sync daemon with these settings.
     pub ipvs_sync: Option<sync_daemon::Settings>,
+    /// Director VIPs (interface, address) a director election holds: their
+    /// speaker adds and removes them, so the address sync leaves them be.
+    pub elected: BTreeSet<(String, IpAddr)>,
 }
 
 /// Applies `settings`, the values to restore made durable before they are
@@ -172,6 +175,7 @@ impl Dataplane {
             probing: false,
             nat_written: None,
             ipvs_sync: None,
+            elected: BTreeSet::new(),
         })
     }
 
@@ -366,6 +370,7 @@ impl Dataplane {
         let addresses_read = address::sync(
             &self.links,
             plan,
+            &self.elected,
             outcome.served.as_ref(),
             &mapped,
             state,

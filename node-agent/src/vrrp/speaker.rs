@@ -4,7 +4,7 @@
 //! rtnetlink while Master (only the ones it added), announcements after a
 //! takeover - and logs every transition.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -29,7 +29,10 @@ const LINK_CHECK: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpeakerConfig {
+    /// Where adverts and announcements go.
     pub interface: String,
+    /// Where the VIPs are added while Master; default: `interface`.
+    pub vip_interface: Option<String>,
     pub vrid: u8,
     pub priority: u8,
     /// Advertisement interval, centiseconds.
@@ -82,12 +85,17 @@ pub struct Speaker {
     socket: VrrpSocket,
     links: Links,
     link: LinkInfo,
+    /// The interface holding the VIPs while Master.
+    vip_link: LinkInfo,
     announcer: std::sync::Arc<Announcer>,
     /// VIPs this speaker added and so may remove.
     owned: BTreeSet<IpAddr>,
     announcing: Option<JoinHandle<()>>,
     origin: Instant,
     state_tx: watch::Sender<State>,
+    /// A new set of VIPs, applied without an election.
+    vips_tx: watch::Sender<Vec<IpAddr>>,
+    vips_rx: watch::Receiver<Vec<IpAddr>>,
     /// Whether the last advert send failed, so a dead link logs once.
     send_failing: bool,
 }
@@ -130,6 +138,13 @@ impl Speaker {
             .find(&config.interface)
             .await?
             .ok_or_else(|| SpeakerError::NoInterface(config.interface.clone()))?;
+        let vip_link = match &config.vip_interface {
+            None => link.clone(),
+            Some(name) => links
+                .find(name)
+                .await?
+                .ok_or_else(|| SpeakerError::NoInterface(name.clone()))?,
+        };
         let v4 = config.is_v4();
         let source = match config.source {
             Some(s) => s,
@@ -163,17 +178,21 @@ impl Speaker {
         )?;
         let announcer = Announcer::new(&config.interface, link.index, v4, !v4)?;
         let (state_tx, _) = watch::channel(State::Initialize);
+        let (vips_tx, vips_rx) = watch::channel(config.vips.clone());
         Ok(Speaker {
             config,
             machine,
             socket,
             links,
             link,
+            vip_link,
             announcer: std::sync::Arc::new(announcer),
             owned: BTreeSet::new(),
             announcing: None,
             origin: Instant::now(),
             state_tx,
+            vips_tx,
+            vips_rx,
             send_failing: false,
         })
     }
@@ -181,6 +200,38 @@ impl Speaker {
     /// Follows the state (for a caller that runs other work by role).
     pub fn subscribe(&self) -> watch::Receiver<State> {
         self.state_tx.subscribe()
+    }
+
+    /// Changes the VIPs of a running speaker: a master adds the new ones
+    /// and removes the dropped ones, and nothing is elected again.
+    pub fn vips(&self) -> watch::Sender<Vec<IpAddr>> {
+        self.vips_tx.clone()
+    }
+
+    async fn set_vips(&mut self, vips: Vec<IpAddr>) {
+        if vips.is_empty() || vips == self.config.vips {
+            return;
+        }
+        let dropped: BTreeSet<IpAddr> = self
+            .owned
+            .iter()
+            .filter(|v| !vips.contains(v))
+            .copied()
+            .collect();
+        self.config.vips = vips;
+        if !dropped.is_empty() {
+            let kept: BTreeSet<IpAddr> = self.owned.difference(&dropped).copied().collect();
+            self.owned = dropped;
+            if let Err(e) = self.release().await {
+                tracing::error!(error = %e, "remove VIPs dropped from the virtual router");
+            }
+            self.owned = kept;
+        }
+        tracing::info!(vrid = self.config.vrid, vips = ?self.config.vips, "virtual router's VIPs changed");
+        if self.machine.state() == State::Master {
+            self.take().await;
+            self.send_advert(self.machine.priority()).await;
+        }
     }
 
     fn now(&self) -> Duration {
@@ -209,6 +260,7 @@ impl Speaker {
             Vec::new()
         };
         self.execute(actions).await;
+        self.adopt_leftovers().await;
         let mut link_check = tokio::time::interval(LINK_CHECK);
         link_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -224,6 +276,10 @@ impl Speaker {
                     self.execute(actions).await;
                 }
                 got = self.socket.recv() => self.received(got).await,
+                Ok(()) = self.vips_rx.changed() => {
+                    let vips = self.vips_rx.borrow_and_update().clone();
+                    self.set_vips(vips).await;
+                }
                 _ = link_check.tick() => {
                     let now_carrier = match self.links.find(&self.config.interface).await {
                         Ok(Some(l)) => l.up && l.carrier,
@@ -375,28 +431,61 @@ impl Speaker {
         }
     }
 
-    /// Adds the VIPs this node lacks (those already present belong to
-    /// someone else and stay theirs), then announces all of them.
+    /// Takes over the VIPs carrying tunlb's label that are already on the
+    /// VIP interface (left by an agent that was killed, or handed over by
+    /// the node's address owner when the VIP became elected): only tunlb
+    /// adds labelled addresses. A speaker that did not start as Master
+    /// removes them at once, so a backup never answers for a VIP.
+    async fn adopt_leftovers(&mut self) {
+        match self.present().await {
+            Ok(present) => {
+                for vip in &self.config.vips {
+                    if present.get(vip) == Some(&true) && self.owned.insert(*vip) {
+                        tracing::info!(%vip, interface = %self.vip_link.name, "VIP carrying tunlb's label adopted");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "list addresses to adopt labelled VIPs"),
+        }
+        if self.machine.state() != State::Master
+            && !self.owned.is_empty()
+            && let Err(e) = self.release().await
+        {
+            tracing::error!(error = %e, "release VIPs held before the start");
+        }
+    }
+
+    /// Adds the VIPs this node lacks (those already present without tunlb's
+    /// label belong to someone else and stay theirs), then announces all of
+    /// them.
     async fn take(&mut self) {
         let present = match self.present().await {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "list addresses before taking the VIPs");
-                BTreeSet::new()
+                BTreeMap::new()
             }
         };
         for vip in self.config.vips.clone() {
             if self.owned.contains(&vip) {
                 continue;
             }
-            if present.contains(&vip) {
-                tracing::info!(%vip, interface = %self.link.name, "VIP already on the interface and not ours: left as it is");
-                continue;
+            match present.get(&vip) {
+                Some(true) => {
+                    self.owned.insert(vip);
+                    tracing::info!(%vip, interface = %self.vip_link.name, "VIP carrying tunlb's label adopted");
+                    continue;
+                }
+                Some(false) => {
+                    tracing::info!(%vip, interface = %self.vip_link.name, "VIP already on the interface and not ours: left as it is");
+                    continue;
+                }
+                None => {}
             }
-            match self.links.add_host_address(&self.link, vip).await {
+            match self.links.add_host_address(&self.vip_link, vip).await {
                 Ok(()) => {
                     self.owned.insert(vip);
-                    tracing::info!(%vip, interface = %self.link.name, "VIP added");
+                    tracing::info!(%vip, interface = %self.vip_link.name, "VIP added");
                 }
                 Err(e) => tracing::error!(%vip, error = %e, "add VIP"),
             }
@@ -422,15 +511,17 @@ impl Speaker {
         }));
     }
 
-    async fn present(&self) -> Result<BTreeSet<IpAddr>, LinkError> {
+    /// The addresses on the VIP interface, each with whether it carries
+    /// tunlb's label.
+    async fn present(&self) -> Result<BTreeMap<IpAddr, bool>, LinkError> {
         let ifaces = self.links.interfaces().await?;
         Ok(self
             .links
             .addresses(&ifaces)
             .await?
             .into_iter()
-            .filter(|a| a.index == self.link.index)
-            .map(|a| a.address)
+            .filter(|a| a.index == self.vip_link.index)
+            .map(|a| (a.address, a.is_tunlb_labelled()))
             .collect())
     }
 
@@ -446,10 +537,10 @@ impl Speaker {
         let addrs = self.links.addresses(&ifaces).await?;
         for a in addrs
             .iter()
-            .filter(|a| a.index == self.link.index && self.owned.contains(&a.address))
+            .filter(|a| a.index == self.vip_link.index && self.owned.contains(&a.address))
         {
             self.links.delete_address(a).await?;
-            tracing::info!(vip = %a.address, interface = %self.link.name, "VIP removed");
+            tracing::info!(vip = %a.address, interface = %self.vip_link.name, "VIP removed");
         }
         self.owned.clear();
         Ok(())

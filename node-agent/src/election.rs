@@ -1,0 +1,465 @@
+//! Director elections in Kubernetes mode: the VRRP speakers this node runs
+//! for the VIPs it directs with other nodes. The operator sets each
+//! VirtualService's election (virtual router id, members, priorities);
+//! this module runs one speaker per virtual router this node is a member
+//! of, with the VIPs of all its VirtualServices, and reports per object
+//! whether this node holds the VIP. Speakers elect on their own: no API
+//! server is needed once they run.
+//!
+//! [`wanted`] is pure; [`Elections`] starts, restarts and stops speakers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+use tunlb_api::plan::ObjectKey;
+use tunlb_api::{DirectorState, ElectionStatus, VirtualServiceSpec};
+
+use crate::link::Links;
+use crate::vrrp::announce::Announce;
+use crate::vrrp::machine::State;
+use crate::vrrp::socket::Destinations;
+use crate::vrrp::speaker::{Speaker, SpeakerConfig};
+
+/// A virtual router: VRRP ids are per address family.
+pub type RouterKey = (bool, u8);
+
+/// What this node runs for one virtual router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Router {
+    pub vip_interface: String,
+    /// This node's address in the election: adverts come from it, on the
+    /// interface that holds it.
+    pub source: IpAddr,
+    pub peers: Vec<IpAddr>,
+    pub priority: u8,
+    pub interval_cs: u16,
+    pub preempt: bool,
+    pub announce: Announce,
+    pub vips: BTreeSet<IpAddr>,
+    pub objects: BTreeSet<ObjectKey>,
+}
+
+/// One VirtualService this node directs, as `wanted` reads it.
+pub struct Directed<'a> {
+    pub key: &'a ObjectKey,
+    pub spec: &'a VirtualServiceSpec,
+    pub election: &'a ElectionStatus,
+    /// This node's programming of it failed: it steps back (priority 1) so
+    /// a backup that carries traffic holds the VIP.
+    pub failed: bool,
+}
+
+/// The virtual routers `node` takes part in, and why some object's
+/// election cannot run here.
+pub fn wanted<'a>(
+    node: &str,
+    directed: impl IntoIterator<Item = Directed<'a>>,
+) -> (BTreeMap<RouterKey, Router>, BTreeMap<ObjectKey, String>) {
+    let mut routers: BTreeMap<RouterKey, Router> = BTreeMap::new();
+    let mut errors = BTreeMap::new();
+    for d in directed {
+        let e = d.election;
+        let Ok(vip) = d.spec.vip.parse::<IpAddr>() else {
+            continue;
+        };
+        let Some(me) = e.directors.iter().find(|m| m.node_name == node) else {
+            continue;
+        };
+        if e.directors.len() < 2 {
+            continue;
+        }
+        let Ok(source) = me.address.parse::<IpAddr>() else {
+            errors.insert(
+                d.key.clone(),
+                format!(
+                    "election: this node's address {:?} does not parse",
+                    me.address
+                ),
+            );
+            continue;
+        };
+        let peers: Vec<IpAddr> = e
+            .directors
+            .iter()
+            .filter(|m| m.node_name != node)
+            .filter_map(|m| m.address.parse().ok())
+            .collect();
+        let router = Router {
+            vip_interface: d.spec.directors.vip_interface(vip.is_ipv6()).to_string(),
+            source,
+            peers,
+            priority: if d.failed { 1 } else { me.priority },
+            interval_cs: (e.advert_interval_ms / 10).clamp(1, 4095) as u16,
+            preempt: e.preempt,
+            announce: Announce {
+                count: e.announce_count,
+                interval: Duration::from_millis(u64::from(e.announce_interval_ms)),
+            },
+            vips: BTreeSet::from([vip]),
+            objects: BTreeSet::from([d.key.clone()]),
+        };
+        let key = (vip.is_ipv4(), e.virtual_router_id);
+        match routers.get_mut(&key) {
+            None => {
+                routers.insert(key, router);
+            }
+            Some(r) => {
+                let same = r.vip_interface == router.vip_interface
+                    && r.source == router.source
+                    && r.peers == router.peers
+                    && r.interval_cs == router.interval_cs
+                    && r.preempt == router.preempt;
+                if same {
+                    r.vips.extend(router.vips);
+                    r.objects.extend(router.objects);
+                    // One failed object steps the whole router back.
+                    r.priority = r.priority.min(router.priority);
+                } else {
+                    errors.insert(
+                        d.key.clone(),
+                        format!(
+                            "election: virtual router {} already runs here with other members or settings",
+                            e.virtual_router_id
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    (routers, errors)
+}
+
+impl Router {
+    /// Whether `other` differs only in its VIPs and objects, which a
+    /// running speaker takes without an election.
+    fn same_election(&self, other: &Router) -> bool {
+        self.vip_interface == other.vip_interface
+            && self.source == other.source
+            && self.peers == other.peers
+            && self.priority == other.priority
+            && self.interval_cs == other.interval_cs
+            && self.preempt == other.preempt
+            && self.announce == other.announce
+    }
+}
+
+struct Running {
+    router: Router,
+    vips: watch::Sender<Vec<IpAddr>>,
+    stop: Option<oneshot::Sender<()>>,
+    state: watch::Receiver<State>,
+    task: JoinHandle<()>,
+}
+
+/// The speakers this node runs.
+pub struct Elections {
+    links: Links,
+    /// Notified on every transition, so a pass reports it.
+    wake: Arc<Notify>,
+    running: BTreeMap<RouterKey, Running>,
+    /// Why a router could not start, by its objects.
+    failed: BTreeMap<ObjectKey, String>,
+}
+
+impl Elections {
+    pub fn new(links: Links, wake: Arc<Notify>) -> Elections {
+        Elections {
+            links,
+            wake,
+            running: BTreeMap::new(),
+            failed: BTreeMap::new(),
+        }
+    }
+
+    /// Starts the routers that are new, stops the others. A router whose
+    /// VIPs changed takes them as it runs; one whose members, priority or
+    /// settings changed restarts: it leaves as a master does (priority 0,
+    /// VIPs released) and starts again.
+    pub async fn apply(&mut self, want: BTreeMap<RouterKey, Router>) {
+        let stale: Vec<RouterKey> = self
+            .running
+            .iter()
+            .filter(|(k, r)| {
+                r.task.is_finished() || !want.get(k).is_some_and(|w| w.same_election(&r.router))
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stale {
+            if let Some(r) = self.running.remove(&k) {
+                stop(r).await;
+            }
+        }
+        self.failed.clear();
+        for (key, router) in want {
+            if let Some(r) = self.running.get_mut(&key) {
+                if r.router != router {
+                    r.vips.send_replace(router.vips.iter().copied().collect());
+                    r.router = router;
+                }
+                continue;
+            }
+            match self.start(key, router.clone()).await {
+                Ok(r) => {
+                    self.running.insert(key, r);
+                }
+                Err(e) => {
+                    warn!(vrid = key.1, error = %e, "cannot start the VRRP speaker");
+                    for o in &router.objects {
+                        self.failed.insert(
+                            o.clone(),
+                            format!("election (virtual router {}): {e}", key.1),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    async fn start(&self, key: RouterKey, router: Router) -> Result<Running, String> {
+        let interface = self
+            .interface_of(router.source)
+            .await?
+            .ok_or_else(|| format!("no interface holds this node's address {}", router.source))?;
+        let config = SpeakerConfig {
+            interface,
+            vip_interface: Some(router.vip_interface.clone()),
+            vrid: key.1,
+            priority: router.priority,
+            interval_cs: router.interval_cs,
+            preempt: router.preempt,
+            destinations: Destinations::Unicast(router.peers.clone()),
+            vips: router.vips.iter().copied().collect(),
+            source: Some(router.source),
+            announce: router.announce,
+            announce_again_after: Some(crate::vrrp::speaker::ANNOUNCE_AGAIN_AFTER),
+        };
+        let speaker = Speaker::new(config, self.links.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut state = speaker.subscribe();
+        let vips = speaker.vips();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            if let Err(e) = speaker
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+            {
+                warn!(vrid = key.1, error = %e, "VRRP speaker ended with an error");
+            }
+        });
+        // Each transition wakes a pass, which reports it.
+        let wake = self.wake.clone();
+        let mut follow = state.clone();
+        tokio::spawn(async move {
+            while follow.changed().await.is_ok() {
+                wake.notify_one();
+            }
+        });
+        state.mark_changed();
+        info!(vrid = key.1, vips = ?router.vips, priority = router.priority, peers = ?router.peers, "VRRP speaker started");
+        Ok(Running {
+            router,
+            vips,
+            stop: Some(tx),
+            state,
+            task,
+        })
+    }
+
+    async fn interface_of(&self, address: IpAddr) -> Result<Option<String>, String> {
+        let ifaces = self.links.interfaces().await.map_err(|e| e.to_string())?;
+        let addrs = self
+            .links
+            .addresses(&ifaces)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(addrs
+            .into_iter()
+            .find(|a| a.address == address)
+            .map(|a| a.interface))
+    }
+
+    /// The VIP bindings the speakers own (held or not).
+    pub fn elected(&self, want: &BTreeMap<RouterKey, Router>) -> BTreeSet<(String, IpAddr)> {
+        want.values()
+            .flat_map(|r| r.vips.iter().map(|v| (r.vip_interface.clone(), *v)))
+            .collect()
+    }
+
+    /// Per object: whether this node holds its VIP now.
+    pub fn states(&self) -> BTreeMap<ObjectKey, DirectorState> {
+        let mut out = BTreeMap::new();
+        for r in self.running.values() {
+            let state = match *r.state.borrow() {
+                State::Master => DirectorState::Active,
+                State::Backup | State::Initialize => DirectorState::Standby,
+            };
+            for o in &r.router.objects {
+                out.insert(o.clone(), state);
+            }
+        }
+        out
+    }
+
+    /// Why an object's election does not run here.
+    pub fn errors(&self) -> &BTreeMap<ObjectKey, String> {
+        &self.failed
+    }
+
+    /// Stops every speaker: each master hands over at once (priority 0)
+    /// and removes its VIPs.
+    pub async fn shutdown(&mut self) {
+        for (_, r) in std::mem::take(&mut self.running) {
+            stop(r).await;
+        }
+    }
+}
+
+async fn stop(mut r: Running) {
+    if let Some(tx) = r.stop.take() {
+        let _ = tx.send(());
+    }
+    if tokio::time::timeout(Duration::from_secs(5), &mut r.task)
+        .await
+        .is_err()
+    {
+        warn!("VRRP speaker did not stop within 5 s; aborted");
+        r.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tunlb_api::ElectionMember;
+
+    fn spec(vip: &str) -> VirtualServiceSpec {
+        serde_yaml::from_str(&format!(
+            "vip: {vip}\nports: [{{port: 80}}]\nbackends: {{static: [{{address: 10.1.0.1}}]}}\n"
+        ))
+        .unwrap()
+    }
+
+    fn election(id: u8, members: &[(&str, &str, u8)]) -> ElectionStatus {
+        ElectionStatus {
+            virtual_router_id: id,
+            advert_interval_ms: 200,
+            preempt: true,
+            announce_count: 5,
+            announce_interval_ms: 0,
+            directors: members
+                .iter()
+                .map(|(n, a, p)| ElectionMember {
+                    node_name: n.to_string(),
+                    address: a.to_string(),
+                    priority: *p,
+                })
+                .collect(),
+            active_director: None,
+        }
+    }
+
+    #[test]
+    fn one_router_per_id_with_the_vips_of_all_its_objects() {
+        let e = election(9, &[("d1", "10.9.0.1", 200), ("d2", "10.9.0.2", 150)]);
+        let (a, b) = (ObjectKey::new("ns", "a"), ObjectKey::new("ns", "b"));
+        let (sa, sb) = (spec("10.0.0.1"), spec("10.0.0.2"));
+        let (routers, errors) = wanted(
+            "d2",
+            [
+                Directed {
+                    key: &a,
+                    spec: &sa,
+                    election: &e,
+                    failed: false,
+                },
+                Directed {
+                    key: &b,
+                    spec: &sb,
+                    election: &e,
+                    failed: false,
+                },
+            ],
+        );
+        assert!(errors.is_empty());
+        let r = &routers[&(true, 9)];
+        assert_eq!(r.priority, 150);
+        assert_eq!(r.peers, vec!["10.9.0.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(r.source, "10.9.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(r.vips.len(), 2);
+        assert_eq!(r.vip_interface, "tunl0");
+        assert_eq!(r.interval_cs, 20);
+    }
+
+    #[test]
+    fn a_failed_object_steps_its_router_back_and_non_members_run_nothing() {
+        let e = election(9, &[("d1", "10.9.0.1", 200), ("d2", "10.9.0.2", 150)]);
+        let a = ObjectKey::new("ns", "a");
+        let sa = spec("10.0.0.1");
+        let (routers, _) = wanted(
+            "d1",
+            [Directed {
+                key: &a,
+                spec: &sa,
+                election: &e,
+                failed: true,
+            }],
+        );
+        assert_eq!(routers[&(true, 9)].priority, 1);
+        let (routers, _) = wanted(
+            "rs1",
+            [Directed {
+                key: &a,
+                spec: &sa,
+                election: &e,
+                failed: false,
+            }],
+        );
+        assert!(routers.is_empty());
+        let alone = election(9, &[("d1", "10.9.0.1", 200)]);
+        let (routers, _) = wanted(
+            "d1",
+            [Directed {
+                key: &a,
+                spec: &sa,
+                election: &alone,
+                failed: false,
+            }],
+        );
+        assert!(routers.is_empty());
+    }
+
+    #[test]
+    fn one_id_with_other_members_is_named() {
+        let e1 = election(9, &[("d1", "10.9.0.1", 200), ("d2", "10.9.0.2", 150)]);
+        let e2 = election(9, &[("d1", "10.9.0.1", 200), ("d3", "10.9.0.3", 150)]);
+        let (a, b) = (ObjectKey::new("ns", "a"), ObjectKey::new("ns", "b"));
+        let (sa, sb) = (spec("10.0.0.1"), spec("10.0.0.2"));
+        let (routers, errors) = wanted(
+            "d1",
+            [
+                Directed {
+                    key: &a,
+                    spec: &sa,
+                    election: &e1,
+                    failed: false,
+                },
+                Directed {
+                    key: &b,
+                    spec: &sb,
+                    election: &e2,
+                    failed: false,
+                },
+            ],
+        );
+        assert_eq!(routers[&(true, 9)].vips.len(), 1);
+        assert!(errors[&b].contains("virtual router 9"), "{errors:?}");
+    }
+}
