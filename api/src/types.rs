@@ -858,6 +858,11 @@ pub struct NodeStatus {
     /// Directors in an election: whether this one holds the VIP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub director_state: Option<DirectorState>,
+    /// When directorState last changed (RFC 3339), by this node's clock: of
+    /// two entries saying active, the later one is the current holder (the
+    /// other node may be cut off and unable to report that it let go).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub director_since: Option<String>,
 }
 
 #[derive(

@@ -419,7 +419,8 @@ pub async fn run(
     }
     info!("caches synced; programming");
 
-    let mut elections = crate::election::Elections::new(dp.links().clone(), wake.clone());
+    let mut elections =
+        crate::election::Elections::new(dp.links().clone(), wake.clone(), metrics.clone());
     let mut last_pass = Instant::now() - settings.resync;
     let mut draining = false;
     let mut checked = BTreeMap::new();
@@ -854,6 +855,9 @@ fn every_field(entry: &NodeStatus) -> serde_json::Value {
     if let Some(state) = entry.director_state {
         v["directorState"] = json!(state);
     }
+    if let Some(since) = &entry.director_since {
+        v["directorSince"] = json!(since);
+    }
     v
 }
 
@@ -1041,6 +1045,7 @@ mod tests {
             }],
             fail_open: true,
             director_state: Some(tunlb_api::DirectorState::Active),
+            director_since: Some("2026-12-02T07:00:00Z".into()),
         };
         let keys = |v: serde_json::Value| -> Vec<String> {
             v.as_object()

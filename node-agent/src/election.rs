@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -20,6 +20,7 @@ use tunlb_api::plan::ObjectKey;
 use tunlb_api::{DirectorState, ElectionStatus, VirtualServiceSpec};
 
 use crate::link::Links;
+use crate::metrics::{AgentMetrics, RouterLabels};
 use crate::vrrp::announce::Announce;
 use crate::vrrp::machine::State;
 use crate::vrrp::socket::Destinations;
@@ -153,12 +154,15 @@ struct Running {
     vips: watch::Sender<Vec<IpAddr>>,
     stop: Option<oneshot::Sender<()>>,
     state: watch::Receiver<State>,
+    /// When the state last changed.
+    since: Arc<std::sync::Mutex<SystemTime>>,
     task: JoinHandle<()>,
 }
 
 /// The speakers this node runs.
 pub struct Elections {
     links: Links,
+    metrics: Arc<AgentMetrics>,
     /// Notified on every transition, so a pass reports it.
     wake: Arc<Notify>,
     running: BTreeMap<RouterKey, Running>,
@@ -167,9 +171,10 @@ pub struct Elections {
 }
 
 impl Elections {
-    pub fn new(links: Links, wake: Arc<Notify>) -> Elections {
+    pub fn new(links: Links, wake: Arc<Notify>, metrics: Arc<AgentMetrics>) -> Elections {
         Elections {
             links,
+            metrics,
             wake,
             running: BTreeMap::new(),
             failed: BTreeMap::new(),
@@ -192,6 +197,7 @@ impl Elections {
         for k in stale {
             if let Some(r) = self.running.remove(&k) {
                 stop(r).await;
+                self.metrics.forget_vrrp(&labels(k));
             }
         }
         self.failed.clear();
@@ -240,7 +246,8 @@ impl Elections {
         };
         let speaker = Speaker::new(config, self.links.clone())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .with_stats(self.metrics.vrrp(&labels(key)));
         let mut state = speaker.subscribe();
         let vips = speaker.vips();
         let (tx, rx) = oneshot::channel::<()>();
@@ -254,11 +261,14 @@ impl Elections {
                 warn!(vrid = key.1, error = %e, "VRRP speaker ended with an error");
             }
         });
-        // Each transition wakes a pass, which reports it.
+        // Each transition is timed and wakes a pass, which reports it.
         let wake = self.wake.clone();
+        let since = Arc::new(std::sync::Mutex::new(SystemTime::now()));
+        let stamp = since.clone();
         let mut follow = state.clone();
         tokio::spawn(async move {
             while follow.changed().await.is_ok() {
+                *stamp.lock().unwrap_or_else(|p| p.into_inner()) = SystemTime::now();
                 wake.notify_one();
             }
         });
@@ -269,6 +279,7 @@ impl Elections {
             vips,
             stop: Some(tx),
             state,
+            since,
             task,
         })
     }
@@ -293,16 +304,18 @@ impl Elections {
             .collect()
     }
 
-    /// Per object: whether this node holds its VIP now.
-    pub fn states(&self) -> BTreeMap<ObjectKey, DirectorState> {
+    /// Per object: whether this node holds its VIP now, and since when
+    /// (RFC 3339).
+    pub fn states(&self) -> BTreeMap<ObjectKey, (DirectorState, String)> {
         let mut out = BTreeMap::new();
         for r in self.running.values() {
             let state = match *r.state.borrow() {
                 State::Master => DirectorState::Active,
                 State::Backup | State::Initialize => DirectorState::Standby,
             };
+            let since = millis_rfc3339(*r.since.lock().unwrap_or_else(|p| p.into_inner()));
             for o in &r.router.objects {
-                out.insert(o.clone(), state);
+                out.insert(o.clone(), (state, since.clone()));
             }
         }
         out
@@ -319,6 +332,25 @@ impl Elections {
         for (_, r) in std::mem::take(&mut self.running) {
             stop(r).await;
         }
+    }
+}
+
+/// RFC 3339 with milliseconds: two directors' takeovers are often within
+/// one second of each other.
+fn millis_rfc3339(t: SystemTime) -> String {
+    let ms = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    k8s_openapi::jiff::Timestamp::from_millisecond(i64::try_from(ms).unwrap_or(0))
+        .map(|t| format!("{t:.3}"))
+        .unwrap_or_default()
+}
+
+fn labels((ipv4, vrid): RouterKey) -> RouterLabels {
+    RouterLabels {
+        vrid: vrid.to_string(),
+        family: if ipv4 { "ipv4" } else { "ipv6" }.into(),
     }
 }
 
@@ -461,5 +493,13 @@ mod tests {
         );
         assert_eq!(routers[&(true, 9)].vips.len(), 1);
         assert!(errors[&b].contains("virtual router 9"), "{errors:?}");
+    }
+
+    #[test]
+    fn transition_times_keep_milliseconds() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1500);
+        assert_eq!(millis_rfc3339(t), "1970-01-01T00:00:01.500Z");
+        let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(2);
+        assert_eq!(millis_rfc3339(whole), "1970-01-01T00:00:02.000Z");
     }
 }

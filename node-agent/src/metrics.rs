@@ -25,6 +25,25 @@ use tunlb_api::plan::NodePlan;
 use crate::dataplane::Dataplane;
 use crate::dataplane::ipvs_diff::service_key;
 
+/// One VRRP virtual router.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouterLabels {
+    pub vrid: String,
+    /// ipv4 or ipv6: ids are per family.
+    pub family: String,
+}
+
+/// The VRRP families, one series per virtual router.
+#[derive(Default)]
+struct VrrpFamilies {
+    master: Family<RouterLabels, Gauge>,
+    transitions: Family<RouterLabels, Counter>,
+    sent: Family<RouterLabels, Counter>,
+    received: Family<RouterLabels, Counter>,
+    other_masters: Family<RouterLabels, Counter>,
+    takeover: Family<RouterLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DestLabels {
     pub namespace: String,
@@ -60,6 +79,7 @@ pub struct AgentMetrics {
     consecutive_failed_gauge: Gauge,
     /// Accepted VirtualServices this node refuses to program (see `admission`).
     pool_refused: Gauge,
+    vrrp: VrrpFamilies,
     last_stats: Mutex<Option<Instant>>,
 }
 
@@ -86,6 +106,7 @@ impl AgentMetrics {
             consecutive_failed: AtomicU32::new(0),
             consecutive_failed_gauge: Gauge::default(),
             pool_refused: Gauge::default(),
+            vrrp: VrrpFamilies::default(),
             last_stats: Mutex::new(None),
         };
         let r = registry.sub_registry_with_prefix("tunlb_agent");
@@ -108,6 +129,36 @@ impl AgentMetrics {
             "pool_refused_objects",
             "Accepted VirtualServices this node does not program because no VipPool admits what it would program for them",
             m.pool_refused.clone(),
+        );
+        r.register(
+            "vrrp_master",
+            "1 while this node is the VRRP master of the virtual router (holds its VIPs), else 0",
+            m.vrrp.master.clone(),
+        );
+        r.register(
+            "vrrp_transitions",
+            "VRRP state changes of the virtual router",
+            m.vrrp.transitions.clone(),
+        );
+        r.register(
+            "vrrp_adverts_sent",
+            "VRRP advertisements sent (one per peer)",
+            m.vrrp.sent.clone(),
+        );
+        r.register(
+            "vrrp_adverts_received",
+            "Valid VRRP advertisements received from peers",
+            m.vrrp.received.clone(),
+        );
+        r.register(
+            "vrrp_other_masters",
+            "Advertisements from another master heard while master: a split brain, resolved by priority",
+            m.vrrp.other_masters.clone(),
+        );
+        r.register(
+            "vrrp_last_takeover_seconds",
+            "From the last advertisement heard from a peer to becoming master, at the last takeover",
+            m.vrrp.takeover.clone(),
         );
         r.register(
             "kernel_writes",
@@ -176,6 +227,28 @@ impl AgentMetrics {
     }
 
     /// How many accepted VirtualServices the last pass refused to program.
+    /// The series one virtual router's speaker updates.
+    pub fn vrrp(&self, labels: &RouterLabels) -> crate::vrrp::speaker::SpeakerStats {
+        crate::vrrp::speaker::SpeakerStats {
+            master: self.vrrp.master.get_or_create(labels).clone(),
+            transitions: self.vrrp.transitions.get_or_create(labels).clone(),
+            sent: self.vrrp.sent.get_or_create(labels).clone(),
+            received: self.vrrp.received.get_or_create(labels).clone(),
+            other_masters: self.vrrp.other_masters.get_or_create(labels).clone(),
+            takeover_seconds: self.vrrp.takeover.get_or_create(labels).clone(),
+        }
+    }
+
+    /// Drops a stopped virtual router's series.
+    pub fn forget_vrrp(&self, labels: &RouterLabels) {
+        self.vrrp.master.remove(labels);
+        self.vrrp.transitions.remove(labels);
+        self.vrrp.sent.remove(labels);
+        self.vrrp.received.remove(labels);
+        self.vrrp.other_masters.remove(labels);
+        self.vrrp.takeover.remove(labels);
+    }
+
     pub fn set_pool_refused(&self, objects: usize) {
         self.pool_refused
             .set(i64::try_from(objects).unwrap_or(i64::MAX));

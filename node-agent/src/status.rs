@@ -22,7 +22,7 @@ pub fn entries(
     report: &SyncReport,
     invalid: BTreeMap<ObjectKey, (Option<i64>, String)>,
     health: Option<(&Book, &BTreeSet<ObjectKey>)>,
-    directing: &BTreeMap<ObjectKey, DirectorState>,
+    directing: &BTreeMap<ObjectKey, (DirectorState, String)>,
     election_errors: &BTreeMap<ObjectKey, String>,
 ) -> BTreeMap<ObjectKey, NodeStatus> {
     let mut want = BTreeMap::new();
@@ -49,7 +49,8 @@ pub fn entries(
                     .map(|(book, _)| crate::health::probed(book, plan, key))
                     .unwrap_or_default(),
                 fail_open: health.is_some_and(|(_, open)| open.contains(key)),
-                director_state: directing.get(key).copied(),
+                director_state: directing.get(key).map(|(s, _)| *s),
+                director_since: directing.get(key).map(|(_, t)| t.clone()),
             },
         );
     }
@@ -66,6 +67,7 @@ pub fn entries(
                 health: Vec::new(),
                 fail_open: false,
                 director_state: None,
+                director_since: None,
             },
         );
     }
@@ -93,6 +95,7 @@ pub fn add_refused(
                 health: Vec::new(),
                 fail_open: false,
                 director_state: None,
+                director_since: None,
             },
         );
     }

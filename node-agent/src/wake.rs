@@ -225,6 +225,7 @@ mod tests {
             health: vec![],
             fail_open: false,
             director_state: None,
+            director_since: None,
         }
     }
 

@@ -464,6 +464,22 @@ pub async fn reconcile(vs: Arc<VirtualService>, ctx: Arc<Context>) -> Result<Nex
     ctx.written_health.set(vs_name, written);
     let mut notes = events::for_transitions(&decision.transitions, first_verdict);
     notes.extend(events::for_health(&decision.health));
+    let active = |s: Option<&tunlb_api::VirtualServiceStatus>| {
+        s.and_then(|s| s.election.as_ref())
+            .and_then(|e| e.active_director.clone())
+    };
+    let before = active(vs.status.as_ref());
+    let after = decision
+        .status
+        .election
+        .as_ref()
+        .and_then(|e| e.active_director.clone());
+    if decision.status.election.is_some() {
+        notes.extend(events::for_active_director(
+            before.as_deref(),
+            after.as_deref(),
+        ));
+    }
     if !notes.is_empty() {
         publish_later(&ctx, vs.object_ref(&()), notes).await;
     }

@@ -150,14 +150,20 @@ fn admit(
     waiting
 }
 
-/// The directors whose agents report holding the VIP at `generation`.
-fn active_directors(reports: &[NodeStatus], generation: Option<i64>) -> Vec<String> {
+/// The director whose agent reports holding the VIP at `generation`; of
+/// several, the one that took it last (the others may be cut off, unable to
+/// report that they let go).
+fn active_director(reports: &[NodeStatus], generation: Option<i64>) -> Option<String> {
     reports
         .iter()
         .filter(|r| r.director_state == Some(DirectorState::Active))
         .filter(|r| r.observed_generation == generation)
+        .max_by_key(|r| {
+            r.director_since
+                .as_deref()
+                .and_then(|s| s.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        })
         .map(|r| r.node_name.clone())
-        .collect()
 }
 
 /// The AllRealServersUnhealthy condition.
@@ -328,7 +334,7 @@ pub fn decide(
     }
     let election = match (&block, &view.election) {
         (None, Ok(Some(e))) => Some(ElectionStatus {
-            active_director: active_directors(reports, generation).first().cloned(),
+            active_director: active_director(reports, generation),
             ..e.clone()
         }),
         _ => None,
@@ -379,19 +385,6 @@ pub fn decide(
                                 waiting.iter().cloned().collect::<Vec<_>>().join(", ")
                             ),
                         ),
-                        Readiness::Ready { .. }
-                            if election.is_some()
-                                && active_directors(reports, generation).len() > 1 =>
-                        {
-                            (
-                                false,
-                                "SplitBrain".into(),
-                                format!(
-                                    "more than one director holds the VIP: {} (check that VRRP adverts pass between them)",
-                                    active_directors(reports, generation).join(", ")
-                                ),
-                            )
-                        }
                         Readiness::Ready { nodes } => (
                             true,
                             "Programmed".into(),
@@ -568,6 +561,7 @@ mod tests {
             },
             draining: vec![],
             director_state: None,
+            director_since: None,
         }
     }
     fn probe(address: &str, state: HealthState, message: &str) -> ProbedServer {
@@ -1417,5 +1411,34 @@ endpoints:
         let mut fields: Vec<&String> = json.as_object().unwrap().keys().collect();
         fields.sort();
         assert_eq!(fields, ["conditions", "observedGeneration"]);
+    }
+
+    #[test]
+    fn of_two_active_directors_the_later_one_holds_the_vip() {
+        let entry = |node: &str, state: DirectorState, since: &str| NodeStatus {
+            node_name: node.into(),
+            roles: vec![tunlb_api::NodeRole::Director],
+            observed_generation: Some(2),
+            programmed: true,
+            message: String::new(),
+            draining: vec![],
+            health: vec![],
+            fail_open: false,
+            director_state: Some(state),
+            director_since: Some(since.into()),
+        };
+        // d1 was cut off while active and cannot report that it let go.
+        let reports = [
+            entry("d1", DirectorState::Active, "2026-12-02T07:00:01.900Z"),
+            entry("d2", DirectorState::Active, "2026-12-02T07:00:02.400Z"),
+            entry("d3", DirectorState::Standby, "2026-12-02T07:00:03Z"),
+        ];
+        assert_eq!(active_director(&reports, Some(2)).as_deref(), Some("d2"));
+        // Reports of an older generation do not count.
+        assert_eq!(active_director(&reports, Some(3)), None);
+        assert_eq!(
+            active_director(&reports[..1], Some(2)).as_deref(),
+            Some("d1")
+        );
     }
 }

@@ -71,15 +71,21 @@ impl ElectionError {
     }
 }
 
-/// FNV-1a over the VIP and a node name: a hash that stays the same across
-/// builds and platforms, which a master placement must.
+/// FNV-1a over the VIP and a node name, then MurmurHash3's 64-bit
+/// finaliser (node names often differ only in their last byte, which FNV
+/// alone spreads poorly): a hash that stays the same across builds and
+/// platforms, which a master placement must.
 fn placement(vip: IpAddr, node: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in vip.to_string().bytes().chain([0]).chain(node.bytes()) {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    h
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 /// The election `spec`'s directors (`directors`, as selected now) run for
@@ -338,8 +344,8 @@ mod tests {
     fn masters_spread_over_directors_and_the_order_is_stable() {
         let (d1, d2) = (node("d1", "10.9.0.1"), node("d2", "10.9.0.2"));
         let mut masters = BTreeMap::new();
-        for i in 1..=40 {
-            let vip = ip(&format!("10.0.0.{i}"));
+        for i in 1..=200 {
+            let vip = ip(&format!("10.0.{}.{}", i / 100, i % 100 + 1));
             let g = wanted(vip, &spec(None), &[&d1, &d2]).unwrap().unwrap();
             // The order of the candidates does not matter.
             assert_eq!(
@@ -355,7 +361,24 @@ mod tests {
             2,
             "both directors are masters of some VIPs: {masters:?}"
         );
-        assert!(masters.values().all(|n| *n >= 10), "{masters:?}");
+        assert!(masters.values().all(|n| *n >= 80), "{masters:?}");
+        // The seed's VIPs, on the lab's two directors: both are masters.
+        let (a, b) = (
+            node("director", "192.168.56.181"),
+            node("director2", "192.168.56.182"),
+        );
+        let seed: BTreeSet<String> = ["192.168.56.185", "192.168.56.187"]
+            .iter()
+            .map(|v| {
+                wanted(ip(v), &spec(None), &[&a, &b])
+                    .unwrap()
+                    .unwrap()
+                    .members[0]
+                    .0
+                    .clone()
+            })
+            .collect();
+        assert_eq!(seed.len(), 2, "{seed:?}");
     }
 
     #[test]

@@ -198,6 +198,38 @@ pub fn for_health(transitions: &[Transition]) -> Vec<Note> {
         .collect()
 }
 
+/// The Event for a change of the director holding the VIP (`before` and
+/// `after` as status.election.activeDirector says), if any.
+pub fn for_active_director(before: Option<&str>, after: Option<&str>) -> Option<Note> {
+    if before == after {
+        return None;
+    }
+    let (kind, reason, note) = match (before, after) {
+        (Some(b), Some(a)) => (
+            Kind::Normal,
+            "DirectorFailover",
+            format!("director {a} now holds the VIP (was {b})"),
+        ),
+        (None, Some(a)) => (
+            Kind::Normal,
+            "DirectorElected",
+            format!("director {a} holds the VIP"),
+        ),
+        (Some(b), None) => (
+            Kind::Warning,
+            "NoActiveDirector",
+            format!("no director reports holding the VIP (was {b})"),
+        ),
+        (None, None) => return None,
+    };
+    Some(Note {
+        kind,
+        reason: reason.into(),
+        note,
+        action: "Elect",
+    })
+}
+
 /// "Good" is True for most conditions, False for Conflict, Stalled and
 /// AllRealServersUnhealthy.
 fn is_good(t: &Want) -> bool {
@@ -367,6 +399,23 @@ mod tests {
                 "RealServerHealthy",
                 "real server 172.16.1.1 is Healthy (was Unhealthy)"
             )
+        );
+    }
+
+    #[test]
+    fn a_change_of_active_director_is_one_event() {
+        assert_eq!(for_active_director(Some("d1"), Some("d1")), None);
+        let failover = for_active_director(Some("d1"), Some("d2")).unwrap();
+        assert_eq!(failover.reason, "DirectorFailover");
+        assert_eq!(failover.note, "director d2 now holds the VIP (was d1)");
+        assert_eq!(
+            for_active_director(None, Some("d1")).unwrap().reason,
+            "DirectorElected"
+        );
+        let lost = for_active_director(Some("d1"), None).unwrap();
+        assert_eq!(
+            (lost.kind, lost.reason.as_str()),
+            (Kind::Warning, "NoActiveDirector")
         );
     }
 }

@@ -292,6 +292,7 @@ mod tests {
             health,
             fail_open: false,
             director_state: None,
+            director_since: None,
         }
     }
 

@@ -591,6 +591,7 @@ mod tests {
             message: String::new(),
             draining: vec![],
             director_state: None,
+            director_since: None,
         };
         let backend = [NodeRole::Backend];
         assert!(!admitted("r", &[], Some(2)), "no report yet");
@@ -627,6 +628,7 @@ mod tests {
             message: m.into(),
             draining: vec![],
             director_state: None,
+            director_since: None,
         };
         assert_eq!(
             readiness(&expected, &[rep("d", 2, true, "")], 2),

@@ -158,6 +158,10 @@ pub const NODES: &[(&str, &str, &str, bool)] = &[
     ("rs2", "192.168.56.184", "fd00:56::4", false),
 ];
 
+/// A second director, for the scenarios about director elections.
+pub const SECOND_DIRECTOR: (&str, &str, &str, bool) =
+    ("director2", "192.168.56.182", "fd00:56::5", true);
+
 fn binary(env: &str, default: &str) -> PathBuf {
     std::env::var_os(env)
         .map(PathBuf::from)
@@ -190,6 +194,8 @@ pub struct ClusterLabOptions {
     pub vip_cidrs: Vec<String>,
     /// No lab VipPool: the scenario brings its own, as a user would.
     pub no_lab_pool: bool,
+    /// Also the Node [`SECOND_DIRECTOR`] and its agent's kubeconfig.
+    pub second_director: bool,
     /// (host directory, guest path)
     pub extra_dirs: Vec<(PathBuf, String)>,
     /// More programs for the guest's /usr/local/bin.
@@ -321,7 +327,12 @@ pub fn run_in_cluster_lab_with(
     let rbac = run(&mut helm)?;
     cp.kubectl_stdin(["apply", "-f", "-"], &rbac)?;
 
-    for (name, ip, ip6, director) in NODES {
+    let nodes: Vec<(&str, &str, &str, bool)> = NODES
+        .iter()
+        .copied()
+        .chain(opts.second_director.then_some(SECOND_DIRECTOR))
+        .collect();
+    for (name, ip, ip6, director) in &nodes {
         let labels = if *director {
             "{\"tunlb.io/director\": \"true\"}"
         } else {
@@ -360,7 +371,7 @@ pub fn run_in_cluster_lab_with(
     let operator_kc = token("tunlb-operator", None)?;
     let kube_dir = dir.join("guest-kube");
     std::fs::create_dir_all(&kube_dir)?;
-    for (node, ..) in NODES {
+    for (node, ..) in &nodes {
         let host_kc = token("tunlb-agent", Some(node))?;
         std::fs::copy(
             host_kc.with_file_name(format!(

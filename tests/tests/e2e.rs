@@ -46,6 +46,20 @@ fn faults_unprogrammable_object_api_outage_and_legacy_object() {
 
 #[test]
 #[ignore = "needs the QEMU lab and the test control plane: run tests/run.sh"]
+fn two_directors_elect_one_holder_and_fail_over_without_the_api_server() {
+    assert_cluster_scenario_with(
+        "e2e-ha",
+        &ClusterLabOptions {
+            timeout_s: 900,
+            second_director: true,
+            extra_bins: vec![env!("CARGO_BIN_EXE_probe-loop").into()],
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+#[ignore = "needs the QEMU lab and the test control plane: run tests/run.sh"]
 fn service_endpoints_several_per_node_churn_and_a_missing_nft_module() {
     assert_cluster_scenario("e2e-endpoints");
 }

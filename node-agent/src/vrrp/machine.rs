@@ -185,10 +185,14 @@ impl Machine {
     }
 
     fn become_master(&mut self, now: Duration, reason: Reason, out: &mut Vec<Action>) {
+        // The addresses and their first announcement come before the
+        // advert (RFC 5798 lists the advert first): a master that yields on
+        // hearing it releases the VIPs at once, and clients still sending
+        // to it until they learn the new holder would lose those packets.
+        out.push(Action::TakeAddresses);
         out.push(Action::SendAdvert {
             priority: self.config.priority,
         });
-        out.push(Action::TakeAddresses);
         self.deadline = Some(now + centis(self.config.interval_cs));
         self.transition(State::Master, reason, out);
     }
@@ -437,8 +441,8 @@ mod tests {
         assert_eq!(
             a,
             vec![
-                Action::SendAdvert { priority: 100 },
                 Action::TakeAddresses,
+                Action::SendAdvert { priority: 100 },
                 Action::Transition {
                     from: State::Backup,
                     to: State::Master,
@@ -560,8 +564,8 @@ mod tests {
         assert_eq!(
             a,
             vec![
-                Action::SendAdvert { priority: 255 },
                 Action::TakeAddresses,
+                Action::SendAdvert { priority: 255 },
                 Action::Transition {
                     from: State::Initialize,
                     to: State::Master,

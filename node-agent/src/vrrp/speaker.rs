@@ -78,6 +78,18 @@ pub enum SpeakerError {
     Packet(#[from] PacketError),
 }
 
+/// What a speaker counts, for the agent's metrics (clones share values).
+#[derive(Clone, Default, Debug)]
+pub struct SpeakerStats {
+    pub master: prometheus_client::metrics::gauge::Gauge,
+    pub transitions: prometheus_client::metrics::counter::Counter,
+    pub sent: prometheus_client::metrics::counter::Counter,
+    pub received: prometheus_client::metrics::counter::Counter,
+    pub other_masters: prometheus_client::metrics::counter::Counter,
+    pub takeover_seconds:
+        prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
 /// A running virtual router.
 pub struct Speaker {
     config: SpeakerConfig,
@@ -98,6 +110,9 @@ pub struct Speaker {
     vips_rx: watch::Receiver<Vec<IpAddr>>,
     /// Whether the last advert send failed, so a dead link logs once.
     send_failing: bool,
+    stats: SpeakerStats,
+    /// When the last advert from another router arrived.
+    last_heard: Option<Instant>,
 }
 
 impl SpeakerConfig {
@@ -193,6 +208,8 @@ impl Speaker {
             state_tx,
             vips_tx,
             vips_rx,
+            stats: SpeakerStats::default(),
+            last_heard: None,
             send_failing: false,
         })
     }
@@ -200,6 +217,12 @@ impl Speaker {
     /// Follows the state (for a caller that runs other work by role).
     pub fn subscribe(&self) -> watch::Receiver<State> {
         self.state_tx.subscribe()
+    }
+
+    /// Counts into `stats` from now on.
+    pub fn with_stats(mut self, stats: SpeakerStats) -> Speaker {
+        self.stats = stats;
+        self
     }
 
     /// Changes the VIPs of a running speaker: a master adds the new ones
@@ -349,6 +372,11 @@ impl Speaker {
             }
         }
         tracing::trace!(from = %r.source, priority = r.advert.priority, interval_cs = r.advert.interval_cs, "advert");
+        self.stats.received.inc();
+        self.last_heard = Some(Instant::now());
+        if self.machine.state() == State::Master && r.advert.priority != 0 {
+            self.stats.other_masters.inc();
+        }
         let actions = self.machine.advert(
             self.now(),
             r.source,
@@ -390,6 +418,15 @@ impl Speaker {
                         "VRRP transition"
                     );
                     let _ = self.state_tx.send(to);
+                    self.stats.transitions.inc();
+                    self.stats.master.set(i64::from(to == State::Master));
+                    if to == State::Master
+                        && let Some(heard) = self.last_heard
+                    {
+                        self.stats
+                            .takeover_seconds
+                            .set(heard.elapsed().as_secs_f64());
+                    }
                 }
             }
         }
@@ -413,8 +450,11 @@ impl Speaker {
                     .map_err(SpeakerError::from),
                 Err(e) => Err(e.into()),
             };
-            if let Err(e) = sent {
-                failed = Some(e);
+            match sent {
+                Ok(()) => {
+                    self.stats.sent.inc();
+                }
+                Err(e) => failed = Some(e),
             }
         }
         match (failed, self.send_failing) {
@@ -493,20 +533,34 @@ impl Speaker {
         self.announce();
     }
 
-    /// Starts a burst of announcements (and its repeat), replacing one in progress.
+    /// Announces the VIPs once now, then starts the rest of the burst (and
+    /// its repeat), replacing one in progress. The first round goes out
+    /// before the advert that makes a yielding master release them.
     fn announce(&mut self) {
         if let Some(t) = self.announcing.take() {
             t.abort();
         }
+        let mut plan = self.config.announce;
+        if plan.count > 0 {
+            for vip in &self.config.vips {
+                if let Err(e) = self.announcer.announce(*vip) {
+                    tracing::warn!(%vip, error = %e, "announce VIP");
+                }
+            }
+            plan.count -= 1;
+        }
         let announcer = self.announcer.clone();
         let vips = self.config.vips.clone();
-        let plan = self.config.announce;
+        let full = self.config.announce;
         let again = self.config.announce_again_after;
         self.announcing = Some(tokio::spawn(async move {
-            burst(&announcer, &vips, plan).await;
+            if plan.count > 0 {
+                tokio::time::sleep(plan.interval).await;
+                burst(&announcer, &vips, plan).await;
+            }
             if let Some(after) = again {
                 tokio::time::sleep(after).await;
-                burst(&announcer, &vips, plan).await;
+                burst(&announcer, &vips, full).await;
             }
         }));
     }

@@ -27,6 +27,7 @@ topo_addr() {
 	case "$1" in
 	client) echo 192.168.56.10 ;;
 	director) echo 192.168.56.181 ;;
+	director2) echo 192.168.56.182 ;;
 	rs1) echo 192.168.56.183 ;;
 	rs2) echo 192.168.56.184 ;;
 	*) echo "topo_addr: unknown namespace $1" >&2; return 1 ;;

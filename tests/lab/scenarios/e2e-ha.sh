@@ -1,0 +1,202 @@
+#!/bin/sh
+# Director elections through Kubernetes: two directors (director .181,
+# director2 .182) select the seed's `web` (VIP .185); the operator gives it a
+# VRRP election, exactly one director holds the VIP and the other keeps IPVS
+# warm. A client probes the VIP every 50 ms while: the master's link is cut
+# and comes back (preemption takes it back without failing a request), the
+# master's agent stops (SIGTERM: priority 0, handover) and starts again, and
+# the master's link is cut while no node reaches the API server. Then: a
+# second VIP gets the other director as master, and bad election input is
+# named. Outages are the longest gap between two answered probes.
+. /scenarios/cluster.sh
+cluster_setup
+topo_add_ns director2 "$(topo_addr director2)" || exit 1
+ns_exec director2 "$IP" route add default via 192.168.56.1
+start_agent director2
+
+DIRECTORS="director director2"
+# holders VIP: the directors holding VIP on tunl0, space-separated.
+holders() {
+	_h=""
+	for _n in $DIRECTORS; do
+		ns_exec "$_n" "$IP" -o addr show dev tunl0 2>/dev/null | grep -q "inet $1/" && _h="$_h $_n"
+	done
+	echo "${_h# }"
+}
+held_by() { [ "$(holders "$1")" = "$2" ]; }
+# other NODE: the other director.
+other() { if [ "$1" = director ]; then echo director2; else echo director; fi; }
+status_of() { k get tvs "$1" -o jsonpath="$2"; }
+entry_state() { status_of "$1" "{.status.nodes[?(@.nodeName==\"$2\")].directorState}"; }
+
+# web_like NAME VIP ELECTION: the seed's web under another name and VIP,
+# with spec.directors.election ELECTION (flow style).
+web_like() {
+	cat <<YAML
+apiVersion: tunlb.io/v1alpha1
+kind: VirtualService
+metadata: {name: $1}
+spec:
+  vip: $2
+  ports: [{port: 80}]
+  scheduler: wrr
+  directors: {election: $3}
+  backends: {static: [{address: 192.168.56.183}, {address: 192.168.56.184}]}
+YAML
+}
+
+# The probe loop (probe-loop): an HTTP GET through a new connection every
+# 50 ms from the client, 500 ms to answer; its last line sums it up.
+probe_start() {
+	rm -f /tmp/probe.stop
+	"$IP" netns exec client probe-loop "$1:80" 50 500 /tmp/probe.stop >/tmp/probe.log 2>&1 &
+	PROBE_PID=$!
+}
+probe_stop() {
+	touch /tmp/probe.stop
+	wait "$PROBE_PID"
+}
+# summary FIELD: a field of the probe loop's summary line.
+summary() { tail -1 /tmp/probe.log | tr ' ' '\n' | sed -n "s/^$1=//p"; }
+longest_gap() { summary longest_gap_ms; }
+failed_probes() { summary failed; }
+# report PHASE: prints the phase's probes and returns its longest gap.
+report() {
+	echo "$1: $(tail -1 /tmp/probe.log)" >&2
+	grep ERR /tmp/probe.log | head -3 >&2
+	longest_gap
+}
+# answered N: the probe loop has N answers so far.
+answered() { [ "$(grep -c ' rs[12]$' /tmp/probe.log)" -ge "$1" ]; }
+# settle: waits for 10 more answers, so the phase's log frames the event.
+settle() {
+	_have="$(grep -c ' rs[12]$' /tmp/probe.log)"
+	wait_for 20 "10 more answers" answered "$((_have + 10))"
+}
+one_holder() { [ "$(holders "$VIP" | wc -w)" = 1 ]; }
+
+# --- one holder, the other warm
+k apply -f /examples/seed/01-web.yaml
+lab_assert_eq "web Ready" 0 "$(k wait --for=condition=Ready tvs/web --timeout=120s >/dev/null 2>&1; echo $?)"
+lab_assert_eq "the election has both directors" "director director2" \
+	"$(status_of web '{.status.election.directors[*].nodeName}' | tr ' ' '\n' | sort | xargs)"
+vrid="$(status_of web '{.status.election.virtualRouterId}')"
+echo "web's virtual router id: $vrid"
+lab_assert_eq "a virtual router id is assigned" yes "$([ "${vrid:-0}" -ge 1 ] && [ "$vrid" -le 255 ] && echo yes)"
+lab_assert_eq "exactly one director holds the VIP" 0 "$(wait_for 30 "one holder" one_holder; echo $?)"
+MASTER="$(holders "$VIP")"
+BACKUP="$(other "$MASTER")"
+echo "master $MASTER, backup $BACKUP"
+lab_assert_eq "by the VIP's hash, director is web's master" director "$MASTER"
+lab_assert_eq "the ACTIVE column names it" 0 \
+	"$(wait_for 30 "activeDirector" sh -c "[ \"\$(kubectl get tvs web -o jsonpath='{.status.election.activeDirector}')\" = $MASTER ]"; echo $?)"
+lab_assert_contains "kubectl get shows it" "$MASTER" "$(k get tvs web)"
+lab_assert_eq "the master's entry: active" active "$(entry_state web "$MASTER")"
+lab_assert_eq "the backup's entry: standby" 0 \
+	"$(wait_for 30 "standby entry" sh -c "[ \"\$(kubectl get tvs web -o jsonpath='{.status.nodes[?(@.nodeName==\"$BACKUP\")].directorState}')\" = standby ]"; echo $?)"
+for n in $DIRECTORS; do
+	lab_assert_eq "$n keeps web's IPVS service programmed" 0 \
+		"$(wait_for 30 "IPVS on $n" sh -c "$IP netns exec $n ipvsadm -Ln | grep -q 'TCP  $VIP:80'"; echo $?)"
+done
+# vrrp_master VALUE NODE: NODE's agent exports vrrp_master VALUE for web's router.
+vrrp_master() {
+	[ "$(ns_exec "$2" curl -s --max-time 5 127.0.0.1:9090/metrics | grep "^tunlb_agent_vrrp_master{" | grep "vrid=\"$vrid\"" | awk '{print $2}')" = "$1" ]
+}
+lab_assert_eq "the master's agent exports vrrp_master 1" 0 "$(wait_for 20 "vrrp_master 1" vrrp_master 1 "$MASTER"; echo $?)"
+lab_assert_eq "the backup's agent exports vrrp_master 0" 0 "$(wait_for 20 "vrrp_master 0" vrrp_master 0 "$BACKUP"; echo $?)"
+lab_assert_eq "web answers through the master" yes "$(alternates "$(requests 4 "http://$VIP/")")"
+echo "--- kubectl get tvs"
+k get tvs
+
+# --- link cut on the master, and back (preemption)
+probe_start "$VIP"
+settle
+"$IP" link set "v-$MASTER" down
+lab_assert_eq "link cut: the backup takes the VIP" 0 "$(wait_for 20 "backup holds" held_by "$VIP" "$BACKUP"; echo $?)"
+lab_assert_eq "link cut: it reports active" 0 \
+	"$(wait_for 30 "backup active" sh -c "[ \"\$(kubectl get tvs web -o jsonpath='{.status.election.activeDirector}')\" = $BACKUP ]"; echo $?)"
+settle
+probe_stop
+gap="$(report "master's link cut")"
+takeover="$(ns_exec "$BACKUP" curl -s --max-time 5 127.0.0.1:9090/metrics | grep "^tunlb_agent_vrrp_last_takeover_seconds{" | grep "vrid=\"$vrid\"" | awk '{print $2}')"
+echo "the backup's vrrp_last_takeover_seconds: $takeover"
+lab_assert_eq "the backup's takeover time is exported, under 2 s" yes "$(awk -v t="$takeover" 'BEGIN { print (t != "" && t > 0 && t < 2) ? "yes" : "no" }')"
+lab_assert_eq "link cut: the clients' outage stays under 2 s" yes "$([ "$gap" -lt 2000 ] && echo yes)"
+probe_start "$VIP"
+settle
+"$IP" link set "v-$MASTER" up
+lab_assert_eq "link back: the master takes the VIP back (preemption)" 0 "$(wait_for 20 "master holds" held_by "$VIP" "$MASTER"; echo $?)"
+settle
+probe_stop
+report "master back (preemption)" >/dev/null
+lab_assert_eq "preemption: no outage beyond one probe timeout" yes "$([ "$(longest_gap)" -lt 1000 ] && echo yes)"
+
+# --- the master's agent stops (SIGTERM) and starts again
+probe_start "$VIP"
+settle
+eval "pid=\$AGENT_PID_$MASTER"
+kill -TERM "$pid"
+wait "$pid" 2>/dev/null
+lab_assert_eq "SIGTERM: the stopped agent removed the VIP" "" "$(holders "$VIP" | tr ' ' '\n' | grep -x "$MASTER")"
+lab_assert_eq "SIGTERM: the backup holds the VIP" 0 "$(wait_for 10 "backup holds" held_by "$VIP" "$BACKUP"; echo $?)"
+settle
+probe_stop
+gap="$(report "master's agent stopped")"
+lab_assert_eq "SIGTERM: the handover's outage stays under 2 s" yes "$([ "$gap" -lt 2000 ] && echo yes)"
+probe_start "$VIP"
+start_agent "$MASTER"
+lab_assert_eq "restarted: the master takes the VIP back" 0 "$(wait_for 60 "master holds" held_by "$VIP" "$MASTER"; echo $?)"
+settle
+probe_stop
+report "master's agent restarted" >/dev/null
+lab_assert_eq "the restart: no outage beyond one probe timeout" yes "$([ "$(longest_gap)" -lt 1000 ] && echo yes)"
+
+# --- no node reaches the API server; the master's link is cut
+nft -f - <<'NFT'
+table ip outage {
+	chain cut {
+		type filter hook forward priority filter;
+		ip saddr 192.168.56.0/24 ip daddr 10.0.2.2 drop
+		ip saddr 10.0.2.2 ip daddr 192.168.56.0/24 drop
+	}
+}
+NFT
+lab_assert_eq "API server cut off from the nodes" 0 "$?"
+probe_start "$VIP"
+settle
+"$IP" link set "v-$MASTER" down
+lab_assert_eq "API server away: the backup still takes the VIP" 0 "$(wait_for 20 "backup holds" held_by "$VIP" "$BACKUP"; echo $?)"
+settle
+probe_stop
+gap="$(report "link cut without the API server")"
+lab_assert_eq "API server away: the outage stays under 2 s" yes "$([ "$gap" -lt 2000 ] && echo yes)"
+"$IP" link set "v-$MASTER" up
+lab_assert_eq "API server away: the master takes it back" 0 "$(wait_for 20 "master holds" held_by "$VIP" "$MASTER"; echo $?)"
+nft delete table ip outage
+lab_assert_eq "the reports catch up once the API server is back" 0 \
+	"$(wait_for 60 "master active" sh -c "[ \"\$(kubectl get tvs web -o jsonpath='{.status.election.activeDirector}')\" = $MASTER ]"; echo $?)"
+
+# --- a second VIP: the other director is its master
+web_like web2 192.168.56.187 '{}' | k apply -f -
+lab_assert_eq "web2 Ready" 0 "$(k wait --for=condition=Ready tvs/web2 --timeout=120s >/dev/null 2>&1; echo $?)"
+lab_assert_eq "web2's VIP is held by director2 alone" 0 "$(wait_for 30 "director2 holds .187" held_by 192.168.56.187 director2; echo $?)"
+lab_assert_eq "web's VIP stays on director" director "$(holders "$VIP")"
+lab_assert_eq "web2 answers" yes "$(alternates "$(requests 4 "http://192.168.56.187/")")"
+vrid2="$(status_of web2 '{.status.election.virtualRouterId}')"
+lab_assert_eq "another master, another virtual router id" yes "$([ -n "$vrid2" ] && [ "$vrid2" != "$vrid" ] && echo yes)"
+
+# --- bad election input
+out="$(web_like bad-interval 192.168.56.188 '{advertIntervalMs: 15}' | kubectl apply -f - 2>&1)"
+lab_assert_contains "an advert interval not in centiseconds is refused" "must be a multiple of 10" "$out"
+web_like bad-preferred 192.168.56.188 '{preferredNode: rs1}' | k apply -f -
+lab_assert_eq "a preferred node that is not a director: not accepted" 0 \
+	"$(wait_for 30 "PreferredNodeNotDirector" sh -c "kubectl get tvs bad-preferred -o jsonpath='{.status.conditions[?(@.type==\"Accepted\")].reason}' | grep -q PreferredNodeNotDirector"; echo $?)"
+lab_assert_contains "the message names the field and the node" "spec.directors.election.preferredNode: node rs1 is not one of" \
+	"$(status_of bad-preferred '{.status.conditions[?(@.type=="Accepted")].message}')"
+lab_assert_eq "nothing of it on the directors" "" "$(holders 192.168.56.188)"
+
+k delete tvs --all --timeout=90s
+lab_assert_eq "no VIP left on either director" "" "$(wait_for 30 "VIPs gone" sh -c "[ -z \"\$(holders $VIP)\" ] && [ -z \"\$(holders 192.168.56.187)\" ]" >/dev/null; holders "$VIP"; holders 192.168.56.187)"
+for n in director director2; do echo "--- agent $n log (election lines)"; grep -i "vrrp\|VIP" "/tmp/agent-$n.log" | tail -12; done
+topo_cleanup
+lab_summary
