@@ -128,18 +128,65 @@ mod tests {
         }
     }
 
-    #[test]
-    fn programmed_only_without_any_problem() {
-        let report = SyncReport::default();
-        let e = entries(
+    /// The entries of `plan()` on node n1, without health or elections.
+    fn plain(
+        report: &SyncReport,
+        invalid: BTreeMap<ObjectKey, (Option<i64>, String)>,
+    ) -> BTreeMap<ObjectKey, NodeStatus> {
+        entries(
             "n1",
             &plan(),
-            &report,
-            BTreeMap::new(),
+            report,
+            invalid,
             None,
             &BTreeMap::new(),
             &BTreeMap::new(),
+        )
+    }
+
+    #[test]
+    fn an_elected_director_says_its_state_and_an_election_error_is_a_failure() {
+        let ok = ObjectKey::new("a", "ok");
+        let directing = BTreeMap::from([(
+            ok.clone(),
+            (
+                DirectorState::Standby,
+                "2026-12-02T07:00:00.000Z".to_string(),
+            ),
+        )]);
+        let e = entries(
+            "n1",
+            &plan(),
+            &SyncReport::default(),
+            BTreeMap::new(),
+            None,
+            &directing,
+            &BTreeMap::new(),
         );
+        assert_eq!(e[&ok].director_state, Some(DirectorState::Standby));
+        assert_eq!(
+            e[&ok].director_since.as_deref(),
+            Some("2026-12-02T07:00:00.000Z")
+        );
+        assert!(e[&ok].programmed);
+        let errors = BTreeMap::from([(ok.clone(), "election: no interface".to_string())]);
+        let e = entries(
+            "n1",
+            &plan(),
+            &SyncReport::default(),
+            BTreeMap::new(),
+            None,
+            &BTreeMap::new(),
+            &errors,
+        );
+        assert!(!e[&ok].programmed);
+        assert_eq!(e[&ok].message, "election: no interface");
+    }
+
+    #[test]
+    fn programmed_only_without_any_problem() {
+        let report = SyncReport::default();
+        let e = plain(&report, BTreeMap::new());
         assert_eq!(e.len(), 2, "no entry where the node has no role");
         let ok = &e[&ObjectKey::new("a", "ok")];
         assert!(ok.programmed && ok.message.is_empty());
@@ -158,15 +205,7 @@ mod tests {
         report
             .draining
             .insert(ObjectKey::new("a", "ok"), vec!["10.0.0.3:80".into()]);
-        let e = entries(
-            "n1",
-            &plan(),
-            &report,
-            BTreeMap::new(),
-            None,
-            &BTreeMap::new(),
-            &BTreeMap::new(),
-        );
+        let e = plain(&report, BTreeMap::new());
         let ok = &e[&ObjectKey::new("a", "ok")];
         assert!(!ok.programmed);
         assert_eq!(ok.message, "scheduler missing; nft timed out");
@@ -183,15 +222,7 @@ mod tests {
         report
             .draining
             .insert(ObjectKey::new("a", "ok"), vec!["[2001:db8::3]:80".into()]);
-        let e = entries(
-            "n1",
-            &plan(),
-            &report,
-            BTreeMap::new(),
-            None,
-            &BTreeMap::new(),
-            &BTreeMap::new(),
-        );
+        let e = plain(&report, BTreeMap::new());
         assert!(e[&ObjectKey::new("a", "ok")].programmed);
     }
 
@@ -209,15 +240,7 @@ mod tests {
                 },
             },
         )]);
-        let mut e = entries(
-            "n1",
-            &plan(),
-            &SyncReport::default(),
-            BTreeMap::new(),
-            None,
-            &BTreeMap::new(),
-            &BTreeMap::new(),
-        );
+        let mut e = plain(&SyncReport::default(), BTreeMap::new());
         add_refused("n1", &mut e, &refused);
         let f = &e[&key];
         assert!(!f.programmed);
@@ -236,15 +259,7 @@ mod tests {
             ObjectKey::new("a", "broken"),
             (Some(2), "spec.vip: must be an IP".to_string()),
         )]);
-        let e = entries(
-            "n1",
-            &plan(),
-            &SyncReport::default(),
-            invalid,
-            None,
-            &BTreeMap::new(),
-            &BTreeMap::new(),
-        );
+        let e = plain(&SyncReport::default(), invalid);
         let b = &e[&ObjectKey::new("a", "broken")];
         assert!(!b.programmed && b.roles.is_empty());
         assert_eq!(b.observed_generation, Some(2));

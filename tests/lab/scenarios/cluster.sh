@@ -62,6 +62,22 @@ weighted() {
 	done
 }
 
+# api_outage_start / api_outage_end: the nodes' packets to and from the API
+# server (the host, 10.0.2.2) vanish, as when its host is down; kubectl from
+# the guest's root namespace still works.
+api_outage_start() {
+	nft -f - <<'NFT'
+table ip outage {
+	chain cut {
+		type filter hook forward priority filter;
+		ip saddr 192.168.56.0/24 ip daddr 10.0.2.2 drop
+		ip saddr 10.0.2.2 ip daddr 192.168.56.0/24 drop
+	}
+}
+NFT
+}
+api_outage_end() { nft delete table ip outage; }
+
 # cluster_setup: topology, the backends' HTTP servers, the nodes' route to the
 # host's API server (through the guest's root namespace) and an agent per node.
 cluster_setup() {

@@ -35,15 +35,7 @@ k delete tvs no-iface --timeout=60s
 # 2. The nodes lose the API server for 60 s (their packets to it vanish, as
 #    when its host is down) while clients keep using the VIP; a change made
 #    meanwhile (kubectl from the guest's root namespace still works) lands after.
-nft -f - <<'NFT'
-table ip outage {
-	chain cut {
-		type filter hook forward priority filter;
-		ip saddr 192.168.56.0/24 ip daddr 10.0.2.2 drop
-		ip saddr 10.0.2.2 ip daddr 192.168.56.0/24 drop
-	}
-}
-NFT
+api_outage_start
 lab_assert_eq "outage rule in place" 0 "$?"
 errors=0
 total=0
@@ -63,7 +55,7 @@ echo "during the outage: $total requests, $errors failed"
 lab_assert_eq "no request failed while the API server was unreachable" 0 "$errors"
 lab_assert_eq "kernel kept the old weight during the outage" "" \
 	"$(ipvs_rows director | grep "$RS2:80 Tunnel 3")"
-nft delete table ip outage
+api_outage_end
 lab_assert_eq "the change made during the outage is applied after it" 0 \
 	"$(wait_for 90 "weight 3" sh -c "$IP netns exec director ipvsadm -Ln | tr -s ' ' | grep -q -- '-> $RS2:80 Tunnel 3'"; echo $?)"
 lab_assert_eq "web Ready again" 0 "$(k wait --for=condition=Ready tvs/web --timeout=60s >/dev/null 2>&1; echo $?)"

@@ -152,15 +152,7 @@ report "master's agent restarted" >/dev/null
 lab_assert_eq "the restart: no outage beyond one probe timeout" yes "$([ "$(longest_gap)" -lt 1000 ] && echo yes)"
 
 # --- no node reaches the API server; the master's link is cut
-nft -f - <<'NFT'
-table ip outage {
-	chain cut {
-		type filter hook forward priority filter;
-		ip saddr 192.168.56.0/24 ip daddr 10.0.2.2 drop
-		ip saddr 10.0.2.2 ip daddr 192.168.56.0/24 drop
-	}
-}
-NFT
+api_outage_start
 lab_assert_eq "API server cut off from the nodes" 0 "$?"
 probe_start "$VIP"
 settle
@@ -172,7 +164,7 @@ gap="$(report "link cut without the API server")"
 lab_assert_eq "API server away: the outage stays under 2 s" yes "$([ "$gap" -lt 2000 ] && echo yes)"
 "$IP" link set "v-$MASTER" up
 lab_assert_eq "API server away: the master takes it back" 0 "$(wait_for 20 "master holds" held_by "$VIP" "$MASTER"; echo $?)"
-nft delete table ip outage
+api_outage_end
 lab_assert_eq "the reports catch up once the API server is back" 0 \
 	"$(wait_for 60 "master active" sh -c "[ \"\$(kubectl get tvs web -o jsonpath='{.status.election.activeDirector}')\" = $MASTER ]"; echo $?)"
 
