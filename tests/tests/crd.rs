@@ -176,6 +176,7 @@ fn crd_is_established_explained_and_listed_with_columns() {
             "BACKENDS",
             "HEALTHY",
             "READY",
+            "ACTIVE",
             "AGE",
         ];
         assert_eq!(header, want_header, "kubectl get {resource}");
