@@ -154,15 +154,19 @@ mod tests {
                 "2026-12-02T07:00:00.000Z".to_string(),
             ),
         )]);
-        let e = entries(
-            "n1",
-            &plan(),
-            &SyncReport::default(),
-            BTreeMap::new(),
-            None,
-            &directing,
-            &BTreeMap::new(),
-        );
+        let with = |directing: &BTreeMap<ObjectKey, (DirectorState, String)>,
+                    errors: &BTreeMap<ObjectKey, String>| {
+            entries(
+                "n1",
+                &plan(),
+                &SyncReport::default(),
+                BTreeMap::new(),
+                None,
+                directing,
+                errors,
+            )
+        };
+        let e = with(&directing, &BTreeMap::new());
         assert_eq!(e[&ok].director_state, Some(DirectorState::Standby));
         assert_eq!(
             e[&ok].director_since.as_deref(),
@@ -170,15 +174,7 @@ mod tests {
         );
         assert!(e[&ok].programmed);
         let errors = BTreeMap::from([(ok.clone(), "election: no interface".to_string())]);
-        let e = entries(
-            "n1",
-            &plan(),
-            &SyncReport::default(),
-            BTreeMap::new(),
-            None,
-            &BTreeMap::new(),
-            &errors,
-        );
+        let e = with(&BTreeMap::new(), &errors);
         assert!(!e[&ok].programmed);
         assert_eq!(e[&ok].message, "election: no interface");
     }
