@@ -85,6 +85,13 @@ echo "web's virtual router id: $vrid"
 lab_assert_eq "a virtual router id is assigned" yes "$([ "${vrid:-0}" -ge 1 ] && [ "$vrid" -le 255 ] && echo yes)"
 lab_assert_eq "exactly one director holds the VIP" 0 "$(wait_for 30 "one holder" one_holder; echo $?)"
 MASTER="$(holders "$VIP")"
+case "$MASTER" in
+*" "* | "")
+	echo "holders of $VIP: '$MASTER'; the failover checks need exactly one"
+	lab_summary
+	exit 1
+	;;
+esac
 BACKUP="$(other "$MASTER")"
 echo "master $MASTER, backup $BACKUP"
 lab_assert_eq "by the VIP's hash, director is web's master" director "$MASTER"
