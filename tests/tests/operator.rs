@@ -3275,3 +3275,126 @@ mod lease {
         new.stop().await;
     }
 }
+
+/// Two directors: the operator gives the VirtualService a VRRP election
+/// (both members with their InternalIPs, one master priority, an id),
+/// follows the agents' reports to the active director (the later of two
+/// active ones), sends an Event on a failover, and refuses a preferred node
+/// that is not a director, naming the field.
+#[test]
+#[ignore = "needs the test control plane: run tests/run.sh"]
+fn director_elections_are_set_follow_the_reports_and_refuse_bad_input() {
+    let _serial = serial();
+    let ns = namespace("op-elect");
+    let mut nodes = Nodes::default();
+    nodes.add("el-da", "172.16.12.1", &[("tunlb.io/director", "true")]);
+    nodes.add("el-db", "172.16.12.2", &[("tunlb.io/director", "true")]);
+    let _op = Operator::start("elect", &flags(&ns, 10));
+    static_vs(
+        &ns,
+        "web",
+        "192.168.56.120",
+        json!([{"port": 80}]),
+        &[("203.0.113.7", 1)],
+    );
+    let vs = wait_vs(&ns, "web", "an election", REACT, |v| {
+        accepted(v) && v["status"]["election"]["virtualRouterId"].is_u64()
+    });
+    let election = &vs["status"]["election"];
+    let members: Vec<(String, String, u64)> = election["directors"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|m| {
+                    (
+                        m["nodeName"].as_str().unwrap_or_default().to_string(),
+                        m["address"].as_str().unwrap_or_default().to_string(),
+                        m["priority"].as_u64().unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(members.len(), 2, "{election}");
+    assert_eq!(members[0].2, 200, "the master first: {election}");
+    assert_eq!(members[1].2, 150, "{election}");
+    let mut names: Vec<&str> = members.iter().map(|m| m.0.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["el-da", "el-db"]);
+    for (name, address, _) in &members {
+        let want = if name == "el-da" {
+            "172.16.12.1"
+        } else {
+            "172.16.12.2"
+        };
+        assert_eq!(address, want, "{election}");
+    }
+    let (master, backup) = (members[0].0.clone(), members[1].0.clone());
+
+    // The agents report: the master holds the VIP.
+    let entry = |node: &str, state: &str, since: &str| {
+        json!([{"nodeName": node, "observedGeneration": 1, "programmed": true,
+                "roles": ["director"], "directorState": state, "directorSince": since}])
+    };
+    agent_apply(
+        &ns,
+        "web",
+        &master,
+        entry(&master, "active", "2026-12-02T08:00:00.000Z"),
+    );
+    agent_apply(
+        &ns,
+        "web",
+        &backup,
+        entry(&backup, "standby", "2026-12-02T08:00:00.500Z"),
+    );
+    wait_vs(&ns, "web", "the master active", REACT, |v| {
+        v["status"]["election"]["activeDirector"] == master.as_str()
+    });
+    let table = cp().kubectl_ok(["-n", &ns, "get", "tvs", "web"]).unwrap();
+    assert!(
+        table.contains("ACTIVE") && table.contains(&master),
+        "{table}"
+    );
+    // The backup takes over; the old master, cut off, still says active.
+    agent_apply(
+        &ns,
+        "web",
+        &backup,
+        entry(&backup, "active", "2026-12-02T08:00:05.250Z"),
+    );
+    wait_vs(&ns, "web", "the backup active", REACT, |v| {
+        v["status"]["election"]["activeDirector"] == backup.as_str()
+    });
+    let deadline = Instant::now() + REACT;
+    while events_of(&ns, "web", "Normal", "DirectorFailover").is_empty() {
+        assert!(Instant::now() < deadline, "no DirectorFailover Event");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let notes = events_of(&ns, "web", "Normal", "DirectorFailover");
+    assert!(
+        notes.iter().any(|n| n.contains(&format!(
+            "director {backup} now holds the VIP (was {master})"
+        ))),
+        "{notes:?}"
+    );
+
+    // A preferred node that is not a director: refused, the field named.
+    let manifest = json!({
+        "apiVersion": API_VERSION, "kind": KIND,
+        "metadata": {"name": "pref", "namespace": &ns},
+        "spec": {"vip": "192.168.56.121", "ports": [{"port": 80}],
+                 "directors": {"election": {"preferredNode": "el-nope"}},
+                 "backends": {"static": [{"address": "203.0.113.7"}]}},
+    });
+    apply(&ns, &manifest.to_string());
+    let vs = wait_vs(&ns, "pref", "refused", REACT, |v| {
+        has(v, "Accepted", "False", "PreferredNodeNotDirector")
+    });
+    assert!(
+        message(&vs, "Accepted").contains("spec.directors.election.preferredNode: node el-nope"),
+        "{}",
+        message(&vs, "Accepted")
+    );
+    assert!(vs["status"]["election"].is_null(), "{}", vs["status"]);
+}
