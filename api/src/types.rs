@@ -721,6 +721,17 @@ pub struct ElectionStatus {
     pub active_director: Option<String>,
 }
 
+impl ElectionStatus {
+    /// The election as the agents run it: without the active director,
+    /// which their own reports move.
+    pub fn without_active(&self) -> ElectionStatus {
+        ElectionStatus {
+            active_director: None,
+            ..self.clone()
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ElectionMember {

@@ -258,12 +258,9 @@ impl Memory {
                                 real_servers: status
                                     .map(|s| s.real_servers.clone())
                                     .unwrap_or_default(),
-                                election: status.and_then(|s| s.election.as_ref()).map(|e| {
-                                    ElectionStatus {
-                                        active_director: None,
-                                        ..e.clone()
-                                    }
-                                }),
+                                election: status
+                                    .and_then(|s| s.election.as_ref())
+                                    .map(ElectionStatus::without_active),
                                 age: (creation, key),
                             },
                         );
@@ -569,33 +566,26 @@ async fn pass(
     memory.persist(state);
     // The VIPs of elected objects belong to their speakers, whatever the
     // pass's outcome.
-    let directed = |failed: &dyn Fn(&ObjectKey) -> bool| {
-        memory
-            .accepted
-            .iter()
-            .filter(|(k, _)| {
-                plan.objects
-                    .get(*k)
-                    .is_some_and(|o| o.roles.contains(&tunlb_api::NodeRole::Director))
+    let directed = memory
+        .accepted
+        .iter()
+        .filter(|(k, _)| {
+            plan.objects
+                .get(*k)
+                .is_some_and(|o| o.roles.contains(&tunlb_api::NodeRole::Director))
+        })
+        .filter_map(|(k, a)| {
+            Some(crate::election::Directed {
+                key: k,
+                spec: &a.spec,
+                election: a.election.as_ref()?,
             })
-            .filter_map(|(k, a)| {
-                Some(crate::election::Directed {
-                    key: k,
-                    spec: &a.spec,
-                    election: a.election.as_ref()?,
-                    failed: failed(k),
-                })
-            })
-            .collect::<Vec<_>>()
-    };
-    let (routers, _) = crate::election::wanted(&settings.node_name, directed(&|_| false));
+        });
+    let (mut routers, mut election_errors) = crate::election::wanted(&settings.node_name, directed);
     dp.elected = elections.elected(&routers);
     let journal = Journal::new(&settings.state_dir);
     let report = dp.sync(&plan, state, &journal).await;
-    let (routers, mut election_errors) = crate::election::wanted(
-        &settings.node_name,
-        directed(&|k| report.errors.contains_key(k)),
-    );
+    crate::election::step_back(&mut routers, |k| report.errors.contains_key(k));
     elections.apply(routers).await;
     election_errors.extend(elections.errors().clone());
     prober.update(crate::health::targets(&plan, &report.probe_routes));

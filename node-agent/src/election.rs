@@ -50,9 +50,16 @@ pub struct Directed<'a> {
     pub key: &'a ObjectKey,
     pub spec: &'a VirtualServiceSpec,
     pub election: &'a ElectionStatus,
-    /// This node's programming of it failed: it steps back (priority 1) so
-    /// a backup that carries traffic holds the VIP.
-    pub failed: bool,
+}
+
+/// Routers with an object whose programming failed on this node step back
+/// (priority 1), so a backup that carries traffic holds their VIPs.
+pub fn step_back(routers: &mut BTreeMap<RouterKey, Router>, failed: impl Fn(&ObjectKey) -> bool) {
+    for r in routers.values_mut() {
+        if r.objects.iter().any(&failed) {
+            r.priority = 1;
+        }
+    }
 }
 
 /// The virtual routers `node` takes part in, and why some object's
@@ -94,7 +101,7 @@ pub fn wanted<'a>(
             vip_interface: d.spec.directors.vip_interface(vip.is_ipv6()).to_string(),
             source,
             peers,
-            priority: if d.failed { 1 } else { me.priority },
+            priority: me.priority,
             interval_cs: (e.advert_interval_ms / 10).clamp(1, 4095) as u16,
             preempt: e.preempt,
             announce: Announce {
@@ -118,8 +125,6 @@ pub fn wanted<'a>(
                 if same {
                     r.vips.extend(router.vips);
                     r.objects.extend(router.objects);
-                    // One failed object steps the whole router back.
-                    r.priority = r.priority.min(router.priority);
                 } else {
                     errors.insert(
                         d.key.clone(),
@@ -410,13 +415,11 @@ mod tests {
                     key: &a,
                     spec: &sa,
                     election: &e,
-                    failed: false,
                 },
                 Directed {
                     key: &b,
                     spec: &sb,
                     election: &e,
-                    failed: false,
                 },
             ],
         );
@@ -435,15 +438,22 @@ mod tests {
         let e = election(9, &[("d1", "10.9.0.1", 200), ("d2", "10.9.0.2", 150)]);
         let a = ObjectKey::new("ns", "a");
         let sa = spec("10.0.0.1");
-        let (routers, _) = wanted(
+        let (mut routers, _) = wanted(
             "d1",
             [Directed {
                 key: &a,
                 spec: &sa,
                 election: &e,
-                failed: true,
             }],
         );
+        assert_eq!(routers[&(true, 9)].priority, 200);
+        step_back(&mut routers, |k| *k == ObjectKey::new("ns", "other"));
+        assert_eq!(
+            routers[&(true, 9)].priority,
+            200,
+            "only its own objects count"
+        );
+        step_back(&mut routers, |k| *k == a);
         assert_eq!(routers[&(true, 9)].priority, 1);
         let (routers, _) = wanted(
             "rs1",
@@ -451,7 +461,6 @@ mod tests {
                 key: &a,
                 spec: &sa,
                 election: &e,
-                failed: false,
             }],
         );
         assert!(routers.is_empty());
@@ -462,7 +471,6 @@ mod tests {
                 key: &a,
                 spec: &sa,
                 election: &alone,
-                failed: false,
             }],
         );
         assert!(routers.is_empty());
@@ -481,13 +489,11 @@ mod tests {
                     key: &a,
                     spec: &sa,
                     election: &e1,
-                    failed: false,
                 },
                 Directed {
                     key: &b,
                     spec: &sb,
                     election: &e2,
-                    failed: false,
                 },
             ],
         );
