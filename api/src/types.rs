@@ -703,6 +703,22 @@ pub struct VirtualServiceStatus {
     pub election: Option<ElectionStatus>,
 }
 
+/// The most VIPs one virtual router carries: an IPv4 advert counts its
+/// addresses in one byte; an IPv6 advert of 77 addresses (1,280 bytes with
+/// its headers) still fits the smallest MTU IPv6 allows. More VIPs with the
+/// same directors and settings run more than one virtual router.
+pub const MAX_ROUTER_VIPS_V4: usize = 255;
+pub const MAX_ROUTER_VIPS_V6: usize = 77;
+
+/// [`MAX_ROUTER_VIPS_V4`] or [`MAX_ROUTER_VIPS_V6`].
+pub fn max_router_vips(ipv4: bool) -> usize {
+    if ipv4 {
+        MAX_ROUTER_VIPS_V4
+    } else {
+        MAX_ROUTER_VIPS_V6
+    }
+}
+
 /// One VRRP virtual router: the directors, their priorities and where they
 /// send adverts, as the agents run it.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -137,6 +137,24 @@ pub fn wanted<'a>(
             }
         }
     }
+    // The operator splits bigger groups; a router over the limit here could
+    // not send a single advert.
+    routers.retain(|(ipv4, vrid), r| {
+        let max = tunlb_api::max_router_vips(*ipv4);
+        if r.vips.len() <= max {
+            return true;
+        }
+        for key in &r.objects {
+            errors.insert(
+                key.clone(),
+                format!(
+                    "election: virtual router {vrid} would carry {} VIPs, more than the {max} one advert holds",
+                    r.vips.len()
+                ),
+            );
+        }
+        false
+    });
     (routers, errors)
 }
 
@@ -401,6 +419,32 @@ mod tests {
                 .collect(),
             active_director: None,
         }
+    }
+
+    #[test]
+    fn a_router_with_more_vips_than_an_advert_holds_is_refused_by_name() {
+        let e = election(9, &[("d1", "10.9.0.1", 200), ("d2", "10.9.0.2", 150)]);
+        let n = tunlb_api::MAX_ROUTER_VIPS_V4 + 1;
+        let keys: Vec<ObjectKey> = (0..n)
+            .map(|i| ObjectKey::new("ns", format!("o{i}").as_str()))
+            .collect();
+        let specs: Vec<VirtualServiceSpec> = (0..n)
+            .map(|i| spec(&std::net::Ipv4Addr::from(0x0a00_0000 + i as u32).to_string()))
+            .collect();
+        let (routers, errors) = wanted(
+            "d1",
+            keys.iter().zip(&specs).map(|(key, spec)| Directed {
+                key,
+                spec,
+                election: &e,
+            }),
+        );
+        assert!(routers.is_empty());
+        assert_eq!(errors.len(), n);
+        assert!(
+            errors[&keys[0]].contains("virtual router 9 would carry 256 VIPs, more than the 255"),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use tunlb_api::{ElectionMember, ElectionStatus, ObjectKey, VirtualServiceSpec};
+use tunlb_api::{ElectionMember, ElectionStatus, ObjectKey, VirtualServiceSpec, max_router_vips};
 
 use crate::resolve::NodeInfo;
 
@@ -56,6 +56,10 @@ pub enum ElectionError {
         "VirtualService {by} on the same VIP elects among other directors or with other settings; VirtualServices sharing a VIP must share its election"
     )]
     VipElectsElsewhere { by: String },
+    #[error(
+        "spec.directors.election.virtualRouterId: virtual router {id} carries {cap} VIPs already, the most one advert holds; give further VIPs another virtualRouterId or none"
+    )]
+    RouterFull { id: u8, cap: usize },
 }
 
 impl ElectionError {
@@ -67,6 +71,7 @@ impl ElectionError {
             ElectionError::IdInUse { .. } => "VirtualRouterIdInUse",
             ElectionError::NoIdFree { .. } => "NoVirtualRouterIdFree",
             ElectionError::VipElectsElsewhere { .. } => "ElectionMismatch",
+            ElectionError::RouterFull { .. } => "VirtualRouterFull",
         }
     }
 }
@@ -163,23 +168,28 @@ fn names(directors: &[&NodeInfo]) -> String {
         .join(", ")
 }
 
-struct Assigned {
-    id: u8,
+/// One virtual router of a group.
+#[derive(Default)]
+struct Router {
     objects: BTreeSet<ObjectKey>,
+    /// Its VIPs, each with the number of objects on it.
+    vips: BTreeMap<IpAddr, usize>,
 }
 
 struct Membership {
     group: Group,
     vip: IpAddr,
+    id: u8,
 }
 
 /// Virtual router ids in use, by group, and which objects are in each.
 #[derive(Default)]
 pub struct Registry {
-    groups: BTreeMap<Group, Assigned>,
+    /// Each group's virtual routers by id.
+    groups: BTreeMap<Group, BTreeMap<u8, Router>>,
     objects: BTreeMap<ObjectKey, Membership>,
-    /// The group of each VIP and how many objects put it there.
-    vips: BTreeMap<IpAddr, (Group, usize)>,
+    /// The group and virtual router of each VIP.
+    vips: BTreeMap<IpAddr, (Group, u8)>,
 }
 
 impl Registry {
@@ -197,33 +207,35 @@ impl Registry {
         {
             self.forget(key);
         }
-        if let Some((other, _)) = self.vips.get(&vip)
-            && *other != group
-        {
-            let by = self
-                .objects
-                .iter()
-                .find(|(k, m)| m.vip == vip && *k != key)
-                .map(|(k, _)| k.to_string())
-                .unwrap_or_default();
-            return Err(ElectionError::VipElectsElsewhere { by });
-        }
-        let id = match self.groups.get(&group) {
-            Some(a) => a.id,
-            None => self.free_id(&group, prior)?,
+        let id = match self.vips.get(&vip) {
+            Some((other, _)) if *other != group => {
+                let by = self
+                    .objects
+                    .iter()
+                    .find(|(k, m)| m.vip == vip && *k != key)
+                    .map(|(k, _)| k.to_string())
+                    .unwrap_or_default();
+                return Err(ElectionError::VipElectsElsewhere { by });
+            }
+            Some((_, id)) => *id,
+            None => self.router_with_room(&group, prior)?,
         };
-        let assigned = self.groups.entry(group.clone()).or_insert(Assigned {
-            id,
-            objects: BTreeSet::new(),
-        });
-        if assigned.objects.insert(key.clone()) {
-            self.vips.entry(vip).or_insert((group.clone(), 0)).1 += 1;
+        let router = self
+            .groups
+            .entry(group.clone())
+            .or_default()
+            .entry(id)
+            .or_default();
+        if router.objects.insert(key.clone()) {
+            *router.vips.entry(vip).or_insert(0) += 1;
         }
+        self.vips.insert(vip, (group.clone(), id));
         self.objects.insert(
             key.clone(),
             Membership {
                 group: group.clone(),
                 vip,
+                id,
             },
         );
         Ok(ElectionStatus {
@@ -245,31 +257,57 @@ impl Registry {
         })
     }
 
-    /// Takes `key` out of its group; a group left empty frees its id.
+    /// Takes `key` out of its group; a virtual router left empty frees its id.
     pub fn forget(&mut self, key: &ObjectKey) {
         let Some(m) = self.objects.remove(key) else {
             return;
         };
-        if let Some(a) = self.groups.get_mut(&m.group) {
-            a.objects.remove(key);
-            if a.objects.is_empty() {
-                self.groups.remove(&m.group);
+        let Some(routers) = self.groups.get_mut(&m.group) else {
+            return;
+        };
+        if let Some(r) = routers.get_mut(&m.id) {
+            r.objects.remove(key);
+            if let Some(n) = r.vips.get_mut(&m.vip) {
+                *n -= 1;
+                if *n == 0 {
+                    r.vips.remove(&m.vip);
+                    self.vips.remove(&m.vip);
+                }
+            }
+            if r.objects.is_empty() {
+                routers.remove(&m.id);
             }
         }
-        if let Some((_, n)) = self.vips.get_mut(&m.vip) {
-            *n -= 1;
-            if *n == 0 {
-                self.vips.remove(&m.vip);
-            }
+        if routers.is_empty() {
+            self.groups.remove(&m.group);
         }
     }
 
+    /// The id of a virtual router of `group` that has room for one more
+    /// VIP: the prior one, else the first with room, else a new one.
+    fn router_with_room(&self, group: &Group, prior: Option<u8>) -> Result<u8, ElectionError> {
+        let cap = max_router_vips(group.ipv4);
+        if let Some(routers) = self.groups.get(group) {
+            let roomy = |id: &u8| routers.get(id).is_some_and(|r| r.vips.len() < cap);
+            if let Some(id) = prior.filter(roomy) {
+                return Ok(id);
+            }
+            if let Some((id, _)) = routers.iter().find(|(_, r)| r.vips.len() < cap) {
+                return Ok(*id);
+            }
+            if let Some(id) = group.requested_id {
+                return Err(ElectionError::RouterFull { id, cap });
+            }
+        }
+        self.free_id(group, prior)
+    }
+
     fn free_id(&self, group: &Group, prior: Option<u8>) -> Result<u8, ElectionError> {
-        let used: BTreeMap<u8, &Assigned> = self
+        let used: BTreeMap<u8, &Router> = self
             .groups
             .iter()
             .filter(|(g, _)| g.ipv4 == group.ipv4)
-            .map(|(_, a)| (a.id, a))
+            .flat_map(|(_, routers)| routers.iter().map(|(id, r)| (*id, r)))
             .collect();
         let requested: BTreeSet<u8> = self
             .groups
@@ -280,9 +318,9 @@ impl Registry {
         if let Some(id) = group.requested_id {
             return match used.get(&id) {
                 None => Ok(id),
-                Some(a) => Err(ElectionError::IdInUse {
+                Some(r) => Err(ElectionError::IdInUse {
                     id,
-                    by: a
+                    by: r
                         .objects
                         .first()
                         .map(ToString::to_string)
@@ -467,6 +505,99 @@ mod tests {
                 .virtual_router_id,
             first
         );
+    }
+
+    #[test]
+    fn a_group_too_big_for_one_advert_runs_more_routers_and_keeps_each_vip_on_its_own() {
+        let (d1, d2) = (node("d1", "10.9.0.1"), node("d2", "fd00::1"));
+        let (d3, d4) = (node("d3", "10.9.0.3"), node("d4", "fd00::2"));
+        let mut r = Registry::default();
+        // The same members for every VIP: a preferred master.
+        let preferred = spec(Some(Election {
+            preferred_node: Some("d1".into()),
+            ..Default::default()
+        }));
+        let mut ids: BTreeMap<u8, usize> = BTreeMap::new();
+        let mut of: BTreeMap<IpAddr, u8> = BTreeMap::new();
+        for i in 0..600u32 {
+            let vip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            let g = wanted(vip, &preferred, &[&d1, &d3]).unwrap().unwrap();
+            let id = r
+                .assign(&key(&format!("vs{i}")), vip, g, None)
+                .unwrap()
+                .virtual_router_id;
+            *ids.entry(id).or_default() += 1;
+            of.insert(vip, id);
+        }
+        let mut sizes: Vec<usize> = ids.values().copied().collect();
+        sizes.sort_unstable();
+        assert_eq!(
+            sizes,
+            vec![
+                600 - 2 * tunlb_api::MAX_ROUTER_VIPS_V4,
+                tunlb_api::MAX_ROUTER_VIPS_V4,
+                tunlb_api::MAX_ROUTER_VIPS_V4
+            ],
+            "{ids:?}"
+        );
+        // A second object on a VIP joins that VIP's router, full or not.
+        let vip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000));
+        let g = wanted(vip, &preferred, &[&d1, &d3]).unwrap().unwrap();
+        let again = r.assign(&key("second"), vip, g.clone(), None).unwrap();
+        assert_eq!(again.virtual_router_id, of[&vip]);
+        // A VIP leaving makes room, and a VIP whose status names that
+        // router (after a restart) goes back to it.
+        r.forget(&key("vs1"));
+        let full = of[&IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0001))];
+        let new = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_1000));
+        let g = wanted(new, &preferred, &[&d1, &d3]).unwrap().unwrap();
+        assert_eq!(
+            r.assign(&key("new"), new, g, Some(full))
+                .unwrap()
+                .virtual_router_id,
+            full
+        );
+        // A requested id holds at most one advert's worth.
+        let fixed = spec(Some(Election {
+            preferred_node: Some("d1".into()),
+            virtual_router_id: Some(9),
+            ..Default::default()
+        }));
+        let mut r = Registry::default();
+        for i in 0..tunlb_api::MAX_ROUTER_VIPS_V4 as u32 {
+            let vip = IpAddr::V4(std::net::Ipv4Addr::from(0x0b00_0000 + i));
+            let g = wanted(vip, &fixed, &[&d1, &d3]).unwrap().unwrap();
+            r.assign(&key(&format!("f{i}")), vip, g, None).unwrap();
+        }
+        let vip = ip("11.1.0.0");
+        let g = wanted(vip, &fixed, &[&d1, &d3]).unwrap().unwrap();
+        let err = r.assign(&key("over"), vip, g, None).unwrap_err();
+        assert_eq!(err.reason(), "VirtualRouterFull");
+        assert!(
+            err.to_string()
+                .contains("virtualRouterId: virtual router 9 carries 255"),
+            "{err}"
+        );
+        // IPv6 adverts hold fewer.
+        let mut r = Registry::default();
+        let mut v6: BTreeSet<u8> = BTreeSet::new();
+        for i in 0..(tunlb_api::MAX_ROUTER_VIPS_V6 as u16 + 1) {
+            let vip = IpAddr::V6(std::net::Ipv6Addr::new(0xfd01, 0, 0, 0, 0, 0, 0, i + 1));
+            let g = wanted(vip, &preferred_v6(), &[&d2, &d4]).unwrap().unwrap();
+            v6.insert(
+                r.assign(&key(&format!("s{i}")), vip, g, None)
+                    .unwrap()
+                    .virtual_router_id,
+            );
+        }
+        assert_eq!(v6.len(), 2, "{v6:?}");
+    }
+
+    fn preferred_v6() -> VirtualServiceSpec {
+        spec(Some(Election {
+            preferred_node: Some("d2".into()),
+            ..Default::default()
+        }))
     }
 
     #[test]
