@@ -1,0 +1,3 @@
+module tunlb.io/bench/vrrp-probe
+
+go 1.22
