@@ -890,6 +890,19 @@ pub struct NodeStatus {
     /// other node may be cut off and unable to report that it let go).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub director_since: Option<String>,
+    /// Directors in an election: what this node hears on its segment that
+    /// contradicts the election (another speaker using its virtual router
+    /// id, or a second master).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub election_conflict: Option<ElectionConflict>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ElectionConflict {
+    /// VirtualRouterIdClash or SplitBrain.
+    pub reason: String,
+    pub message: String,
 }
 
 #[derive(

@@ -588,6 +588,11 @@ async fn pass(
     crate::election::step_back(&mut routers, |k| report.errors.contains_key(k));
     elections.apply(routers).await;
     election_errors.extend(elections.errors().clone());
+    let elected = crate::status::Elected {
+        states: elections.states(),
+        errors: election_errors,
+        conflicts: elections.conflicts(),
+    };
     prober.update(crate::health::targets(&plan, &report.probe_routes));
     checked.retain(|k, _| state.ipvs_services.contains(&(*k).into()));
     let fingerprint = state.fingerprint();
@@ -613,8 +618,7 @@ async fn pass(
         &report,
         invalid,
         Some((&prober.book(), &fail_open)),
-        &elections.states(),
-        &election_errors,
+        &elected,
     );
     crate::status::add_refused(&settings.node_name, &mut want, &refused);
     memory.refused = refused;
@@ -848,6 +852,9 @@ fn every_field(entry: &NodeStatus) -> serde_json::Value {
     if let Some(since) = &entry.director_since {
         v["directorSince"] = json!(since);
     }
+    if let Some(conflict) = &entry.election_conflict {
+        v["electionConflict"] = json!(conflict);
+    }
     v
 }
 
@@ -1036,6 +1043,10 @@ mod tests {
             fail_open: true,
             director_state: Some(tunlb_api::DirectorState::Active),
             director_since: Some("2026-12-02T07:00:00Z".into()),
+            election_conflict: Some(tunlb_api::ElectionConflict {
+                reason: "SplitBrain".into(),
+                message: "m".into(),
+            }),
         };
         let keys = |v: serde_json::Value| -> Vec<String> {
             v.as_object()

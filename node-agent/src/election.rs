@@ -17,14 +17,14 @@ use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 use tunlb_api::plan::ObjectKey;
-use tunlb_api::{DirectorState, ElectionStatus, VirtualServiceSpec};
+use tunlb_api::{DirectorState, ElectionConflict, ElectionStatus, VirtualServiceSpec};
 
 use crate::link::Links;
 use crate::metrics::{AgentMetrics, RouterLabels};
 use crate::vrrp::announce::Announce;
 use crate::vrrp::machine::State;
 use crate::vrrp::socket::Destinations;
-use crate::vrrp::speaker::{Speaker, SpeakerConfig};
+use crate::vrrp::speaker::{Conflict, Speaker, SpeakerConfig};
 
 /// A virtual router: VRRP ids are per address family.
 pub type RouterKey = (bool, u8);
@@ -177,6 +177,7 @@ struct Running {
     vips: watch::Sender<Vec<IpAddr>>,
     stop: Option<oneshot::Sender<()>>,
     state: watch::Receiver<State>,
+    conflict: watch::Receiver<Option<Conflict>>,
     /// When the state last changed.
     since: Arc<std::sync::Mutex<SystemTime>>,
     task: JoinHandle<()>,
@@ -272,6 +273,7 @@ impl Elections {
             .map_err(|e| e.to_string())?
             .with_stats(self.metrics.vrrp(&labels(key)));
         let mut state = speaker.subscribe();
+        let conflict = speaker.conflicts();
         let vips = speaker.vips();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -289,9 +291,22 @@ impl Elections {
         let since = Arc::new(std::sync::Mutex::new(SystemTime::now()));
         let stamp = since.clone();
         let mut follow = state.clone();
+        let mut conflicts = conflict.clone();
         tokio::spawn(async move {
-            while follow.changed().await.is_ok() {
-                *stamp.lock().unwrap_or_else(|p| p.into_inner()) = SystemTime::now();
+            loop {
+                tokio::select! {
+                    changed = follow.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        *stamp.lock().unwrap_or_else(|p| p.into_inner()) = SystemTime::now();
+                    }
+                    changed = conflicts.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                    }
+                }
                 wake.notify_one();
             }
         });
@@ -302,6 +317,7 @@ impl Elections {
             vips,
             stop: Some(tx),
             state,
+            conflict,
             since,
             task,
         })
@@ -339,6 +355,24 @@ impl Elections {
             let since = millis_rfc3339(*r.since.lock().unwrap_or_else(|p| p.into_inner()));
             for o in &r.router.objects {
                 out.insert(o.clone(), (state, since.clone()));
+            }
+        }
+        out
+    }
+
+    /// Per object: what on the segment contradicts its election now.
+    pub fn conflicts(&self) -> BTreeMap<ObjectKey, ElectionConflict> {
+        let mut out = BTreeMap::new();
+        for r in self.running.values() {
+            let Some(c) = r.conflict.borrow().clone() else {
+                continue;
+            };
+            let conflict = ElectionConflict {
+                reason: c.reason().to_string(),
+                message: c.to_string(),
+            };
+            for o in &r.router.objects {
+                out.insert(o.clone(), conflict.clone());
             }
         }
         out

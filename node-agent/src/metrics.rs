@@ -42,6 +42,8 @@ struct VrrpFamilies {
     received: Family<RouterLabels, Counter>,
     other_masters: Family<RouterLabels, Counter>,
     takeover: Family<RouterLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    split_brain: Family<RouterLabels, Gauge>,
+    vrid_clash: Family<RouterLabels, Gauge>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -152,13 +154,23 @@ impl AgentMetrics {
         );
         r.register(
             "vrrp_other_masters",
-            "Advertisements from another master heard while master: a split brain, resolved by priority",
+            "Advertisements from another master heard while master (resolved by priority unless it lasts: see vrrp_split_brain)",
             m.vrrp.other_masters.clone(),
         );
         r.register(
             "vrrp_last_takeover_seconds",
             "From the last advertisement heard from a peer to becoming master, at the last takeover",
             m.vrrp.takeover.clone(),
+        );
+        r.register(
+            "vrrp_split_brain",
+            "1 while another member keeps advertising as master while this node is master (both hold the VIPs), else 0",
+            m.vrrp.split_brain.clone(),
+        );
+        r.register(
+            "vrrp_id_clash",
+            "1 while a speaker that is not a member advertises this virtual router id (its adverts are ignored), else 0",
+            m.vrrp.vrid_clash.clone(),
         );
         r.register(
             "kernel_writes",
@@ -236,6 +248,8 @@ impl AgentMetrics {
             received: self.vrrp.received.get_or_create(labels).clone(),
             other_masters: self.vrrp.other_masters.get_or_create(labels).clone(),
             takeover_seconds: self.vrrp.takeover.get_or_create(labels).clone(),
+            split_brain: self.vrrp.split_brain.get_or_create(labels).clone(),
+            vrid_clash: self.vrrp.vrid_clash.get_or_create(labels).clone(),
         }
     }
 
@@ -247,6 +261,8 @@ impl AgentMetrics {
         self.vrrp.received.remove(labels);
         self.vrrp.other_masters.remove(labels);
         self.vrrp.takeover.remove(labels);
+        self.vrrp.split_brain.remove(labels);
+        self.vrrp.vrid_clash.remove(labels);
     }
 
     pub fn set_pool_refused(&self, objects: usize) {

@@ -5,25 +5,33 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use tunlb_api::plan::{NodePlan, ObjectKey};
-use tunlb_api::{DirectorState, NodeRole, NodeStatus};
+use tunlb_api::{DirectorState, ElectionConflict, NodeRole, NodeStatus};
 
 use crate::admission::Refused;
 use crate::dataplane::SyncReport;
 use crate::health::Book;
 
+/// What this node's director elections say, by object.
+#[derive(Debug, Default)]
+pub struct Elected {
+    /// Whether this node holds the VIP (active) or waits (standby), and
+    /// since when (RFC 3339).
+    pub states: BTreeMap<ObjectKey, (DirectorState, String)>,
+    /// Why an election cannot run here: a failure.
+    pub errors: BTreeMap<ObjectKey, String>,
+    /// What contradicts a running election; it still carries traffic.
+    pub conflicts: BTreeMap<ObjectKey, ElectionConflict>,
+}
+
 /// This node's entries: one for every object it has a role in, and one for
 /// every object it cannot read (`invalid`: generation and reason).
-/// `directing`: the objects whose VIP this node's director election holds
-/// (active) or waits for (standby); `election_errors`: why an election
-/// cannot run here.
 pub fn entries(
     node: &str,
     plan: &NodePlan,
     report: &SyncReport,
     invalid: BTreeMap<ObjectKey, (Option<i64>, String)>,
     health: Option<(&Book, &BTreeSet<ObjectKey>)>,
-    directing: &BTreeMap<ObjectKey, (DirectorState, String)>,
-    election_errors: &BTreeMap<ObjectKey, String>,
+    elected: &Elected,
 ) -> BTreeMap<ObjectKey, NodeStatus> {
     let mut want = BTreeMap::new();
     for (key, op) in &plan.objects {
@@ -32,7 +40,7 @@ pub fn entries(
         }
         let mut msgs: Vec<String> = op.error.iter().cloned().collect();
         msgs.extend(report.errors.get(key).cloned().unwrap_or_default());
-        msgs.extend(election_errors.get(key).cloned());
+        msgs.extend(elected.errors.get(key).cloned());
         // A node-level failure may concern any object: none is claimed.
         msgs.extend(report.node_errors.iter().cloned());
         want.insert(
@@ -49,8 +57,9 @@ pub fn entries(
                     .map(|(book, _)| crate::health::probed(book, plan, key))
                     .unwrap_or_default(),
                 fail_open: health.is_some_and(|(_, open)| open.contains(key)),
-                director_state: directing.get(key).map(|(s, _)| *s),
-                director_since: directing.get(key).map(|(_, t)| t.clone()),
+                director_state: elected.states.get(key).map(|(s, _)| *s),
+                director_since: elected.states.get(key).map(|(_, t)| t.clone()),
+                election_conflict: elected.conflicts.get(key).cloned(),
             },
         );
     }
@@ -68,6 +77,7 @@ pub fn entries(
                 fail_open: false,
                 director_state: None,
                 director_since: None,
+                election_conflict: None,
             },
         );
     }
@@ -96,6 +106,7 @@ pub fn add_refused(
                 fail_open: false,
                 director_state: None,
                 director_since: None,
+                election_conflict: None,
             },
         );
     }
@@ -133,19 +144,11 @@ mod tests {
         report: &SyncReport,
         invalid: BTreeMap<ObjectKey, (Option<i64>, String)>,
     ) -> BTreeMap<ObjectKey, NodeStatus> {
-        entries(
-            "n1",
-            &plan(),
-            report,
-            invalid,
-            None,
-            &BTreeMap::new(),
-            &BTreeMap::new(),
-        )
+        entries("n1", &plan(), report, invalid, None, &Elected::default())
     }
 
     #[test]
-    fn an_elected_director_says_its_state_and_an_election_error_is_a_failure() {
+    fn an_elected_director_says_its_state_and_conflict_and_an_election_error_is_a_failure() {
         let ok = ObjectKey::new("a", "ok");
         let directing = BTreeMap::from([(
             ok.clone(),
@@ -154,27 +157,37 @@ mod tests {
                 "2026-12-02T07:00:00.000Z".to_string(),
             ),
         )]);
-        let with = |directing: &BTreeMap<ObjectKey, (DirectorState, String)>,
-                    errors: &BTreeMap<ObjectKey, String>| {
+        let with = |elected: Elected| {
             entries(
                 "n1",
                 &plan(),
                 &SyncReport::default(),
                 BTreeMap::new(),
                 None,
-                directing,
-                errors,
+                &elected,
             )
         };
-        let e = with(&directing, &BTreeMap::new());
+        let conflict = ElectionConflict {
+            reason: "SplitBrain".into(),
+            message: "split brain".into(),
+        };
+        let e = with(Elected {
+            states: directing,
+            conflicts: BTreeMap::from([(ok.clone(), conflict.clone())]),
+            ..Elected::default()
+        });
         assert_eq!(e[&ok].director_state, Some(DirectorState::Standby));
         assert_eq!(
             e[&ok].director_since.as_deref(),
             Some("2026-12-02T07:00:00.000Z")
         );
-        assert!(e[&ok].programmed);
+        assert!(e[&ok].programmed, "a conflict is no failure");
+        assert_eq!(e[&ok].election_conflict, Some(conflict));
         let errors = BTreeMap::from([(ok.clone(), "election: no interface".to_string())]);
-        let e = with(&BTreeMap::new(), &errors);
+        let e = with(Elected {
+            errors,
+            ..Elected::default()
+        });
         assert!(!e[&ok].programmed);
         assert_eq!(e[&ok].message, "election: no interface");
     }

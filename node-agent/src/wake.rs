@@ -226,6 +226,7 @@ mod tests {
             fail_open: false,
             director_state: None,
             director_since: None,
+            election_conflict: None,
         }
     }
 

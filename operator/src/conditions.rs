@@ -6,6 +6,9 @@ pub const ACCEPTED: &str = "Accepted";
 pub const RESOLVED: &str = "Resolved";
 pub const VIP_ALLOWED: &str = "VipAllowed";
 pub const CONFLICT: &str = "Conflict";
+/// Directors in an election: True while one hears another speaker use its
+/// virtual router id, or a second master (split brain).
+pub const ELECTION_CONFLICT: &str = "ElectionConflict";
 pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";

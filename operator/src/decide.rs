@@ -6,13 +6,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use tunlb_api::plan::{ObjectKey, ipvs_keys};
 use tunlb_api::{
-    DirectorState, ElectionStatus, HealthState, NodeStatus, RealServer, VipPool, VirtualService,
-    VirtualServiceStatus, validate,
+    DirectorState, ElectionConflict, ElectionStatus, HealthState, NodeStatus, RealServer, VipPool,
+    VirtualService, VirtualServiceStatus, validate,
 };
 
 use crate::conditions::{
-    self, ACCEPTED, ALL_UNHEALTHY, CONFLICT, READY, RECONCILING, RESOLVED, STALLED, VIP_ALLOWED,
-    Want,
+    self, ACCEPTED, ALL_UNHEALTHY, CONFLICT, ELECTION_CONFLICT, READY, RECONCILING, RESOLVED,
+    STALLED, VIP_ALLOWED, Want,
 };
 use crate::election::ElectionError;
 use crate::health::{self, Aggregate};
@@ -164,6 +164,29 @@ fn active_director(reports: &[NodeStatus], generation: Option<i64>) -> Option<St
                 .and_then(|s| s.parse::<k8s_openapi::jiff::Timestamp>().ok())
         })
         .map(|r| r.node_name.clone())
+}
+
+/// The ElectionConflict condition: what directors hear that contradicts
+/// the election (a speaker outside it using its id, or a second master).
+fn election_conflict(reports: &[NodeStatus]) -> Want {
+    let seen: Vec<(&str, &ElectionConflict)> = reports
+        .iter()
+        .filter_map(|r| Some((r.node_name.as_str(), r.election_conflict.as_ref()?)))
+        .collect();
+    let Some((_, first)) = seen.first() else {
+        return Want::new(
+            ELECTION_CONFLICT,
+            false,
+            "NoConflict",
+            "no director reports another speaker on its virtual router id or a second master",
+        );
+    };
+    let message = seen
+        .iter()
+        .map(|(node, c)| format!("director {node}: {}", c.message))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Want::new(ELECTION_CONFLICT, true, first.reason.clone(), message)
 }
 
 /// The AllRealServersUnhealthy condition.
@@ -339,6 +362,9 @@ pub fn decide(
         }),
         _ => None,
     };
+    if election.is_some() {
+        wants.push(election_conflict(reports));
+    }
 
     let waiting = admit(&mut real_servers, reports, generation);
     let agg = health::aggregate(&checked, &real_servers, reports);
@@ -562,6 +588,7 @@ mod tests {
             draining: vec![],
             director_state: None,
             director_since: None,
+            election_conflict: None,
         }
     }
     fn probe(address: &str, state: HealthState, message: &str) -> ProbedServer {
@@ -1414,6 +1441,30 @@ endpoints:
     }
 
     #[test]
+    fn a_conflict_a_director_hears_is_a_condition_naming_it() {
+        let mut d1 = report("d1", 2, true, &[NodeRole::Director]);
+        let d2 = report("d2", 2, true, &[NodeRole::Director]);
+        let quiet = election_conflict(&[d1.clone(), d2.clone()]);
+        assert!(!quiet.status);
+        assert_eq!(quiet.reason, "NoConflict");
+        d1.election_conflict = Some(ElectionConflict {
+            reason: "VirtualRouterIdClash".into(),
+            message: "192.168.56.190, not a member of virtual router 255, advertises the same id"
+                .into(),
+        });
+        let w = election_conflict(&[d1, d2]);
+        assert!(w.status);
+        assert_eq!(w.type_, ELECTION_CONFLICT);
+        assert_eq!(w.reason, "VirtualRouterIdClash");
+        assert!(
+            w.message
+                .starts_with("director d1: 192.168.56.190, not a member"),
+            "{}",
+            w.message
+        );
+    }
+
+    #[test]
     fn of_two_active_directors_the_later_one_holds_the_vip() {
         let entry = |node: &str, state: DirectorState, since: &str| NodeStatus {
             node_name: node.into(),
@@ -1426,6 +1477,7 @@ endpoints:
             fail_open: false,
             director_state: Some(state),
             director_since: Some(since.into()),
+            election_conflict: None,
         };
         // d1 was cut off while active and cannot report that it let go.
         let reports = [

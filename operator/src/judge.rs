@@ -592,6 +592,7 @@ mod tests {
             draining: vec![],
             director_state: None,
             director_since: None,
+            election_conflict: None,
         };
         let backend = [NodeRole::Backend];
         assert!(!admitted("r", &[], Some(2)), "no report yet");
@@ -629,6 +630,7 @@ mod tests {
             draining: vec![],
             director_state: None,
             director_since: None,
+            election_conflict: None,
         };
         assert_eq!(
             readiness(&expected, &[rep("d", 2, true, "")], 2),

@@ -1421,6 +1421,7 @@ fn agent_token_writes_only_its_own_node_entry() {
         fail_open: false,
         director_state: None,
         director_since: None,
+        election_conflict: None,
     };
     let write = |e: &tunlb_api::NodeStatus| {
         rt.block_on(tunlb_agent::cluster::write_entry(

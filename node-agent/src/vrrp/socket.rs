@@ -63,9 +63,21 @@ fn setup<T>(op: &'static str, interface: &str, r: io::Result<T>) -> Result<T, So
     })
 }
 
+/// A unicast router joins the VRRP group too, only to hear multicast
+/// speakers that use its id (a clash it reports); failing that is not fatal.
+fn joined(multicast: bool, join: Result<(), SocketError>) -> Result<(), SocketError> {
+    match join {
+        Err(e) if !multicast => {
+            tracing::debug!(error = %e, "multicast adverts of other speakers will not be heard");
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 impl VrrpSocket {
     /// Opens the sockets on `interface` (index `ifindex`), sending from
-    /// `source`, and joins the VRRP group when `multicast`.
+    /// `source`, and joins the VRRP group (needed when `multicast`).
     pub fn open(
         interface: &str,
         ifindex: u32,
@@ -115,7 +127,8 @@ impl VrrpSocket {
                     interface,
                     send.bind(&SockAddr::from(SocketAddr::new(source, 0))),
                 )?;
-                if multicast {
+                joined(
+                    multicast,
                     setup(
                         "join 224.0.0.18",
                         interface,
@@ -123,8 +136,8 @@ impl VrrpSocket {
                             &GROUP_V4,
                             &socket2::InterfaceIndexOrAddress::Index(ifindex),
                         ),
-                    )?;
-                }
+                    ),
+                )?;
             }
             IpAddr::V6(src) => {
                 setup(
@@ -165,13 +178,14 @@ impl VrrpSocket {
                     interface,
                     setsockopt(&recv, sockopt::Ipv6RecvPacketInfo, &true).map_err(io::Error::from),
                 )?;
-                if multicast {
+                joined(
+                    multicast,
                     setup(
                         "join ff02::12",
                         interface,
                         recv.join_multicast_v6(&GROUP_V6, ifindex),
-                    )?;
-                }
+                    ),
+                )?;
             }
         }
         // The send socket also gets a copy of every VRRP packet; a tiny

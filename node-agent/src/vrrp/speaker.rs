@@ -27,6 +27,59 @@ pub const ANNOUNCE_AGAIN_AFTER: Duration = Duration::from_secs(5);
 /// VIPs within this (keepalived follows netlink events instead).
 const LINK_CHECK: Duration = Duration::from_millis(100);
 
+/// A clash is reported until its speaker has been silent this long, or
+/// three of its advert intervals if longer.
+const CLASH_HOLD: Duration = Duration::from_secs(3);
+
+/// Something on the segment that contradicts this virtual router. Neither
+/// moves the election: a clashing speaker's adverts are ignored, and a split
+/// brain is left to priorities as the RFC says; both are reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Conflict {
+    /// A speaker that is not a member advertises this VRID.
+    VridClash {
+        vrid: u8,
+        from: IpAddr,
+        addresses: Vec<IpAddr>,
+    },
+    /// A member keeps advertising as master while this node is master, for
+    /// longer than Master_Down_Interval: both hold the VIPs.
+    SplitBrain { vrid: u8, with: IpAddr },
+}
+
+impl Conflict {
+    /// The condition reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Conflict::VridClash { .. } => "VirtualRouterIdClash",
+            Conflict::SplitBrain { .. } => "SplitBrain",
+        }
+    }
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Conflict::VridClash {
+                vrid,
+                from,
+                addresses,
+            } => {
+                let list: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+                write!(
+                    f,
+                    "{from}, not a member of virtual router {vrid}, advertises the same id for [{}]; its adverts are ignored (give this election another virtualRouterId, or that speaker another id)",
+                    list.join(", ")
+                )
+            }
+            Conflict::SplitBrain { vrid, with } => write!(
+                f,
+                "split brain in virtual router {vrid}: {with} keeps advertising as master while this node is master, so both hold the VIPs (it does not hear this node's adverts)"
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpeakerConfig {
     /// Where adverts and announcements go.
@@ -88,6 +141,8 @@ pub struct SpeakerStats {
     pub other_masters: prometheus_client::metrics::counter::Counter,
     pub takeover_seconds:
         prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub split_brain: prometheus_client::metrics::gauge::Gauge,
+    pub vrid_clash: prometheus_client::metrics::gauge::Gauge,
 }
 
 /// A running virtual router.
@@ -113,6 +168,11 @@ pub struct Speaker {
     stats: SpeakerStats,
     /// When the last advert from another router arrived.
     last_heard: Option<Instant>,
+    conflict_tx: watch::Sender<Option<Conflict>>,
+    /// The last clashing advert: when, how long it counts, what it said.
+    clash: Option<(Instant, Duration, Conflict)>,
+    /// Another master heard while master: since when, last heard, who.
+    other_master: Option<(Instant, Instant, IpAddr)>,
 }
 
 impl SpeakerConfig {
@@ -211,12 +271,20 @@ impl Speaker {
             stats: SpeakerStats::default(),
             last_heard: None,
             send_failing: false,
+            conflict_tx: watch::channel(None).0,
+            clash: None,
+            other_master: None,
         })
     }
 
     /// Follows the state (for a caller that runs other work by role).
     pub fn subscribe(&self) -> watch::Receiver<State> {
         self.state_tx.subscribe()
+    }
+
+    /// Follows what on the segment contradicts this router (None: nothing).
+    pub fn conflicts(&self) -> watch::Receiver<Option<Conflict>> {
+        self.conflict_tx.subscribe()
     }
 
     /// Counts into `stats` from now on.
@@ -304,6 +372,7 @@ impl Speaker {
                     self.set_vips(vips).await;
                 }
                 _ = link_check.tick() => {
+                    self.expire_conflicts();
                     let now_carrier = match self.links.find(&self.config.interface).await {
                         Ok(Some(l)) => l.up && l.carrier,
                         Ok(None) => false,
@@ -358,18 +427,22 @@ impl Speaker {
             tracing::warn!(from = %r.source, error = %e, "VRRP advert dropped");
             return;
         }
-        if let Destinations::Unicast(peers) = &self.config.destinations
-            && !peers.contains(&r.source)
-        {
-            tracing::debug!(from = %r.source, "VRRP advert from a non-peer dropped");
+        let theirs: BTreeSet<_> = r.advert.addresses.iter().collect();
+        let ours: BTreeSet<_> = self.config.vips.iter().collect();
+        // With a list of peers, anyone else using the id clashes; without
+        // one (multicast), a speaker naming other addresses does: it is
+        // another router that picked the same id, and following it would
+        // move these VIPs with its election.
+        let foreign = match &self.config.destinations {
+            Destinations::Unicast(peers) => !peers.contains(&r.source),
+            Destinations::Multicast => r.advert.priority != 0 && theirs != ours,
+        };
+        if foreign {
+            self.clashed(&r);
             return;
         }
-        if r.advert.priority != 0 {
-            let theirs: BTreeSet<_> = r.advert.addresses.iter().collect();
-            let ours: BTreeSet<_> = self.config.vips.iter().collect();
-            if theirs != ours {
-                tracing::debug!(from = %r.source, addresses = ?r.advert.addresses, "peer advertises other virtual addresses");
-            }
+        if r.advert.priority != 0 && theirs != ours {
+            tracing::debug!(from = %r.source, addresses = ?r.advert.addresses, "peer advertises other virtual addresses");
         }
         tracing::trace!(from = %r.source, priority = r.advert.priority, interval_cs = r.advert.interval_cs, "advert");
         self.stats.received.inc();
@@ -384,6 +457,93 @@ impl Speaker {
             r.advert.interval_cs,
         );
         self.execute(actions).await;
+        if self.machine.state() == State::Master && r.advert.priority != 0 {
+            self.other_master_heard(r.source);
+        }
+    }
+
+    fn clashed(&mut self, r: &super::packet::Received) {
+        let conflict = Conflict::VridClash {
+            vrid: self.config.vrid,
+            from: r.source,
+            addresses: r.advert.addresses.clone(),
+        };
+        let hold = CLASH_HOLD.max(Duration::from_millis(u64::from(r.advert.interval_cs) * 30));
+        let new = self.clash.as_ref().is_none_or(|(_, _, c)| *c != conflict);
+        if new {
+            tracing::warn!(from = %r.source, vrid = self.config.vrid, addresses = ?r.advert.addresses, "VRRP advert for this id from a speaker that is not a member: ignored, reported as a clash");
+        }
+        self.clash = Some((Instant::now(), hold, conflict));
+        self.publish_conflict();
+    }
+
+    /// A master that stays master on hearing another one (its priority is
+    /// higher) expects the other to yield; one that keeps advertising past
+    /// Master_Down_Interval does not hear this node.
+    fn other_master_heard(&mut self, from: IpAddr) {
+        let now = Instant::now();
+        let since = match self.other_master {
+            Some((since, _, who)) if who == from => since,
+            _ => now,
+        };
+        self.other_master = Some((since, now, from));
+        if now - since >= self.machine.master_down_interval() {
+            self.publish_conflict();
+        }
+    }
+
+    fn expire_conflicts(&mut self) {
+        let now = Instant::now();
+        if self
+            .clash
+            .as_ref()
+            .is_some_and(|(last, hold, _)| now - *last > *hold)
+        {
+            tracing::info!(
+                vrid = self.config.vrid,
+                "the clashing VRRP speaker went quiet"
+            );
+            self.clash = None;
+        }
+        let down = self.machine.master_down_interval();
+        if self
+            .other_master
+            .is_some_and(|(_, last, _)| self.machine.state() != State::Master || now - last > down)
+        {
+            self.other_master = None;
+        }
+        self.publish_conflict();
+    }
+
+    /// The current conflict (a split brain before a clash) to subscribers
+    /// and the metrics, when it changed.
+    fn publish_conflict(&mut self) {
+        let down = self.machine.master_down_interval();
+        let split = self
+            .other_master
+            .filter(|(since, last, _)| *last - *since >= down)
+            .map(|(_, _, with)| Conflict::SplitBrain {
+                vrid: self.config.vrid,
+                with,
+            });
+        let clash = self.clash.as_ref().map(|(_, _, c)| c.clone());
+        self.stats.split_brain.set(i64::from(split.is_some()));
+        self.stats.vrid_clash.set(i64::from(clash.is_some()));
+        let current = split.or(clash);
+        self.conflict_tx.send_if_modified(|c| {
+            if *c == current {
+                return false;
+            }
+            match &current {
+                Some(Conflict::SplitBrain { with, .. }) => {
+                    tracing::warn!(vrid = self.config.vrid, %with, "split brain: another master keeps advertising")
+                }
+                None if c.is_some() => tracing::info!(vrid = self.config.vrid, "VRRP conflict over"),
+                _ => {}
+            }
+            *c = current.clone();
+            true
+        });
     }
 
     /// Does what the machine asked; true if a release failed.
