@@ -21,9 +21,10 @@
 #    link comes back, and the same probe times the first answer from a again
 #    (preemption); the next failover waits until b has let go of the VIP,
 #    and a random 1-2 s more. FAILOVERS rounds, each with one failover of
-#    every pair, the pairs in a rotating order. `ip -ts monitor address` in
-#    each b splits a failover into cut -> VIP added on b and the rest
-#    (gratuitous ARP, the client's next connection).
+#    every pair, the pairs in a rotating order. `ip -ts monitor` of each b's
+#    addresses and of the client's neighbours split a failover into cut ->
+#    VIP added on b -> the client's ARP entry naming b -> answer. At the end,
+#    each speaker's CPU time and how often it became master.
 # 2. Connections across failovers with IPVS connection sync. Directors sa .61
 #    (priority 200) and sb .62 (100), tunlb speakers at 100 ms, both
 #    `tunlb-agent apply --director --ipvs-sync-interface eth0` for one
@@ -33,8 +34,8 @@
 #    counted after each.
 #
 # Prints "RESULT failover config=C round=R ..." per failover, "RESULT
-# takeback ..." per return, "RESULT sync ..." per sync failover, then
-# "N passed, M failed" for the checks.
+# takeback ..." per return, "RESULT speaker ..." per speaker, "RESULT sync
+# ..." per sync failover, then "N passed, M failed" for the checks.
 set -u
 # shellcheck source=../lab/guest/topology.sh
 . /lab/topology.sh
