@@ -565,6 +565,11 @@ pub struct Election {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 10000))]
     pub announce_interval_ms: Option<u32>,
+    /// Send adverts to the VRRP group (224.0.0.18, ff02::12) instead of to
+    /// each other director, for segments where that is the rule. Adverts
+    /// are still followed only from the directors. Defaults to false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multicast: Option<bool>,
 }
 
 /// Advertisement interval of an election without one, milliseconds.
@@ -730,6 +735,9 @@ pub struct ElectionStatus {
     pub announce_count: u32,
     #[serde(default)]
     pub announce_interval_ms: u32,
+    /// Adverts go to the VRRP multicast group, not to each director.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub multicast: bool,
     /// The directors, highest priority first.
     pub directors: Vec<ElectionMember>,
     /// The director whose agent reports holding the VIP.

@@ -41,6 +41,8 @@ pub struct Router {
     pub interval_cs: u16,
     pub preempt: bool,
     pub announce: Announce,
+    /// Adverts to the VRRP group instead of to each peer.
+    pub multicast: bool,
     pub vips: BTreeSet<IpAddr>,
     pub objects: BTreeSet<ObjectKey>,
 }
@@ -108,6 +110,7 @@ pub fn wanted<'a>(
                 count: e.announce_count,
                 interval: Duration::from_millis(u64::from(e.announce_interval_ms)),
             },
+            multicast: e.multicast,
             vips: BTreeSet::from([vip]),
             objects: BTreeSet::from([d.key.clone()]),
         };
@@ -121,7 +124,8 @@ pub fn wanted<'a>(
                     && r.source == router.source
                     && r.peers == router.peers
                     && r.interval_cs == router.interval_cs
-                    && r.preempt == router.preempt;
+                    && r.preempt == router.preempt
+                    && r.multicast == router.multicast;
                 if same {
                     r.vips.extend(router.vips);
                     r.objects.extend(router.objects);
@@ -169,6 +173,7 @@ impl Router {
             && self.interval_cs == other.interval_cs
             && self.preempt == other.preempt
             && self.announce == other.announce
+            && self.multicast == other.multicast
     }
 }
 
@@ -262,7 +267,12 @@ impl Elections {
             priority: router.priority,
             interval_cs: router.interval_cs,
             preempt: router.preempt,
-            destinations: Destinations::Unicast(router.peers.clone()),
+            destinations: if router.multicast {
+                Destinations::Multicast
+            } else {
+                Destinations::Unicast(router.peers.clone())
+            },
+            members: Some(router.peers.clone()),
             vips: router.vips.iter().copied().collect(),
             source: Some(router.source),
             announce: router.announce,
@@ -443,6 +453,7 @@ mod tests {
             preempt: true,
             announce_count: 5,
             announce_interval_ms: 0,
+            multicast: false,
             directors: members
                 .iter()
                 .map(|(n, a, p)| ElectionMember {

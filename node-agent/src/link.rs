@@ -13,6 +13,7 @@ use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, CacheInfo};
 use netlink_packet_route::link::GreIOFlags;
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkMessage};
+use netlink_sys::AsyncSocket as _;
 use rtnetlink::{Handle, LinkGre, LinkGre6, LinkMessageBuilder, LinkUnspec};
 use tokio::task::JoinHandle;
 use tunlb_api::plan::TunnelDevice;
@@ -511,6 +512,68 @@ pub struct LinkInfo {
     /// peer is up.
     pub carrier: bool,
     pub mtu: Option<u32>,
+}
+
+/// The kernel's notifications about one interface (RTMGRP_LINK), so a
+/// change of its state is seen when it happens rather than by polling, as
+/// keepalived follows them.
+pub struct LinkWatch {
+    index: u32,
+    messages: futures::channel::mpsc::UnboundedReceiver<(
+        netlink_packet_core::NetlinkMessage<netlink_packet_route::RouteNetlinkMessage>,
+        netlink_sys::SocketAddr,
+    )>,
+    connection: JoinHandle<()>,
+}
+
+impl LinkWatch {
+    /// Subscribes to the link notifications of the interface `index`.
+    pub fn open(index: u32) -> Result<LinkWatch, LinkError> {
+        let (mut connection, _, messages) = rtnetlink::new_connection()?;
+        connection
+            .socket_mut()
+            .socket_mut()
+            .bind(&netlink_sys::SocketAddr::new(
+                0,
+                rtnetlink::constants::RTMGRP_LINK,
+            ))?;
+        Ok(LinkWatch {
+            index,
+            messages,
+            connection: tokio::spawn(connection),
+        })
+    }
+
+    /// The interface's next state: whether it is up with a carrier (false
+    /// once it is deleted). None when the subscription ended.
+    pub async fn next(&mut self) -> Option<bool> {
+        use futures::StreamExt;
+        use netlink_packet_core::NetlinkPayload;
+        use netlink_packet_route::RouteNetlinkMessage;
+        while let Some((msg, _)) = self.messages.next().await {
+            match msg.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l))
+                    if l.header.index == self.index =>
+                {
+                    let info = LinkInfo::from_message(&l);
+                    return Some(info.up && info.carrier);
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l))
+                    if l.header.index == self.index =>
+                {
+                    return Some(false);
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+}
+
+impl Drop for LinkWatch {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
 }
 
 impl LinkInfo {

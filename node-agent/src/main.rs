@@ -504,6 +504,7 @@ async fn command(cli: Cli) -> anyhow::Result<ExitCode> {
                 } else {
                     Destinations::Unicast(f.peers)
                 },
+                members: None,
                 vips: f.vips,
                 source: f.source,
                 announce: Announce {

@@ -32,6 +32,7 @@ pub struct Group {
     pub preempt: bool,
     pub announce_count: u32,
     pub announce_interval_ms: u32,
+    pub multicast: bool,
     /// Set by the user; otherwise assigned.
     pub requested_id: Option<u8>,
 }
@@ -153,6 +154,7 @@ pub fn wanted(
         preempt: settings.preempt(),
         announce_count: settings.announce_count(),
         announce_interval_ms: settings.announce_interval_ms.unwrap_or(0),
+        multicast: settings.multicast.unwrap_or(false),
         requested_id: settings.virtual_router_id,
     }))
 }
@@ -244,6 +246,7 @@ impl Registry {
             preempt: group.preempt,
             announce_count: group.announce_count,
             announce_interval_ms: group.announce_interval_ms,
+            multicast: group.multicast,
             directors: group
                 .members
                 .iter()

@@ -200,6 +200,8 @@ pub struct ClusterLabOptions {
     pub extra_dirs: Vec<(PathBuf, String)>,
     /// More programs for the guest's /usr/local/bin.
     pub extra_bins: Vec<PathBuf>,
+    /// Host programs copied with their libraries, at the same paths.
+    pub host_bins: Vec<PathBuf>,
 }
 
 /// Starts the control plane and the operator, then runs `/scenarios/<scenario>.sh`
@@ -442,7 +444,7 @@ pub fn run_in_cluster_lab_with(
             extra_dirs: std::iter::once((kube_dir, "/kube".into()))
                 .chain(opts.extra_dirs.iter().cloned())
                 .collect(),
-            host_bins: Vec::new(),
+            host_bins: opts.host_bins.clone(),
         },
     );
     Ok((lab, tail(&log_path, 20)))

@@ -52,7 +52,11 @@ fn two_directors_elect_one_holder_and_fail_over_without_the_api_server() {
         &ClusterLabOptions {
             timeout_s: 900,
             second_director: true,
-            extra_bins: vec![env!("CARGO_BIN_EXE_probe-loop").into()],
+            extra_bins: vec![
+                env!("CARGO_BIN_EXE_probe-loop").into(),
+                env!("CARGO_BIN_EXE_tcp-hold").into(),
+            ],
+            host_bins: vec!["/usr/sbin/keepalived".into()],
             ..Default::default()
         },
     );

@@ -17,15 +17,18 @@ use super::announce::{Announce, AnnounceError, Announcer};
 use super::machine::{Action, Config as MachineConfig, ConfigError, Machine, State};
 use super::packet::{Advert, PacketError};
 use super::socket::{Destinations, SocketError, VrrpSocket};
-use crate::link::{LinkError, LinkInfo, Links};
+use crate::link::{LinkError, LinkInfo, LinkWatch, Links};
 
 /// keepalived repeats its gratuitous ARPs this long after a takeover
 /// (garp_master_delay), for switches that were still learning the first time.
 pub const ANNOUNCE_AGAIN_AFTER: Duration = Duration::from_secs(5);
 
-/// How often the interface's state is read: a lost carrier releases the
-/// VIPs within this (keepalived follows netlink events instead).
-const LINK_CHECK: Duration = Duration::from_millis(100);
+/// The interface's state comes from the kernel's link notifications; it is
+/// also read this often, in case a notification was lost (a full socket
+/// buffer drops them), and as often as [`LINK_POLL`] when no subscription
+/// could be opened.
+const LINK_CHECK: Duration = Duration::from_secs(2);
+const LINK_POLL: Duration = Duration::from_millis(100);
 
 /// A clash is reported until its speaker has been silent this long, or
 /// three of its advert intervals if longer.
@@ -92,6 +95,9 @@ pub struct SpeakerConfig {
     pub interval_cs: u16,
     pub preempt: bool,
     pub destinations: Destinations,
+    /// The only speakers whose adverts are followed; default: the unicast
+    /// peers, or (multicast) any speaker naming the same addresses.
+    pub members: Option<Vec<IpAddr>>,
     /// The virtual addresses, all of one family.
     pub vips: Vec<IpAddr>,
     /// The source of adverts and the tie breaker; default: the interface's
@@ -352,27 +358,61 @@ impl Speaker {
         };
         self.execute(actions).await;
         self.adopt_leftovers().await;
-        let mut link_check = tokio::time::interval(LINK_CHECK);
+        let mut watch = match LinkWatch::open(self.link.index) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, interface = %self.config.interface, "no link notifications: the interface is polled");
+                None
+            }
+        };
+        let mut link_check = tokio::time::interval(if watch.is_some() {
+            LINK_CHECK
+        } else {
+            LINK_POLL
+        });
         link_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Conflicts end by silence: checked once a second.
+        let mut conflict_check = tokio::time::interval(Duration::from_secs(1));
+        conflict_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self
                 .machine
                 .deadline()
                 .map(|d| self.origin + d)
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-            tokio::select! {
-                _ = &mut stop => break,
-                _ = tokio::time::sleep_until(deadline) => {
-                    let actions = self.machine.timer(self.now());
-                    self.execute(actions).await;
+            // In this order: an advert that arrived while this task was
+            // late comes before the timer it would have reset, so a backup
+            // that wakes late never takes over from a live master.
+            let link_state = async {
+                match watch.as_mut() {
+                    Some(w) => w.next().await,
+                    None => std::future::pending().await,
                 }
+            };
+            tokio::select! {
+                biased;
+                _ = &mut stop => break,
                 got = self.socket.recv() => self.received(got).await,
                 Ok(()) = self.vips_rx.changed() => {
                     let vips = self.vips_rx.borrow_and_update().clone();
                     self.set_vips(vips).await;
                 }
+                _ = tokio::time::sleep_until(deadline) => {
+                    let actions = self.machine.timer(self.now());
+                    self.execute(actions).await;
+                }
+                _ = conflict_check.tick() => self.expire_conflicts(),
+                state = link_state => {
+                    match state {
+                        Some(now_carrier) => self.carrier_changed(&mut carrier, now_carrier).await,
+                        None => {
+                            tracing::warn!(interface = %self.config.interface, "link notifications ended: the interface is polled");
+                            watch = None;
+                            link_check = tokio::time::interval(LINK_POLL);
+                        }
+                    }
+                }
                 _ = link_check.tick() => {
-                    self.expire_conflicts();
                     let now_carrier = match self.links.find(&self.config.interface).await {
                         Ok(Some(l)) => l.up && l.carrier,
                         Ok(None) => false,
@@ -381,15 +421,7 @@ impl Speaker {
                             carrier
                         }
                     };
-                    if now_carrier != carrier {
-                        carrier = now_carrier;
-                        let actions = if carrier {
-                            self.machine.interface_up(self.now())
-                        } else {
-                            self.machine.interface_down()
-                        };
-                        self.execute(actions).await;
-                    }
+                    self.carrier_changed(&mut carrier, now_carrier).await;
                 }
             }
         }
@@ -401,6 +433,19 @@ impl Speaker {
             tracing::info!("VIPs released on the second attempt");
         }
         Ok(())
+    }
+
+    async fn carrier_changed(&mut self, carrier: &mut bool, now_carrier: bool) {
+        if now_carrier == *carrier {
+            return;
+        }
+        *carrier = now_carrier;
+        let actions = if now_carrier {
+            self.machine.interface_up(self.now())
+        } else {
+            self.machine.interface_down()
+        };
+        self.execute(actions).await;
     }
 
     async fn received(
@@ -433,9 +478,9 @@ impl Speaker {
         // one (multicast), a speaker naming other addresses does: it is
         // another router that picked the same id, and following it would
         // move these VIPs with its election.
-        let foreign = match &self.config.destinations {
-            Destinations::Unicast(peers) => !peers.contains(&r.source),
-            Destinations::Multicast => r.advert.priority != 0 && theirs != ours,
+        let foreign = match (&self.config.members, &self.config.destinations) {
+            (Some(peers), _) | (None, Destinations::Unicast(peers)) => !peers.contains(&r.source),
+            (None, Destinations::Multicast) => r.advert.priority != 0 && theirs != ours,
         };
         if foreign {
             self.clashed(&r);

@@ -6,9 +6,14 @@
 # and comes back (preemption takes it back without failing a request), the
 # master's agent stops (SIGTERM: priority 0, handover) and starts again, and
 # the master's link is cut while no node reaches the API server. Then: a
-# second VIP gets the other director as master, and bad election input is
-# named. Outages are the longest gap between two answered probes.
+# second VIP gets the other director as master (its adverts multicast); 20
+# established connections survive a failover (IPVS sync); a split brain (the backup
+# stops hearing adverts) and a VRID clash (keepalived multicasting web's
+# virtual router id for another address) are conditions, and the clash
+# moves nothing; bad election input is named. Outages are the longest gap between two answered probes.
 . /scenarios/cluster.sh
+# Every agent runs IPVS connection sync; only directors start the daemons.
+AGENT_ENV="TUNLB_IPVS_SYNC_INTERFACE=eth0 TUNLB_IPVS_SYNC_ID=7"
 cluster_setup
 topo_add_ns director2 "$(topo_addr director2)" || exit 1
 ns_exec director2 "$IP" route add default via 192.168.56.1
@@ -175,14 +180,149 @@ api_outage_end
 lab_assert_eq "the reports catch up once the API server is back" 0 \
 	"$(wait_for 60 "master active" sh -c "[ \"\$(kubectl get tvs web -o jsonpath='{.status.election.activeDirector}')\" = $MASTER ]"; echo $?)"
 
-# --- a second VIP: the other director is its master
-web_like web2 192.168.56.187 '{}' | k apply -f -
+# --- a second VIP, its adverts multicast: the other director is its master
+# (the backup counts VRRP packets to the group in a table of its own)
+ns_exec director nft add table inet tunlbmcast
+ns_exec director nft add chain inet tunlbmcast in '{ type filter hook input priority -10; }'
+ns_exec director nft add rule inet tunlbmcast in ip daddr 224.0.0.18 ip protocol 112 counter
+web_like web2 192.168.56.187 '{multicast: true}' | k apply -f -
 lab_assert_eq "web2 Ready" 0 "$(k wait --for=condition=Ready tvs/web2 --timeout=120s >/dev/null 2>&1; echo $?)"
 lab_assert_eq "web2's VIP is held by director2 alone" 0 "$(wait_for 30 "director2 holds .187" held_by 192.168.56.187 director2; echo $?)"
 lab_assert_eq "web's VIP stays on director" director "$(holders "$VIP")"
 lab_assert_eq "web2 answers" yes "$(alternates "$(requests 4 "http://192.168.56.187/")")"
 vrid2="$(status_of web2 '{.status.election.virtualRouterId}')"
 lab_assert_eq "another master, another virtual router id" yes "$([ -n "$vrid2" ] && [ "$vrid2" != "$vrid" ] && echo yes)"
+mcast_packets() { ns_exec director nft list table inet tunlbmcast | sed -n 's/.*counter packets \([0-9]*\).*/\1/p'; }
+lab_assert_eq "web2's adverts reach the backup through the VRRP group" yes "$([ "$(mcast_packets)" -gt 0 ] && echo yes)"
+ns_exec director nft delete table inet tunlbmcast
+
+# --- 20 established connections across a failover: the directors run the
+# IPVS sync daemons (AGENT_ENV above), so the backup knows each connection
+# and its real server before it takes the VIP
+CHAT_VIP=192.168.56.189
+CHAT_PORT=7000
+cat <<YAML | k apply -f -
+apiVersion: tunlb.io/v1alpha1
+kind: VirtualService
+metadata: {name: chat}
+spec:
+  vip: $CHAT_VIP
+  ports: [{port: $CHAT_PORT}]
+  scheduler: rr
+  backends: {static: [{address: $RS1}, {address: $RS2}]}
+YAML
+for n in rs1 rs2; do
+	"$IP" netns exec "$n" tcp-hold serve "$CHAT_PORT" >"/tmp/hold-server-$n" 2>&1 &
+	LAB_PIDS="$LAB_PIDS $!"
+done
+lab_assert_eq "chat Ready" 0 "$(k wait --for=condition=Ready tvs/chat --timeout=120s >/dev/null 2>&1; echo $?)"
+one_chat_holder() { [ "$(holders "$CHAT_VIP" | wc -w)" = 1 ]; }
+lab_assert_eq "chat has one holder" 0 "$(wait_for 30 "one holder of chat" one_chat_holder; echo $?)"
+CHAT_MASTER="$(holders "$CHAT_VIP")"
+CHAT_BACKUP="$(other "$CHAT_MASTER")"
+for n in $DIRECTORS; do
+	lab_assert_contains "$n runs tunlb's sync daemons" "backup sync daemon (mcast=eth0" "$(ns_exec "$n" ipvsadm -L --daemon | tr '\n' ' ')"
+done
+# hold_status KEY: a value from tcp-hold's status file.
+hold_status() { sed -n "s/.* $1=\([0-9]*\).*/\1/p; s/^$1=\([0-9]*\) .*/\1/p" /tmp/hold | head -n 1; }
+hold_is() { [ "$(hold_status "$1")" = "$2" ]; }
+replies_above() { [ "$(hold_status replies)" -gt "$1" ]; }
+# synced NS: how many of the held connections NS's IPVS lists as ESTABLISHED.
+synced() {
+	_table=$(ns_exec "$1" ipvsadm -Lnc)
+	_c=0
+	for _p in $(sed -n 's/^ports=//p' /tmp/hold | tr ',' ' '); do
+		echo "$_table" | grep -q "ESTABLISHED *$CLIENT:$_p *$CHAT_VIP:$CHAT_PORT" && _c=$((_c + 1))
+	done
+	echo "$_c"
+}
+synced_is() { [ "$(synced "$1")" = "$2" ]; }
+"$IP" netns exec client tcp-hold hold "$CHAT_VIP:$CHAT_PORT" 20 200 /tmp/hold >/tmp/hold.log 2>&1 &
+HOLD_PID=$!
+lab_assert_eq "20 connections through chat's VIP" 0 "$(wait_for 30 "20 alive" hold_is alive 20; echo $?)"
+wait_for 20 "a few lines on every connection" replies_above 100
+lab_assert_eq "the backup director lists the 20 connections, synced" 0 "$(wait_for 20 "20 synced" synced_is "$CHAT_BACKUP" 20; echo $?)"
+_before="$(hold_status replies)"
+"$IP" link set "v-$CHAT_MASTER" down
+lab_assert_eq "link cut: the backup takes chat's VIP" 0 "$(wait_for 20 "backup holds chat" held_by "$CHAT_VIP" "$CHAT_BACKUP"; echo $?)"
+wait_for 20 "every connection answers again" replies_above "$((_before + 200))"
+cat /tmp/hold
+lab_assert_eq "with sync: 20 of 20 connections alive after the failover" 20 "$(hold_status alive)"
+lab_assert_eq "with sync: 0 of 20 reset" 0 "$(hold_status reset)"
+echo "measured: longest wait for an answer across the failover: $(hold_status max_gap_ms) ms"
+"$IP" link set "v-$CHAT_MASTER" up
+lab_assert_eq "link back: the master takes chat back" 0 "$(wait_for 20 "master holds chat" held_by "$CHAT_VIP" "$CHAT_MASTER"; echo $?)"
+_before="$(hold_status replies)"
+wait_for 20 "more answers after the master is back" replies_above "$((_before + 200))"
+lab_assert_eq "with sync: 20 of 20 still alive after failing back" 20 "$(hold_status alive)"
+kill "$HOLD_PID"
+wait "$HOLD_PID" 2>/dev/null
+k delete tvs chat --timeout=60s
+
+# --- a split brain: the backup stops hearing VRRP (its input drops
+# protocol 112), takes the VIP, and its adverts reach a master that stays
+cond() { status_of "$1" "{.status.conditions[?(@.type==\"ElectionConflict\")].$2}"; }
+conflict_is() { [ "$(cond "$1" status)/$(cond "$1" reason)" = "$2" ]; }
+metric_is() {
+	[ "$(ns_exec "$3" curl -s --max-time 5 127.0.0.1:9090/metrics | grep "^tunlb_agent_$1{" | grep "vrid=\"$vrid\"" | awk '{print $2}')" = "$2" ]
+}
+lab_assert_eq "no conflict to begin with" 0 "$(wait_for 30 "ElectionConflict False" conflict_is web False/NoConflict; echo $?)"
+ns_exec "$BACKUP" nft add table inet tunlbtest
+ns_exec "$BACKUP" nft add chain inet tunlbtest in '{ type filter hook input priority -10; }'
+ns_exec "$BACKUP" nft add rule inet tunlbtest in ip protocol 112 drop
+lab_assert_eq "deaf backup: both directors hold the VIP" 0 "$(wait_for 20 "two holders" held_by "$VIP" "director director2"; echo $?)"
+lab_assert_eq "split brain: a condition" 0 "$(wait_for 30 "SplitBrain" conflict_is web True/SplitBrain; echo $?)"
+lab_assert_contains "it names the director that hears it and the other master" \
+	"director $MASTER: split brain in virtual router $vrid: $(topo_addr "$BACKUP") keeps advertising as master" "$(cond web message)"
+lab_assert_eq "split brain: the master's metric" 0 "$(wait_for 20 "vrrp_split_brain 1" metric_is vrrp_split_brain 1 "$MASTER"; echo $?)"
+ns_exec "$BACKUP" nft delete table inet tunlbtest
+lab_assert_eq "the backup hears again: it lets go" 0 "$(wait_for 20 "master alone" held_by "$VIP" "$MASTER"; echo $?)"
+lab_assert_eq "split brain over: the condition clears" 0 "$(wait_for 30 "NoConflict" conflict_is web False/NoConflict; echo $?)"
+lab_assert_eq "split brain over: the metric clears" 0 "$(wait_for 20 "vrrp_split_brain 0" metric_is vrrp_split_brain 0 "$MASTER"; echo $?)"
+
+# --- keepalived in the client's namespace, multicasting adverts for web's
+# virtual router id and another address at a higher priority: reported on
+# both directors, ignored (nothing moves, no request fails)
+mkdir -p /etc/keepalived /run/keepalived
+cat >/tmp/ka-clash.conf <<CONF
+global_defs {
+	router_id clash
+	vrrp_version 3
+}
+vrrp_instance CLASH {
+	state MASTER
+	interface eth0
+	virtual_router_id $vrid
+	priority 250
+	advert_int 0.1
+	virtual_ipaddress {
+		192.168.56.199/32 dev eth0
+	}
+}
+CONF
+since_before="$(status_of web "{.status.nodes[?(@.nodeName==\"$MASTER\")].directorSince}")"
+probe_start "$VIP"
+settle
+"$IP" netns exec client /usr/sbin/keepalived --dont-fork --log-console --no-syslog --vrrp \
+	-f /tmp/ka-clash.conf -p /run/keepalived/clash.pid -r /run/keepalived/clash-vrrp.pid >/tmp/ka-clash.log 2>&1 &
+KA_PID=$!
+lab_assert_eq "VRID clash: a condition" 0 "$(wait_for 30 "VirtualRouterIdClash" conflict_is web True/VirtualRouterIdClash; echo $?)"
+lab_assert_contains "it names the speaker, the id and its address" \
+	"$CLIENT, not a member of virtual router $vrid, advertises the same id for [192.168.56.199]" "$(cond web message)"
+for n in $DIRECTORS; do
+	lab_assert_eq "VRID clash: $n's metric" 0 "$(wait_for 20 "vrrp_id_clash 1" metric_is vrrp_id_clash 1 "$n"; echo $?)"
+done
+lab_assert_contains "both directors report it" "director $BACKUP: $CLIENT" "$(cond web message)"
+settle
+lab_assert_eq "VRID clash: the VIP stays where it was" "$MASTER" "$(holders "$VIP")"
+lab_assert_eq "VRID clash: no transition" "$since_before" \
+	"$(status_of web "{.status.nodes[?(@.nodeName==\"$MASTER\")].directorSince}")"
+kill -TERM "$KA_PID"
+wait "$KA_PID" 2>/dev/null
+lab_assert_eq "keepalived gone: the condition clears" 0 "$(wait_for 30 "NoConflict" conflict_is web False/NoConflict; echo $?)"
+probe_stop
+report "a clashing VRRP speaker" >/dev/null
+lab_assert_eq "VRID clash: no request failed" 0 "$(failed_probes)"
 
 # --- bad election input
 out="$(web_like bad-interval 192.168.56.188 '{advertIntervalMs: 15}' | kubectl apply -f - 2>&1)"
