@@ -8,7 +8,7 @@
 //! aside and swapped in whole when it completes, so readers never see half a
 //! list.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, btree_map, hash_map};
 use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -17,7 +17,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher;
 use tokio::sync::watch;
 use tunlb_api::plan::{IpvsKey, ipvs_keys};
-use tunlb_api::{VipPool, VirtualService, validate};
+use tunlb_api::{Protocol, VipPool, VirtualService, validate};
 
 use crate::conditions::ACCEPTED;
 use crate::decide::created;
@@ -432,6 +432,7 @@ impl std::fmt::Display for VsName {
 
 /// A VirtualService's entry in the index.
 struct Entry {
+    /// Its IPVS services, all on its VIP; none when its spec is invalid.
     keys: Box<[IpvsKey]>,
     /// The object as JSON, without field managers, annotations, conditions
     /// or realServers: about 500 bytes where the decoded object took 1.5 KB.
@@ -439,31 +440,94 @@ struct Entry {
     /// The Service it takes backends from, in its own namespace.
     service: Option<Box<str>>,
     observed: Observed,
-    /// Its VIP (when its spec is valid) and creation time in seconds: where
-    /// it stands among those whose namespace the VIP may belong to.
-    vip: Option<IpAddr>,
+    /// Creation time in seconds: where it stands among those whose
+    /// namespace its VIP may belong to.
     created: i64,
 }
 
-/// VirtualServices on one VIP, oldest first (creation time, then name; the
-/// namespace is in the name). Most VIPs have one, so a sorted vector: a
-/// map per VIP would cost two tree nodes each.
-type OnVip = Vec<(i64, VsName)>;
+impl Entry {
+    fn vip(&self) -> Option<IpAddr> {
+        self.keys.first().map(|k| k.vip)
+    }
+}
+
+/// An IPVS service as the index orders it: by VIP first, so that all
+/// VirtualServices on a VIP are one range of the map that finds conflicts,
+/// and no map by VIP is needed beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct VipKey {
+    vip: IpAddr,
+    /// Protocol and port; `None` only in the bound that starts a VIP's range.
+    service: Option<(Protocol, u16)>,
+}
+
+impl VipKey {
+    fn of(key: &IpvsKey) -> VipKey {
+        VipKey {
+            vip: key.vip,
+            service: Some((key.protocol, key.port)),
+        }
+    }
+
+    fn first_on(vip: IpAddr) -> VipKey {
+        VipKey { vip, service: None }
+    }
+}
+
+/// The VirtualServices at one key of the index. Most keys have one, held
+/// in place: a vector of one costs an allocation per key.
+#[derive(Debug)]
+enum Names {
+    One(VsName),
+    Many(Vec<VsName>),
+}
+
+impl Names {
+    fn as_slice(&self) -> &[VsName] {
+        match self {
+            Names::One(name) => std::slice::from_ref(name),
+            Names::Many(names) => names,
+        }
+    }
+
+    fn push(&mut self, name: VsName) {
+        match self {
+            Names::Many(names) => names.push(name),
+            Names::One(first) => {
+                let first = first.clone();
+                *self = Names::Many(vec![first, name]);
+            }
+        }
+    }
+
+    /// Removes `name`; false when none is left.
+    fn remove(&mut self, name: &VsName) -> bool {
+        match self {
+            Names::One(only) => only != name,
+            Names::Many(names) => {
+                names.retain(|n| n != name);
+                if let [only] = names.as_slice() {
+                    *self = Names::One(only.clone());
+                }
+                !self.as_slice().is_empty()
+            }
+        }
+    }
+}
 
 /// VirtualServices by the IPVS services they occupy and by the Service they
-/// take backends from (which ones may conflict, and which ones a Service or
-/// slice change affects), and the status each was last seen with.
+/// take backends from (which ones may conflict, which ones share a VIP, and
+/// which ones a Service or slice change affects), and the status each was
+/// last seen with.
 #[derive(Default)]
 pub struct VirtualServices {
     entries: HashMap<VsName, Entry>,
     /// Keyed by VIP, protocol and port, not by VIP alone: thousands of
     /// VirtualServices on one VIP (a port each) must not all be each other's
-    /// peers.
-    by_key: HashMap<IpvsKey, Vec<VsName>>,
-    by_service: HashMap<ServiceKey, Vec<VsName>>,
-    /// Whose namespace a VIP belongs to: the oldest of each namespace are
-    /// looked at, not all of them.
-    by_vip: HashMap<IpAddr, OnVip>,
+    /// peers. Ordered by VIP, so a VIP's range says whose namespace it may
+    /// belong to.
+    by_key: BTreeMap<VipKey, Names>,
+    by_service: HashMap<ServiceKey, Names>,
 }
 
 /// The IPVS services `vs` occupies; none when its spec is invalid.
@@ -479,28 +543,13 @@ pub fn keys_and_vip(vs: &VirtualService) -> (Box<[IpvsKey]>, Option<IpAddr>) {
     }
 }
 
-fn unlink<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<VsName>>, key: &K, name: &VsName) {
-    if let Some(list) = map.get_mut(key) {
-        list.retain(|o| o != name);
-        if list.is_empty() {
-            map.remove(key);
-        }
-    }
-}
-
-fn link<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<VsName>>, key: K, name: VsName) {
-    // Most lists hold one name: no spare capacity.
-    let list = map.entry(key).or_insert_with(|| Vec::with_capacity(1));
-    list.push(name);
-}
-
 impl VirtualServices {
     /// The others that occupy any of `keys`: those `name` may conflict with.
     pub fn sharing(&self, keys: &[IpvsKey], name: &VsName) -> Vec<VsName> {
         let mut names: Vec<VsName> = keys
             .iter()
-            .filter_map(|k| self.by_key.get(k))
-            .flatten()
+            .filter_map(|k| self.by_key.get(&VipKey::of(k)))
+            .flat_map(Names::as_slice)
             .filter(|n| *n != name)
             .cloned()
             .collect();
@@ -509,38 +558,49 @@ impl VirtualServices {
         names
     }
 
+    /// Every VirtualService on `vip`, once per IPVS service it occupies there.
+    fn at_vip(&self, vip: IpAddr) -> impl Iterator<Item = &VsName> {
+        self.by_key
+            .range(VipKey::first_on(vip)..)
+            .take_while(move |(k, _)| k.vip == vip)
+            .flat_map(|(_, names)| names.as_slice())
+    }
+
     /// The others whose verdicts may change with `name`'s (at `keys` and
     /// `vip`): those sharing an IPVS service with it and, when another
     /// namespace uses the VIP, every other one on the VIP, since whose
     /// namespace it belongs to may change.
     pub fn related(&self, keys: &[IpvsKey], vip: Option<IpAddr>, name: &VsName) -> Vec<VsName> {
         let mut names = self.sharing(keys, name);
-        let on_vip = vip.and_then(|v| self.by_vip.get(&v));
-        if let Some(on_vip) = on_vip
-            && on_vip
-                .iter()
-                .any(|(_, n)| n.namespace() != name.namespace())
+        if let Some(vip) = vip
+            && self.at_vip(vip).any(|n| n.namespace() != name.namespace())
         {
-            names.extend(
-                on_vip
-                    .iter()
-                    .map(|(_, n)| n)
-                    .filter(|n| *n != name)
-                    .cloned(),
-            );
+            names.extend(self.at_vip(vip).filter(|n| *n != name).cloned());
             names.sort_unstable();
             names.dedup();
         }
         names
     }
 
-    /// Each namespace's VirtualServices on `vip`, oldest first.
+    /// Whether any VirtualService other than `name` is on `vip`.
+    pub fn others_on_vip(&self, vip: IpAddr, name: &VsName) -> bool {
+        self.at_vip(vip).any(|n| n != name)
+    }
+
+    /// Each namespace's VirtualServices on `vip`, oldest first (creation
+    /// time, then name).
     pub fn on_vip(
         &self,
         vip: IpAddr,
     ) -> impl Iterator<Item = (&str, impl Iterator<Item = &VsName>)> {
+        let mut aged: Vec<(i64, &VsName)> = self
+            .at_vip(vip)
+            .map(|n| (self.entries.get(n).map_or(i64::MAX, |e| e.created), n))
+            .collect();
+        aged.sort_unstable();
+        aged.dedup();
         let mut by_namespace: BTreeMap<&str, Vec<&VsName>> = BTreeMap::new();
-        for (_, n) in self.by_vip.get(&vip).into_iter().flatten() {
+        for (_, n) in aged {
             by_namespace.entry(n.namespace()).or_default().push(n);
         }
         by_namespace
@@ -548,16 +608,24 @@ impl VirtualServices {
             .map(|(ns, names)| (ns, names.into_iter()))
     }
 
-    /// Each VirtualService last seen Accepted, with its VIP.
+    /// Each VirtualService last seen Accepted, with its VIP, once per IPVS
+    /// service it occupies; those on one VIP come one after another.
     pub fn accepted(&self) -> impl Iterator<Item = (&VsName, IpAddr)> {
-        self.entries
+        self.by_key
             .iter()
-            .filter(|(_, e)| e.observed.is_true(ACCEPTED))
-            .filter_map(|(name, e)| Some((name, e.vip?)))
+            .flat_map(|(k, names)| names.as_slice().iter().map(move |n| (n, k.vip)))
+            .filter(|(n, _)| {
+                self.entries
+                    .get(*n)
+                    .is_some_and(|e| e.observed.is_true(ACCEPTED))
+            })
     }
 
     pub fn using_service(&self, key: &ServiceKey) -> Vec<VsName> {
-        self.by_service.get(key).cloned().unwrap_or_default()
+        self.by_service
+            .get(key)
+            .map(|names| names.as_slice().to_vec())
+            .unwrap_or_default()
     }
 
     /// Every VirtualService in the index.
@@ -586,24 +654,19 @@ impl VirtualServices {
     fn forget(&mut self, name: &VsName) -> Option<Entry> {
         let old = self.entries.remove(name)?;
         for key in &old.keys {
-            unlink(&mut self.by_key, key, name);
+            let key = VipKey::of(key);
+            if let Some(names) = self.by_key.get_mut(&key)
+                && !names.remove(name)
+            {
+                self.by_key.remove(&key);
+            }
         }
         if let Some(svc) = &old.service {
-            unlink(
-                &mut self.by_service,
-                &ServiceKey::new(name.namespace(), svc),
-                name,
-            );
-        }
-        if let Some(vip) = old.vip
-            && let Some(on_vip) = self.by_vip.get_mut(&vip)
-        {
-            let at = (old.created, name.clone());
-            if let Ok(i) = on_vip.binary_search(&at) {
-                on_vip.remove(i);
-            }
-            if on_vip.is_empty() {
-                self.by_vip.remove(&vip);
+            let key = ServiceKey::new(name.namespace(), svc);
+            if let Some(names) = self.by_service.get_mut(&key)
+                && !names.remove(name)
+            {
+                self.by_service.remove(&key);
             }
         }
         Some(old)
@@ -627,11 +690,9 @@ impl Cache for VirtualServices {
                 return None;
             }
         };
-        let (keys, vip) = keys_and_vip(vs);
         let entry = Entry {
             object,
-            keys,
-            vip,
+            keys: ipvs_keys_of(vs),
             created: created(vs),
             service: vs
                 .spec
@@ -651,26 +712,28 @@ impl Cache for VirtualServices {
         }
         let mut touched = self
             .forget(&name)
-            .map(|old| self.related(&old.keys, old.vip, &name))
+            .map(|old| self.related(&old.keys, old.vip(), &name))
             .unwrap_or_default();
-        touched.extend(self.related(&entry.keys, entry.vip, &name));
+        touched.extend(self.related(&entry.keys, entry.vip(), &name));
         touched.sort_unstable();
         touched.dedup();
         for key in &entry.keys {
-            link(&mut self.by_key, *key, name.clone());
+            match self.by_key.entry(VipKey::of(key)) {
+                btree_map::Entry::Vacant(e) => {
+                    e.insert(Names::One(name.clone()));
+                }
+                btree_map::Entry::Occupied(mut e) => e.get_mut().push(name.clone()),
+            }
         }
         if let Some(svc) = &entry.service {
-            link(
-                &mut self.by_service,
-                ServiceKey::new(name.namespace(), svc),
-                name.clone(),
-            );
-        }
-        if let Some(vip) = entry.vip {
-            let on_vip = self.by_vip.entry(vip).or_default();
-            let at = (entry.created, name.clone());
-            if let Err(i) = on_vip.binary_search(&at) {
-                on_vip.insert(i, at);
+            match self
+                .by_service
+                .entry(ServiceKey::new(name.namespace(), svc))
+            {
+                hash_map::Entry::Vacant(e) => {
+                    e.insert(Names::One(name.clone()));
+                }
+                hash_map::Entry::Occupied(mut e) => e.get_mut().push(name.clone()),
             }
         }
         self.entries.insert(name, entry);
@@ -680,7 +743,7 @@ impl Cache for VirtualServices {
     fn remove(&mut self, vs: &VirtualService) -> Option<Vec<VsName>> {
         let name = VsName::of(vs)?;
         let old = self.forget(&name)?;
-        let touched = self.related(&old.keys, old.vip, &name);
+        let touched = self.related(&old.keys, old.vip(), &name);
         (!touched.is_empty()).then_some(touched)
     }
 }
@@ -916,6 +979,9 @@ mod tests {
                 ("b".to_string(), vec!["b/x".to_string()]),
             ]
         );
+        let x = VsName::new("b", "x");
+        assert!(index.others_on_vip("10.0.0.1".parse().unwrap(), &x));
+        assert!(!index.others_on_vip("10.0.0.9".parse().unwrap(), &x));
         drop(index);
         // it goes: again everyone
         assert_eq!(

@@ -310,7 +310,8 @@ fn peers_of(
         .filter_map(|r| index.object(r))
         .filter_map(|o| as_peer(&o))
         .collect();
-    let Some(vip) = vip else {
+    // Most VIPs have one VirtualService: then there is no owner to look for.
+    let Some(vip) = vip.filter(|v| index.others_on_vip(*v, &me)) else {
         return peers;
     };
     for (ns, names) in index.on_vip(vip) {
@@ -668,28 +669,38 @@ async fn report_unreadable(
 /// VirtualServices last seen Accepted that it admits. Where one pool holds
 /// a VIP, an accepted VirtualService on it is that pool's; only where pools
 /// overlap is the object read and judged again to find which one admits it.
+/// The index lists a VIP's VirtualServices together, so the pools holding
+/// it are found once per VIP (with CIDRs parsed once per count) and nothing
+/// is kept per VIP.
 fn pool_usage(ctx: &Context, pools: &[VipPool]) -> BTreeMap<String, i32> {
     let nodes = ctx.nodes.infos();
     let namespaces = ctx.namespaces.read();
     let index = ctx.index.read();
-    let name_of = |p: &VipPool| p.metadata.name.clone().unwrap_or_default();
-    let accepted: Vec<(IpAddr, String)> = index
-        .accepted()
-        .filter_map(|(name, vip)| {
-            let mut holding = pools.iter().filter(|p| p.holds(vip));
-            let first = holding.next()?;
-            if holding.next().is_none() {
-                return Some((vip, name_of(first)));
+    fn name_of(p: &VipPool) -> &str {
+        p.metadata.name.as_deref().unwrap_or_default()
+    }
+    let holders = judge::Holders::new(pools);
+    let mut holding: (Option<IpAddr>, Vec<&VipPool>) = (None, Vec::new());
+    let accepted = index.accepted().filter_map(|(name, vip)| {
+        if holding.0 != Some(vip) {
+            holding.0 = Some(vip);
+            holding.1.clear();
+            holding.1.extend(holders.of(vip));
+        }
+        match holding.1.as_slice() {
+            [] => None,
+            [only] => Some((vip, name_of(only))),
+            _ => {
+                let vs = index.object(name)?;
+                let valid = validate(&vs.spec).ok()?;
+                let ns = name.namespace();
+                judge::admit(ns, namespaces.labels(ns), &vs.spec, &valid, pools, &nodes)
+                    .ok()
+                    .map(|p| (vip, name_of(p)))
             }
-            let vs = index.object(name)?;
-            let valid = validate(&vs.spec).ok()?;
-            let ns = name.namespace();
-            judge::admit(ns, namespaces.labels(ns), &vs.spec, &valid, pools, &nodes)
-                .ok()
-                .map(|p| (vip, name_of(p)))
-        })
-        .collect();
-    judge::pool_usage(pools, accepted.iter().map(|(v, p)| (*v, p.as_str())))
+        }
+    });
+    judge::pool_usage(pools, accepted)
 }
 
 /// Keeps each VipPool's `status.used` (see `pool_usage`): counted a moment

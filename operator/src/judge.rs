@@ -221,22 +221,68 @@ pub fn conflict<'a>(me: &Peer, peers: impl IntoIterator<Item = &'a Peer>) -> Opt
     })
 }
 
+/// Pools with their CIDRs parsed once, for asking which hold each of many
+/// VIPs (a usage count asks for every VIP in use): `VipPool::holds` parses
+/// them on each call. Read as `holds` reads them: an entry that does not
+/// parse holds nothing.
+pub struct Holders<'p> {
+    pools: Vec<(&'p VipPool, Vec<IpNet>)>,
+}
+
+impl<'p> Holders<'p> {
+    pub fn new(pools: &'p [VipPool]) -> Holders<'p> {
+        let pools = pools
+            .iter()
+            .map(|p| {
+                let nets = p
+                    .spec
+                    .cidrs
+                    .iter()
+                    .filter_map(|c| c.trim().parse().ok())
+                    .collect();
+                (p, nets)
+            })
+            .collect();
+        Holders { pools }
+    }
+
+    /// The pools holding `vip`.
+    pub fn of(&self, vip: IpAddr) -> impl Iterator<Item = &'p VipPool> + '_ {
+        self.pools
+            .iter()
+            .filter(move |(_, nets)| nets.iter().any(|n| n.contains(&vip)))
+            .map(|(p, _)| *p)
+    }
+}
+
 /// Each pool's `status.used`: the distinct VIPs of accepted VirtualServices
-/// it admits. `accepted`: (VIP, admitting pool) of each. Every pool is
-/// listed, unused ones with 0.
+/// it admits. `accepted`: (VIP, admitting pool) of each, those on one VIP
+/// one after another (as the index lists them), so that a VIP is told from
+/// the last one counted without a set of all VIPs. Every pool is listed,
+/// unused ones with 0.
 pub fn pool_usage<'a>(
     pools: &[VipPool],
     accepted: impl IntoIterator<Item = (IpAddr, &'a str)>,
 ) -> BTreeMap<String, i32> {
-    let mut vips: BTreeMap<&str, BTreeSet<IpAddr>> = BTreeMap::new();
+    // Per pool: the VIP counted last, and how many.
+    let mut counted: BTreeMap<&str, (IpAddr, usize)> = BTreeMap::new();
     for (vip, pool) in accepted {
-        vips.entry(pool).or_default().insert(vip);
+        match counted.get_mut(pool) {
+            Some((last, _)) if *last == vip => {}
+            Some((last, n)) => {
+                *last = vip;
+                *n += 1;
+            }
+            None => {
+                counted.insert(pool, (vip, 1));
+            }
+        }
     }
     pools
         .iter()
         .filter_map(|p| p.metadata.name.as_deref())
         .map(|name| {
-            let used = vips.get(name).map_or(0, BTreeSet::len);
+            let used = counted.get(name).map_or(0, |(_, n)| *n);
             (name.to_string(), i32::try_from(used).unwrap_or(i32::MAX))
         })
         .collect()
@@ -542,6 +588,28 @@ mod tests {
         assert_eq!(vip_taken(&closed, &a3, owner).unwrap().reason, "VipInUse");
         // a peer whose pool is gone holds nothing
         assert!(!holds_vip(&b2, &[], owner));
+    }
+
+    #[test]
+    fn holders_read_cidrs_as_the_pools_do() {
+        let pools = [
+            pool("a", "cidrs: [' 192.168.56.0/24 ', not-a-cidr]\n"),
+            pool("b", "cidrs: [192.168.56.128/25, 'fd00:56::/64']\n"),
+        ];
+        let holders = Holders::new(&pools);
+        for vip in ["192.168.56.1", "192.168.56.200", "10.0.0.1", "fd00:56::1"] {
+            let by_holders: Vec<&str> = holders
+                .of(ip(vip))
+                .filter_map(|p| p.metadata.name.as_deref())
+                .collect();
+            let by_pools: Vec<&str> = pools
+                .iter()
+                .filter(|p| p.holds(ip(vip)))
+                .filter_map(|p| p.metadata.name.as_deref())
+                .collect();
+            assert_eq!(by_holders, by_pools, "{vip}");
+        }
+        assert_eq!(holders.of(ip("192.168.56.200")).count(), 2);
     }
 
     #[test]
