@@ -83,8 +83,11 @@ impl Inner {
             self.timers.push(Reverse((at, name.clone())));
         }
         // Stale entries pile up when objects are re-run before their time:
-        // rebuilt once they outnumber the live ones.
-        if self.timers.len() > 2 * self.live_timers + 64 {
+        // rebuilt once they are half as many as the live ones. A start runs
+        // every object twice (its status write comes back as a change), and
+        // the heap keeps the capacity it reaches: 1.5 entries per object
+        // rather than 2 (32 bytes each).
+        if self.timers.len() > self.live_timers + self.live_timers / 2 + 64 {
             let slots = &self.slots;
             self.timers
                 .retain(|Reverse((at, n))| slots.get(n).and_then(|s| s.due) == Some(*at));
