@@ -2,7 +2,8 @@
 //! `cargo run -p tunlb-tests --bin cluster-lab -- demo`.
 //!
 //! usage: cluster-lab [SCENARIO] [--timeout SECONDS] [--populate MANIFEST]
-//!        [--vip-cidr CIDR]... [--no-lab-pool] [--dir HOST_DIR:GUEST_PATH]... [--bin PATH]...
+//!        [--vip-cidr CIDR]... [--no-lab-pool] [--second-director]
+//!        [--dir HOST_DIR:GUEST_PATH]... [--bin PATH]... [--host-bin PATH]...
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +25,8 @@ fn main() -> anyhow::Result<ExitCode> {
             "--populate" => opts.populate = Some(PathBuf::from(value()?)),
             "--vip-cidr" => opts.vip_cidrs.push(value()?),
             "--no-lab-pool" => opts.no_lab_pool = true,
+            "--second-director" => opts.second_director = true,
+            "--host-bin" => opts.host_bins.push(PathBuf::from(value()?)),
             "--bin" => opts.extra_bins.push(PathBuf::from(value()?)),
             "--dir" => {
                 let v = value()?;
