@@ -15,12 +15,13 @@ use serde::Serialize;
 use tunlb_api::{ElectionStatus, HealthState, RealServer, VirtualService, VirtualServiceStatus};
 
 use crate::conditions::{
-    ACCEPTED, ALL_UNHEALTHY, CONFLICT, READY, RECONCILING, RESOLVED, STALLED, VIP_ALLOWED,
+    ACCEPTED, ALL_UNHEALTHY, CONFLICT, ELECTION_CONFLICT, READY, RECONCILING, RESOLVED, STALLED,
+    VIP_ALLOWED,
 };
 use crate::decide::OperatorStatus;
 
 /// The condition types the operator owns; `Observed` refers to them by index.
-const OWNED: [&str; 8] = [
+const OWNED: [&str; 9] = [
     ACCEPTED,
     RESOLVED,
     VIP_ALLOWED,
@@ -29,17 +30,18 @@ const OWNED: [&str; 8] = [
     RECONCILING,
     STALLED,
     ALL_UNHEALTHY,
+    ELECTION_CONFLICT,
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
     pub digest: u64,
     /// Which of OWNED were written (bit i for OWNED[i]), and which of those True.
-    written: u8,
-    true_: u8,
+    written: u16,
+    true_: u16,
     /// The lastTransitionTime of each written one, in OWNED order, in
-    /// seconds: the precision a Time is written with. Eight seconds take
-    /// 64 bytes where eight conditions with a Time each took 192.
+    /// seconds: the precision a Time is written with. Nine seconds take
+    /// 72 bytes where nine conditions with a Time each took 216.
     since: Box<[i64]>,
     /// (address, state) of each real server written with a health.
     health: Box<[(Box<str>, HealthState)]>,
@@ -65,7 +67,7 @@ impl Observed {
                 by_type[i] = Some((c.status == "True", c.last_transition_time.0.as_second()));
             }
         }
-        let (mut written, mut true_) = (0u8, 0u8);
+        let (mut written, mut true_) = (0u16, 0u16);
         for (i, c) in by_type.iter().enumerate() {
             if let Some((status, _)) = c {
                 written |= 1 << i;
@@ -129,7 +131,7 @@ impl Observed {
             .collect()
     }
 
-    fn bit(type_: &str) -> u8 {
+    fn bit(type_: &str) -> u16 {
         OWNED.iter().position(|t| *t == type_).map_or(0, |i| 1 << i)
     }
 
