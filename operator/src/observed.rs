@@ -282,4 +282,31 @@ mod tests {
         assert_ne!(Observed::of(Some(&changed)).digest, digest(&status));
         assert_ne!(Observed::of(None).digest, digest(&status));
     }
+
+    /// A condition type left out of OWNED would not be compared, so its
+    /// change alone would never be written.
+    #[test]
+    fn every_condition_type_the_operator_writes_is_compared() {
+        for t in [
+            ACCEPTED,
+            RESOLVED,
+            VIP_ALLOWED,
+            CONFLICT,
+            READY,
+            RECONCILING,
+            STALLED,
+            ALL_UNHEALTHY,
+            ELECTION_CONFLICT,
+        ] {
+            let with = |status: &str| OperatorStatus {
+                observed_generation: Some(1),
+                conditions: vec![cond(t, status, "")],
+                real_servers: None,
+                real_server_count: None,
+                healthy: None,
+                election: None,
+            };
+            assert_ne!(digest(&with("True")), digest(&with("False")), "{t}");
+        }
+    }
 }

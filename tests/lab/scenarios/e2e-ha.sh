@@ -277,6 +277,12 @@ lab_assert_contains "it names the director that hears it and the other master" \
 lab_assert_eq "split brain: the master's metric" 0 "$(wait_for 20 "vrrp_split_brain 1" metric_is vrrp_split_brain 1 "$MASTER"; echo $?)"
 ns_exec "$BACKUP" nft delete table inet tunlbtest
 lab_assert_eq "the backup hears again: it lets go" 0 "$(wait_for 20 "master alone" held_by "$VIP" "$MASTER"; echo $?)"
+# Not a check yet: whether the conflict clears once the backup hears again.
+wait_for 20 "the conflict clears" conflict_is web False/NoConflict >/dev/null
+echo "after the split brain: ElectionConflict $(cond web status)/$(cond web reason);" \
+	"$MASTER's electionConflict '$(status_of web "{.status.nodes[?(@.nodeName==\"$MASTER\")].electionConflict.reason}")';" \
+	"$(ns_exec "$MASTER" curl -s --max-time 5 127.0.0.1:9090/metrics | grep "^tunlb_agent_vrrp_split_brain{" | grep "vrid=\"$vrid\"")"
+grep -h "split brain\|VRRP conflict" "/tmp/agent-$MASTER.log" | tail -3
 # --- bad election input
 out="$(web_like bad-interval 192.168.56.188 '{advertIntervalMs: 15}' | kubectl apply -f - 2>&1)"
 lab_assert_contains "an advert interval not in centiseconds is refused" "must be a multiple of 10" "$out"
