@@ -56,6 +56,7 @@ fn two_directors_elect_one_holder_and_fail_over_without_the_api_server() {
                 env!("CARGO_BIN_EXE_probe-loop").into(),
                 env!("CARGO_BIN_EXE_tcp-hold").into(),
             ],
+            host_bins: vec!["/usr/sbin/keepalived".into()],
             ..Default::default()
         },
     );
