@@ -16,6 +16,21 @@ pub const STALLED: &str = "Stalled";
 /// servers it finds unhealthy because no healthy one is left (fail open).
 pub const ALL_UNHEALTHY: &str = "AllRealServersUnhealthy";
 
+/// Every condition type the operator writes. The cached status keeps them
+/// by index and the status digest compares only these, so a type missing
+/// here would never be rewritten on its own change.
+pub const OWNED: [&str; 9] = [
+    ACCEPTED,
+    RESOLVED,
+    VIP_ALLOWED,
+    CONFLICT,
+    READY,
+    RECONCILING,
+    STALLED,
+    ALL_UNHEALTHY,
+    ELECTION_CONFLICT,
+];
+
 /// A condition the operator wants, before timestamps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Want {
@@ -88,6 +103,20 @@ mod tests {
 
     fn t(secs: i64) -> Time {
         Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    /// A condition type declared in this file and left out of OWNED fails here.
+    #[test]
+    fn every_declared_condition_type_is_owned() {
+        let declared: Vec<&str> = include_str!("conditions.rs")
+            .lines()
+            .filter(|l| l.starts_with("pub const ") && l.contains(": &str = \""))
+            .filter_map(|l| l.split('"').nth(1))
+            .collect();
+        assert_eq!(declared.len(), OWNED.len(), "{declared:?}");
+        for t in declared {
+            assert!(OWNED.contains(&t), "{t} is not in OWNED");
+        }
     }
 
     #[test]

@@ -14,24 +14,8 @@ use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
 use tunlb_api::{ElectionStatus, HealthState, RealServer, VirtualService, VirtualServiceStatus};
 
-use crate::conditions::{
-    ACCEPTED, ALL_UNHEALTHY, CONFLICT, ELECTION_CONFLICT, READY, RECONCILING, RESOLVED, STALLED,
-    VIP_ALLOWED,
-};
+use crate::conditions::OWNED;
 use crate::decide::OperatorStatus;
-
-/// The condition types the operator owns; `Observed` refers to them by index.
-const OWNED: [&str; 9] = [
-    ACCEPTED,
-    RESOLVED,
-    VIP_ALLOWED,
-    CONFLICT,
-    READY,
-    RECONCILING,
-    STALLED,
-    ALL_UNHEALTHY,
-    ELECTION_CONFLICT,
-];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
@@ -228,6 +212,7 @@ fn digest_of<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conditions::{ACCEPTED, READY, RESOLVED};
 
     fn cond(t: &str, status: &str, msg: &str) -> Condition {
         Condition {
@@ -287,17 +272,7 @@ mod tests {
     /// change alone would never be written.
     #[test]
     fn every_condition_type_the_operator_writes_is_compared() {
-        for t in [
-            ACCEPTED,
-            RESOLVED,
-            VIP_ALLOWED,
-            CONFLICT,
-            READY,
-            RECONCILING,
-            STALLED,
-            ALL_UNHEALTHY,
-            ELECTION_CONFLICT,
-        ] {
+        for t in OWNED {
             let with = |status: &str| OperatorStatus {
                 observed_generation: Some(1),
                 conditions: vec![cond(t, status, "")],
