@@ -63,6 +63,8 @@ pub enum ClusterError {
     State(#[from] crate::state::StateError),
     #[error(transparent)]
     Links(#[from] crate::link::LinkError),
+    #[error(transparent)]
+    Thread(#[from] crate::vrrp::thread::ThreadError),
 }
 
 /// A VirtualService as this node will program it: the spec and real servers
@@ -417,7 +419,7 @@ pub async fn run(
     info!("caches synced; programming");
 
     let mut elections =
-        crate::election::Elections::new(dp.links().clone(), wake.clone(), metrics.clone());
+        crate::election::Elections::new(dp.links().clone(), wake.clone(), metrics.clone())?;
     let mut last_pass = Instant::now() - settings.resync;
     let mut draining = false;
     let mut checked = BTreeMap::new();

@@ -25,6 +25,7 @@ use crate::vrrp::announce::Announce;
 use crate::vrrp::machine::State;
 use crate::vrrp::socket::Destinations;
 use crate::vrrp::speaker::{Conflict, Speaker, SpeakerConfig};
+use crate::vrrp::thread::{SpeakerThread, ThreadError};
 
 /// A virtual router: VRRP ids are per address family.
 pub type RouterKey = (bool, u8);
@@ -188,9 +189,10 @@ struct Running {
     task: JoinHandle<()>,
 }
 
-/// The speakers this node runs.
+/// The speakers this node runs, on a thread of their own.
 pub struct Elections {
     links: Links,
+    thread: SpeakerThread,
     metrics: Arc<AgentMetrics>,
     /// Notified on every transition, so a pass reports it.
     wake: Arc<Notify>,
@@ -200,14 +202,19 @@ pub struct Elections {
 }
 
 impl Elections {
-    pub fn new(links: Links, wake: Arc<Notify>, metrics: Arc<AgentMetrics>) -> Elections {
-        Elections {
+    pub fn new(
+        links: Links,
+        wake: Arc<Notify>,
+        metrics: Arc<AgentMetrics>,
+    ) -> Result<Elections, ThreadError> {
+        Ok(Elections {
             links,
+            thread: SpeakerThread::start()?,
             metrics,
             wake,
             running: BTreeMap::new(),
             failed: BTreeMap::new(),
-        }
+        })
     }
 
     /// Starts the routers that are new, stops the others. A router whose
@@ -278,15 +285,20 @@ impl Elections {
             announce: router.announce,
             announce_again_after: Some(crate::vrrp::speaker::ANNOUNCE_AGAIN_AFTER),
         };
-        let speaker = Speaker::new(config, self.links.clone())
+        // Opened on the thread, so its sockets are that runtime's.
+        let links = self.thread.links();
+        let speaker = self
+            .thread
+            .spawn(async move { Speaker::new(config, links).await })
             .await
+            .map_err(|e| format!("VRRP thread: {e}"))?
             .map_err(|e| e.to_string())?
             .with_stats(self.metrics.vrrp(&labels(key)));
         let mut state = speaker.subscribe();
         let conflict = speaker.conflicts();
         let vips = speaker.vips();
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
+        let task = self.thread.spawn(async move {
             if let Err(e) = speaker
                 .run(async {
                     let _ = rx.await;

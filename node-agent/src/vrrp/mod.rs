@@ -7,9 +7,11 @@
 //! - [`announce`]: gratuitous ARP and unsolicited neighbour advertisements.
 //! - [`speaker`]: one virtual router on one interface, driving the rest with
 //!   tokio and owning its VIP addresses while Master.
+//! - [`thread`]: the thread the agent's speakers run on.
 
 pub mod announce;
 pub mod machine;
 pub mod packet;
 pub mod socket;
 pub mod speaker;
+pub mod thread;

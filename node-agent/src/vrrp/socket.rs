@@ -5,6 +5,11 @@
 //! receive - a raw IPv4 socket bound to an address only receives packets
 //! addressed to it, which would miss the multicast group. Both are bound to
 //! the interface, so adverts never leave or arrive through another one.
+//!
+//! Every raw socket of a protocol gets a copy of every packet of it, so a
+//! director running several routers would wake each of them for every
+//! advert on the segment. A socket filter in the kernel passes the receive
+//! socket only adverts for its own VRID, and the send socket nothing.
 
 use std::io;
 use std::io::IoSliceMut;
@@ -12,7 +17,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::fd::{AsRawFd, RawFd};
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn6, recvmsg, setsockopt, sockopt};
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::{Domain, Protocol, SockAddr, SockFilter, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
@@ -75,12 +80,41 @@ fn joined(multicast: bool, join: Result<(), SocketError>) -> Result<(), SocketEr
     }
 }
 
+// Classic BPF opcodes (linux/filter.h), as the u16 a filter line holds.
+const LD_B_ABS: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16;
+const LD_B_IND: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_IND) as u16;
+const LDX_B_MSH: u16 = (libc::BPF_LDX | libc::BPF_B | libc::BPF_MSH) as u16;
+const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+
+/// A filter passing only VRRP packets whose VRID (the advert's second byte)
+/// is `vrid`. An IPv4 raw socket's filter sees the packet from the IP
+/// header (its length taken from IHL), an IPv6 one from the payload.
+fn vrid_filter(ipv4: bool, vrid: u8) -> Vec<SockFilter> {
+    let mut prog = if ipv4 {
+        vec![
+            SockFilter::new(LDX_B_MSH, 0, 0, 0),
+            SockFilter::new(LD_B_IND, 0, 0, 1),
+        ]
+    } else {
+        vec![SockFilter::new(LD_B_ABS, 0, 0, 1)]
+    };
+    prog.extend([
+        SockFilter::new(JEQ_K, 0, 1, u32::from(vrid)),
+        SockFilter::new(RET_K, 0, 0, u32::MAX),
+        SockFilter::new(RET_K, 0, 0, 0),
+    ]);
+    prog
+}
+
 impl VrrpSocket {
-    /// Opens the sockets on `interface` (index `ifindex`), sending from
-    /// `source`, and joins the VRRP group (needed when `multicast`).
+    /// Opens the sockets on `interface` (index `ifindex`) for router
+    /// `vrid`, sending from `source`, and joins the VRRP group (needed when
+    /// `multicast`).
     pub fn open(
         interface: &str,
         ifindex: u32,
+        vrid: u8,
         source: IpAddr,
         multicast: bool,
     ) -> Result<VrrpSocket, SocketError> {
@@ -188,9 +222,17 @@ impl VrrpSocket {
                 )?;
             }
         }
-        // The send socket also gets a copy of every VRRP packet; a tiny
-        // buffer bounds what it holds, since nobody reads it.
-        let _ = send.set_recv_buffer_size(1);
+        setup(
+            "filter the receive socket by VRID",
+            interface,
+            recv.attach_filter(&vrid_filter(source.is_ipv4(), vrid)),
+        )?;
+        // Nobody reads the send socket.
+        setup(
+            "filter everything from the send socket",
+            interface,
+            send.attach_filter(&[SockFilter::new(RET_K, 0, 0, 0)]),
+        )?;
         Ok(VrrpSocket {
             send: setup(
                 "register with tokio",
@@ -311,4 +353,56 @@ fn recv_v6(fd: RawFd, buf: &mut [u8]) -> io::Result<Result<Received, PacketError
             advert,
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vrrp::packet::Advert;
+
+    fn advert(vrid: u8, vip: IpAddr) -> Advert {
+        Advert {
+            vrid,
+            priority: 100,
+            interval_cs: 100,
+            addresses: vec![vip],
+        }
+    }
+
+    /// On loopback: adverts for another VRID never reach the receive
+    /// socket, so the first one read is the one for its own VRID.
+    async fn only_its_vrid_is_received(source: IpAddr, vip: IpAddr) {
+        let lo = nix::net::if_::if_nametoindex("lo").unwrap();
+        let ours = match VrrpSocket::open("lo", lo, 7, source, false) {
+            Ok(s) => s,
+            Err(SocketError::Setup { source: e, .. })
+                if e.kind() == io::ErrorKind::PermissionDenied =>
+            {
+                eprintln!("skipped: raw sockets need CAP_NET_RAW");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        for vrid in [8, 9, 7] {
+            let bytes = advert(vrid, vip).encode(source, source).unwrap();
+            ours.send(&bytes, source).await.unwrap();
+        }
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), ours.recv())
+            .await
+            .expect("an advert within 5 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.advert.vrid, 7);
+        assert_eq!(got.advert.addresses, vec![vip]);
+    }
+
+    #[tokio::test]
+    async fn ipv4_socket_receives_only_its_vrid() {
+        only_its_vrid_is_received("127.0.0.1".parse().unwrap(), "10.9.0.1".parse().unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn ipv6_socket_receives_only_its_vrid() {
+        only_its_vrid_is_received("::1".parse().unwrap(), "fd00:9::1".parse().unwrap()).await;
+    }
 }

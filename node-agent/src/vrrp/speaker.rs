@@ -254,6 +254,7 @@ impl Speaker {
         let socket = VrrpSocket::open(
             &config.interface,
             link.index,
+            config.vrid,
             source,
             matches!(config.destinations, Destinations::Multicast),
         )?;
