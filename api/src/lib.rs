@@ -1,6 +1,7 @@
 //! tunlb API: the `VirtualService` resource, its validation, manifest loading
 //! and the pure per-node plan. No I/O lives here.
 
+pub mod election;
 pub mod health;
 pub mod manifest;
 pub mod plan;

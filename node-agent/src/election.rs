@@ -6,6 +6,9 @@
 //! whether this node holds the VIP. Speakers elect on their own: no API
 //! server is needed once they run.
 //!
+//! Without Kubernetes, `serve --peer` computes the elections itself
+//! ([`standalone`]) from the manifests every director serves alike.
+//!
 //! [`wanted`] is pure; [`Elections`] starts, restarts and stops speakers.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,6 +29,133 @@ use crate::vrrp::machine::State;
 use crate::vrrp::socket::Destinations;
 use crate::vrrp::speaker::{Conflict, Speaker, SpeakerConfig};
 use crate::vrrp::thread::{SpeakerThread, ThreadError};
+
+/// Another director, named on the command line (`serve --peer
+/// NAME=ADDRESS`), or this node as the peers name it: a name and its
+/// addresses (one per family at most).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    pub addresses: Vec<IpAddr>,
+}
+
+impl tunlb_api::election::Candidate for Peer {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn address(&self, ipv4: bool) -> Option<IpAddr> {
+        self.addresses.iter().copied().find(|a| a.is_ipv4() == ipv4)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    #[error(
+        "--peer {0:?}: expected NAME=ADDRESS (the other director's node name and the address its adverts come from)"
+    )]
+    Syntax(String),
+    #[error("--peer {given:?}: {name} already has an {family} address")]
+    SecondAddress {
+        given: String,
+        name: String,
+        family: &'static str,
+    },
+}
+
+/// Reads `--peer NAME=ADDRESS` values; a peer given twice (IPv4 and IPv6)
+/// is one peer with both addresses.
+pub fn parse_peers(values: &[String]) -> Result<Vec<Peer>, PeerError> {
+    let mut peers: Vec<Peer> = Vec::new();
+    for v in values {
+        let (name, address) = v
+            .split_once('=')
+            .filter(|(n, _)| !n.is_empty())
+            .and_then(|(n, a)| Some((n, a.parse::<IpAddr>().ok()?)))
+            .ok_or_else(|| PeerError::Syntax(v.clone()))?;
+        match peers.iter_mut().find(|p| p.name == name) {
+            Some(p) if p.addresses.iter().any(|a| a.is_ipv4() == address.is_ipv4()) => {
+                return Err(PeerError::SecondAddress {
+                    given: v.clone(),
+                    name: name.to_string(),
+                    family: if address.is_ipv4() { "IPv4" } else { "IPv6" },
+                });
+            }
+            Some(p) => p.addresses.push(address),
+            None => peers.push(Peer {
+                name: name.to_string(),
+                addresses: vec![address],
+            }),
+        }
+    }
+    Ok(peers)
+}
+
+/// This node's addresses for an election with `peers`: per family, its
+/// address on the subnet of a peer's address of that family.
+pub fn own_addresses(name: &str, addresses: &[crate::link::Address], peers: &[Peer]) -> Peer {
+    let on_subnet = |a: &crate::link::Address, peer: &IpAddr| {
+        ipnet::IpNet::new(a.address, a.prefix_len)
+            .is_ok_and(|net| net.contains(peer) && a.address != *peer)
+    };
+    let mut own: Vec<IpAddr> = Vec::new();
+    for peer in peers.iter().flat_map(|p| &p.addresses) {
+        if own.iter().any(|o| o.is_ipv4() == peer.is_ipv4()) {
+            continue;
+        }
+        if let Some(a) = addresses
+            .iter()
+            .filter(|a| !a.is_tunlb_labelled())
+            .find(|a| on_subnet(a, peer))
+        {
+            own.push(a.address);
+        }
+    }
+    Peer {
+        name: name.to_string(),
+        addresses: own,
+    }
+}
+
+/// Standalone: the elections of the objects this node (`me`) directs,
+/// with `peers` directing them too. Every director serves the same
+/// manifests and names the others, so each computes the same members,
+/// priorities and virtual router ids (objects in key order, as the
+/// operator's registry assigns them). Why an object gets none is returned
+/// by object.
+pub fn standalone<'a>(
+    me: &Peer,
+    peers: &[Peer],
+    directed: impl IntoIterator<Item = (&'a ObjectKey, &'a VirtualServiceSpec)>,
+) -> (
+    BTreeMap<ObjectKey, ElectionStatus>,
+    BTreeMap<ObjectKey, String>,
+) {
+    let mut candidates: Vec<&Peer> = vec![me];
+    candidates.extend(peers);
+    let mut registry = tunlb_api::election::Registry::default();
+    let mut elections = BTreeMap::new();
+    let mut errors = BTreeMap::new();
+    let mut directed: Vec<_> = directed.into_iter().collect();
+    directed.sort_by(|a, b| a.0.cmp(b.0));
+    for (key, spec) in directed {
+        let Ok(vip) = spec.vip.parse::<IpAddr>() else {
+            continue;
+        };
+        let assigned = tunlb_api::election::wanted(vip, spec, &candidates)
+            .and_then(|g| g.map(|g| registry.assign(key, vip, g, None)).transpose());
+        match assigned {
+            Ok(Some(e)) => {
+                elections.insert(key.clone(), e);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                errors.insert(key.clone(), format!("election: {e}"));
+            }
+        }
+    }
+    (elections, errors)
+}
 
 /// A virtual router: VRRP ids are per address family.
 pub type RouterKey = (bool, u8);
@@ -456,6 +586,119 @@ mod tests {
             "vip: {vip}\nports: [{{port: 80}}]\nbackends: {{static: [{{address: 10.1.0.1}}]}}\n"
         ))
         .unwrap()
+    }
+
+    #[test]
+    fn peers_parse_by_name_with_one_address_per_family() {
+        let peers = parse_peers(&[
+            "d2=10.9.0.2".into(),
+            "d3=10.9.0.3".into(),
+            "d2=fd00::2".into(),
+        ])
+        .unwrap();
+        assert_eq!(peers.len(), 2);
+        assert_eq!(
+            peers[0].addresses,
+            vec![
+                "10.9.0.2".parse::<IpAddr>().unwrap(),
+                "fd00::2".parse().unwrap()
+            ]
+        );
+        for bad in ["d2", "=10.9.0.2", "d2=10.9.0", "d2:10.9.0.2"] {
+            assert!(
+                matches!(parse_peers(&[bad.into()]), Err(PeerError::Syntax(_))),
+                "{bad}"
+            );
+        }
+        let err = parse_peers(&["d2=10.9.0.2".into(), "d2=10.9.0.4".into()]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--peer \"d2=10.9.0.4\": d2 already has an IPv4 address"
+        );
+    }
+
+    #[test]
+    fn own_address_is_the_one_on_a_peers_subnet() {
+        let mut lan = crate::link::Address::for_test(2, "eth0", "192.168.56.181".parse().unwrap());
+        lan.prefix_len = 24;
+        let mut other = crate::link::Address::for_test(3, "eth1", "10.0.0.5".parse().unwrap());
+        other.prefix_len = 8;
+        let peers = parse_peers(&["d2=192.168.56.182".into()]).unwrap();
+        let me = own_addresses("d1", &[other, lan], &peers);
+        assert_eq!(
+            me.addresses,
+            vec!["192.168.56.181".parse::<IpAddr>().unwrap()]
+        );
+        let far = parse_peers(&["d2=172.16.0.2".into()]).unwrap();
+        assert!(own_addresses("d1", &[], &far).addresses.is_empty());
+    }
+
+    #[test]
+    fn standalone_directors_compute_the_same_elections() {
+        let d1 = Peer {
+            name: "d1".into(),
+            addresses: vec!["10.9.0.1".parse().unwrap()],
+        };
+        let d2 = Peer {
+            name: "d2".into(),
+            addresses: vec!["10.9.0.2".parse().unwrap()],
+        };
+        let objects: Vec<(ObjectKey, VirtualServiceSpec)> = (1..=40)
+            .map(|i| {
+                (
+                    ObjectKey::new("default", format!("vs{i}")),
+                    spec(&format!("10.50.0.{i}")),
+                )
+            })
+            .collect();
+        let on =
+            |me: &Peer, peers: &[Peer]| standalone(me, peers, objects.iter().map(|(k, s)| (k, s)));
+        let (from_d1, e1) = on(&d1, std::slice::from_ref(&d2));
+        let (from_d2, e2) = on(&d2, std::slice::from_ref(&d1));
+        assert!(e1.is_empty() && e2.is_empty());
+        assert_eq!(from_d1.len(), 40);
+        assert_eq!(from_d1, from_d2);
+        // Masters are spread over both, and each master's VIPs share one id.
+        let mut ids: BTreeMap<String, BTreeSet<u8>> = BTreeMap::new();
+        for e in from_d1.values() {
+            ids.entry(e.directors[0].node_name.clone())
+                .or_default()
+                .insert(e.virtual_router_id);
+        }
+        assert_eq!(ids.len(), 2, "{ids:?}");
+        assert!(ids.values().all(|s| s.len() == 1), "{ids:?}");
+        // Each runs its routers from them.
+        let directed = from_d1.iter().map(|(key, election)| Directed {
+            key,
+            spec: &objects.iter().find(|(k, _)| k == key).unwrap().1,
+            election,
+        });
+        let (routers, errors) = wanted("d1", directed);
+        assert!(errors.is_empty());
+        assert_eq!(routers.len(), 2);
+        assert_eq!(routers.values().map(|r| r.vips.len()).sum::<usize>(), 40);
+    }
+
+    #[test]
+    fn a_peer_without_an_address_of_the_vips_family_is_named() {
+        let me = Peer {
+            name: "d1".into(),
+            addresses: vec!["10.9.0.1".parse().unwrap()],
+        };
+        let peer = Peer {
+            name: "d2".into(),
+            addresses: vec!["fd00::2".parse().unwrap()],
+        };
+        let key = ObjectKey::new("default", "web");
+        let s = spec("10.50.0.1");
+        let (elections, errors) = standalone(&me, &[peer], [(&key, &s)]);
+        assert!(elections.is_empty());
+        assert_eq!(
+            errors.get(&key).map(String::as_str),
+            Some(
+                "election: director d2 has no IPv4 address to send VRRP adverts from (in Kubernetes: an InternalIP; standalone: one on the subnet of a --peer address)"
+            )
+        );
     }
 
     fn election(id: u8, members: &[(&str, &str, u8)]) -> ElectionStatus {

@@ -53,6 +53,13 @@ enum Command {
         /// A pass at least this often (drift repair, drains, edited manifests).
         #[arg(long, default_value = "10")]
         resync_seconds: u64,
+        /// Another director of these manifests, NAME=ADDRESS (its node name
+        /// and the address its VRRP adverts come from; repeat for each, and
+        /// once per family). Directors then elect, by VRRP, which one holds
+        /// each VIP, as in Kubernetes mode; every director serves the same
+        /// manifests and names the others.
+        #[arg(long = "peer")]
+        peers: Vec<String>,
         #[command(flatten)]
         probes: ProbeFlags,
     },
@@ -461,6 +468,7 @@ async fn command(cli: Cli) -> anyhow::Result<ExitCode> {
             node,
             files,
             resync_seconds,
+            peers,
             probes,
         } => {
             dp.probe_mark_base = probes.probe_mark_base;
@@ -469,6 +477,7 @@ async fn command(cli: Cli) -> anyhow::Result<ExitCode> {
             let settings = standalone::ServeSettings {
                 resync: std::time::Duration::from_secs(resync_seconds.max(1)),
                 max_probes_in_flight: probes.max_probes_in_flight,
+                peers: tunlb_agent::election::parse_peers(&peers)?,
             };
             standalone::serve(
                 &mut dp,

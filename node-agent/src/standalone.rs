@@ -87,6 +87,8 @@ pub enum CommandError {
     State(#[from] StateError),
     #[error("read node addresses: {0}")]
     Links(#[from] crate::link::LinkError),
+    #[error(transparent)]
+    Thread(#[from] crate::vrrp::thread::ThreadError),
 }
 
 fn key_of(vs: &VirtualService) -> ObjectKey {
@@ -187,7 +189,83 @@ pub async fn apply(
     args: &NodeArgs,
     paths: &[PathBuf],
 ) -> Result<Outcome, CommandError> {
-    apply_checked(dp, state_dir, args, paths, None).await
+    apply_checked(dp, state_dir, args, paths, None, None).await
+}
+
+/// `serve --peer`: the directors this node elects with, and its speakers.
+pub struct Peering {
+    pub peers: Vec<crate::election::Peer>,
+    pub elections: crate::election::Elections,
+}
+
+type Routers = BTreeMap<crate::election::RouterKey, crate::election::Router>;
+
+impl Peering {
+    /// The virtual routers this node runs for `plan`'s directed objects
+    /// (their specs in `stored`), and why some object's election cannot
+    /// run. The elected VIPs are handed to the speakers in `dp`.
+    async fn plan(
+        &self,
+        dp: &mut Dataplane,
+        name: &str,
+        plan: &NodePlan,
+        stored: &BTreeMap<String, StoredObject>,
+    ) -> Result<(Routers, BTreeMap<ObjectKey, String>), CommandError> {
+        let specs: Vec<(ObjectKey, VirtualServiceSpec)> = plan
+            .objects
+            .iter()
+            .filter(|(_, o)| o.roles.contains(&NodeRole::Director))
+            .filter_map(|(k, _)| {
+                let spec = serde_json::from_str(stored.get(&store_key(k))?.spec.get()).ok()?;
+                Some((k.clone(), spec))
+            })
+            .collect();
+        let links = dp.links().clone();
+        let addresses = links.addresses(&links.interfaces().await?).await?;
+        let me = crate::election::own_addresses(name, &addresses, &self.peers);
+        let (elections, mut errors) =
+            crate::election::standalone(&me, &self.peers, specs.iter().map(|(k, s)| (k, s)));
+        let directed = specs.iter().filter_map(|(key, spec)| {
+            Some(crate::election::Directed {
+                key,
+                spec,
+                election: elections.get(key)?,
+            })
+        });
+        let (routers, more) = crate::election::wanted(name, directed);
+        errors.extend(more);
+        dp.elected = self.elections.elected(&routers);
+        Ok((routers, errors))
+    }
+
+    /// Runs `routers` (those with an object the kernel refused step back)
+    /// and reports each elected object's state.
+    async fn run(
+        &mut self,
+        mut routers: Routers,
+        mut errors: BTreeMap<ObjectKey, String>,
+        report: &SyncReport,
+        out: &mut Outcome,
+    ) {
+        crate::election::step_back(&mut routers, |k| report.errors.contains_key(k));
+        self.elections.apply(routers).await;
+        errors.extend(self.elections.errors().clone());
+        for (k, e) in &errors {
+            out.errors.push(format!("VirtualService {k}: {e}"));
+        }
+        for (k, c) in self.elections.conflicts() {
+            out.errors
+                .push(format!("VirtualService {k}: {}: {}", c.reason, c.message));
+        }
+        for (k, (state, _)) in self.elections.states() {
+            let state = match state {
+                tunlb_api::DirectorState::Active => "active: holds the VIP",
+                tunlb_api::DirectorState::Standby => "standby",
+            };
+            out.lines
+                .push(format!("virtualservice {k}: director {state}"));
+        }
+    }
 }
 
 /// Health gating of a plan before it is programmed, when a prober runs:
@@ -207,6 +285,7 @@ async fn apply_checked(
     args: &NodeArgs,
     paths: &[PathBuf],
     prober: Option<&Prober>,
+    peering: Option<&mut Peering>,
 ) -> Result<Outcome, CommandError> {
     let started = Instant::now();
     let _lock = StateLock::acquire(state_dir)?;
@@ -291,6 +370,11 @@ async fn apply_checked(
         "planned"
     );
 
+    let elected = match peering.as_deref() {
+        Some(p) => Some(p.plan(dp, &args.name, &plan, &candidate).await?),
+        None => None,
+    };
+
     // The stored objects wait on disk while the kernel is programmed: only
     // saving them, or re-planning after a refusal, needs them again, and at
     // 10,000 objects they would add ~7 MB to the sync's peak.
@@ -330,6 +414,9 @@ async fn apply_checked(
         candidate = Some(objects);
     }
     finish_drains(dp, &plan, &mut state, &journal, args, &mut report).await;
+    if let (Some(p), Some((routers, errors))) = (peering, elected) {
+        p.run(routers, errors, &report, &mut out).await;
+    }
     drain_lines(&report, &mut out);
     for d in &report.sync_daemons {
         out.lines.push(format!("ipvs: {d}: running"));
@@ -527,6 +614,8 @@ pub struct ServeSettings {
     /// A pass at least this often: drift repair, drains, manifests re-read.
     pub resync: std::time::Duration,
     pub max_probes_in_flight: usize,
+    /// The other directors, elected with by VRRP; none: no election.
+    pub peers: Vec<crate::election::Peer>,
 }
 
 /// `tunlb-agent serve -f ...`: applies the manifests, then keeps doing so
@@ -545,10 +634,27 @@ pub async fn serve(
     let mut args = args.clone();
     // Drains finish in later passes; a pass never waits for them.
     args.no_wait = true;
+    // Each transition wakes a pass, which prints it.
+    let transition = Arc::new(tokio::sync::Notify::new());
+    let mut peering = match settings.peers.is_empty() {
+        true => None,
+        false => Some(Peering {
+            peers: settings.peers.clone(),
+            elections: crate::election::Elections::new(
+                dp.links().clone(),
+                transition.clone(),
+                Arc::new(crate::metrics::AgentMetrics::new(
+                    &mut prometheus_client::registry::Registry::default(),
+                    0,
+                )),
+            )?,
+        }),
+    };
     tokio::pin!(stop);
     let mut last: Option<(Vec<String>, Vec<String>)> = None;
     loop {
-        let out = apply_checked(dp, state_dir, &args, paths, Some(&prober)).await?;
+        let out =
+            apply_checked(dp, state_dir, &args, paths, Some(&prober), peering.as_mut()).await?;
         let shown = (out.lines.clone(), out.errors.clone());
         if last.as_ref() != Some(&shown) {
             for l in &out.lines {
@@ -576,7 +682,12 @@ pub async fn serve(
                     pass_at = resync_at.min(tokio::time::Instant::now() + crate::health::VERDICT_QUIET);
                 }
                 _ = tokio::time::sleep_until(pass_at) => break,
+                _ = transition.notified() => break,
                 _ = &mut stop => {
+                    if let Some(p) = peering.as_mut() {
+                        // Masters hand their VIPs over at once (priority 0).
+                        p.elections.shutdown().await;
+                    }
                     info!("stopping; kernel state stays as programmed");
                     return Ok(());
                 }

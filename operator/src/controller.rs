@@ -33,13 +33,13 @@ use crate::cache::{
 };
 use crate::conditions;
 use crate::decide::{self, Policy, View};
-use crate::election;
 use crate::events::{self, Kind, Note, Publisher, Reporter};
 use crate::judge::{self, Peer};
 use crate::leader::{Fenced, Leadership};
 use crate::observed::{self, Observed};
 use crate::queue::{Next, Queue};
 use crate::telemetry::Metrics;
+use tunlb_api::election;
 
 /// Reconciles in flight at once. Unbounded, a start with 10,000 VirtualServices
 /// opened thousands of API connections at once (504s from the API server, lost

@@ -14,10 +14,10 @@ use crate::conditions::{
     self, ACCEPTED, ALL_UNHEALTHY, CONFLICT, ELECTION_CONFLICT, READY, RECONCILING, RESOLVED,
     STALLED, VIP_ALLOWED, Want,
 };
-use crate::election::ElectionError;
 use crate::health::{self, Aggregate};
 use crate::judge::{self, Age, Peer, Readiness};
 use crate::resolve::{self, NodeInfo, ServiceInfo, SliceInfo};
+use tunlb_api::election::ElectionError;
 
 /// Operator settings that shape judgements.
 #[derive(Debug, Clone, Default)]

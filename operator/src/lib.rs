@@ -8,7 +8,6 @@ pub mod cache;
 pub mod conditions;
 pub mod controller;
 pub mod decide;
-pub mod election;
 pub mod events;
 pub mod health;
 pub mod judge;

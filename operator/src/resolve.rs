@@ -50,6 +50,16 @@ impl NodeInfo {
     }
 }
 
+impl tunlb_api::election::Candidate for NodeInfo {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn address(&self, ipv4: bool) -> Option<IpAddr> {
+        self.ip_of_family(ipv4)
+    }
+}
+
 /// What resolution needs to know about a Service: its ports.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ServiceInfo {

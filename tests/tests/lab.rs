@@ -126,5 +126,5 @@ fn vrrp_elects_one_director_fails_over_and_interoperates_with_keepalived() {
     );
     println!("{}", run.output);
     // Every part ran to the end.
-    run.assert_passed("vrrp", 44);
+    run.assert_passed("vrrp", 57);
 }

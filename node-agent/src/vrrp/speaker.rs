@@ -151,6 +151,9 @@ pub struct SpeakerStats {
     pub vrid_clash: prometheus_client::metrics::gauge::Gauge,
 }
 
+/// An advert encoded for each of its destinations.
+type Encoded = Vec<(IpAddr, Vec<u8>)>;
+
 /// A running virtual router.
 pub struct Speaker {
     config: SpeakerConfig,
@@ -179,6 +182,8 @@ pub struct Speaker {
     clash: Option<(Instant, Duration, Conflict)>,
     /// Another master heard while master: since when, last heard, who.
     other_master: Option<(Instant, Instant, IpAddr)>,
+    /// The last adverts sent, with their priority, by destination.
+    encoded: Option<(u8, Encoded)>,
 }
 
 impl SpeakerConfig {
@@ -281,6 +286,7 @@ impl Speaker {
             conflict_tx: watch::channel(None).0,
             clash: None,
             other_master: None,
+            encoded: None,
         })
     }
 
@@ -317,6 +323,7 @@ impl Speaker {
             .copied()
             .collect();
         self.config.vips = vips;
+        self.encoded = None;
         if !dropped.is_empty() {
             let kept: BTreeSet<IpAddr> = self.owned.difference(&dropped).copied().collect();
             self.owned = dropped;
@@ -473,21 +480,25 @@ impl Speaker {
             tracing::warn!(from = %r.source, error = %e, "VRRP advert dropped");
             return;
         }
-        let theirs: BTreeSet<_> = r.advert.addresses.iter().collect();
-        let ours: BTreeSet<_> = self.config.vips.iter().collect();
+        // Peers list the addresses in the same order: compared as sets only
+        // when they do not (keepalived keeps its configuration's order).
+        let same_addresses = r.advert.addresses == self.config.vips || {
+            let theirs: BTreeSet<_> = r.advert.addresses.iter().collect();
+            theirs == self.config.vips.iter().collect()
+        };
         // With a list of peers, anyone else using the id clashes; without
         // one (multicast), a speaker naming other addresses does: it is
         // another router that picked the same id, and following it would
         // move these VIPs with its election.
         let foreign = match (&self.config.members, &self.config.destinations) {
             (Some(peers), _) | (None, Destinations::Unicast(peers)) => !peers.contains(&r.source),
-            (None, Destinations::Multicast) => r.advert.priority != 0 && theirs != ours,
+            (None, Destinations::Multicast) => r.advert.priority != 0 && !same_addresses,
         };
         if foreign {
             self.clashed(&r);
             return;
         }
-        if r.advert.priority != 0 && theirs != ours {
+        if r.advert.priority != 0 && !same_addresses {
             tracing::debug!(from = %r.source, addresses = ?r.advert.addresses, "peer advertises other virtual addresses");
         }
         tracing::trace!(from = %r.source, priority = r.advert.priority, interval_cs = r.advert.interval_cs, "advert");
@@ -639,29 +650,42 @@ impl Speaker {
         release_failed
     }
 
-    async fn send_advert(&mut self, priority: u8) {
+    /// The advert for `priority`, encoded for each destination.
+    fn encode(&self, priority: u8) -> Result<Encoded, SpeakerError> {
         let advert = Advert {
             vrid: self.config.vrid,
             priority,
             interval_cs: self.config.interval_cs,
             addresses: self.config.vips.clone(),
         };
+        self.socket
+            .targets(&self.config.destinations)
+            .into_iter()
+            .map(|to| Ok((to, advert.encode(self.socket.source(), to)?)))
+            .collect()
+    }
+
+    async fn send_advert(&mut self, priority: u8) {
+        // The same bytes go out every interval until the VIPs or the
+        // priority change (an advert holds up to 255 addresses).
+        let adverts = match self.encoded.take() {
+            Some((p, adverts)) if p == priority => Ok(adverts),
+            _ => self.encode(priority),
+        };
         let mut failed = None;
-        for to in self.socket.targets(&self.config.destinations) {
-            let sent = match advert.encode(self.socket.source(), to) {
-                Ok(bytes) => self
-                    .socket
-                    .send(&bytes, to)
-                    .await
-                    .map_err(SpeakerError::from),
-                Err(e) => Err(e.into()),
-            };
-            match sent {
-                Ok(()) => {
-                    self.stats.sent.inc();
+        match adverts {
+            Ok(adverts) => {
+                for (to, bytes) in &adverts {
+                    match self.socket.send(bytes, *to).await {
+                        Ok(()) => {
+                            self.stats.sent.inc();
+                        }
+                        Err(e) => failed = Some(SpeakerError::from(e)),
+                    }
                 }
-                Err(e) => failed = Some(e),
+                self.encoded = Some((priority, adverts));
             }
+            Err(e) => failed = Some(e),
         }
         match (failed, self.send_failing) {
             (Some(e), false) => {

@@ -5,7 +5,8 @@
 # warm. A client probes the VIP every 50 ms while: the master's link is cut
 # and comes back (preemption takes it back without failing a request), the
 # master's agent stops (SIGTERM: priority 0, handover) and starts again, and
-# the master's link is cut while no node reaches the API server. Then: a
+# the master's link is cut while no node reaches the API server, and
+# programming fails on the master (it steps back) and works again. Then: a
 # second VIP gets the other director as master (its adverts multicast); 20
 # established connections survive a failover (IPVS sync); a split brain (the backup
 # stops hearing adverts) and a VRID clash (keepalived multicasting web's
@@ -162,6 +163,41 @@ settle
 probe_stop
 report "master's agent restarted" >/dev/null
 lab_assert_eq "the restart: no outage beyond one probe timeout" yes "$([ "$(longest_gap)" -lt 1000 ] && echo yes)"
+
+# --- programming fails on the master: a port added to web whose IPVS
+# service already exists there, created by someone else, which the agent
+# leaves untouched; the master steps back (priority 1) and the backup,
+# which programs the port, takes the VIP; once the other service is gone
+# the master programs it and takes the VIP back
+entry_of() { status_of web "{.status.nodes[?(@.nodeName==\"$1\")].$2}"; }
+ns_exec "$MASTER" ipvsadm -A -t "$VIP:8080" -s rr
+probe_start "$VIP"
+settle
+k patch tvs web --type=json -p '[{"op":"add","path":"/spec/ports/-","value":{"port":8080,"targetPort":80}}]'
+lab_assert_eq "failed programming: the backup takes the VIP" 0 "$(wait_for 30 "backup holds" held_by "$VIP" "$BACKUP"; echo $?)"
+lab_assert_eq "failed programming: the master's entry says why" 0 \
+	"$(wait_for 30 "programmed false" sh -c "[ \"\$(kubectl get tvs web -o jsonpath='{.status.nodes[?(@.nodeName==\"$MASTER\")].programmed}')\" = false ]"; echo $?)"
+lab_assert_contains "it names the service left untouched" "$VIP:8080 already exists and was not created by tunlb" "$(entry_of "$MASTER" message)"
+lab_assert_eq "failed programming: the master's entry is standby" 0 \
+	"$(wait_for 30 "master standby" sh -c "[ \"\$(kubectl get tvs web -o jsonpath='{.status.nodes[?(@.nodeName==\"$MASTER\")].directorState}')\" = standby ]"; echo $?)"
+lab_assert_contains "the backup programs the new port" "TCP  $VIP:8080" "$(ns_exec "$BACKUP" ipvsadm -Ln)"
+lab_assert_eq "the other service on the master is left as it was" "rr" \
+	"$(ns_exec "$MASTER" ipvsadm -Ln -t "$VIP:8080" | awk '$1 == "TCP" {print $3}')"
+settle
+probe_stop
+gap="$(report "programming failed on the master")"
+lab_assert_eq "failed programming: the handover's outage stays under 2 s" yes "$([ "$gap" -lt 2000 ] && echo yes)"
+probe_start "$VIP"
+ns_exec "$MASTER" ipvsadm -D -t "$VIP:8080"
+lab_assert_eq "programmed again: the master takes the VIP back" 0 "$(wait_for 30 "master holds" held_by "$VIP" "$MASTER"; echo $?)"
+lab_assert_eq "programmed again: its entry says so" 0 \
+	"$(wait_for 30 "programmed true" sh -c "[ \"\$(kubectl get tvs web -o jsonpath='{.status.nodes[?(@.nodeName==\"$MASTER\")].programmed}')\" = true ]"; echo $?)"
+settle
+probe_stop
+report "the master programs again" >/dev/null
+lab_assert_eq "taking back: no outage beyond one probe timeout" yes "$([ "$(longest_gap)" -lt 1000 ] && echo yes)"
+k patch tvs web --type=json -p '[{"op":"remove","path":"/spec/ports/1"}]'
+lab_assert_eq "the port removed again" 0 "$(wait_for 30 "8080 gone" sh -c "! ip netns exec $MASTER ipvsadm -Ln | grep -q ':8080'"; echo $?)"
 
 # --- no node reaches the API server; the master's link is cut
 api_outage_start

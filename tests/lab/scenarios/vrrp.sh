@@ -12,6 +12,10 @@
 #     speakers move the VIP; 20 long-lived TCP connections (tcp-hold) keep
 #     working across a link-cut failover and back. The control without the
 #     sync daemons: the same failover resets them.
+# (d) `tunlb-agent serve --peer` on both directors for one VirtualService
+#     with an election (VIP .186): the agents elect (the preferred one holds
+#     the VIP, the other keeps IPVS warm), SIGTERM hands over, a restart
+#     takes it back; a malformed --peer is named.
 # Times are read from `ip -ts monitor` (kernel notifications, wall clock).
 . /scenarios/common.sh
 
@@ -395,8 +399,73 @@ ns_exec d2 ipvsadm --stop-daemon backup
 stop "$SPK_d1"
 stop "$SPK_d2"
 
+echo "== (d) standalone serve --peer: the agents elect among themselves"
+SITE=192.168.56.186
+cat >"$LOGS/site.yaml" <<YAML
+apiVersion: tunlb.io/v1alpha1
+kind: VirtualService
+metadata:
+  name: site
+spec:
+  vip: $SITE
+  ports:
+  - port: 80
+  backends:
+    static:
+    - address: $RS
+  directors:
+    election: {advertIntervalMs: 100, preferredNode: d1}
+YAML
+start_http rs rs 80
+ns_exec rs "$AGENT" apply --node rs --state-dir /tmp/state-rs -f "$LOGS/site.yaml" 2>&1 | sed "s/^/[rs] /"
+for _n in d1 d2; do
+	ns_exec "$_n" "$AGENT" delete --node "$_n" --state-dir "/tmp/state-$_n" --no-wait -f "$LOGS/chat.yaml" 2>&1 | sed "s/^/[$_n] /"
+	# The elected VIP is on tunl0: the master answers ARP for it on eth0.
+	ns_exec "$_n" sysctl -qw net.ipv4.conf.eth0.arp_ignore=0
+done
+# serve NS PEER-NAME PEER-ADDRESS: `tunlb-agent serve` for site with the
+# other director named; its pid goes to SRV_<NS>.
+serve() {
+	echo "--- serve $1" >>"$LOGS/serve-$1"
+	"$IP" netns exec "$1" env TUNLB_LOG=info "$AGENT" serve --node "$1" --director \
+		--state-dir "/tmp/state-$1" --resync-seconds 2 --peer "$2=$3" -f "$LOGS/site.yaml" \
+		>>"$LOGS/serve-$1" 2>&1 &
+	eval "SRV_$1=$!"
+}
+# site_holders: the directors holding site's VIP on tunl0.
+site_holders() {
+	for _n in d1 d2; do
+		ns_exec "$_n" "$IP" -o addr show dev tunl0 | grep -q "inet $SITE/" && printf '%s ' "$_n"
+	done | sed 's/ $//'
+}
+site_held_by() { [ "$(site_holders)" = "$1" ]; }
+said() { grep -q "$2" "$LOGS/serve-$1"; }
+serve d1 d2 "$D2"
+serve d2 d1 "$D1"
+lab_assert_eq "serve --peer: d1 (preferred) alone holds site's VIP" 0 "$(wait_for 30 "d1 holds .186" site_held_by d1; echo $?)"
+lab_assert_eq "serve --peer: d1 prints that it is active" 0 \
+	"$(wait_for 10 "d1 active" said d1 "virtualservice default/site: director active: holds the VIP"; echo $?)"
+lab_assert_eq "serve --peer: d2 prints standby" 0 \
+	"$(wait_for 10 "d2 standby" said d2 "virtualservice default/site: director standby"; echo $?)"
+lab_assert_contains "serve --peer: d2 keeps site's IPVS service warm" "TCP  $SITE:80" "$(ns_exec d2 ipvsadm -Ln)"
+lab_assert_eq "serve --peer: the client reaches rs through site's VIP" "rs" "$(request client "http://$SITE/")"
+stop "$SRV_d1"
+lab_assert_eq "serve --peer: d1 stopped (SIGTERM) and let go of the VIP" "" "$(ns_exec d1 "$IP" -o addr show dev tunl0 | grep "inet $SITE/")"
+lab_assert_eq "serve --peer: d2 takes the VIP" 0 "$(wait_for 10 "d2 holds .186" site_held_by d2; echo $?)"
+lab_assert_eq "serve --peer: the client reaches rs through d2" "rs" "$(request client "http://$SITE/")"
+lab_assert_eq "serve --peer: d2 prints that it is active" 0 \
+	"$(wait_for 10 "d2 active" said d2 "virtualservice default/site: director active: holds the VIP"; echo $?)"
+serve d1 d2 "$D2"
+lab_assert_eq "serve --peer: d1 back, it takes the VIP back (preferred, preemption)" 0 "$(wait_for 30 "d1 holds .186" site_held_by d1; echo $?)"
+lab_assert_eq "serve --peer: the client reaches rs through d1 again" "rs" "$(request client "http://$SITE/")"
+out="$(ns_exec d1 "$AGENT" serve --node d1 --director --state-dir /tmp/state-bad --peer d2 -f "$LOGS/site.yaml" 2>&1)"
+lab_assert_contains "serve --peer: a peer without an address is named" '--peer "d2": expected NAME=ADDRESS' "$out"
+stop "$SRV_d1"
+stop "$SRV_d2"
+lab_assert_eq "serve --peer: both stopped, nobody holds site's VIP" "" "$(site_holders)"
+
 echo "== logs"
-for f in speaker-d1 speaker-d2 keepalived.log; do
+for f in speaker-d1 speaker-d2 keepalived.log serve-d1 serve-d2; do
 	echo "--- $f"
 	grep -E "transition|VIP|warn|WARN|error|ERROR|STATE|---" "$LOGS/$f" | tail -n 40
 done

@@ -1,7 +1,8 @@
 //! Director elections. When two or more nodes direct a VirtualService, their
 //! agents elect the one that holds the VIP by VRRP version 3; the operator
-//! says who takes part, with what priority, and under which virtual router
-//! id. VIPs with the same directors, master and settings share one virtual
+//! (or, without Kubernetes, each agent serving the same manifests with its
+//! peers named) says who takes part, with what priority, and under which
+//! virtual router id. VIPs with the same directors, master and settings share one virtual
 //! router (so a few ids serve many VIPs); the master of each VIP is picked
 //! by a hash of the VIP and the node names, so different VIPs get different
 //! masters, unless the user prefers a node.
@@ -13,9 +14,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use tunlb_api::{ElectionMember, ElectionStatus, ObjectKey, VirtualServiceSpec, max_router_vips};
+use crate::{ElectionMember, ElectionStatus, ObjectKey, VirtualServiceSpec, max_router_vips};
 
-use crate::resolve::NodeInfo;
+/// A node that may direct a VIP, as an election sees it.
+pub trait Candidate {
+    fn name(&self) -> &str;
+    /// Its address of the family (`ipv4` or not) adverts come from.
+    fn address(&self, ipv4: bool) -> Option<IpAddr>;
+}
 
 /// The master's priority; backups get [`BACKUP_PRIORITY`] and below, in
 /// hash order. 255 is reserved (the address owner) and 0 means "leaving".
@@ -43,7 +49,9 @@ pub enum ElectionError {
         "spec.directors.election.preferredNode: node {0} is not one of this VirtualService's directors ({1})"
     )]
     PreferredNotDirector(String, String),
-    #[error("director {node} has no {family} InternalIP to send VRRP adverts from")]
+    #[error(
+        "director {node} has no {family} address to send VRRP adverts from (in Kubernetes: an InternalIP; standalone: one on the subnet of a --peer address)"
+    )]
     NoAddress { node: String, family: &'static str },
     #[error(
         "spec.directors.election.virtualRouterId: {id} is already used by VirtualService {by}, whose directors or election settings differ"
@@ -96,15 +104,15 @@ fn placement(vip: IpAddr, node: &str) -> u64 {
 
 /// The election `spec`'s directors (`directors`, as selected now) run for
 /// `vip`; `None` with fewer than two.
-pub fn wanted(
+pub fn wanted<C: Candidate>(
     vip: IpAddr,
     spec: &VirtualServiceSpec,
-    directors: &[&NodeInfo],
+    directors: &[&C],
 ) -> Result<Option<Group>, ElectionError> {
     let settings = spec.directors.election.clone().unwrap_or_default();
     if directors.len() < 2 {
         if let Some(p) = &settings.preferred_node
-            && !directors.iter().any(|d| &d.name == p)
+            && !directors.iter().any(|d| d.name() == p)
         {
             return Err(ElectionError::PreferredNotDirector(
                 p.clone(),
@@ -114,19 +122,17 @@ pub fn wanted(
         return Ok(None);
     }
     let ipv4 = vip.is_ipv4();
-    let mut ranked: Vec<(&NodeInfo, IpAddr, u64)> = Vec::with_capacity(directors.len());
+    let mut ranked: Vec<(&str, IpAddr, u64)> = Vec::with_capacity(directors.len());
     for d in directors {
-        let address = d
-            .ip_of_family(ipv4)
-            .ok_or_else(|| ElectionError::NoAddress {
-                node: d.name.clone(),
-                family: if ipv4 { "IPv4" } else { "IPv6" },
-            })?;
-        ranked.push((d, address, placement(vip, &d.name)));
+        let address = d.address(ipv4).ok_or_else(|| ElectionError::NoAddress {
+            node: d.name().to_string(),
+            family: if ipv4 { "IPv4" } else { "IPv6" },
+        })?;
+        ranked.push((d.name(), address, placement(vip, d.name())));
     }
-    ranked.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.name.cmp(&b.0.name)));
+    ranked.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(b.0)));
     if let Some(p) = &settings.preferred_node {
-        let Some(at) = ranked.iter().position(|(d, _, _)| &d.name == p) else {
+        let Some(at) = ranked.iter().position(|(d, _, _)| d == p) else {
             return Err(ElectionError::PreferredNotDirector(
                 p.clone(),
                 names(directors),
@@ -144,7 +150,7 @@ pub fn wanted(
                 // At most 150 backups: more directors than that share the lowest.
                 i => BACKUP_PRIORITY.saturating_sub((i - 1).min(149) as u8),
             };
-            (d.name.clone(), *address, priority)
+            (d.to_string(), *address, priority)
         })
         .collect();
     Ok(Some(Group {
@@ -159,13 +165,13 @@ pub fn wanted(
     }))
 }
 
-fn names(directors: &[&NodeInfo]) -> String {
+fn names<C: Candidate>(directors: &[&C]) -> String {
     if directors.is_empty() {
         return "none selected".into();
     }
     directors
         .iter()
-        .map(|d| d.name.as_str())
+        .map(|d| d.name())
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -348,13 +354,26 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tunlb_api::Election;
+    use crate::Election;
 
-    fn node(name: &str, ip: &str) -> NodeInfo {
-        NodeInfo {
+    struct Node {
+        name: String,
+        ip: IpAddr,
+    }
+
+    impl Candidate for Node {
+        fn name(&self) -> &str {
+            &self.name
+        }
+        fn address(&self, ipv4: bool) -> Option<IpAddr> {
+            (self.ip.is_ipv4() == ipv4).then_some(self.ip)
+        }
+    }
+
+    fn node(name: &str, ip: &str) -> Node {
+        Node {
             name: name.into(),
-            internal_ips: vec![ip.parse().unwrap()],
-            labels: Default::default(),
+            ip: ip.parse().unwrap(),
         }
     }
 
@@ -459,7 +478,7 @@ mod tests {
         let err = wanted(ip("2001:db8::1"), &s, &[&d1, &d2]).unwrap_err();
         assert!(
             err.to_string()
-                .contains("director d1 has no IPv6 InternalIP"),
+                .contains("director d1 has no IPv6 address to send VRRP adverts from"),
             "{err}"
         );
     }
@@ -537,9 +556,9 @@ mod tests {
         assert_eq!(
             sizes,
             vec![
-                600 - 2 * tunlb_api::MAX_ROUTER_VIPS_V4,
-                tunlb_api::MAX_ROUTER_VIPS_V4,
-                tunlb_api::MAX_ROUTER_VIPS_V4
+                600 - 2 * crate::MAX_ROUTER_VIPS_V4,
+                crate::MAX_ROUTER_VIPS_V4,
+                crate::MAX_ROUTER_VIPS_V4
             ],
             "{ids:?}"
         );
@@ -567,7 +586,7 @@ mod tests {
             ..Default::default()
         }));
         let mut r = Registry::default();
-        for i in 0..tunlb_api::MAX_ROUTER_VIPS_V4 as u32 {
+        for i in 0..crate::MAX_ROUTER_VIPS_V4 as u32 {
             let vip = IpAddr::V4(std::net::Ipv4Addr::from(0x0b00_0000 + i));
             let g = wanted(vip, &fixed, &[&d1, &d3]).unwrap().unwrap();
             r.assign(&key(&format!("f{i}")), vip, g, None).unwrap();
@@ -584,7 +603,7 @@ mod tests {
         // IPv6 adverts hold fewer.
         let mut r = Registry::default();
         let mut v6: BTreeSet<u8> = BTreeSet::new();
-        for i in 0..(tunlb_api::MAX_ROUTER_VIPS_V6 as u16 + 1) {
+        for i in 0..(crate::MAX_ROUTER_VIPS_V6 as u16 + 1) {
             let vip = IpAddr::V6(std::net::Ipv6Addr::new(0xfd01, 0, 0, 0, 0, 0, 0, i + 1));
             let g = wanted(vip, &preferred_v6(), &[&d2, &d4]).unwrap().unwrap();
             v6.insert(
@@ -654,10 +673,10 @@ mod tests {
     #[test]
     fn ids_run_out_with_a_named_reason() {
         let mut r = Registry::default();
-        let nodes: Vec<NodeInfo> = (0..2)
+        let nodes: Vec<Node> = (0..2)
             .map(|i| node(&format!("d{i}"), &format!("10.9.0.{i}")))
             .collect();
-        let refs: Vec<&NodeInfo> = nodes.iter().collect();
+        let refs: Vec<&Node> = nodes.iter().collect();
         for i in 0..255u32 {
             let vip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
             let mut g = wanted(vip, &spec(None), &refs).unwrap().unwrap();
