@@ -528,6 +528,10 @@ pub struct VirtualServices {
     /// belong to.
     by_key: BTreeMap<VipKey, Names>,
     by_service: HashMap<ServiceKey, Names>,
+    /// Bumped whenever what the VipPools' usage counts changes: an accepted
+    /// VirtualService comes, goes, moves, or its acceptance flips. Status
+    /// writes that change neither (most of them) leave it.
+    usage_changes: u64,
 }
 
 /// The IPVS services `vs` occupies; none when its spec is invalid.
@@ -544,6 +548,11 @@ pub fn keys_and_vip(vs: &VirtualService) -> (Box<[IpvsKey]>, Option<IpAddr>) {
 }
 
 impl VirtualServices {
+    /// See the field: compared before and after an event.
+    pub fn usage_changes(&self) -> u64 {
+        self.usage_changes
+    }
+
     /// The others that occupy any of `keys`: those `name` may conflict with.
     pub fn sharing(&self, keys: &[IpvsKey], name: &VsName) -> Vec<VsName> {
         let mut names: Vec<VsName> = keys
@@ -702,16 +711,23 @@ impl Cache for VirtualServices {
                 .map(|s| s.name.as_str().into()),
             observed: Observed::of(vs.status.as_ref()),
         };
+        let accepted = entry.observed.is_true(ACCEPTED);
         if let Some(old) = self.entries.get_mut(&name)
             && old.keys == entry.keys
             && old.service == entry.service
         {
+            if old.observed.is_true(ACCEPTED) != accepted {
+                self.usage_changes += 1;
+            }
             old.observed = entry.observed;
             old.object = entry.object;
             return None;
         }
-        let mut touched = self
-            .forget(&name)
+        let old = self.forget(&name);
+        if accepted || old.as_ref().is_some_and(|o| o.observed.is_true(ACCEPTED)) {
+            self.usage_changes += 1;
+        }
+        let mut touched = old
             .map(|old| self.related(&old.keys, old.vip(), &name))
             .unwrap_or_default();
         touched.extend(self.related(&entry.keys, entry.vip(), &name));
@@ -743,6 +759,9 @@ impl Cache for VirtualServices {
     fn remove(&mut self, vs: &VirtualService) -> Option<Vec<VsName>> {
         let name = VsName::of(vs)?;
         let old = self.forget(&name)?;
+        if old.observed.is_true(ACCEPTED) {
+            self.usage_changes += 1;
+        }
         let touched = self.related(&old.keys, old.vip(), &name);
         (!touched.is_empty()).then_some(touched)
     }
@@ -1023,6 +1042,39 @@ mod tests {
             .map(|(n, vip)| (n.to_string(), vip))
             .collect();
         assert_eq!(used, [("ns/ok".to_string(), "10.0.0.1".parse().unwrap())]);
+    }
+
+    #[test]
+    fn usage_changes_only_with_what_the_usage_counts() {
+        let shared = Shared::<VirtualServices>::default();
+        let (mut m, _) = Mirror::new(shared.clone());
+        m.apply(&watcher::Event::Init);
+        m.apply(&watcher::Event::InitDone);
+        let changes = || shared.read().usage_changes();
+        let with = |vip: &str, conditions: &str| {
+            let mut v = vs("web", vip, None);
+            v.status = Some(serde_yaml::from_str(&format!("conditions: [{conditions}]")).unwrap());
+            v
+        };
+        let accepted = "{type: Accepted, status: 'True', reason: Accepted, message: '', lastTransitionTime: '2026-01-01T00:00:00Z'}";
+        let ready = "{type: Ready, status: 'False', reason: Pending, message: '', lastTransitionTime: '2026-01-01T00:00:00Z'}";
+        let refused = "{type: Accepted, status: 'False', reason: NoPool, message: '', lastTransitionTime: '2026-01-01T00:00:00Z'}";
+        m.apply(&watcher::Event::Apply(vs("web", "10.0.0.1", None)));
+        assert_eq!(changes(), 0, "a new object not accepted yet counts nothing");
+        m.apply(&watcher::Event::Apply(with("10.0.0.1", accepted)));
+        assert_eq!(changes(), 1, "accepted");
+        m.apply(&watcher::Event::Apply(with(
+            "10.0.0.1",
+            &format!("{accepted}, {ready}"),
+        )));
+        assert_eq!(changes(), 1, "another condition changes nothing counted");
+        m.apply(&watcher::Event::Apply(with("10.0.0.2", accepted)));
+        assert_eq!(changes(), 2, "an accepted one moved to another VIP");
+        m.apply(&watcher::Event::Apply(with("10.0.0.2", refused)));
+        assert_eq!(changes(), 3, "no longer accepted");
+        m.apply(&watcher::Event::Apply(with("10.0.0.2", accepted)));
+        m.apply(&watcher::Event::Delete(with("10.0.0.2", accepted)));
+        assert_eq!(changes(), 5, "accepted again, then deleted");
     }
 
     #[test]

@@ -58,6 +58,9 @@ const EVENTS_IN_FLIGHT: usize = 8;
 const USAGE_SETTLE: Duration = Duration::from_secs(1);
 /// And at least this often, which also retries a failed write.
 const USAGE_RECOUNT: Duration = Duration::from_secs(60);
+/// Under a stream of changes (10,000 objects accepted during a start),
+/// counts at most this often: each walks every accepted VirtualService.
+const USAGE_MIN_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Finalizer held until every node has removed its programming.
 pub const FINALIZER: &str = "tunlb.io/cleanup";
@@ -708,9 +711,12 @@ fn pool_usage(ctx: &Context, pools: &[VipPool]) -> BTreeMap<String, i32> {
 /// it differs from what the pool says.
 async fn maintain_pool_usage(ctx: Arc<Context>) {
     let api: Api<VipPool> = Api::all(ctx.client.clone());
+    let mut last = Instant::now();
     loop {
         let _ = tokio::time::timeout(USAGE_RECOUNT, ctx.usage.notified()).await;
-        tokio::time::sleep(USAGE_SETTLE).await;
+        tokio::time::sleep(USAGE_SETTLE.max(USAGE_MIN_INTERVAL.saturating_sub(last.elapsed())))
+            .await;
+        last = Instant::now();
         if !ctx.leader.is_leading() || !*ctx.synced.borrow() {
             continue;
         }
@@ -798,11 +804,13 @@ async fn follow_virtual_services(
             }
         };
         log_list_progress("VirtualService", &ev, &mut listing);
+        let usage_before = index.read().usage_changes();
         if let Update::Touched(others) = mirror.apply(&ev) {
             queue.trigger_all(others);
         }
-        // Acceptance is read back from the statuses written.
-        if !matches!(ev, watcher::Event::Init | watcher::Event::InitApply(_)) {
+        // Acceptance is read back from the statuses written; a complete
+        // list replaces the index (and its count of changes).
+        if matches!(ev, watcher::Event::InitDone) || index.read().usage_changes() != usage_before {
             usage.notify_one();
         }
         match &ev {
