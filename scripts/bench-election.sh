@@ -69,14 +69,15 @@ echo "bench-election: host load average after: $(load)" | tee -a "$log"
 # field LINE KEY: the value of KEY=... in a BENCH line.
 {
 	echo
-	printf '%-10s %-7s %-9s %7s %9s %12s %8s %9s %9s %10s\n' \
-		what role node routers window_s cpu_s_per_s pct_core rss_mib hwm_mib adverts/s
+	printf '%-10s %-7s %-9s %7s %9s %12s %8s %10s %9s %9s %10s\n' \
+		what role node routers window_s cpu_s_per_s pct_core vrrp_thr_% rss_mib hwm_mib adverts/s
 	grep '^BENCH path=' "$log" | awk '
 	function f(k,   i) { for (i = 2; i <= NF; i++) if (index($i, k "=") == 1) return substr($i, length(k) + 2); return "" }
 	{
 		a = f("adverts_sent_per_s"); if (a == "") a = f("adverts_received_per_s"); if (a != "") a = a (f("adverts_sent_per_s") != "" ? " sent" : " recv"); else a = "-"
-		printf "%-10s %-7s %-9s %7s %9s %12s %8s %9.1f %9.1f %10s\n", f("path"), f("role"), f("node"), f("routers"), f("window_s"), \
-			f("cpu_per_s"), f("pct_core"), f("rss_kb") / 1024, f("hwm_kb") / 1024, a
+		t = f("vrrp_thread_pct_core"); if (t == "") t = "-"
+		printf "%-10s %-7s %-9s %7s %9s %12s %8s %10s %9.1f %9.1f %10s\n", f("path"), f("role"), f("node"), f("routers"), f("window_s"), \
+			f("cpu_per_s"), f("pct_core"), t, f("rss_kb") / 1024, f("hwm_kb") / 1024, a
 	}'
 } | tee -a "$log"
 echo "bench-election: raw output in $log"

@@ -846,7 +846,8 @@ pub struct ProbedServer {
     /// When the state last changed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
-    /// The last failed probe in words.
+    /// Why it is unhealthy: the failed probe that made it so, in words
+    /// (kept while it stays unhealthy; empty otherwise).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
 }

@@ -302,7 +302,10 @@ pub fn probed(book: &Book, plan: &NodePlan, owner: &ObjectKey) -> Vec<ProbedServ
                     port: i32::from(key.port),
                     state: r.state,
                     since: Some(rfc3339(r.since)),
-                    message: r.message.clone(),
+                    message: match r.state {
+                        HealthState::Unhealthy => r.message.clone(),
+                        _ => String::new(),
+                    },
                 });
             }
         }
@@ -647,18 +650,26 @@ fn record(key: &ProbeKey, r: &mut Record, result: Result<Duration, Failure>) -> 
         Ok(took) => {
             r.passes = r.passes.saturating_add(1);
             r.fails = 0;
-            r.message.clear();
             if before == HealthState::Unknown || r.passes >= r.target.check.rise {
                 r.state = HealthState::Healthy;
+            }
+            if r.state != HealthState::Unhealthy {
+                r.message.clear();
             }
             debug!(service = %key.service, server = %key.server, ms = took.as_millis(), "probe passed");
         }
         Err(f) => {
             r.fails = r.fails.saturating_add(1);
             r.passes = 0;
-            r.message = f.message;
             if r.fails >= r.target.check.fall {
                 r.state = HealthState::Unhealthy;
+            }
+            // An unhealthy server keeps the words of the failure that made
+            // it so: later ones are often worded differently (a timeout,
+            // then a refusal), and each new wording would be another
+            // status write, at every pass, for every service on it.
+            if before != HealthState::Unhealthy {
+                r.message = f.message;
             }
             debug!(service = %key.service, server = %key.server, error = %r.message, "probe failed");
         }
@@ -1037,9 +1048,17 @@ mod tests {
         assert!(record(&key, r, refused()), "second failure: out");
         assert_eq!(r.state, HealthState::Unhealthy);
         assert_eq!(r.message, "refused");
+        let timeout = || Err(Failure::new(Reason::Timeout, "timed out after 1 s".into()));
+        assert!(!record(&key, r, timeout()));
+        assert_eq!(
+            r.message, "refused",
+            "an unhealthy server keeps the failure that made it so"
+        );
         assert!(!record(&key, r, Ok(Duration::ZERO)));
+        assert_eq!(r.message, "refused", "still unhealthy after one pass");
         assert!(record(&key, r, Ok(Duration::ZERO)), "second pass: back");
         assert_eq!(r.state, HealthState::Healthy);
+        assert_eq!(r.message, "");
     }
 
     #[test]

@@ -22,7 +22,8 @@
 #               of status entries for 30 s; then a 60 s idle window
 #
 # CPU is utime+stime from /proc/PID/stat (keepalived: its parent and its VRRP
-# child added up), over the window's length from /proc/uptime.
+# child added up), over the window's length from /proc/uptime; for the
+# agents also that of their VRRP thread (tunlb-vrrp), the speakers alone.
 # Output: "BENCH path=... key=value..." lines.
 . /scenarios/cluster.sh
 
@@ -32,6 +33,13 @@ KA=/usr/sbin/keepalived
 now() { awk '{print $1}' /proc/uptime; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# vrrp_ticks PID: the clock ticks of the agent's VRRP thread (its speakers).
+vrrp_ticks() {
+	for _t in /proc/"$1"/task/*; do
+		[ "$(cat "$_t/comm")" = tunlb-vrrp ] && awk '{ print $14 + $15 }' "$_t/stat" && return
+	done
+	echo 0
+}
 mem() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 services() { "$IP" netns exec "$1" ipvsadm -Ln | grep -c '^TCP'; }
 # vips NS DEV PREFIX: IPv4 addresses starting with PREFIX on NS's DEV.
@@ -118,19 +126,21 @@ sleep 5
 tr0="$(msum director2 tunlb_agent_vrrp_transitions_total)"
 w0="$(now)"
 c0="$(ticks "$PID1")" d0="$(ticks "$PID2")"
+v0="$(vrrp_ticks "$PID1")" u0="$(vrrp_ticks "$PID2")"
 s0="$(msum director tunlb_agent_vrrp_adverts_sent_total)" r0="$(msum director2 tunlb_agent_vrrp_adverts_received_total)"
 p0="$(msum director tunlb_agent_sync_duration_seconds_count)" q0="$(msum director2 tunlb_agent_sync_duration_seconds_count)"
 sleep "$WINDOW"
 c1="$(ticks "$PID1")" d1="$(ticks "$PID2")"
+v1="$(vrrp_ticks "$PID1")" u1="$(vrrp_ticks "$PID2")"
 w="$(since "$w0")"
 s1="$(msum director tunlb_agent_vrrp_adverts_sent_total)" r1="$(msum director2 tunlb_agent_vrrp_adverts_received_total)"
 p1="$(msum director tunlb_agent_sync_duration_seconds_count)" q1="$(msum director2 tunlb_agent_sync_duration_seconds_count)"
 lab_assert_eq "election: no transition during the window" "$tr0" "$(msum director2 tunlb_agent_vrrp_transitions_total)"
 lab_assert_eq "election: director still holds every VIP" yes "$([ "$(vips director tunl0 10.50.)" -ge "$N" ] && echo yes)"
 cpu="$(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.2f", (b - a) / 100 }')"
-echo "BENCH path=election role=master node=director vips=$N routers=$ROUTERS window_s=$w cpu_s=$cpu cpu_per_s=$(cps "$cpu" "$w") pct_core=$(pct "$cpu" "$w") rss_kb=$(mem "$PID1" VmRSS) hwm_kb=$(mem "$PID1" VmHWM) adverts_sent=$((s1 - s0)) adverts_sent_per_s=$(rate $((s1 - s0)) "$w") passes=$((p1 - p0))"
+echo "BENCH path=election role=master node=director vips=$N routers=$ROUTERS window_s=$w cpu_s=$cpu cpu_per_s=$(cps "$cpu" "$w") pct_core=$(pct "$cpu" "$w") rss_kb=$(mem "$PID1" VmRSS) hwm_kb=$(mem "$PID1" VmHWM) adverts_sent=$((s1 - s0)) adverts_sent_per_s=$(rate $((s1 - s0)) "$w") passes=$((p1 - p0)) vrrp_thread_cpu_s=$(awk -v a="$v0" -v b="$v1" 'BEGIN { printf "%.2f", (b - a) / 100 }') vrrp_thread_pct_core=$(pct "$(awk -v a="$v0" -v b="$v1" 'BEGIN { printf "%.2f", (b - a) / 100 }')" "$w")"
 cpu="$(awk -v a="$d0" -v b="$d1" 'BEGIN { printf "%.2f", (b - a) / 100 }')"
-echo "BENCH path=election role=backup node=director2 vips=$N routers=$ROUTERS window_s=$w cpu_s=$cpu cpu_per_s=$(cps "$cpu" "$w") pct_core=$(pct "$cpu" "$w") rss_kb=$(mem "$PID2" VmRSS) hwm_kb=$(mem "$PID2" VmHWM) adverts_received=$((r1 - r0)) adverts_received_per_s=$(rate $((r1 - r0)) "$w") passes=$((q1 - q0)) transitions_before=$tr0"
+echo "BENCH path=election role=backup node=director2 vips=$N routers=$ROUTERS window_s=$w cpu_s=$cpu cpu_per_s=$(cps "$cpu" "$w") pct_core=$(pct "$cpu" "$w") rss_kb=$(mem "$PID2" VmRSS) hwm_kb=$(mem "$PID2" VmHWM) adverts_received=$((r1 - r0)) adverts_received_per_s=$(rate $((r1 - r0)) "$w") passes=$((q1 - q0)) transitions_before=$tr0 vrrp_thread_cpu_s=$(awk -v a="$u0" -v b="$u1" 'BEGIN { printf "%.2f", (b - a) / 100 }') vrrp_thread_pct_core=$(pct "$(awk -v a="$u0" -v b="$u1" 'BEGIN { printf "%.2f", (b - a) / 100 }')" "$w")"
 stop "$PID2"
 stop "$PID1"
 tail -n 2 /tmp/agent-director.log
