@@ -225,7 +225,7 @@ single_converged() {
 }
 lab_assert_eq "single: converged" 0 "$(wait_until 1200 single_converged; echo $?)"
 echo "single: converged after $(since "$t0") s"
-lab_assert_eq "single: status entries written" 0 "$(wait_until 1200 quiet; echo $?)"
+lab_assert_eq "single: status entries written" 0 "$(wait_until 300 quiet; echo $?)"
 echo "single: no status entries for 30 s, $(since "$t0") s after the start; $(written) batches"
 sleep 5
 w0="$(now)"
