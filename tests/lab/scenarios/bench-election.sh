@@ -33,6 +33,17 @@ KA=/usr/sbin/keepalived
 now() { awk '{print $1}' /proc/uptime; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# threads PID: "TID COMM TICKS" for each thread of PID.
+threads() {
+	for _t in /proc/"$1"/task/*; do
+		echo "${_t##*/} $(tr ' ' _ <"$_t/comm") $(awk '{ print $14 + $15 }' "$_t/stat")"
+	done
+}
+# thread_cpu NAME BEFORE AFTER: per thread of the window, "THREAD ..." lines.
+thread_cpu() {
+	echo "$2" >/tmp/threads-before
+	echo "$3" | awk -v who="$1" 'NR == FNR { b[$1] = $3; next } { printf "THREAD node=%s tid=%s comm=%s cpu_s=%.2f\n", who, $1, $2, ($3 - b[$1]) / 100 }' /tmp/threads-before -
+}
 # vrrp_ticks PID: the clock ticks of the agent's VRRP thread (its speakers).
 vrrp_ticks() {
 	for _t in /proc/"$1"/task/*; do
@@ -127,11 +138,13 @@ tr0="$(msum director2 tunlb_agent_vrrp_transitions_total)"
 w0="$(now)"
 c0="$(ticks "$PID1")" d0="$(ticks "$PID2")"
 v0="$(vrrp_ticks "$PID1")" u0="$(vrrp_ticks "$PID2")"
+th0="$(threads "$PID1")"
 s0="$(msum director tunlb_agent_vrrp_adverts_sent_total)" r0="$(msum director2 tunlb_agent_vrrp_adverts_received_total)"
 p0="$(msum director tunlb_agent_sync_duration_seconds_count)" q0="$(msum director2 tunlb_agent_sync_duration_seconds_count)"
 sleep "$WINDOW"
 c1="$(ticks "$PID1")" d1="$(ticks "$PID2")"
 v1="$(vrrp_ticks "$PID1")" u1="$(vrrp_ticks "$PID2")"
+thread_cpu director "$th0" "$(threads "$PID1")"
 w="$(since "$w0")"
 s1="$(msum director tunlb_agent_vrrp_adverts_sent_total)" r1="$(msum director2 tunlb_agent_vrrp_adverts_received_total)"
 p1="$(msum director tunlb_agent_sync_duration_seconds_count)" q1="$(msum director2 tunlb_agent_sync_duration_seconds_count)"
