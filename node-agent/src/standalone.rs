@@ -220,8 +220,7 @@ impl Peering {
                 Some((k.clone(), spec))
             })
             .collect();
-        let links = dp.links().clone();
-        let addresses = links.addresses(&links.interfaces().await?).await?;
+        let (_, addresses) = dp.links().interfaces_and_addresses().await?;
         let me = crate::election::own_addresses(name, &addresses, &self.peers);
         let (elections, mut errors) =
             crate::election::standalone(&me, &self.peers, specs.iter().map(|(k, s)| (k, s)));
