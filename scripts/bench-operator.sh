@@ -56,7 +56,10 @@ trap 'exit 130' INT TERM
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime, clock ticks
+user_sys() { awk -v hz="$hz" '{printf "user %.2f s, sys %.2f s", $14 / hz, $15 / hz}' "/proc/$1/stat"; }
 hz="$(getconf CLK_TCK)"
+# voluntary + involuntary context switches: wake-ups, which cost the kernel's time
+switches() { awk '$1 ~ /ctxt_switches:$/ {n += $2} END {print n}' "/proc/$1/status"; }
 status_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 reconciles() { curl -fsS "http://$maddr/metrics" | awk '$1 == "tunlb_operator_reconciles_total" {print $2}'; }
 rss_of() { [ -f "$1" ] && status_kb "$(cat "$1")" VmRSS || echo "?"; }
@@ -119,9 +122,10 @@ stop_operator() {
 	kill "$sampler" 2>/dev/null || true; sampler=""
 }
 snapshot() { # LABEL: operator memory and CPU so far, apiserver/etcd RSS
-	printf '%s: operator VmRSS=%s kB VmHWM=%s kB cpu=%.2f s fds=%s; kube-apiserver VmRSS=%s kB; etcd VmRSS=%s kB\n' \
+	printf '%s: operator VmRSS=%s kB VmHWM=%s kB cpu=%.2f s (%s; %s context switches) fds=%s; kube-apiserver VmRSS=%s kB; etcd VmRSS=%s kB\n' \
 		"$1" "$(status_kb "$op_pid" VmRSS)" "$(status_kb "$op_pid" VmHWM)" \
-		"$(echo "$(ticks "$op_pid") / $hz" | bc -l)" "$(ls "/proc/$op_pid/fd" | wc -l)" \
+		"$(echo "$(ticks "$op_pid") / $hz" | bc -l)" "$(user_sys "$op_pid")" "$(switches "$op_pid")" \
+		"$(ls "/proc/$op_pid/fd" | wc -l)" \
 		"$(rss_of "$cp_dir/kube-apiserver.pid")" "$(rss_of "$cp_dir/etcd.pid")"
 }
 
