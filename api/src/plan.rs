@@ -98,7 +98,7 @@ impl fmt::Display for IpvsKey {
 }
 
 /// A tunnel destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct IpvsDest {
     pub weight: u32,
     pub upper_threshold: u32,
@@ -107,7 +107,7 @@ pub struct IpvsDest {
 }
 
 /// A desired IPVS virtual service and its destinations (keyed by RIP and port).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IpvsService {
     pub key: IpvsKey,
     pub scheduler: String,

@@ -3,7 +3,9 @@
 //! with what the pools admit, and report this node's entry in each
 //! VirtualService's `status.nodes` by server-side apply.
 //!
-//! Bursts of changes are coalesced; a periodic resync repairs drift. If the
+//! Bursts of changes are coalesced, and a pass reads only the IPVS
+//! services whose wanted state changed; a periodic resync repairs drift,
+//! reading IPVS services in turns (see `dataplane::ipvs::Reach`). If the
 //! API server is unreachable the last known state stays programmed: nothing
 //! is ever flushed, and shutdown leaves the kernel as it is.
 
@@ -252,20 +254,32 @@ impl Memory {
                             .as_ref()
                             .map(|t| t.0.as_second())
                             .unwrap_or(i64::MAX);
-                        self.accept(
-                            key.clone(),
-                            Accepted {
-                                generation: vs.metadata.generation.unwrap_or(0),
-                                spec: vs.spec.clone(),
-                                real_servers: status
-                                    .map(|s| s.real_servers.clone())
-                                    .unwrap_or_default(),
-                                election: status
-                                    .and_then(|s| s.election.as_ref())
-                                    .map(ElectionStatus::without_active),
-                                age: (creation, key),
-                            },
-                        );
+                        let generation = vs.metadata.generation.unwrap_or(0);
+                        let real_servers = status.map(|s| s.real_servers.as_slice()).unwrap_or(&[]);
+                        let election = status
+                            .and_then(|s| s.election.as_ref())
+                            .map(ElectionStatus::without_active);
+                        // Compared in place: a pass over 10,000 unchanged
+                        // objects copies none of them.
+                        let same = self.accepted.get(&key).is_some_and(|a| {
+                            a.generation == generation
+                                && a.age.0 == creation
+                                && a.real_servers == real_servers
+                                && a.election == election
+                                && a.spec == vs.spec
+                        });
+                        if !same {
+                            self.accept(
+                                key.clone(),
+                                Accepted {
+                                    generation,
+                                    spec: vs.spec.clone(),
+                                    real_servers: real_servers.to_vec(),
+                                    election,
+                                    age: (creation, key),
+                                },
+                            );
+                        }
                     } else if judged {
                         // The operator refused the current generation: program nothing of it.
                         self.forget(&key);
@@ -421,6 +435,10 @@ pub async fn run(
     let mut elections =
         crate::election::Elections::new(dp.links().clone(), wake.clone(), metrics.clone())?;
     let mut last_pass = Instant::now() - settings.resync;
+    // Each resync reads the services that may differ from the plan and the
+    // next share of all of them (see `ipvs::Reach`); other passes read only
+    // the former.
+    let mut last_rotation = Instant::now();
     let mut draining = false;
     let mut checked = BTreeMap::new();
     // When verdicts changed since the last pass: the pass that writes them
@@ -467,6 +485,12 @@ pub async fn run(
         }
         last_pass = Instant::now();
         verdicts_at = None;
+        let reach = if last_rotation.elapsed() >= settings.resync {
+            last_rotation = Instant::now();
+            crate::dataplane::ipvs::Reach::ChangedAndNext
+        } else {
+            crate::dataplane::ipvs::Reach::Changed
+        };
         (draining, checked) = pass(
             &client,
             &settings,
@@ -477,6 +501,7 @@ pub async fn run(
             &metrics,
             &prober,
             &mut elections,
+            reach,
         )
         .await;
     }
@@ -503,6 +528,7 @@ async fn pass(
     metrics: &AgentMetrics,
     prober: &crate::health::Prober,
     elections: &mut crate::election::Elections,
+    reach: crate::dataplane::ipvs::Reach,
 ) -> (bool, BTreeMap<IpvsKey, IpvsService>) {
     let started = Instant::now();
     let objects = watched.virtual_services.state();
@@ -586,7 +612,7 @@ async fn pass(
     let (mut routers, mut election_errors) = crate::election::wanted(&settings.node_name, directed);
     dp.elected = elections.elected(&routers);
     let journal = Journal::new(&settings.state_dir);
-    let report = dp.sync(&plan, state, &journal).await;
+    let report = dp.sync_within(&plan, state, &journal, reach).await;
     crate::election::step_back(&mut routers, |k| report.errors.contains_key(k));
     elections.apply(routers).await;
     election_errors.extend(elections.errors().clone());

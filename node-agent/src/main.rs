@@ -148,7 +148,11 @@ struct RunFlags {
     node: String,
     #[arg(long, env = "TUNLB_STATE_DIR", default_value = "/var/lib/tunlb")]
     state_dir: PathBuf,
-    /// Full re-check of the kernel, repairing drift.
+    /// A pass at least this often, repairing drift: addresses, tunnels,
+    /// sysctls and port mapping are re-read every time, IPVS services in
+    /// turns (a tenth of them each time, every one within 10 resyncs;
+    /// tables up to 64 services whole). Passes on changes read only the
+    /// services that changed.
     #[arg(long, env = "TUNLB_RESYNC_SECONDS", default_value = "30")]
     resync_seconds: u64,
     /// Wait this long after a change so that bursts are applied together.

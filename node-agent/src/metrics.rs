@@ -76,6 +76,9 @@ pub struct AgentMetrics {
     /// 100,000 destinations x 7 series took the agent to ~470 MB.
     max_destinations: usize,
     last_pass_unix: AtomicU64,
+    /// When the last pass that changed the kernel finished writing: what a change's
+    /// time to the kernel is read from without watching the kernel.
+    last_change: Gauge<f64, AtomicU64>,
     /// Passes that failed in a row, up to the last one (0 after a good one).
     consecutive_failed: AtomicU32,
     consecutive_failed_gauge: Gauge,
@@ -105,6 +108,7 @@ impl AgentMetrics {
             stats_omitted: Gauge::default(),
             max_destinations,
             last_pass_unix: AtomicU64::new(0),
+            last_change: Gauge::default(),
             consecutive_failed: AtomicU32::new(0),
             consecutive_failed_gauge: Gauge::default(),
             pool_refused: Gauge::default(),
@@ -116,6 +120,11 @@ impl AgentMetrics {
             "sync_duration_seconds",
             "Duration of one sync pass",
             m.sync_duration.clone(),
+        );
+        r.register(
+            "last_change_timestamp_seconds",
+            "When the last sync pass that wrote to the kernel finished writing (Unix time)",
+            m.last_change.clone(),
         );
         r.register(
             "sync_errors",
@@ -233,9 +242,11 @@ impl AgentMetrics {
         self.consecutive_failed_gauge.set(i64::from(in_a_row));
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        self.last_pass_unix.store(now, Ordering::Relaxed);
+            .unwrap_or_default();
+        self.last_pass_unix.store(now.as_secs(), Ordering::Relaxed);
+        if writes > 0 {
+            self.last_change.set(now.as_secs_f64());
+        }
     }
 
     /// How many accepted VirtualServices the last pass refused to program.

@@ -147,6 +147,8 @@ pub struct Dataplane {
     /// Director VIPs (interface, address) a director election holds: their
     /// speaker adds and removes them, so the address sync leaves them be.
     pub elected: BTreeSet<(String, IpAddr)>,
+    /// What passes found per IPVS service, for passes that read only some.
+    ipvs_memo: ipvs::Memo,
 }
 
 /// Applies `settings`, the values to restore made durable before they are
@@ -176,6 +178,7 @@ impl Dataplane {
             nat_written: None,
             ipvs_sync: None,
             elected: BTreeSet::new(),
+            ipvs_memo: ipvs::Memo::default(),
         })
     }
 
@@ -260,6 +263,19 @@ impl Dataplane {
         state: &mut OwnedState,
         journal: &Journal<'_>,
     ) -> SyncReport {
+        self.sync_within(plan, state, journal, ipvs::Reach::All)
+            .await
+    }
+
+    /// [`Dataplane::sync`], reading the IPVS services `reach` asks for; the
+    /// other steps read all their (few) kernel objects every time.
+    pub async fn sync_within(
+        &mut self,
+        plan: &NodePlan,
+        state: &mut OwnedState,
+        journal: &Journal<'_>,
+        reach: ipvs::Reach,
+    ) -> SyncReport {
         let mut report = SyncReport::default();
         let links_before = self.links.writes();
         let ipvs_before = self.ipvs.as_ref().map(|c| c.writes()).unwrap_or(0);
@@ -324,7 +340,19 @@ impl Dataplane {
                 }
             };
         let mapped = |vip: &IpAddr| written && !refused.contains_key(vip);
-        let outcome = ipvs::sync(self.ipvs(), plan, state, journal, &mut report, unix_now()).await;
+        let mut memo = std::mem::take(&mut self.ipvs_memo);
+        let outcome = ipvs::sync(
+            self.ipvs(),
+            plan,
+            state,
+            &mut memo,
+            reach,
+            journal,
+            &mut report,
+            unix_now(),
+        )
+        .await;
+        self.ipvs_memo = memo;
         // After the services: IPVS's sysctls exist once its module is in.
         if !plan.ipvs.is_empty() && outcome.read {
             let director = sysctl::director_settings();

@@ -16,7 +16,7 @@
 # deleted afterwards (timed too: kubectl delete --wait / agent delete x3), so
 # every run starts from the same kernel state. Paths alternate run by run so
 # that the guest's speed drift hits both alike, and every timed step starts on
-# an idle vCPU (settle). Run 0 of each path is a warm-up (agents' first sync,
+# an idle vCPU (cpu_settle). Run 0 of each path is a warm-up (agents' first sync,
 # kubectl discovery cache, first tunl0 use) and is not counted.
 #
 # Output: "RUN ..." per run, "BENCH metric=... n= p50= p90= min= max= mean=
@@ -29,47 +29,6 @@ RUNS=20
 DEADLINE_S=500
 OUT=/tmp/bench
 mkdir -p "$OUT"
-
-# now_ms: wall clock in ms into $NOW. Busybox date has no %N; its ts applet
-# prints microseconds ("1795644204.360290 ").
-now_ms() {
-	_t="$(echo | ts '%.s')"
-	_u="${_t#*.}"
-	_u="${_u%% *}"
-	NOW=$((${_t%%.*} * 1000 + 1${_u%???} - 1000))
-}
-
-# settle: waits (up to 20 s) until the guest's single vCPU is idle: two
-# consecutive 0.25 s windows of /proc/stat with >= 80% idle. Every timed step
-# starts from there, so that neither path pays for the other's (or its own
-# previous step's) trailing work, e.g. agent passes woken by status writes.
-# Sets SETTLED to the ms it waited.
-cpu_times() {
-	read -r _c _u _n _s _i _w _q _sq _st _rest </proc/stat
-	IDLE=$((_i + _w))
-	TOTAL=$((_u + _n + _s + _i + _w + _q + _sq + _st))
-}
-settle() {
-	now_ms
-	_s0=$NOW
-	_ok=0
-	_k=0
-	cpu_times
-	_pi=$IDLE
-	_pt=$TOTAL
-	while [ "$_ok" -lt 2 ] && [ "$_k" -lt 80 ]; do
-		sleep 0.25
-		cpu_times
-		_di=$((IDLE - _pi))
-		_dt=$((TOTAL - _pt))
-		_pi=$IDLE
-		_pt=$TOTAL
-		if [ "$_dt" -gt 0 ] && [ $((_di * 100)) -ge $((_dt * 80)) ]; then _ok=$((_ok + 1)); else _ok=0; fi
-		_k=$((_k + 1))
-	done
-	now_ms
-	SETTLED=$((NOW - _s0))
-}
 
 # record METRIC VALUE: one sample.
 record() { echo "$2" >>"$OUT/$1"; }
@@ -153,7 +112,7 @@ k8s_run() {
 	_name="bench-k-$1"
 	_vip="192.168.56.$((200 + $1))"
 	manifest "$_name" "$_vip" 1 >"/tmp/$_name.yaml"
-	settle
+	cpu_settle
 	now_ms
 	_t0=$NOW
 	k apply -f "/tmp/$_name.yaml" >/dev/null || fail "k8s $1: kubectl apply"
@@ -162,7 +121,7 @@ k8s_run() {
 	_tries="$(first_success "$_vip")" || fail "k8s $1: no success through $_vip"
 	now_ms
 	_ta=$NOW
-	settle
+	cpu_settle
 	_sa=$SETTLED
 	_t1=$NOW
 	k patch tvs "$_name" --type=json \
@@ -173,7 +132,7 @@ k8s_run() {
 	weight_shows "$_vip" "$RS1" 3 || fail "k8s $1: weight 3 never showed"
 	now_ms
 	_tw=$NOW
-	settle
+	cpu_settle
 	_sw=$SETTLED
 	_t2=$NOW
 	k delete tvs "$_name" --wait --timeout=60s >/dev/null || fail "k8s $1: kubectl delete"
@@ -200,7 +159,7 @@ file_run() {
 	_vip="192.168.56.$((230 + $1))"
 	manifest "$_name" "$_vip" 1 >"/tmp/$_name.yaml"
 	manifest "$_name" "$_vip" 3 >"/tmp/$_name-w3.yaml"
-	settle
+	cpu_settle
 	now_ms
 	_t0=$NOW
 	for _n in director rs1 rs2; do
@@ -211,7 +170,7 @@ file_run() {
 	_tries="$(first_success "$_vip")" || fail "file $1: no success through $_vip"
 	now_ms
 	_ta=$NOW
-	settle
+	cpu_settle
 	_sa=$SETTLED
 	_t1=$NOW
 	file_agent director apply -f "/tmp/$_name-w3.yaml" >/dev/null || fail "file $1: weight apply"
@@ -220,7 +179,7 @@ file_run() {
 	weight_shows "$_vip" "$RS1" 3 || fail "file $1: weight 3 never showed"
 	now_ms
 	_tw=$NOW
-	settle
+	cpu_settle
 	_sw=$SETTLED
 	_t2=$NOW
 	for _n in director rs1 rs2; do

@@ -33,6 +33,47 @@ passes_at_least() {
 	[ -n "$_p" ] && [ "$_p" -ge "$2" ]
 }
 
+# now_ms: wall clock in ms into $NOW. Busybox date has no %N; its ts applet
+# prints microseconds ("1795644204.360290 ").
+now_ms() {
+	_t="$(echo | ts '%.s')"
+	_u="${_t#*.}"
+	_u="${_u%% *}"
+	NOW=$((${_t%%.*} * 1000 + 1${_u%???} - 1000))
+}
+
+# cpu_settle: waits (up to 20 s) until the guest's single vCPU is idle: two
+# consecutive 0.25 s windows of /proc/stat with >= 80% idle. Timed steps of
+# the benchmarks start from there, so that none pays for another's (or its
+# own previous step's) trailing work, e.g. agent passes woken by status
+# writes. Sets SETTLED to the ms it waited.
+cpu_times() {
+	read -r _c _u _n _s _i _w _q _sq _st _rest </proc/stat
+	IDLE=$((_i + _w))
+	TOTAL=$((_u + _n + _s + _i + _w + _q + _sq + _st))
+}
+cpu_settle() {
+	now_ms
+	_s0=$NOW
+	_ok=0
+	_k=0
+	cpu_times
+	_pi=$IDLE
+	_pt=$TOTAL
+	while [ "$_ok" -lt 2 ] && [ "$_k" -lt 80 ]; do
+		sleep 0.25
+		cpu_times
+		_di=$((IDLE - _pi))
+		_dt=$((TOTAL - _pt))
+		_pi=$IDLE
+		_pt=$TOTAL
+		if [ "$_dt" -gt 0 ] && [ $((_di * 100)) -ge $((_dt * 80)) ]; then _ok=$((_ok + 1)); else _ok=0; fi
+		_k=$((_k + 1))
+	done
+	now_ms
+	SETTLED=$((NOW - _s0))
+}
+
 # hostport ADDRESS PORT: ADDRESS:PORT as ipvsadm writes it ([v6]:port).
 hostport() {
 	case "$1" in *:*) echo "[$1]:$2" ;; *) echo "$1:$2" ;; esac
