@@ -284,16 +284,13 @@ pub fn targets(plan: &NodePlan, routes: &ProbeRoutes) -> BTreeMap<ProbeKey, Targ
     out
 }
 
-/// The verdicts of `owner`'s services, as its status entry lists them.
-pub fn probed(book: &Book, plan: &NodePlan, owner: &ObjectKey) -> Vec<ProbedServer> {
+/// The verdicts of one object's `services`, as its status entry lists them.
+pub fn probed(book: &Book, services: &[(&IpvsKey, &IpvsService)]) -> Vec<ProbedServer> {
     let mut out = Vec::new();
-    for (key, svc) in &plan.ipvs {
-        if &svc.owner != owner {
-            continue;
-        }
+    for (key, svc) in services {
         for (server, _) in svc.destinations.keys() {
             let k = ProbeKey {
-                service: *key,
+                service: **key,
                 server: *server,
             };
             if let Some(r) = book.records.get(&k) {

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tunlb_api::plan::{NodePlan, ObjectKey};
+use tunlb_api::plan::{IpvsKey, IpvsService, NodePlan, ObjectKey};
 use tunlb_api::{DirectorState, ElectionConflict, NodeRole, NodeStatus};
 
 use crate::admission::Refused;
@@ -34,6 +34,14 @@ pub fn entries(
     elected: &Elected,
 ) -> BTreeMap<ObjectKey, NodeStatus> {
     let mut want = BTreeMap::new();
+    // Each object's IPVS services, found once: looking them up per object
+    // would read every service once per object.
+    let mut services_of: BTreeMap<&ObjectKey, Vec<(&IpvsKey, &IpvsService)>> = BTreeMap::new();
+    if health.is_some() {
+        for (k, s) in &plan.ipvs {
+            services_of.entry(&s.owner).or_default().push((k, s));
+        }
+    }
     for (key, op) in &plan.objects {
         if op.roles.is_empty() {
             continue;
@@ -54,7 +62,10 @@ pub fn entries(
                 draining: report.draining.get(key).cloned().unwrap_or_default(),
                 health: health
                     .filter(|_| op.roles.contains(&NodeRole::Director))
-                    .map(|(book, _)| crate::health::probed(book, plan, key))
+                    .map(|(book, _)| {
+                        let services = services_of.get(key).map(Vec::as_slice).unwrap_or(&[]);
+                        crate::health::probed(book, services)
+                    })
                     .unwrap_or_default(),
                 fail_open: health.is_some_and(|(_, open)| open.contains(key)),
                 director_state: elected.states.get(key).map(|(s, _)| *s),

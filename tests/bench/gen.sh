@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Writes the benchmark's inputs: N services on one VIP (ports 10001..), each
-# with R tunnel real servers 10.1.0.1..R at weight 1, scheduler wrr.
+# with R tunnel real servers 10.1.0.1..R at weight 1, scheduler wrr, health
+# checks off (these benchmarks measure programming; probing is measured in
+# the health-check benchmark).
 # usage: gen.sh OUTDIR [SERVICES] [REALSERVERS]
 #   OUTDIR/vs.yaml         one VirtualService per port (multi-document YAML)
 #   OUTDIR/vs-weight.yaml  the same with one destination's weight 1 -> 2
@@ -22,7 +24,7 @@ BEGIN {
 		p = 10000 + i
 		doc = "---\napiVersion: tunlb.io/v1alpha1\nkind: VirtualService\nmetadata:\n  name: p" p \
 			"\nspec:\n  vip: " vip "\n  ports:\n  - name: p\n    port: " p \
-			"\n  scheduler: wrr\n  backends:\n    static:\n"
+			"\n  scheduler: wrr\n  healthCheck: {type: none}\n  backends:\n    static:\n"
 		printf "%s", doc >yaml
 		printf "%s", doc >yamlw
 		printf "-A -t %s:%d -s wrr\n", vip, p >rules
