@@ -166,7 +166,8 @@ patch_big=$MEDIAN_MS
 # and entries, the operator its finalizers), then create vs10.yaml's.
 now_ms
 d0=$NOW
-k delete --raw /apis/tunlb.io/v1alpha1/namespaces/default/virtualservices >/dev/null
+# one deletecollection: far longer than k()'s 20 s request timeout at 10,000
+kubectl --request-timeout=900s delete --raw /apis/tunlb.io/v1alpha1/namespaces/default/virtualservices >/dev/null
 wait_until 1800 none_left
 lab_assert_eq "every VirtualService deleted" 0 "$?"
 now_ms
