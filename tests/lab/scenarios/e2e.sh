@@ -80,10 +80,11 @@ lab_assert_eq "deleted IPVS service restored" 0 \
 lab_assert_eq "deleted tunl0 VIP restored" 0 \
 	"$(wait_for 20 "address restored" sh -c "$IP netns exec rs1 $IP -o addr show dev tunl0 | grep -q '$VIP/32'"; echo $?)"
 
-# 4b. Over 64 services, a resync reads a tenth of them (at least 64) in
-# turns: a destination deleted by hand from the last service in key order
-# comes back within 10 resyncs (3 s here) and a pass. 64 more ports on the
-# VIP (30001-30064): 30064 is past the first 64 services.
+# 4b. Drift past the first 64 services: a destination deleted by hand from
+# the last service in key order comes back within 10 resyncs (3 s here) and
+# a pass. 64 more ports on the VIP (30001-30064): 30064 is past the first 64
+# services. (At this size a resync reads the table whole; the turns a larger
+# table is read in are unit-tested in dataplane::ipvs.)
 {
 	printf 'apiVersion: tunlb.io/v1alpha1\nkind: VirtualService\nmetadata: {name: many}\nspec:\n'
 	printf '  vip: %s\n  scheduler: wrr\n  ports:\n' "$VIP"
@@ -98,8 +99,8 @@ lab_assert_eq "deleted tunl0 VIP restored" 0 \
 k apply -f /tmp/many.yaml >/dev/null
 many_programmed() { [ "$(ipvs_rows director | grep -c ":300[0-6][0-9] wrr $RS1:")" = 64 ]; }
 lab_assert_eq "64 more services programmed" 0 "$(wait_for 60 "64 services" many_programmed; echo $?)"
-ns_exec director ipvsadm -d -t "$VIP:30064" -r "$RS1:30064"
-lab_assert_eq "the destination is gone" 63 "$(ipvs_rows director | grep -c ":300[0-6][0-9] wrr $RS1:")"
+# (A resync may restore it at once: the check is that it comes back.)
+lab_assert_eq "a destination deleted by hand" 0 "$(ns_exec director ipvsadm -d -t "$VIP:30064" -r "$RS1:30064"; echo $?)"
 lab_assert_eq "a destination deleted from the last service restored within 10 resyncs" 0 \
 	"$(wait_for 40 "destination restored" many_programmed; echo $?)"
 k delete tvs many --timeout=60s >/dev/null
