@@ -93,15 +93,18 @@ impl Memo {
             .filter(|(k, s)| self.settled.get(*k) != Some(&fingerprint(s)))
             .map(|(k, _)| *k)
             .collect();
-        let unwanted = owned
+        let unwanted: Vec<IpvsKey> = owned
             .iter()
             .map(|k| IpvsKey::from(*k))
-            .filter(|k| !wanted.contains_key(k));
-        keys.extend(unwanted.clone());
+            .filter(|k| !wanted.contains_key(k))
+            .collect();
+        keys.extend(&unwanted);
         keys.extend(self.problems.keys().copied());
         keys.extend(draining.iter().map(|r| IpvsKey::from(r.service)));
-        let every: BTreeSet<IpvsKey> = wanted.keys().copied().chain(unwanted).collect();
-        if reach == Reach::ChangedAndNext && !every.is_empty() {
+        let total = wanted.len() + unwanted.len();
+        // Every service in key order, built only by the passes that rotate.
+        if reach == Reach::ChangedAndNext && total > 0 {
+            let every: BTreeSet<IpvsKey> = wanted.keys().copied().chain(unwanted).collect();
             let share = every.len().div_ceil(ROTATION_ROUNDS).max(ROTATION_MIN);
             use std::ops::Bound::{Excluded, Unbounded};
             let after = match self.cursor {
@@ -116,7 +119,7 @@ impl Memo {
             self.cursor = next.last().copied();
             keys.extend(next);
         }
-        if keys.len() * DUMP_ABOVE_SHARE > every.len() {
+        if keys.len() * DUMP_ABOVE_SHARE > total {
             return None;
         }
         Some(keys)
