@@ -682,39 +682,7 @@ async fn report_status(
     want: BTreeMap<ObjectKey, NodeStatus>,
     objects: &[Arc<DeserializeGuard<VirtualService>>],
 ) {
-    let exists: BTreeMap<ObjectKey, Option<&NodeStatus>> = objects
-        .iter()
-        .filter_map(|g| g.0.as_ref().ok())
-        .map(|vs| {
-            let entry = vs
-                .status
-                .as_ref()
-                .and_then(|s| s.nodes.iter().find(|n| n.node_name == node));
-            (key_of(&vs.metadata), entry)
-        })
-        .collect();
-    let mut targets: BTreeSet<ObjectKey> = want.keys().cloned().collect();
-    targets.extend(memory.reported.keys().cloned());
-    // Entries left from an earlier run of this agent also get withdrawn.
-    targets.extend(
-        exists
-            .iter()
-            .filter(|(_, e)| e.is_some())
-            .map(|(k, _)| k.clone()),
-    );
-    let mut writes = Vec::new();
-    for key in targets {
-        let stored = exists.get(&key).copied().flatten();
-        let desired = want.get(&key);
-        if desired == stored && memory.reported.get(&key) == desired {
-            continue;
-        }
-        if desired.is_none() && stored.is_none() {
-            memory.reported.remove(&key);
-            continue;
-        }
-        writes.push((key, desired.cloned()));
-    }
+    let writes = entry_writes(node, memory, want, objects);
     if writes.is_empty() {
         return;
     }
@@ -757,6 +725,50 @@ async fn report_status(
             Err(e) => warn!(object = %key, error = %e, "cannot report status; will retry"),
         }
     }
+}
+
+/// The entries to write (`Some`) or withdraw (`None`): those whose wanted
+/// entry differs from the stored one or from the last one reported.
+fn entry_writes(
+    node: &str,
+    memory: &mut Memory,
+    want: BTreeMap<ObjectKey, NodeStatus>,
+    objects: &[Arc<DeserializeGuard<VirtualService>>],
+) -> Vec<(ObjectKey, Option<NodeStatus>)> {
+    let exists: BTreeMap<ObjectKey, Option<&NodeStatus>> = objects
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok())
+        .map(|vs| {
+            let entry = vs
+                .status
+                .as_ref()
+                .and_then(|s| s.nodes.iter().find(|n| n.node_name == node));
+            (key_of(&vs.metadata), entry)
+        })
+        .collect();
+    let mut targets: BTreeSet<ObjectKey> = want.keys().cloned().collect();
+    targets.extend(memory.reported.keys().cloned());
+    // Entries left from an earlier run of this agent also get withdrawn.
+    targets.extend(
+        exists
+            .iter()
+            .filter(|(_, e)| e.is_some())
+            .map(|(k, _)| k.clone()),
+    );
+    let mut writes = Vec::new();
+    for key in targets {
+        let stored = exists.get(&key).copied().flatten();
+        let desired = want.get(&key);
+        if desired == stored && memory.reported.get(&key) == desired {
+            continue;
+        }
+        if desired.is_none() && stored.is_none() {
+            memory.reported.remove(&key);
+            continue;
+        }
+        writes.push((key, desired.cloned()));
+    }
+    writes
 }
 
 /// Removal patches tried before a withdrawal waits for the next pass.
@@ -1105,4 +1117,124 @@ mod tests {
         m.refresh(&[web(1, 1, 3)]);
         assert!(m.unsaved.is_empty());
     }
+
+    /// The pure parts of a quiet pass at the benchmark's size, timed phase
+    /// by phase (`cargo test --profile ci -p tunlb-agent pass_phases -- --ignored --nocapture`).
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn pass_phases_at_scale() {
+        let n: usize = std::env::var("PASS_OBJECTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10_000);
+        let node = "director";
+        let reals: Vec<serde_json::Value> = (1..=10)
+            .map(|j| json!({"address": format!("10.1.0.{j}"), "weight": 1}))
+            .collect();
+        let mut objects: Vec<VirtualService> = (1..=n)
+            .map(|i| {
+                let port = 10_000 + i;
+                serde_json::from_value(json!({
+                    "apiVersion": "tunlb.io/v1alpha1", "kind": "VirtualService",
+                    "metadata": {"name": format!("p{port}"), "namespace": "default", "generation": 1,
+                                 "creationTimestamp": "2026-01-01T00:00:00Z"},
+                    "spec": {"vip": "10.2.0.1", "ports": [{"name": "p", "port": port}],
+                             "scheduler": "wrr", "healthCheck": {"type": "none"},
+                             "backends": {"static": reals}},
+                    "status": {"observedGeneration": 1, "realServers": reals,
+                               "conditions": [{"type": "Accepted", "status": "True", "reason": "Ok",
+                                               "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+                }))
+                .unwrap_or_else(|e| panic!("{e}"))
+            })
+            .collect();
+        let identity = NodeIdentity {
+            name: node.into(),
+            addresses: ["10.0.2.15".parse().unwrap_or_else(|e| panic!("{e}"))].into(),
+            labels: [("tunlb.io/director".to_string(), "true".to_string())].into(),
+            kernel: None,
+        };
+        let guards = |objects: &[VirtualService]| -> Vec<Arc<DeserializeGuard<VirtualService>>> {
+            objects
+                .iter()
+                .map(|vs| Arc::new(DeserializeGuard(Ok(vs.clone()))))
+                .collect()
+        };
+        let pools: Vec<VipPool> = vec![
+            serde_json::from_value(json!({
+                "apiVersion": "tunlb.io/v1alpha1", "kind": "VipPool", "metadata": {"name": "lab"},
+                "spec": {"cidrs": ["10.2.0.0/16"], "namespaces": ["default"],
+                         "directors": {"nodeSelector": {}, "interfaces": ["tunl0"]},
+                         "backends": {"nodeSelector": {}, "cidrs": ["0.0.0.0/0"]},
+                         "targetPorts": [{"from": 1, "to": 65535}]}
+            }))
+            .unwrap_or_else(|e| panic!("{e}")),
+        ];
+        let mut memory = Memory::default();
+        let mut state = OwnedState::default();
+        let report = crate::dataplane::SyncReport::default();
+        let book = crate::health::Book::default();
+        let elected = crate::status::Elected::default();
+        for round in 0..3 {
+            let guarded = guards(&objects);
+            let mut t = Instant::now();
+            let mut lap = |what: &str| {
+                if round > 0 {
+                    eprintln!("round {round} {what}: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+                }
+                t = Instant::now();
+            };
+            let invalid = memory.refresh(&guarded);
+            lap("refresh");
+            let mut ordered: Vec<Object<'_>> = memory
+                .accepted
+                .iter()
+                .map(|(key, a)| Object {
+                    key,
+                    generation: a.generation,
+                    spec: &a.spec,
+                    real_servers: &a.real_servers,
+                    age: &a.age,
+                })
+                .collect();
+            ordered.sort_by(|a, b| a.age.cmp(b.age));
+            let verified = crate::admission::verify(&identity, &pools, &BTreeMap::new(), &ordered);
+            lap("verify");
+            let mut plan = verified.plan;
+            let _checked = crate::health::checked(&plan, |_| true);
+            let fail_open = crate::health::gate(&mut plan, &book);
+            lap("checked+gate");
+            memory.persist(&mut state);
+            lap("persist");
+            state.ipvs_services = plan.ipvs.keys().map(|k| (*k).into()).collect();
+            let _ = state.fingerprint();
+            lap("fingerprint");
+            let want = crate::status::entries(
+                node,
+                &plan,
+                &report,
+                invalid,
+                Some((&book, &fail_open)),
+                &elected,
+            );
+            lap("entries");
+            let writes = entry_writes(node, &mut memory, want, &guarded);
+            lap("entry_writes");
+            assert_eq!(plan.ipvs.len(), n);
+            // As the API server would hold them after the writes.
+            let at: BTreeMap<ObjectKey, usize> = objects
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (key_of(&v.metadata), i))
+                .collect();
+            for (key, entry) in writes {
+                let Some(entry) = entry else { continue };
+                memory.reported.insert(key.clone(), entry.clone());
+                if let Some(s) = at.get(&key).and_then(|i| objects[*i].status.as_mut()) {
+                    s.nodes = vec![entry];
+                }
+            }
+        }
+    }
+
 }
