@@ -50,7 +50,7 @@ pub struct PlanInput<'a> {
 }
 
 /// Who this node is.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeIdentity {
     pub name: String,
     /// The node's own addresses: a real server with one of them is this node, and
@@ -455,19 +455,113 @@ pub fn plan_node(inputs: &[PlanInput<'_>], node: &NodeIdentity) -> NodePlan {
 
 /// [`plan_node`] one object at a time, oldest first, so a caller can hand
 /// over specs it materialises one by one instead of all at once.
-pub struct Planner<'n> {
-    node: &'n NodeIdentity,
+///
+/// A tracking planner ([`Planner::tracking`]) also remembers what each
+/// object added, so it can take an object out again ([`Planner::remove`])
+/// and a caller can patch a plan per changed object instead of planning
+/// every object anew.
+pub struct Planner {
+    node: NodeIdentity,
     plan: NodePlan,
     claimed: BTreeMap<IpvsKey, ObjectKey>,
+    tracked: Option<Tracked>,
 }
 
-impl<'n> Planner<'n> {
-    pub fn new(node: &'n NodeIdentity) -> Self {
+/// What one object added to the node's plan, beyond its `objects` entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Contribution {
+    /// The IPVS keys its spec asks for (valid specs only), whether it won
+    /// them or lost them to an older object.
+    pub keys: Vec<IpvsKey>,
+    director_vip: Option<VipBinding>,
+    backend_vip: Option<IpAddr>,
+    tunnel_devices: Vec<TunnelDevice>,
+    fou_ports: Vec<FouPort>,
+    /// Its backend addresses receiving GRE with checksums, and without.
+    pub gre_csum: Vec<IpAddr>,
+    pub gre_plain: Vec<IpAddr>,
+    dnat: Vec<DnatRule>,
+    mss: Vec<MssRule>,
+}
+
+/// How many objects ask for each key and hold each node-wide item, so
+/// taking one object out keeps what others still need.
+#[derive(Default)]
+struct Tracked {
+    of: BTreeMap<ObjectKey, Contribution>,
+    wanted: BTreeMap<IpvsKey, u32>,
+    director_vips: BTreeMap<VipBinding, u32>,
+    backend_vips: BTreeMap<IpAddr, u32>,
+    tunnel_devices: BTreeMap<TunnelDevice, u32>,
+    fou_ports: BTreeMap<FouPort, u32>,
+    gre_csum: BTreeMap<IpAddr, u32>,
+    gre_plain: BTreeMap<IpAddr, u32>,
+    dnat: BTreeMap<DnatRule, u32>,
+    mss: BTreeMap<MssRule, u32>,
+}
+
+/// Counts one more holder of `item`; true for the first.
+fn count_up<T: Ord + Clone>(counts: &mut BTreeMap<T, u32>, item: &T) -> bool {
+    match counts.get_mut(item) {
+        Some(n) => {
+            *n += 1;
+            false
+        }
+        None => {
+            counts.insert(item.clone(), 1);
+            true
+        }
+    }
+}
+
+/// Counts one holder of `item` less; true when none is left.
+fn count_down<T: Ord>(counts: &mut BTreeMap<T, u32>, item: &T) -> bool {
+    match counts.get_mut(item) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            false
+        }
+        Some(_) => {
+            counts.remove(item);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Inserts into a sorted, duplicate-free vector.
+fn sorted_insert<T: Ord>(v: &mut Vec<T>, item: T) {
+    if let Err(at) = v.binary_search(&item) {
+        v.insert(at, item);
+    }
+}
+
+fn sorted_remove<T: Ord>(v: &mut Vec<T>, item: &T) {
+    if let Ok(at) = v.binary_search(item) {
+        v.remove(at);
+    }
+}
+
+impl Planner {
+    pub fn new(node: &NodeIdentity) -> Self {
         Planner {
-            node,
+            node: node.clone(),
             plan: NodePlan::default(),
             claimed: BTreeMap::new(),
+            tracked: None,
         }
+    }
+
+    /// A planner that can also take objects out (see [`Planner::remove`]).
+    pub fn tracking(node: &NodeIdentity) -> Self {
+        Planner {
+            tracked: Some(Tracked::default()),
+            ..Planner::new(node)
+        }
+    }
+
+    pub fn node(&self) -> &NodeIdentity {
+        &self.node
     }
 
     /// Plans one object; it loses any VIP:port clash with an object added earlier.
@@ -476,17 +570,158 @@ impl<'n> Planner<'n> {
             generation: input.generation,
             ..ObjectPlan::default()
         };
+        let mut added = Contribution::default();
         let result = plan_object(
             input,
-            self.node,
+            &self.node,
             &mut self.claimed,
             &mut report,
             &mut self.plan,
+            &mut added,
         );
         if let Err(e) = result {
             report.error = Some(e);
         }
         self.plan.objects.insert(input.key.clone(), report);
+        self.merge(&input.key, added);
+    }
+
+    /// Puts an object's node-wide items into the plan.
+    fn merge(&mut self, key: &ObjectKey, added: Contribution) {
+        let plan = &mut self.plan;
+        let Some(t) = self.tracked.as_mut() else {
+            plan.director_vips.extend(added.director_vip);
+            plan.backend_vips.extend(added.backend_vip);
+            plan.tunnel_devices.extend(added.tunnel_devices);
+            plan.fou_ports.extend(added.fou_ports);
+            plan.gre_csum.extend(added.gre_csum);
+            plan.gre_plain.extend(added.gre_plain);
+            plan.dnat.extend(added.dnat);
+            plan.mss.extend(added.mss);
+            return;
+        };
+        for k in &added.keys {
+            count_up(&mut t.wanted, k);
+        }
+        if let Some(v) = &added.director_vip {
+            if count_up(&mut t.director_vips, v) {
+                plan.director_vips.insert(v.clone());
+            }
+        }
+        if let Some(v) = &added.backend_vip {
+            if count_up(&mut t.backend_vips, v) {
+                plan.backend_vips.insert(*v);
+            }
+        }
+        for d in &added.tunnel_devices {
+            if count_up(&mut t.tunnel_devices, d) {
+                plan.tunnel_devices.insert(*d);
+            }
+        }
+        for f in &added.fou_ports {
+            if count_up(&mut t.fou_ports, f) {
+                plan.fou_ports.insert(*f);
+            }
+        }
+        for a in &added.gre_csum {
+            if count_up(&mut t.gre_csum, a) {
+                plan.gre_csum.insert(*a);
+            }
+        }
+        for a in &added.gre_plain {
+            if count_up(&mut t.gre_plain, a) {
+                plan.gre_plain.insert(*a);
+            }
+        }
+        for r in &added.dnat {
+            if count_up(&mut t.dnat, r) {
+                sorted_insert(&mut plan.dnat, r.clone());
+            }
+        }
+        for r in &added.mss {
+            if count_up(&mut t.mss, r) {
+                sorted_insert(&mut plan.mss, *r);
+            }
+        }
+        t.of.insert(key.clone(), added);
+    }
+
+    /// Takes an object out of a tracking planner: its entry, its IPVS
+    /// services and claims, and the node-wide items no other object holds.
+    /// An object that lost a VIP:port clash to it does not win it by this:
+    /// the caller plans anew when another object asks for its keys
+    /// ([`Planner::wanted`]). Without tracking only the entry goes.
+    pub fn remove(&mut self, key: &ObjectKey) {
+        self.plan.objects.remove(key);
+        let plan = &mut self.plan;
+        let Some(t) = self.tracked.as_mut() else {
+            return;
+        };
+        let Some(gone) = t.of.remove(key) else {
+            return;
+        };
+        for k in &gone.keys {
+            count_down(&mut t.wanted, k);
+            if plan.ipvs.get(k).is_some_and(|s| &s.owner == key) {
+                plan.ipvs.remove(k);
+            }
+            if self.claimed.get(k) == Some(key) {
+                self.claimed.remove(k);
+            }
+        }
+        if let Some(v) = &gone.director_vip {
+            if count_down(&mut t.director_vips, v) {
+                plan.director_vips.remove(v);
+            }
+        }
+        if let Some(v) = &gone.backend_vip {
+            if count_down(&mut t.backend_vips, v) {
+                plan.backend_vips.remove(v);
+            }
+        }
+        for d in &gone.tunnel_devices {
+            if count_down(&mut t.tunnel_devices, d) {
+                plan.tunnel_devices.remove(d);
+            }
+        }
+        for f in &gone.fou_ports {
+            if count_down(&mut t.fou_ports, f) {
+                plan.fou_ports.remove(f);
+            }
+        }
+        for a in &gone.gre_csum {
+            if count_down(&mut t.gre_csum, a) {
+                plan.gre_csum.remove(a);
+            }
+        }
+        for a in &gone.gre_plain {
+            if count_down(&mut t.gre_plain, a) {
+                plan.gre_plain.remove(a);
+            }
+        }
+        for r in &gone.dnat {
+            if count_down(&mut t.dnat, r) {
+                sorted_remove(&mut plan.dnat, r);
+            }
+        }
+        for r in &gone.mss {
+            if count_down(&mut t.mss, r) {
+                sorted_remove(&mut plan.mss, r);
+            }
+        }
+    }
+
+    /// How many planned objects ask for `key` (tracking planners only).
+    pub fn wanted(&self, key: &IpvsKey) -> u32 {
+        self.tracked
+            .as_ref()
+            .and_then(|t| t.wanted.get(key).copied())
+            .unwrap_or(0)
+    }
+
+    /// What `key` added to the plan (tracking planners only).
+    pub fn contribution(&self, key: &ObjectKey) -> Option<&Contribution> {
+        self.tracked.as_ref()?.of.get(key)
     }
 
     /// Records an object that cannot be planned at all (e.g. its spec is unreadable).
@@ -497,6 +732,16 @@ impl<'n> Planner<'n> {
             ..ObjectPlan::default()
         };
         self.plan.objects.insert(key, report);
+    }
+
+    pub fn plan(&self) -> &NodePlan {
+        &self.plan
+    }
+
+    /// The plan, for changes its caller undoes before the next
+    /// [`Planner::add`] or [`Planner::remove`] (health gating of weights).
+    pub fn plan_mut(&mut self) -> &mut NodePlan {
+        &mut self.plan
     }
 
     pub fn finish(self) -> NodePlan {
@@ -515,6 +760,7 @@ fn plan_object(
     claimed: &mut BTreeMap<IpvsKey, ObjectKey>,
     report: &mut ObjectPlan,
     plan: &mut NodePlan,
+    added: &mut Contribution,
 ) -> Result<(), String> {
     let valid = validate(input.spec).map_err(|e| e.to_string())?;
     report.vip = Some(valid.vip);
@@ -522,6 +768,7 @@ fn plan_object(
 
     // Conflicts are judged on every node identically, so all agree on the winner.
     let keys = ipvs_keys(&valid);
+    added.keys.clone_from(&keys);
     for (i, k) in keys.iter().enumerate() {
         let owner = claimed
             .get(k)
@@ -534,7 +781,7 @@ fn plan_object(
             ));
         }
     }
-    let result = plan_claimed(input, node, &valid, &keys, report, plan);
+    let result = plan_claimed(input, node, &valid, &keys, report, plan, added);
     // A director's keys are claimed by its IPVS entries. Other outcomes
     // (backend only, no role here, an error below) claim them here, so a
     // younger object loses the clash on every node alike; at 10,000
@@ -559,6 +806,7 @@ fn plan_claimed(
     keys: &[IpvsKey],
     report: &mut ObjectPlan,
     plan: &mut NodePlan,
+    added: &mut Contribution,
 ) -> Result<(), String> {
     let owned_servers;
     let servers = match input.real_servers {
@@ -659,24 +907,24 @@ fn plan_claimed(
                 },
             );
         }
-        if let Some(d) = TunnelDevice::from_name(&valid.director_interface) {
-            plan.tunnel_devices.insert(d);
-        }
-        plan.director_vips.insert(VipBinding {
+        added
+            .tunnel_devices
+            .extend(TunnelDevice::from_name(&valid.director_interface));
+        added.director_vip = Some(VipBinding {
             address: valid.vip,
             interface: valid.director_interface.clone(),
         });
     }
 
     if is_backend {
-        plan.backend_vips.insert(valid.vip);
+        added.backend_vip = Some(valid.vip);
         let (devices, fou) = backend_receivers(valid.vip, &valid.tunnel);
-        plan.tunnel_devices.extend(devices);
-        plan.fou_ports.extend(fou);
+        added.tunnel_devices.extend(devices);
+        added.fou_ports.extend(fou);
         if gre_csum {
-            plan.gre_csum.extend(gre_locals.iter().copied());
+            added.gre_csum = gre_locals;
         } else {
-            plan.gre_plain.extend(gre_locals.iter().copied());
+            added.gre_plain = gre_locals;
         }
         let me: Vec<&Resolved> = resolved.iter().filter(|r| r.is_self).collect();
         for (idx, port) in valid.ports.iter().enumerate() {
@@ -693,7 +941,7 @@ fn plan_claimed(
                 Vec::new()
             };
             if !targets.is_empty() {
-                plan.dnat.push(DnatRule {
+                added.dnat.push(DnatRule {
                     vip: valid.vip,
                     protocol: port.protocol,
                     port: port.port,
@@ -703,7 +951,7 @@ fn plan_claimed(
             if let Some(mss) = valid.mss_clamp
                 && port.protocol == Protocol::Tcp
             {
-                plan.mss.push(MssRule {
+                added.mss.push(MssRule {
                     vip: valid.vip,
                     port: port.target_port,
                     mss,

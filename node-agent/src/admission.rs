@@ -12,8 +12,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
-use tunlb_api::plan::{NodeIdentity, NodePlan, ObjectKey, PlanInput, plan_node};
+use tunlb_api::plan::{IpvsKey, NodeIdentity, NodePlan, ObjectKey, PlanInput, Planner, ipvs_keys};
 use tunlb_api::pool::{PoolNode, Refusal, Subject, VipPool, admit, vip_owner};
 use tunlb_api::{NodeRole, RealServer, ValidService, VirtualServiceSpec, validate};
 
@@ -177,39 +178,94 @@ pub fn verify(
     namespaces: &BTreeMap<&str, &BTreeMap<String, String>>,
     objects: &[Object<'_>],
 ) -> Verified {
-    let mut inputs: Vec<PlanInput<'_>> = objects
-        .iter()
-        .map(|o| PlanInput {
-            key: o.key.clone(),
-            generation: Some(o.generation),
-            spec: o.spec,
-            real_servers: Some(o.real_servers),
-        })
-        .collect();
-    let mut plan = plan_node(&inputs, node);
-    let mut on_vip: BTreeMap<IpAddr, BTreeMap<&str, Age<'_>>> = BTreeMap::new();
+    let kept = whole(node, pools, namespaces, objects, Planner::new);
+    Verified {
+        plan: kept.planner.finish(),
+        refused: kept.refused,
+    }
+}
+
+/// What a whole plan leaves for the next: the planner and refusals, and
+/// who is on which VIP.
+struct Kept {
+    planner: Planner,
+    refused: BTreeMap<ObjectKey, Refused>,
+    /// The VIP of every object whose spec is valid, refused ones too.
+    vips: BTreeMap<ObjectKey, IpAddr>,
+    /// Per VIP, how many of those objects each namespace has on it.
+    on_vip: BTreeMap<IpAddr, BTreeMap<Arc<str>, u32>>,
+    /// The IPVS keys refused objects ask for, which the planner no longer
+    /// counts: an edit that frees or takes one may end a refusal.
+    refused_keys: BTreeMap<ObjectKey, Vec<IpvsKey>>,
+    refused_wanted: BTreeMap<IpvsKey, u32>,
+}
+
+fn inputs_of<'o>(objects: &[Object<'o>]) -> Vec<PlanInput<'o>> {
+    objects.iter().map(input_of).collect()
+}
+
+fn input_of<'o>(o: &Object<'o>) -> PlanInput<'o> {
+    PlanInput {
+        key: o.key.clone(),
+        generation: Some(o.generation),
+        spec: o.spec,
+        real_servers: Some(o.real_servers),
+    }
+}
+
+fn plan_with(
+    node: &NodeIdentity,
+    inputs: &[PlanInput<'_>],
+    new: fn(&NodeIdentity) -> Planner,
+) -> Planner {
+    let mut planner = new(node);
+    for input in inputs {
+        planner.add(input);
+    }
+    planner
+}
+
+/// [`verify`], keeping what [`Incremental`] patches.
+fn whole(
+    node: &NodeIdentity,
+    pools: &[VipPool],
+    namespaces: &BTreeMap<&str, &BTreeMap<String, String>>,
+    objects: &[Object<'_>],
+    new: fn(&NodeIdentity) -> Planner,
+) -> Kept {
+    let mut inputs = inputs_of(objects);
+    let mut planner = plan_with(node, &inputs, new);
+    let mut oldest: BTreeMap<IpAddr, BTreeMap<&str, Age<'_>>> = BTreeMap::new();
+    let mut vips = BTreeMap::new();
+    let mut on_vip: BTreeMap<IpAddr, BTreeMap<Arc<str>, u32>> = BTreeMap::new();
     for o in objects {
-        if let Some(vip) = plan.objects.get(o.key).and_then(|p| p.vip) {
-            let oldest = on_vip
+        if let Some(vip) = planner.plan().objects.get(o.key).and_then(|p| p.vip) {
+            let age = oldest
                 .entry(vip)
                 .or_default()
                 .entry(&o.key.namespace)
                 .or_insert(Age(o.age));
-            *oldest = (*oldest).min(Age(o.age));
+            *age = (*age).min(Age(o.age));
+            vips.insert(o.key.clone(), vip);
+            *on_vip
+                .entry(vip)
+                .or_default()
+                .entry(o.key.namespace.clone())
+                .or_default() += 1;
         }
     }
     let checker = Checker {
         node,
         pools,
         namespaces,
-        on_vip,
+        on_vip: oldest,
     };
     let mut checked: BTreeSet<&ObjectKey> = BTreeSet::new();
     let mut refused = BTreeMap::new();
     loop {
         let mut more = false;
         for o in objects {
-            let Some(op) = plan.objects.get(o.key) else {
+            let Some(op) = planner.plan().objects.get(o.key) else {
                 continue;
             };
             if op.roles.is_empty() || refused.contains_key(o.key) || !checked.insert(o.key) {
@@ -228,10 +284,264 @@ pub fn verify(
             }
         }
         if !more {
-            return Verified { plan, refused };
+            let mut kept = Kept {
+                planner,
+                refused,
+                vips,
+                on_vip,
+                refused_keys: BTreeMap::new(),
+                refused_wanted: BTreeMap::new(),
+            };
+            for o in objects {
+                if kept.refused.contains_key(o.key) {
+                    let keys = validate(o.spec).map(|v| ipvs_keys(&v)).unwrap_or_default();
+                    kept.count_refused(o.key, keys);
+                }
+            }
+            return kept;
         }
         inputs.retain(|i| !refused.contains_key(&i.key));
-        plan = plan_node(&inputs, node);
+        planner = plan_with(node, &inputs, new);
+    }
+}
+
+/// What the plan depends on besides the objects.
+#[derive(PartialEq)]
+struct Context {
+    node: NodeIdentity,
+    pools: Vec<(Option<String>, tunlb_api::VipPoolSpec)>,
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Context {
+    fn of(
+        node: &NodeIdentity,
+        pools: &[VipPool],
+        namespaces: &BTreeMap<&str, &BTreeMap<String, String>>,
+    ) -> Context {
+        Context {
+            node: node.clone(),
+            // A pool's status (its usage count) changes with every
+            // acceptance and decides nothing here.
+            pools: pools
+                .iter()
+                .map(|p| (p.metadata.name.clone(), p.spec.clone()))
+                .collect(),
+            namespaces: namespaces
+                .iter()
+                .map(|(n, l)| (n.to_string(), (*l).clone()))
+                .collect(),
+        }
+    }
+
+    fn same(
+        &self,
+        node: &NodeIdentity,
+        pools: &[VipPool],
+        namespaces: &BTreeMap<&str, &BTreeMap<String, String>>,
+    ) -> bool {
+        self.node == *node
+            && self.pools.len() == pools.len()
+            && self
+                .pools
+                .iter()
+                .zip(pools)
+                .all(|((name, spec), p)| *name == p.metadata.name && *spec == p.spec)
+            && self.namespaces.len() == namespaces.len()
+            && self
+                .namespaces
+                .iter()
+                .zip(namespaces)
+                .all(|((n, l), (m, k))| n == m && l == *k)
+    }
+}
+
+/// How [`Incremental::update`] made its plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Planned {
+    /// Every object planned and checked anew.
+    Whole,
+    /// Only the changed objects, this many.
+    Patched(usize),
+}
+
+/// [`verify`]'s result kept between passes and patched per changed object,
+/// so a pass after one edit among 10,000 objects plans one object.
+///
+/// A change is patched in when its effect stays within the object: nothing
+/// else changed (node, pools, namespace labels), no other object asks for
+/// an IPVS key it asks or asked for (a VIP:port clash moves the winner), it
+/// receives no GRE as a backend (checksummed and plain GRE exclude each
+/// other per address), and no other namespace has objects on its VIPs
+/// (VIP ownership). Otherwise everything is planned anew, which yields the
+/// same as [`verify`] by construction; `patched_plans_equal_whole_plans`
+/// checks the patched path against it.
+#[derive(Default)]
+pub struct Incremental {
+    kept: Option<(Context, Kept)>,
+}
+
+impl Incremental {
+    /// Brings the plan up to date. `changed`: the objects that changed
+    /// since the last update, or `None` for any; `objects` lists all of them
+    /// oldest first, `find` one of them (`None`: gone or not accepted).
+    pub fn update<'o>(
+        &mut self,
+        node: &NodeIdentity,
+        pools: &[VipPool],
+        namespaces: &BTreeMap<&str, &BTreeMap<String, String>>,
+        changed: Option<&BTreeSet<ObjectKey>>,
+        objects: impl FnOnce() -> Vec<Object<'o>>,
+        find: impl Fn(&ObjectKey) -> Option<Object<'o>>,
+    ) -> Planned {
+        if let (Some(changed), Some((context, kept))) = (changed, self.kept.as_mut())
+            && context.same(node, pools, namespaces)
+        {
+            let checker = Checker {
+                node,
+                pools,
+                namespaces,
+                on_vip: BTreeMap::new(),
+            };
+            if changed
+                .iter()
+                .all(|k| kept.patch(k, find(k).as_ref(), &checker))
+            {
+                return Planned::Patched(changed.len());
+            }
+        }
+        let kept = whole(node, pools, namespaces, &objects(), Planner::tracking);
+        self.kept = Some((Context::of(node, pools, namespaces), kept));
+        Planned::Whole
+    }
+
+    /// The plan of the admitted objects (empty before the first update).
+    pub fn plan(&self) -> Option<&NodePlan> {
+        self.kept.as_ref().map(|(_, k)| k.planner.plan())
+    }
+
+    /// The plan, for changes undone before the next update (health gating).
+    pub fn plan_mut(&mut self) -> Option<&mut NodePlan> {
+        self.kept.as_mut().map(|(_, k)| k.planner.plan_mut())
+    }
+
+    pub fn refused(&self) -> Option<&BTreeMap<ObjectKey, Refused>> {
+        self.kept.as_ref().map(|(_, k)| &k.refused)
+    }
+}
+
+impl Kept {
+    fn count_refused(&mut self, key: &ObjectKey, keys: Vec<IpvsKey>) {
+        for k in &keys {
+            *self.refused_wanted.entry(*k).or_default() += 1;
+        }
+        self.refused_keys.insert(key.clone(), keys);
+    }
+
+    fn uncount_refused(&mut self, key: &ObjectKey) {
+        for k in self.refused_keys.remove(key).unwrap_or_default() {
+            if let Some(n) = self.refused_wanted.get_mut(&k) {
+                *n -= 1;
+                if *n == 0 {
+                    self.refused_wanted.remove(&k);
+                }
+            }
+        }
+    }
+
+    /// How many objects, refused ones too, ask for `k`.
+    fn wanted(&self, k: &IpvsKey) -> u32 {
+        self.planner.wanted(k) + self.refused_wanted.get(k).copied().unwrap_or(0)
+    }
+
+    /// Replaces `key`'s part of the plan with `now`'s (`None`: takes it
+    /// out); false when the change reaches beyond the object, and the
+    /// caller plans everything anew.
+    fn patch(&mut self, key: &ObjectKey, now: Option<&Object<'_>>, checker: &Checker<'_>) -> bool {
+        let old = self.planner.contribution(key);
+        if old.is_some_and(|c| !c.gre_csum.is_empty() || !c.gre_plain.is_empty()) {
+            return false;
+        }
+        let old_keys = match old {
+            Some(c) => c.keys.clone(),
+            None => self.refused_keys.get(key).cloned().unwrap_or_default(),
+        };
+        if old_keys.iter().any(|k| self.wanted(k) > 1) {
+            return false;
+        }
+        let valid = now.and_then(|o| validate(o.spec).ok());
+        let new_keys = valid.as_ref().map(ipvs_keys).unwrap_or_default();
+        if new_keys
+            .iter()
+            .any(|k| self.wanted(k) > u32::from(old_keys.contains(k)))
+        {
+            return false;
+        }
+        let old_vip = self.vips.get(key).copied();
+        let new_vip = valid.as_ref().map(|v| v.vip);
+        let shared = |vip: &IpAddr| {
+            self.on_vip
+                .get(vip)
+                .is_some_and(|m| m.keys().any(|ns| *ns != key.namespace))
+        };
+        if old_vip.iter().chain(&new_vip).any(shared) {
+            return false;
+        }
+
+        if let Some(vip) = old_vip {
+            self.vips.remove(key);
+            if let Some(m) = self.on_vip.get_mut(&vip) {
+                if let Some(n) = m.get_mut(&key.namespace) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        m.remove(&key.namespace);
+                    }
+                }
+                if m.is_empty() {
+                    self.on_vip.remove(&vip);
+                }
+            }
+        }
+        self.planner.remove(key);
+        self.refused.remove(key);
+        self.uncount_refused(key);
+        let Some(o) = now else {
+            return true;
+        };
+        if let Some(vip) = new_vip {
+            self.vips.insert(key.clone(), vip);
+            *self
+                .on_vip
+                .entry(vip)
+                .or_default()
+                .entry(key.namespace.clone())
+                .or_default() += 1;
+        }
+        self.planner.add(&input_of(o));
+        if self
+            .planner
+            .contribution(key)
+            .is_some_and(|c| !c.gre_csum.is_empty() || !c.gre_plain.is_empty())
+        {
+            return false;
+        }
+        let Some(op) = self.planner.plan().objects.get(key) else {
+            return true;
+        };
+        if op.roles.is_empty() {
+            return true;
+        }
+        if let Err(refusal) = checker.check(o, &op.roles) {
+            let refused = Refused {
+                generation: op.generation,
+                roles: op.roles.clone(),
+                refusal,
+            };
+            self.refused.insert(key.clone(), refused);
+            self.planner.remove(key);
+            self.count_refused(key, new_keys);
+        }
+        true
     }
 }
 
@@ -358,7 +668,7 @@ mod tests {
                 spec: &c.spec,
                 real_servers: Some(&c.real_servers),
             }];
-            assert_eq!(v.plan, plan_node(&inputs, &n), "{}", n.name);
+            assert_eq!(v.plan, tunlb_api::plan_node(&inputs, &n), "{}", n.name);
             assert!(!v.plan.objects[&c.key].roles.is_empty());
         }
         // A namespace admitted by its labels.
@@ -608,4 +918,130 @@ mod tests {
         let v = run(&elsewhere, &[], &[c]);
         assert!(v.refused.is_empty());
     }
+
+    /// A small deterministic generator (xorshift), so a failure replays.
+    struct Dice(u64);
+
+    impl Dice {
+        fn roll(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+
+        fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+            from[self.roll(from.len())]
+        }
+    }
+
+    /// A random object of a small world, so clashes, shared VIPs, GRE,
+    /// port mappings and refusals all come up.
+    fn random_case(d: &mut Dice, key: &ObjectKey, created: i64) -> Case {
+        let vip = d.pick(&[
+            "192.168.56.185",
+            "192.168.56.185",
+            "192.168.56.186",
+            "192.168.56.181",
+            "10.9.9.9",
+            "not-an-address",
+        ]);
+        let port = d.pick(&["80", "81", "82", "8080", "8081"]);
+        let target = d.pick(&["", "", ", targetPort: 8001", ", targetPort: 9500"]);
+        let second = d.pick(&["", "", ", {port: 443}"]);
+        let tunnel = d.pick(&[
+            "",
+            "",
+            "",
+            "tunnel: {type: gre}\n",
+            "tunnel: {type: gre, checksum: csum}\n",
+            "tunnel: {type: gue, port: 6080}\n",
+        ]);
+        let directors = d.pick(&["", "", "", "directors: {interface: eth0}\n"]);
+        let weight = 1 + d.roll(3);
+        let yaml = format!(
+            "vip: {vip}\nports: [{{port: {port}{target}}}{second}]\n{tunnel}{directors}\
+             backends: {{static: [{{address: 192.168.56.183, weight: {weight}}}]}}\n"
+        );
+        let servers = match d.roll(3) {
+            0 => seed_servers(),
+            1 => vec![rs("198.51.100.7", None)],
+            _ => vec![rs("203.0.113.9", None), rs("192.168.56.183", Some("rs1"))],
+        };
+        case(&key.namespace, &key.name, created, &yaml, servers)
+    }
+
+    /// Patched plans are the plans [`verify`] makes of the same objects,
+    /// edit after edit, on a director and on a backend, with VIPs shared
+    /// across namespaces or not.
+    #[test]
+    fn patched_plans_equal_whole_plans() {
+        let tenant = BTreeMap::from([("tenant".to_string(), "web".to_string())]);
+        let namespaces = BTreeMap::from([("team-web", &tenant)]);
+        let mut shared = lab();
+        shared.spec.share_across_namespaces = true;
+        let keys: Vec<ObjectKey> = ["default", "team-web", "team-x"]
+            .iter()
+            .flat_map(|ns| ["a", "b", "c", "d"].map(|n| ObjectKey::new(*ns, n)))
+            .collect();
+        let mut patched = 0;
+        for (seed, n, pools) in [
+            (7, director(), vec![lab()]),
+            (11, rs1(), vec![lab()]),
+            (13, director(), vec![shared.clone()]),
+            (17, rs1(), vec![shared]),
+        ] {
+            let mut d = Dice(seed);
+            let mut world: BTreeMap<ObjectKey, Case> = BTreeMap::new();
+            let mut clock = 0;
+            let mut inc = Incremental::default();
+            for step in 0..1000 {
+                let mut changed = BTreeSet::new();
+                for _ in 0..=d.roll(2) {
+                    let key = keys[d.roll(keys.len())].clone();
+                    if d.roll(4) == 0 {
+                        world.remove(&key);
+                    } else {
+                        clock += 1;
+                        let created = world.get(&key).map_or(clock, |c| c.age.0);
+                        world.insert(key.clone(), random_case(&mut d, &key, created));
+                    }
+                    changed.insert(key);
+                }
+                let mut cases: Vec<&Case> = world.values().collect();
+                cases.sort_by(|a, b| a.age.cmp(&b.age));
+                fn object(c: &Case) -> Object<'_> {
+                    Object {
+                        key: &c.key,
+                        generation: 3,
+                        spec: &c.spec,
+                        real_servers: &c.real_servers,
+                        age: &c.age,
+                    }
+                }
+                let objects: Vec<Object<'_>> = cases.iter().map(|c| object(c)).collect();
+                let how = inc.update(
+                    &n,
+                    &pools,
+                    &namespaces,
+                    (step > 0).then_some(&changed),
+                    || objects.clone(),
+                    |k| world.get(k).map(object),
+                );
+                if matches!(how, Planned::Patched(_)) {
+                    patched += 1;
+                }
+                let want = verify(&n, &pools, &namespaces, &objects);
+                let got = inc.plan().unwrap_or_else(|| panic!("no plan"));
+                let at = format!("seed {seed} step {step} ({how:?}), changed {changed:?}");
+                assert_eq!(got.objects, want.plan.objects, "{at}");
+                assert_eq!(got.ipvs, want.plan.ipvs, "{at}");
+                assert_eq!(got, &want.plan, "{at}");
+                assert_eq!(inc.refused(), Some(&want.refused), "seed {seed} step {step}");
+            }
+        }
+        // Most edits of this small world reach other objects; enough do not.
+        assert!(patched > 500, "patched {patched} of 4000");
+    }
+
 }
