@@ -603,15 +603,15 @@ impl Planner {
         for k in &added.keys {
             count_up(&mut t.wanted, k);
         }
-        if let Some(v) = &added.director_vip {
-            if count_up(&mut t.director_vips, v) {
-                plan.director_vips.insert(v.clone());
-            }
+        if let Some(v) = &added.director_vip
+            && count_up(&mut t.director_vips, v)
+        {
+            plan.director_vips.insert(v.clone());
         }
-        if let Some(v) = &added.backend_vip {
-            if count_up(&mut t.backend_vips, v) {
-                plan.backend_vips.insert(*v);
-            }
+        if let Some(v) = &added.backend_vip
+            && count_up(&mut t.backend_vips, v)
+        {
+            plan.backend_vips.insert(*v);
         }
         for d in &added.tunnel_devices {
             if count_up(&mut t.tunnel_devices, d) {
@@ -669,15 +669,15 @@ impl Planner {
                 self.claimed.remove(k);
             }
         }
-        if let Some(v) = &gone.director_vip {
-            if count_down(&mut t.director_vips, v) {
-                plan.director_vips.remove(v);
-            }
+        if let Some(v) = &gone.director_vip
+            && count_down(&mut t.director_vips, v)
+        {
+            plan.director_vips.remove(v);
         }
-        if let Some(v) = &gone.backend_vip {
-            if count_down(&mut t.backend_vips, v) {
-                plan.backend_vips.remove(v);
-            }
+        if let Some(v) = &gone.backend_vip
+            && count_down(&mut t.backend_vips, v)
+        {
+            plan.backend_vips.remove(v);
         }
         for d in &gone.tunnel_devices {
             if count_down(&mut t.tunnel_devices, d) {

@@ -1037,11 +1037,14 @@ mod tests {
                 assert_eq!(got.objects, want.plan.objects, "{at}");
                 assert_eq!(got.ipvs, want.plan.ipvs, "{at}");
                 assert_eq!(got, &want.plan, "{at}");
-                assert_eq!(inc.refused(), Some(&want.refused), "seed {seed} step {step}");
+                assert_eq!(
+                    inc.refused(),
+                    Some(&want.refused),
+                    "seed {seed} step {step}"
+                );
             }
         }
         // Most edits of this small world reach other objects; enough do not.
         assert!(patched > 500, "patched {patched} of 4000");
     }
-
 }

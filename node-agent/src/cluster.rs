@@ -118,6 +118,10 @@ struct Memory {
     saved: Option<u64>,
     /// The objects the last pass refused, so each refusal is logged once.
     refused: BTreeMap<ObjectKey, Refused>,
+    /// Objects that cannot be read, with their generation and why.
+    invalid: BTreeMap<ObjectKey, (Option<i64>, String)>,
+    /// Keys whose accepted object changed since the plan last took them in.
+    replan: BTreeSet<ObjectKey>,
 }
 
 impl Memory {
@@ -207,6 +211,7 @@ impl Memory {
     fn accept(&mut self, key: ObjectKey, accepted: Accepted) {
         if self.accepted.get(&key) != Some(&accepted) {
             self.unsaved.insert(key.clone());
+            self.replan.insert(key.clone());
             self.accepted.insert(key, accepted);
         }
     }
@@ -214,92 +219,119 @@ impl Memory {
     fn forget(&mut self, key: &ObjectKey) {
         if self.accepted.remove(key).is_some() {
             self.unsaved.insert(key.clone());
+            self.replan.insert(key.clone());
         }
     }
 
-    /// Refreshes `accepted` from the store; returns invalid objects' errors.
-    fn refresh(
-        &mut self,
-        objects: &[Arc<DeserializeGuard<VirtualService>>],
-    ) -> BTreeMap<ObjectKey, (Option<i64>, String)> {
-        let mut invalid = BTreeMap::new();
+    /// Refreshes `accepted` and `invalid` from every object in the store.
+    fn refresh(&mut self, objects: &[Arc<DeserializeGuard<VirtualService>>]) {
         let mut present = BTreeSet::new();
         for guard in objects {
-            match &guard.0 {
-                Err(bad) => {
-                    let key = key_of(&bad.metadata);
-                    present.insert(key.clone());
-                    invalid.insert(
-                        key,
-                        (
-                            bad.metadata.generation,
-                            format!("cannot read this VirtualService: {}", bad.error),
-                        ),
-                    );
-                }
-                Ok(vs) => {
-                    let key = key_of(&vs.metadata);
-                    if vs.metadata.deletion_timestamp.is_some() {
-                        // Being deleted: stop programming it, so the finalizer can complete.
-                        continue;
-                    }
-                    present.insert(key.clone());
-                    let status = vs.status.as_ref();
-                    let judged =
-                        status.and_then(|s| s.observed_generation) == vs.metadata.generation;
-                    if judged && is_true(vs, "Accepted") {
-                        let creation = vs
-                            .metadata
-                            .creation_timestamp
-                            .as_ref()
-                            .map(|t| t.0.as_second())
-                            .unwrap_or(i64::MAX);
-                        let generation = vs.metadata.generation.unwrap_or(0);
-                        let real_servers = status.map(|s| s.real_servers.as_slice()).unwrap_or(&[]);
-                        let election = status
-                            .and_then(|s| s.election.as_ref())
-                            .map(ElectionStatus::without_active);
-                        // Compared in place: a pass over 10,000 unchanged
-                        // objects copies none of them.
-                        let same = self.accepted.get(&key).is_some_and(|a| {
-                            a.generation == generation
-                                && a.age.0 == creation
-                                && a.real_servers == real_servers
-                                && a.election == election
-                                && a.spec == vs.spec
-                        });
-                        if !same {
-                            self.accept(
-                                key.clone(),
-                                Accepted {
-                                    generation,
-                                    spec: vs.spec.clone(),
-                                    real_servers: real_servers.to_vec(),
-                                    election,
-                                    age: (creation, key),
-                                },
-                            );
-                        }
-                    } else if judged {
-                        // The operator refused the current generation: program nothing of it.
-                        self.forget(&key);
-                    }
-                    // Not judged yet: keep programming the last accepted generation.
-                }
-            }
+            let key = match &guard.0 {
+                Ok(vs) => key_of(&vs.metadata),
+                Err(bad) => key_of(&bad.metadata),
+            };
+            self.refresh_one(&key, Some(guard));
+            present.insert(key);
         }
         let gone: Vec<ObjectKey> = self
             .accepted
             .keys()
+            .chain(self.invalid.keys())
             .filter(|k| !present.contains(*k))
             .cloned()
             .collect();
         for k in gone {
-            self.forget(&k);
+            self.refresh_one(&k, None);
         }
-        invalid
+    }
+
+    /// Refreshes the objects `keys` names from the store.
+    fn refresh_some(
+        &mut self,
+        store: &Store<DeserializeGuard<VirtualService>>,
+        keys: &BTreeSet<ObjectKey>,
+    ) {
+        for key in keys {
+            let at = reflector::ObjectRef::new(&key.name).within(&key.namespace);
+            let guard = store.get(&at);
+            self.refresh_one(key, guard.as_deref());
+        }
+    }
+
+    /// Takes in what the store holds of `key` now (`None`: nothing).
+    fn refresh_one(&mut self, key: &ObjectKey, guard: Option<&DeserializeGuard<VirtualService>>) {
+        let vs = match guard.map(|g| &g.0) {
+            None => {
+                self.invalid.remove(key);
+                self.forget(key);
+                return;
+            }
+            Some(Err(bad)) => {
+                self.invalid.insert(
+                    key.clone(),
+                    (
+                        bad.metadata.generation,
+                        format!("cannot read this VirtualService: {}", bad.error),
+                    ),
+                );
+                return;
+            }
+            Some(Ok(vs)) => vs,
+        };
+        self.invalid.remove(key);
+        if vs.metadata.deletion_timestamp.is_some() {
+            // Being deleted: stop programming it, so the finalizer can complete.
+            self.forget(key);
+            return;
+        }
+        let status = vs.status.as_ref();
+        let judged = status.and_then(|s| s.observed_generation) == vs.metadata.generation;
+        if judged && is_true(vs, "Accepted") {
+            let creation = vs
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second())
+                .unwrap_or(i64::MAX);
+            let generation = vs.metadata.generation.unwrap_or(0);
+            let real_servers = status.map(|s| s.real_servers.as_slice()).unwrap_or(&[]);
+            let election = status
+                .and_then(|s| s.election.as_ref())
+                .map(ElectionStatus::without_active);
+            // Compared in place: a pass over 10,000 unchanged objects
+            // copies none of them.
+            let same = self.accepted.get(key).is_some_and(|a| {
+                a.generation == generation
+                    && a.age.0 == creation
+                    && a.real_servers == real_servers
+                    && a.election == election
+                    && a.spec == vs.spec
+            });
+            if !same {
+                self.accept(
+                    key.clone(),
+                    Accepted {
+                        generation,
+                        spec: vs.spec.clone(),
+                        real_servers: real_servers.to_vec(),
+                        election,
+                        age: (creation, key.clone()),
+                    },
+                );
+            }
+        } else if judged {
+            // The operator refused the current generation: program nothing of it.
+            self.forget(key);
+        }
+        // Not judged yet: keep programming the last accepted generation.
     }
 }
+
+/// How often a pass reads every VirtualService in the store again rather
+/// than those its watch events named (a safety net, like kube-proxy's
+/// periodic full sync).
+const WHOLE_PASS_EVERY: Duration = Duration::from_secs(3600);
 
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(
@@ -326,6 +358,8 @@ pub async fn run(
     let node_name = settings.node_name.clone();
     let strip_for = settings.node_name.clone();
     let mut relevant = Relevant::new(move |g| crate::wake::virtual_service(&node_name, g));
+    let changed = Arc::new(std::sync::Mutex::new(crate::wake::Changed::default()));
+    let vs_changed = changed.clone();
     tokio::spawn(
         watcher(vs_api, watcher::Config::default())
             .backoff(tunlb_api::watch::backoff())
@@ -334,7 +368,14 @@ pub async fn run(
             .for_each(move |ev| {
                 match &ev {
                     Ok(ev) if !relevant.wakes(ev) => {}
-                    Ok(_) => vs_wake.notify_one(),
+                    Ok(ev) => {
+                        // The store holds the change already: a pass that
+                        // takes the key reads it.
+                        if let Ok(mut c) = vs_changed.lock() {
+                            c.note(ev);
+                        }
+                        vs_wake.notify_one()
+                    }
                     Err(e) => warn!(error = %e, "VirtualService watch failed; keeping the last known state"),
                 }
                 async {}
@@ -406,6 +447,7 @@ pub async fn run(
     );
     let watched = Watched {
         virtual_services: vs_store,
+        changed,
         node: node_store,
         pools: pool_store,
         namespaces: ns_store,
@@ -439,6 +481,8 @@ pub async fn run(
     // next share of all of them (see `ipvs::Reach`); other passes read only
     // the former.
     let mut last_rotation = Instant::now();
+    let mut planned = crate::admission::Incremental::default();
+    let mut last_whole = Instant::now();
     let mut draining = false;
     let mut checked = BTreeMap::new();
     // When verdicts changed since the last pass: the pass that writes them
@@ -491,17 +535,25 @@ pub async fn run(
         } else {
             crate::dataplane::ipvs::Reach::Changed
         };
+        // Passes take in only the objects whose watch events changed them;
+        // now and then one reads every object again.
+        let whole = last_whole.elapsed() >= WHOLE_PASS_EVERY;
+        if whole {
+            last_whole = Instant::now();
+        }
         (draining, checked) = pass(
             &client,
             &settings,
             &mut dp,
             &mut state,
             &mut memory,
+            &mut planned,
             &watched,
             &metrics,
             &prober,
             &mut elections,
             reach,
+            whole,
         )
         .await;
     }
@@ -510,6 +562,8 @@ pub async fn run(
 /// The caches a pass reads.
 struct Watched {
     virtual_services: Store<DeserializeGuard<VirtualService>>,
+    /// The VirtualServices changed since the last pass.
+    changed: Arc<std::sync::Mutex<crate::wake::Changed>>,
     /// This node's Node object only.
     node: Store<Node>,
     pools: Store<DeserializeGuard<VipPool>>,
@@ -524,15 +578,25 @@ async fn pass(
     dp: &mut Dataplane,
     state: &mut OwnedState,
     memory: &mut Memory,
+    planned: &mut crate::admission::Incremental,
     watched: &Watched,
     metrics: &AgentMetrics,
     prober: &crate::health::Prober,
     elections: &mut crate::election::Elections,
     reach: crate::dataplane::ipvs::Reach,
+    whole: bool,
 ) -> (bool, BTreeMap<IpvsKey, IpvsService>) {
     let started = Instant::now();
     let objects = watched.virtual_services.state();
-    let invalid = memory.refresh(&objects);
+    let changed = match watched.changed.lock() {
+        Ok(mut c) => c.take().filter(|_| !whole),
+        Err(_) => None,
+    };
+    match &changed {
+        Some(keys) => memory.refresh_some(&watched.virtual_services, keys),
+        None => memory.refresh(&objects),
+    }
+    let replan = std::mem::take(&mut memory.replan);
 
     let node = watched
         .node
@@ -561,18 +625,6 @@ async fn pass(
         Err(e) => warn!(error = %e, "cannot read node addresses"),
     }
 
-    let mut ordered: Vec<Object<'_>> = memory
-        .accepted
-        .iter()
-        .map(|(key, a)| Object {
-            key,
-            generation: a.generation,
-            spec: &a.spec,
-            real_servers: &a.real_servers,
-            age: &a.age,
-        })
-        .collect();
-    ordered.sort_by(|a, b| a.age.cmp(b.age));
     let pools: Vec<VipPool> = watched
         .pools
         .state()
@@ -584,13 +636,28 @@ async fn pass(
         .iter()
         .filter_map(|ns| Some((ns.metadata.name.as_deref()?, ns.metadata.labels.as_ref()?)))
         .collect();
-    let verified = crate::admission::verify(&identity, &pools, &labels, &ordered);
-    let refused = verified.refused;
+    let how = planned.update(
+        &identity,
+        &pools,
+        &labels,
+        changed.is_some().then_some(&replan),
+        || {
+            let mut ordered: Vec<Object<'_>> = memory.accepted.iter().map(object).collect();
+            ordered.sort_by(|a, b| a.age.cmp(b.age));
+            ordered
+        },
+        |k| memory.accepted.get_key_value(k).map(object),
+    );
+    let refused = planned.refused().cloned().unwrap_or_default();
     log_refusals(&memory.refused, &refused);
     metrics.set_pool_refused(refused.len());
-    let mut plan = verified.plan;
-    let mut checked = crate::health::checked(&plan, |_| true);
-    let fail_open = crate::health::gate(&mut plan, &prober.book());
+    let Some(plan) = planned.plan_mut() else {
+        return (false, BTreeMap::new());
+    };
+    // Gated weights last for this pass only: the kept plan holds the planned ones.
+    let mut checked = crate::health::checked(plan, |_| true);
+    let fail_open = crate::health::gate(plan, &prober.book());
+    let plan: &tunlb_api::NodePlan = plan;
     memory.persist(state);
     // The VIPs of elected objects belong to their speakers, whatever the
     // pass's outcome.
@@ -612,7 +679,7 @@ async fn pass(
     let (mut routers, mut election_errors) = crate::election::wanted(&settings.node_name, directed);
     dp.elected = elections.elected(&routers);
     let journal = Journal::new(&settings.state_dir);
-    let report = dp.sync_within(&plan, state, &journal, reach).await;
+    let report = dp.sync_within(plan, state, &journal, reach).await;
     crate::election::step_back(&mut routers, |k| report.errors.contains_key(k));
     elections.apply(routers).await;
     election_errors.extend(elections.errors().clone());
@@ -621,8 +688,7 @@ async fn pass(
         errors: election_errors,
         conflicts: elections.conflicts(),
     };
-    prober.update(crate::health::targets(&plan, &report.probe_routes));
-    checked.retain(|k, _| state.ipvs_services.contains(&(*k).into()));
+    prober.update(crate::health::targets(plan, &report.probe_routes));
     let fingerprint = state.fingerprint();
     if journal.recorded() || memory.saved != Some(fingerprint) {
         match state.save(&settings.state_dir) {
@@ -638,21 +704,36 @@ async fn pass(
     for e in &report.node_errors {
         warn!(error = %e, "node-level problem");
     }
-    debug!(writes = ?report.writes, objects = plan.objects.len(), "pass done");
+    debug!(writes = ?report.writes, objects = plan.objects.len(), "kernel in line");
 
     let mut want = crate::status::entries(
         &settings.node_name,
-        &plan,
+        plan,
         &report,
-        invalid,
+        memory.invalid.clone(),
         Some((&prober.book(), &fail_open)),
         &elected,
     );
     crate::status::add_refused(&settings.node_name, &mut want, &refused);
     memory.refused = refused;
     report_status(client, &settings.node_name, memory, want, &objects).await;
-    metrics.refresh_ipvs(dp, &plan).await;
+    metrics.refresh_ipvs(dp, plan).await;
+    if let Some(plan) = planned.plan_mut() {
+        crate::health::ungate(plan, &checked);
+    }
+    debug!(planned = ?how, took_ms = started.elapsed().as_millis() as u64, "pass done");
+    checked.retain(|k, _| state.ipvs_services.contains(&(*k).into()));
     (report.drains_pending, checked)
+}
+
+fn object<'a>((key, a): (&'a ObjectKey, &'a Accepted)) -> Object<'a> {
+    Object {
+        key,
+        generation: a.generation,
+        spec: &a.spec,
+        real_servers: &a.real_servers,
+        age: &a.age,
+    }
 }
 
 /// Logs the refusals that are new or changed since the last pass, and the
@@ -1175,34 +1256,67 @@ mod tests {
         let report = crate::dataplane::SyncReport::default();
         let book = crate::health::Book::default();
         let elected = crate::status::Elected::default();
-        for round in 0..3 {
+        let mut planned = crate::admission::Incremental::default();
+        let edited = ObjectKey::new("default", format!("p{}", 10_000 + n / 2));
+        for round in 0..4 {
+            // Round 3 edits one weight, as `kubectl patch` would.
+            if round == 3 {
+                let at = n / 2 - 1;
+                if let Some(s) = objects[at].status.as_mut() {
+                    s.real_servers[0].weight = 2;
+                }
+            }
             let guarded = guards(&objects);
             let mut t = Instant::now();
             let mut lap = |what: &str| {
                 if round > 0 {
-                    eprintln!("round {round} {what}: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+                    eprintln!(
+                        "round {round} {what}: {:.1} ms",
+                        t.elapsed().as_secs_f64() * 1e3
+                    );
                 }
                 t = Instant::now();
             };
-            let invalid = memory.refresh(&guarded);
+            let changed: Option<BTreeSet<ObjectKey>> = match round {
+                0 => None,
+                3 => Some([edited.clone()].into()),
+                _ => Some(BTreeSet::new()),
+            };
+            let store = {
+                let (reader, mut writer) = reflector::store::<DeserializeGuard<VirtualService>>();
+                writer.apply_watcher_event(&watcher::Event::Init);
+                for g in &guarded {
+                    writer.apply_watcher_event(&watcher::Event::InitApply((**g).clone()));
+                }
+                writer.apply_watcher_event(&watcher::Event::InitDone);
+                reader
+            };
+            lap("(store)");
+            match &changed {
+                Some(keys) => memory.refresh_some(&store, keys),
+                None => memory.refresh(&guarded),
+            }
             lap("refresh");
-            let mut ordered: Vec<Object<'_>> = memory
-                .accepted
-                .iter()
-                .map(|(key, a)| Object {
-                    key,
-                    generation: a.generation,
-                    spec: &a.spec,
-                    real_servers: &a.real_servers,
-                    age: &a.age,
-                })
-                .collect();
-            ordered.sort_by(|a, b| a.age.cmp(b.age));
-            let verified = crate::admission::verify(&identity, &pools, &BTreeMap::new(), &ordered);
-            lap("verify");
-            let mut plan = verified.plan;
-            let _checked = crate::health::checked(&plan, |_| true);
-            let fail_open = crate::health::gate(&mut plan, &book);
+            let replan = std::mem::take(&mut memory.replan);
+            let how = planned.update(
+                &identity,
+                &pools,
+                &BTreeMap::new(),
+                changed.is_some().then_some(&replan),
+                || {
+                    let mut ordered: Vec<Object<'_>> = memory.accepted.iter().map(object).collect();
+                    ordered.sort_by(|a, b| a.age.cmp(b.age));
+                    ordered
+                },
+                |k| memory.accepted.get_key_value(k).map(object),
+            );
+            lap(&format!("plan {how:?}"));
+            let Some(plan) = planned.plan_mut() else {
+                panic!("no plan")
+            };
+            let checked = crate::health::checked(plan, |_| true);
+            let fail_open = crate::health::gate(plan, &book);
+            crate::health::ungate(plan, &checked);
             lap("checked+gate");
             memory.persist(&mut state);
             lap("persist");
@@ -1211,9 +1325,9 @@ mod tests {
             lap("fingerprint");
             let want = crate::status::entries(
                 node,
-                &plan,
+                plan,
                 &report,
-                invalid,
+                memory.invalid.clone(),
                 Some((&book, &fail_open)),
                 &elected,
             );
@@ -1236,5 +1350,4 @@ mod tests {
             }
         }
     }
-
 }

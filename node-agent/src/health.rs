@@ -205,6 +205,22 @@ fn gate_service(svc: &mut IpvsService, book: &Book) -> bool {
     open
 }
 
+/// Undoes [`gate`]: the weights of `checked` (taken before gating) again.
+pub fn ungate(plan: &mut NodePlan, checked: &BTreeMap<IpvsKey, IpvsService>) {
+    for (k, planned) in checked {
+        if let Some(svc) = plan.ipvs.get_mut(k) {
+            // Gating changes weights only, so both list the same servers.
+            for (d, p) in svc
+                .destinations
+                .values_mut()
+                .zip(planned.destinations.values())
+            {
+                d.weight = p.weight;
+            }
+        }
+    }
+}
+
 /// The checked services of `plan` this node directs and `owned` says it
 /// programs, with their planned (ungated) weights: what a change of verdict
 /// re-weighs between passes.

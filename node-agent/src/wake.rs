@@ -5,7 +5,7 @@
 //! each of them woke a full pass on every node (an IPVS dump of every owned
 //! service), so N nodes reporting cost N x N passes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hasher};
 
 use k8s_openapi::api::core::v1::{Namespace, Node};
@@ -14,6 +14,7 @@ use kube::ResourceExt;
 use kube::core::DeserializeGuard;
 use kube::runtime::watcher;
 use serde::Serialize;
+use tunlb_api::plan::ObjectKey;
 use tunlb_api::{
     ElectionStatus, NodeStatus, RealServer, VipPool, VirtualService, VirtualServiceSpec,
 };
@@ -148,6 +149,37 @@ pub fn strip(node: &str, guard: &mut DeserializeGuard<VirtualService>) {
             bad.metadata.managed_fields = None;
             bad.metadata.annotations = None;
         }
+    }
+}
+
+/// The objects whose pass inputs changed since a pass last took them, as
+/// the watch events that wake passes tell.
+#[derive(Debug, Default)]
+pub struct Changed {
+    /// A (re-)list: any object may have changed.
+    all: bool,
+    keys: BTreeSet<ObjectKey>,
+}
+
+impl Changed {
+    /// Notes what a waking event `ev` changed.
+    pub fn note<K: kube::Resource>(&mut self, ev: &watcher::Event<K>) {
+        match ev {
+            watcher::Event::Apply(obj) | watcher::Event::Delete(obj) => {
+                self.keys.insert(ObjectKey::new(
+                    obj.namespace().unwrap_or_default(),
+                    obj.name_any(),
+                ));
+            }
+            watcher::Event::InitDone => self.all = true,
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+        }
+    }
+
+    /// What changed since the last take: `None` for anything.
+    pub fn take(&mut self) -> Option<BTreeSet<ObjectKey>> {
+        let keys = std::mem::take(&mut self.keys);
+        (!std::mem::take(&mut self.all)).then_some(keys)
     }
 }
 
