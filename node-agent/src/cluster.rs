@@ -122,6 +122,14 @@ struct Memory {
     invalid: BTreeMap<ObjectKey, (Option<i64>, String)>,
     /// Keys whose accepted object changed since the plan last took them in.
     replan: BTreeSet<ObjectKey>,
+    /// The objects whose entries carry more than their plan (errors,
+    /// drains, elections, refusals, ...) as of the last pass: a pass that
+    /// computes only some entries computes these, as they may have moved.
+    sticky: BTreeSet<ObjectKey>,
+    /// The last pass's node-level problems, which every entry carries.
+    node_errors: Option<Vec<String>>,
+    /// Entries whose write failed, for the next pass.
+    retry: BTreeSet<ObjectKey>,
 }
 
 impl Memory {
@@ -489,6 +497,9 @@ pub async fn run(
     // to the status waits for a quiet spell, since a pass under way would
     // hold up the next verdict's weights.
     let mut verdicts_at: Option<Instant> = None;
+    // The objects whose health verdicts changed since the last pass, whose
+    // status entries that pass writes.
+    let mut verdicts: BTreeSet<ObjectKey> = BTreeSet::new();
     loop {
         // While servers drain, passes come often enough to delete each soon
         // after its connections end.
@@ -510,8 +521,14 @@ pub async fn run(
             _ = prober.changed() => {
                 // The kernel's weights now; a later pass writes the status
                 // and finds nothing more for the kernel.
-                let services =
-                    crate::health::regate(&checked, &prober.book(), &prober.take_changes());
+                let changes = prober.take_changes();
+                let services = crate::health::regate(&checked, &prober.book(), &changes);
+                verdicts.extend(
+                    changes
+                        .iter()
+                        .filter_map(|k| checked.get(&k.service))
+                        .map(|s| s.owner.clone()),
+                );
                 match dp.reweigh(&services).await {
                     Ok(n) => debug!(writes = n, "health verdicts applied"),
                     Err(e) => warn!(error = %e, "cannot apply health verdicts; the next pass does"),
@@ -554,6 +571,7 @@ pub async fn run(
             &mut elections,
             reach,
             whole,
+            std::mem::take(&mut verdicts),
         )
         .await;
     }
@@ -585,6 +603,7 @@ async fn pass(
     elections: &mut crate::election::Elections,
     reach: crate::dataplane::ipvs::Reach,
     whole: bool,
+    verdicts: BTreeSet<ObjectKey>,
 ) -> (bool, BTreeMap<IpvsKey, IpvsService>) {
     let started = Instant::now();
     let objects = watched.virtual_services.state();
@@ -706,6 +725,37 @@ async fn pass(
     }
     debug!(writes = ?report.writes, objects = plan.objects.len(), "kernel in line");
 
+    // Entries of the objects this pass may have changed; all of them after
+    // a whole plan or a change of node-level problems.
+    let sticky: BTreeSet<ObjectKey> = report
+        .errors
+        .keys()
+        .chain(report.draining.keys())
+        .chain(elected.states.keys())
+        .chain(elected.errors.keys())
+        .chain(elected.conflicts.keys())
+        .chain(&fail_open)
+        .chain(refused.keys())
+        .chain(memory.invalid.keys())
+        .cloned()
+        .collect();
+    let scope = match &changed {
+        Some(keys)
+            if how != crate::admission::Planned::Whole
+                && memory.node_errors.as_ref() == Some(&report.node_errors) =>
+        {
+            let mut scope = std::mem::take(&mut memory.retry);
+            scope.extend(keys.iter().cloned());
+            scope.extend(replan);
+            scope.extend(verdicts);
+            scope.extend(std::mem::take(&mut memory.sticky));
+            scope.extend(sticky.iter().cloned());
+            Some(scope)
+        }
+        _ => None,
+    };
+    memory.sticky = sticky;
+    memory.node_errors = Some(report.node_errors.clone());
     let mut want = crate::status::entries(
         &settings.node_name,
         plan,
@@ -713,10 +763,33 @@ async fn pass(
         memory.invalid.clone(),
         Some((&prober.book(), &fail_open)),
         &elected,
+        scope.as_ref(),
     );
     crate::status::add_refused(&settings.node_name, &mut want, &refused);
     memory.refused = refused;
-    report_status(client, &settings.node_name, memory, want, &objects).await;
+    let scoped_objects: Vec<Arc<DeserializeGuard<VirtualService>>>;
+    let objects = match &scope {
+        None => &objects,
+        Some(keys) => {
+            scoped_objects = keys
+                .iter()
+                .filter_map(|k| {
+                    let at = reflector::ObjectRef::new(&k.name).within(&k.namespace);
+                    watched.virtual_services.get(&at)
+                })
+                .collect();
+            &scoped_objects
+        }
+    };
+    report_status(
+        client,
+        &settings.node_name,
+        memory,
+        want,
+        objects,
+        scope.as_ref(),
+    )
+    .await;
     metrics.refresh_ipvs(dp, plan).await;
     if let Some(plan) = planned.plan_mut() {
         crate::health::ungate(plan, &checked);
@@ -762,8 +835,9 @@ async fn report_status(
     memory: &mut Memory,
     want: BTreeMap<ObjectKey, NodeStatus>,
     objects: &[Arc<DeserializeGuard<VirtualService>>],
+    scope: Option<&BTreeSet<ObjectKey>>,
 ) {
-    let writes = entry_writes(node, memory, want, objects);
+    let writes = entry_writes(node, memory, want, objects, scope);
     if writes.is_empty() {
         return;
     }
@@ -803,18 +877,23 @@ async fn report_status(
             Err(kube::Error::Api(e)) if e.code == 404 => {
                 memory.reported.remove(&key);
             }
-            Err(e) => warn!(object = %key, error = %e, "cannot report status; will retry"),
+            Err(e) => {
+                warn!(object = %key, error = %e, "cannot report status; will retry");
+                memory.retry.insert(key);
+            }
         }
     }
 }
 
 /// The entries to write (`Some`) or withdraw (`None`): those whose wanted
-/// entry differs from the stored one or from the last one reported.
+/// entry differs from the stored one or from the last one reported. With
+/// a `scope`, only the objects it names, which `want` and `objects` cover.
 fn entry_writes(
     node: &str,
     memory: &mut Memory,
     want: BTreeMap<ObjectKey, NodeStatus>,
     objects: &[Arc<DeserializeGuard<VirtualService>>],
+    scope: Option<&BTreeSet<ObjectKey>>,
 ) -> Vec<(ObjectKey, Option<NodeStatus>)> {
     let exists: BTreeMap<ObjectKey, Option<&NodeStatus>> = objects
         .iter()
@@ -828,14 +907,19 @@ fn entry_writes(
         })
         .collect();
     let mut targets: BTreeSet<ObjectKey> = want.keys().cloned().collect();
-    targets.extend(memory.reported.keys().cloned());
-    // Entries left from an earlier run of this agent also get withdrawn.
-    targets.extend(
-        exists
-            .iter()
-            .filter(|(_, e)| e.is_some())
-            .map(|(k, _)| k.clone()),
-    );
+    match scope {
+        Some(keys) => targets.extend(keys.iter().cloned()),
+        None => {
+            targets.extend(memory.reported.keys().cloned());
+            // Entries left from an earlier run of this agent also get withdrawn.
+            targets.extend(
+                exists
+                    .iter()
+                    .filter(|(_, e)| e.is_some())
+                    .map(|(k, _)| k.clone()),
+            );
+        }
+    }
     let mut writes = Vec::new();
     for key in targets {
         let stored = exists.get(&key).copied().flatten();
@@ -1261,9 +1345,11 @@ mod tests {
         for round in 0..4 {
             // Round 3 edits one weight, as `kubectl patch` would.
             if round == 3 {
-                let at = n / 2 - 1;
-                if let Some(s) = objects[at].status.as_mut() {
+                let vs = &mut objects[n / 2 - 1];
+                vs.metadata.generation = Some(2);
+                if let Some(s) = vs.status.as_mut() {
                     s.real_servers[0].weight = 2;
+                    s.observed_generation = Some(2);
                 }
             }
             let guarded = guards(&objects);
@@ -1298,6 +1384,9 @@ mod tests {
             }
             lap("refresh");
             let replan = std::mem::take(&mut memory.replan);
+            let scope: Option<BTreeSet<ObjectKey>> = changed
+                .as_ref()
+                .map(|keys| keys.iter().chain(&replan).cloned().collect());
             let how = planned.update(
                 &identity,
                 &pools,
@@ -1330,10 +1419,23 @@ mod tests {
                 memory.invalid.clone(),
                 Some((&book, &fail_open)),
                 &elected,
+                scope.as_ref(),
             );
             lap("entries");
-            let writes = entry_writes(node, &mut memory, want, &guarded);
+            let scoped: Vec<Arc<DeserializeGuard<VirtualService>>> = match &scope {
+                None => guarded.clone(),
+                Some(keys) => keys
+                    .iter()
+                    .filter_map(|k| {
+                        store.get(&reflector::ObjectRef::new(&k.name).within(&k.namespace))
+                    })
+                    .collect(),
+            };
+            let writes = entry_writes(node, &mut memory, want, &scoped, scope.as_ref());
             lap("entry_writes");
+            if round == 3 {
+                assert_eq!(writes.len(), 1, "the edited object's entry: {writes:?}");
+            }
             assert_eq!(plan.ipvs.len(), n);
             // As the API server would hold them after the writes.
             let at: BTreeMap<ObjectKey, usize> = objects

@@ -155,14 +155,14 @@ impl Book {
 /// where that happened.
 pub fn gate(plan: &mut NodePlan, book: &Book) -> BTreeSet<ObjectKey> {
     let mut fail_open = BTreeSet::new();
-    let directed: BTreeSet<ObjectKey> = plan
-        .objects
-        .iter()
-        .filter(|(_, o)| o.roles.contains(&NodeRole::Director))
-        .map(|(k, _)| k.clone())
-        .collect();
-    for svc in plan.ipvs.values_mut() {
-        if svc.health.is_none() || !directed.contains(&svc.owner) {
+    let NodePlan { ipvs, objects, .. } = plan;
+    for svc in ipvs.values_mut() {
+        let directed = || {
+            objects
+                .get(&svc.owner)
+                .is_some_and(|o| o.roles.contains(&NodeRole::Director))
+        };
+        if svc.health.is_none() || !directed() {
             continue;
         }
         if gate_service(svc, book) {

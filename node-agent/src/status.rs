@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tunlb_api::plan::{IpvsKey, IpvsService, NodePlan, ObjectKey};
+use tunlb_api::plan::{IpvsKey, IpvsService, NodePlan, ObjectKey, ObjectPlan};
 use tunlb_api::{DirectorState, ElectionConflict, NodeRole, NodeStatus};
 
 use crate::admission::Refused;
@@ -32,17 +32,23 @@ pub fn entries(
     invalid: BTreeMap<ObjectKey, (Option<i64>, String)>,
     health: Option<(&Book, &BTreeSet<ObjectKey>)>,
     elected: &Elected,
+    scope: Option<&BTreeSet<ObjectKey>>,
 ) -> BTreeMap<ObjectKey, NodeStatus> {
+    let in_scope = |k: &ObjectKey| scope.is_none_or(|s| s.contains(k));
     let mut want = BTreeMap::new();
     // Each object's IPVS services, found once: looking them up per object
     // would read every service once per object.
     let mut services_of: BTreeMap<&ObjectKey, Vec<(&IpvsKey, &IpvsService)>> = BTreeMap::new();
     if health.is_some() {
-        for (k, s) in &plan.ipvs {
+        for (k, s) in plan.ipvs.iter().filter(|(_, s)| in_scope(&s.owner)) {
             services_of.entry(&s.owner).or_default().push((k, s));
         }
     }
-    for (key, op) in &plan.objects {
+    let objects: Box<dyn Iterator<Item = (&ObjectKey, &ObjectPlan)>> = match scope {
+        None => Box::new(plan.objects.iter()),
+        Some(keys) => Box::new(keys.iter().filter_map(|k| plan.objects.get_key_value(k))),
+    };
+    for (key, op) in objects {
         if op.roles.is_empty() {
             continue;
         }
@@ -74,7 +80,7 @@ pub fn entries(
             },
         );
     }
-    for (key, (generation, msg)) in invalid {
+    for (key, (generation, msg)) in invalid.into_iter().filter(|(k, _)| in_scope(k)) {
         want.insert(
             key,
             NodeStatus {
@@ -155,7 +161,15 @@ mod tests {
         report: &SyncReport,
         invalid: BTreeMap<ObjectKey, (Option<i64>, String)>,
     ) -> BTreeMap<ObjectKey, NodeStatus> {
-        entries("n1", &plan(), report, invalid, None, &Elected::default())
+        entries(
+            "n1",
+            &plan(),
+            report,
+            invalid,
+            None,
+            &Elected::default(),
+            None,
+        )
     }
 
     #[test]
@@ -176,6 +190,7 @@ mod tests {
                 BTreeMap::new(),
                 None,
                 &elected,
+                None,
             )
         };
         let conflict = ElectionConflict {
