@@ -1178,6 +1178,31 @@ mod tests {
         assert!(state.accepted.is_empty());
     }
 
+    /// A pass that takes in only named objects sees edits, removals and
+    /// unreadable objects as a whole refresh would, and marks them for
+    /// planning.
+    #[test]
+    fn named_objects_are_taken_in_from_the_store() {
+        let (reader, mut writer) = reflector::store::<DeserializeGuard<VirtualService>>();
+        let web_key = ObjectKey::new("ns", "web");
+        writer.apply_watcher_event(&watcher::Event::Apply((*web(1, 1, 3)).clone()));
+        let mut m = Memory::default();
+        m.refresh_some(&reader, &[web_key.clone()].into());
+        assert_eq!(weight(&m), Some((1, Some(3))));
+        assert_eq!(std::mem::take(&mut m.replan), [web_key.clone()].into());
+        // Unchanged: nothing to plan.
+        m.refresh_some(&reader, &[web_key.clone()].into());
+        assert!(m.replan.is_empty());
+        writer.apply_watcher_event(&watcher::Event::Apply((*web(2, 2, 7)).clone()));
+        m.refresh_some(&reader, &[web_key.clone()].into());
+        assert_eq!(weight(&m), Some((2, Some(7))));
+        assert_eq!(std::mem::take(&mut m.replan), [web_key.clone()].into());
+        writer.apply_watcher_event(&watcher::Event::Delete((*web(2, 2, 7)).clone()));
+        m.refresh_some(&reader, &[web_key.clone()].into());
+        assert_eq!(weight(&m), None);
+        assert_eq!(std::mem::take(&mut m.replan), [web_key].into());
+    }
+
     #[test]
     fn unreadable_stored_generation_is_dropped() {
         let mut state = OwnedState::default();

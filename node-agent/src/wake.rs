@@ -391,4 +391,20 @@ mod tests {
         relabelled.metadata.labels = None;
         assert!(r.wakes(&watcher::Event::Apply(relabelled)));
     }
+
+    /// Events name what changed; a re-list stands for everything, once.
+    #[test]
+    fn changes_are_taken_once() {
+        let mut c = Changed::default();
+        assert_eq!(c.take(), Some(BTreeSet::new()));
+        let a = vs(BASE);
+        c.note(&watcher::Event::Apply(a.clone()));
+        c.note(&watcher::Event::Delete(a.clone()));
+        c.note(&watcher::Event::InitApply(a));
+        assert_eq!(c.take(), Some([ObjectKey::new("ns", "web")].into()));
+        assert_eq!(c.take(), Some(BTreeSet::new()));
+        c.note(&watcher::Event::<DeserializeGuard<VirtualService>>::InitDone);
+        assert_eq!(c.take(), None);
+        assert_eq!(c.take(), Some(BTreeSet::new()));
+    }
 }
