@@ -529,6 +529,32 @@ fn count_down<T: Ord>(counts: &mut BTreeMap<T, u32>, item: &T) -> bool {
     }
 }
 
+/// Counts each of `items` in; those held for the first time join `set`.
+fn take_in<'i, T: Ord + Copy + 'i>(
+    counts: &mut BTreeMap<T, u32>,
+    set: &mut BTreeSet<T>,
+    items: impl IntoIterator<Item = &'i T>,
+) {
+    for item in items {
+        if count_up(counts, item) {
+            set.insert(*item);
+        }
+    }
+}
+
+/// Counts each of `items` out; those no longer held leave `set`.
+fn let_go<'i, T: Ord + 'i>(
+    counts: &mut BTreeMap<T, u32>,
+    set: &mut BTreeSet<T>,
+    items: impl IntoIterator<Item = &'i T>,
+) {
+    for item in items {
+        if count_down(counts, item) {
+            set.remove(item);
+        }
+    }
+}
+
 /// Inserts into a sorted, duplicate-free vector.
 fn sorted_insert<T: Ord>(v: &mut Vec<T>, item: T) {
     if let Err(at) = v.binary_search(&item) {
@@ -608,31 +634,19 @@ impl Planner {
         {
             plan.director_vips.insert(v.clone());
         }
-        if let Some(v) = &added.backend_vip
-            && count_up(&mut t.backend_vips, v)
-        {
-            plan.backend_vips.insert(*v);
-        }
-        for d in &added.tunnel_devices {
-            if count_up(&mut t.tunnel_devices, d) {
-                plan.tunnel_devices.insert(*d);
-            }
-        }
-        for f in &added.fou_ports {
-            if count_up(&mut t.fou_ports, f) {
-                plan.fou_ports.insert(*f);
-            }
-        }
-        for a in &added.gre_csum {
-            if count_up(&mut t.gre_csum, a) {
-                plan.gre_csum.insert(*a);
-            }
-        }
-        for a in &added.gre_plain {
-            if count_up(&mut t.gre_plain, a) {
-                plan.gre_plain.insert(*a);
-            }
-        }
+        take_in(
+            &mut t.backend_vips,
+            &mut plan.backend_vips,
+            &added.backend_vip,
+        );
+        take_in(
+            &mut t.tunnel_devices,
+            &mut plan.tunnel_devices,
+            &added.tunnel_devices,
+        );
+        take_in(&mut t.fou_ports, &mut plan.fou_ports, &added.fou_ports);
+        take_in(&mut t.gre_csum, &mut plan.gre_csum, &added.gre_csum);
+        take_in(&mut t.gre_plain, &mut plan.gre_plain, &added.gre_plain);
         for r in &added.dnat {
             if count_up(&mut t.dnat, r) {
                 sorted_insert(&mut plan.dnat, r.clone());
@@ -674,31 +688,19 @@ impl Planner {
         {
             plan.director_vips.remove(v);
         }
-        if let Some(v) = &gone.backend_vip
-            && count_down(&mut t.backend_vips, v)
-        {
-            plan.backend_vips.remove(v);
-        }
-        for d in &gone.tunnel_devices {
-            if count_down(&mut t.tunnel_devices, d) {
-                plan.tunnel_devices.remove(d);
-            }
-        }
-        for f in &gone.fou_ports {
-            if count_down(&mut t.fou_ports, f) {
-                plan.fou_ports.remove(f);
-            }
-        }
-        for a in &gone.gre_csum {
-            if count_down(&mut t.gre_csum, a) {
-                plan.gre_csum.remove(a);
-            }
-        }
-        for a in &gone.gre_plain {
-            if count_down(&mut t.gre_plain, a) {
-                plan.gre_plain.remove(a);
-            }
-        }
+        let_go(
+            &mut t.backend_vips,
+            &mut plan.backend_vips,
+            &gone.backend_vip,
+        );
+        let_go(
+            &mut t.tunnel_devices,
+            &mut plan.tunnel_devices,
+            &gone.tunnel_devices,
+        );
+        let_go(&mut t.fou_ports, &mut plan.fou_ports, &gone.fou_ports);
+        let_go(&mut t.gre_csum, &mut plan.gre_csum, &gone.gre_csum);
+        let_go(&mut t.gre_plain, &mut plan.gre_plain, &gone.gre_plain);
         for r in &gone.dnat {
             if count_down(&mut t.dnat, r) {
                 sorted_remove(&mut plan.dnat, r);

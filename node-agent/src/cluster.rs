@@ -231,6 +231,39 @@ impl Memory {
         }
     }
 
+    /// Brings `planned` up to date with the accepted objects; `replan`:
+    /// those changed since the last update, or `None` for any.
+    fn plan(
+        &self,
+        planned: &mut crate::admission::Incremental,
+        node: &NodeIdentity,
+        pools: &[VipPool],
+        namespaces: &BTreeMap<&str, &BTreeMap<String, String>>,
+        replan: Option<&BTreeSet<ObjectKey>>,
+    ) -> crate::admission::Planned {
+        fn object<'a>((key, a): (&'a ObjectKey, &'a Accepted)) -> Object<'a> {
+            Object {
+                key,
+                generation: a.generation,
+                spec: &a.spec,
+                real_servers: &a.real_servers,
+                age: &a.age,
+            }
+        }
+        planned.update(
+            node,
+            pools,
+            namespaces,
+            replan,
+            || {
+                let mut ordered: Vec<Object<'_>> = self.accepted.iter().map(object).collect();
+                ordered.sort_by(|a, b| a.age.cmp(b.age));
+                ordered
+            },
+            |k| self.accepted.get_key_value(k).map(object),
+        )
+    }
+
     /// Refreshes `accepted` and `invalid` from every object in the store.
     fn refresh(&mut self, objects: &[Arc<DeserializeGuard<VirtualService>>]) {
         let mut present = BTreeSet::new();
@@ -655,17 +688,12 @@ async fn pass(
         .iter()
         .filter_map(|ns| Some((ns.metadata.name.as_deref()?, ns.metadata.labels.as_ref()?)))
         .collect();
-    let how = planned.update(
+    let how = memory.plan(
+        planned,
         &identity,
         &pools,
         &labels,
         changed.is_some().then_some(&replan),
-        || {
-            let mut ordered: Vec<Object<'_>> = memory.accepted.iter().map(object).collect();
-            ordered.sort_by(|a, b| a.age.cmp(b.age));
-            ordered
-        },
-        |k| memory.accepted.get_key_value(k).map(object),
     );
     let refused = planned.refused().cloned().unwrap_or_default();
     log_refusals(&memory.refused, &refused);
@@ -797,16 +825,6 @@ async fn pass(
     debug!(planned = ?how, took_ms = started.elapsed().as_millis() as u64, "pass done");
     checked.retain(|k, _| state.ipvs_services.contains(&(*k).into()));
     (report.drains_pending, checked)
-}
-
-fn object<'a>((key, a): (&'a ObjectKey, &'a Accepted)) -> Object<'a> {
-    Object {
-        key,
-        generation: a.generation,
-        spec: &a.spec,
-        real_servers: &a.real_servers,
-        age: &a.age,
-    }
 }
 
 /// Logs the refusals that are new or changed since the last pass, and the
@@ -1412,17 +1430,12 @@ mod tests {
             let scope: Option<BTreeSet<ObjectKey>> = changed
                 .as_ref()
                 .map(|keys| keys.iter().chain(&replan).cloned().collect());
-            let how = planned.update(
+            let how = memory.plan(
+                &mut planned,
                 &identity,
                 &pools,
                 &BTreeMap::new(),
                 changed.is_some().then_some(&replan),
-                || {
-                    let mut ordered: Vec<Object<'_>> = memory.accepted.iter().map(object).collect();
-                    ordered.sort_by(|a, b| a.age.cmp(b.age));
-                    ordered
-                },
-                |k| memory.accepted.get_key_value(k).map(object),
             );
             lap(&format!("plan {how:?}"));
             let Some(plan) = planned.plan_mut() else {
