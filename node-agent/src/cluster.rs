@@ -639,14 +639,13 @@ async fn pass(
     verdicts: BTreeSet<ObjectKey>,
 ) -> (bool, BTreeMap<IpvsKey, IpvsService>) {
     let started = Instant::now();
-    let objects = watched.virtual_services.state();
     let changed = match watched.changed.lock() {
         Ok(mut c) => c.take().filter(|_| !whole),
         Err(_) => None,
     };
     match &changed {
         Some(keys) => memory.refresh_some(&watched.virtual_services, keys),
-        None => memory.refresh(&objects),
+        None => memory.refresh(&watched.virtual_services.state()),
     }
     let replan = std::mem::take(&mut memory.replan);
 
@@ -795,26 +794,23 @@ async fn pass(
     );
     crate::status::add_refused(&settings.node_name, &mut want, &refused);
     memory.refused = refused;
-    let scoped_objects: Vec<Arc<DeserializeGuard<VirtualService>>>;
-    let objects = match &scope {
-        None => &objects,
-        Some(keys) => {
-            scoped_objects = keys
-                .iter()
-                .filter_map(|k| {
-                    let at = reflector::ObjectRef::new(&k.name).within(&k.namespace);
-                    watched.virtual_services.get(&at)
-                })
-                .collect();
-            &scoped_objects
-        }
+    // A pass that reports on a few objects looks up only those.
+    let objects: Vec<Arc<DeserializeGuard<VirtualService>>> = match &scope {
+        None => watched.virtual_services.state(),
+        Some(keys) => keys
+            .iter()
+            .filter_map(|k| {
+                let at = reflector::ObjectRef::new(&k.name).within(&k.namespace);
+                watched.virtual_services.get(&at)
+            })
+            .collect(),
     };
     report_status(
         client,
         &settings.node_name,
         memory,
         want,
-        objects,
+        &objects,
         scope.as_ref(),
     )
     .await;
